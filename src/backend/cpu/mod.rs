@@ -1,0 +1,169 @@
+//! The CPU backend: every op in f32 (statistics and angles in f64), rayon for
+//! threads and matrixmultiply for GEMMs. It is the reference the GPU backend
+//! is tested against, op by op, so each op is a plain function over slices.
+
+pub mod attention;
+pub mod elementwise;
+pub mod linear;
+pub mod norm;
+mod operands;
+pub mod sampler_ops;
+
+use operands::Operands;
+
+use super::{Backend, OpContext};
+use crate::error::{Error, Result};
+use crate::graph::{ColumnSlice, Op};
+use crate::tensor::HostTensor;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buffer = Vec<f32>;
+    type Weight = HostTensor;
+
+    fn name(&self) -> String {
+        format!("cpu (f32, {} threads)", rayon::current_num_threads())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| Error::InvalidInput(format!("cannot allocate {} MiB for the arena", len * 4 >> 20)))?;
+        v.resize(len, 0.0);
+        Ok(v)
+    }
+
+    fn upload_weight(&self, tensor: &HostTensor) -> Result<HostTensor> {
+        Ok(tensor.clone())
+    }
+
+    fn write(&self, buffer: &mut Vec<f32>, offset: usize, data: &[f32]) -> Result<()> {
+        buffer[offset..offset + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&self, buffer: &Vec<f32>, offset: usize, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(&buffer[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()> {
+        let g = ctx.graph;
+        let w = |id: crate::graph::WeightId| ctx.weights[id.0].data.as_slice();
+        let io = Operands::new(ctx.arena, g, ctx.plan, op)?;
+        let strided = |s: &ColumnSlice| attention::Strided {
+            data: io.input(s.tensor),
+            ld: g.desc(s.tensor).cols,
+            offset: s.offset,
+        };
+        match op {
+            Op::Linear { x, w: wid, bias, residual, out } => {
+                let (xd, od) = (g.desc(*x), g.desc(*out));
+                linear::linear(
+                    io.input(*x),
+                    xd.rows,
+                    xd.cols,
+                    w(*wid),
+                    od.cols,
+                    bias.map(w),
+                    residual.map(|r| io.input(r)),
+                    io.output(*out),
+                );
+            }
+            Op::LayerNorm { x, gamma, beta, eps, modulation, out } => {
+                let m = modulation.map(|m| norm::Modulation {
+                    table: io.input(m.table),
+                    table_cols: g.desc(m.table).cols,
+                    scale_offset: m.scale_offset,
+                    shift_offset: m.shift_offset,
+                    segments: g.seg(m.segments),
+                });
+                norm::layer_norm(io.input(*x), g.desc(*x).cols, w(*gamma), w(*beta), *eps, m.as_ref(), io.output(*out));
+            }
+            Op::GatedResidual { branch, residual, table, gate_offset, segments, out } => norm::gated_residual(
+                io.input(*branch),
+                io.input(*residual),
+                g.desc(*out).cols,
+                io.input(*table),
+                g.desc(*table).cols,
+                *gate_offset,
+                g.seg(*segments),
+                io.output(*out),
+            ),
+            Op::Silu { x, out } => elementwise::silu_all(io.input(*x), io.output(*out)),
+            Op::SwiGlu { x, out } => elementwise::swiglu(io.input(*x), g.desc(*out).cols, io.output(*out)),
+            Op::TimestepFeatures { t, w: wid, out } => elementwise::timestep_features(io.input(*t), w(*wid), io.output(*out)),
+            Op::AddPositional { x, table, scale, segments, out } => {
+                let (seg, cols) = (g.seg(*segments), g.desc(*x).cols);
+                let max_len = seg.lengths().max().unwrap_or(0);
+                if max_len * cols > w(*table).len() {
+                    return Err(Error::Limit(format!(
+                        "a sequence of {max_len} positions exceeds the position table `{}`",
+                        g.desc(*x).name
+                    )));
+                }
+                elementwise::add_positional(io.input(*x), cols, w(*table), *scale, seg, io.output(*out));
+            }
+            Op::PrependRow { first, rest, rest_segments, out_segments, out } => elementwise::prepend_row(
+                io.input(*first),
+                io.input(*rest),
+                g.desc(*out).cols,
+                g.seg(*rest_segments),
+                g.seg(*out_segments),
+                io.output(*out),
+            ),
+            Op::DropFirstRow { x, x_segments, out_segments, out } => elementwise::drop_first_row(
+                io.input(*x),
+                g.desc(*out).cols,
+                g.seg(*x_segments),
+                g.seg(*out_segments),
+                io.output(*out),
+            ),
+            Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } => {
+                let params = attention::AttentionParams {
+                    heads: *heads,
+                    kv_heads: *kv_heads,
+                    head_dim: *head_dim,
+                    scale: *scale,
+                    rope: rope.map(|r| (w(r.inv_freq), r.rotary_dim)),
+                };
+                attention::attention(
+                    strided(q),
+                    strided(k),
+                    strided(v),
+                    g.seg(*q_segments),
+                    g.seg(*kv_segments),
+                    &params,
+                    io.output(*out),
+                );
+            }
+            Op::CfgExpand { x, scalars, out } => sampler_ops::cfg_expand(io.input(*x), io.input(*scalars), io.output(*out)),
+            Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => sampler_ops::cfg_denoise(
+                io.input(*v),
+                io.input(*x),
+                g.desc(*x).cols,
+                io.input(*scalars),
+                g.seg(*x_segments),
+                cfg_scales,
+                io.output(*out),
+            ),
+            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => sampler_ops::dpmpp_3m_update(
+                io.output(*x),
+                io.input(*denoised),
+                io.output(*d1),
+                io.output(*d2),
+                io.input(*noise),
+                io.input(*scalars),
+            ),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! Backends run graph ops on one kind of device. The CPU backend (f32) is the
+//! reference every other backend is tested against, op by op.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::graph::{ArenaPlan, Graph, Op, WeightId};
+use crate::tensor::HostTensor;
+
+pub use cpu::CpuBackend;
+
+pub trait Backend: Sync {
+    /// A block of device memory holding f32 values (the arena).
+    type Buffer;
+    /// A weight tensor resident on the device.
+    type Weight;
+
+    fn name(&self) -> String;
+    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    fn upload_weight(&self, tensor: &HostTensor) -> Result<Self::Weight>;
+    fn write(&self, buffer: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()>;
+    fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
+    /// Runs one op; its tensors live in `ctx.arena` at the offsets of `ctx.plan`.
+    fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()>;
+}
+
+/// Everything an op needs to find its operands.
+pub struct OpContext<'a, B: Backend + ?Sized> {
+    pub graph: &'a Graph,
+    pub plan: &'a ArenaPlan,
+    pub arena: &'a mut B::Buffer,
+    pub weights: &'a [B::Weight],
+}
+
+/// The weights of one model on one backend; graphs refer to them by `WeightId`.
+pub struct WeightSet<B: Backend> {
+    weights: Vec<B::Weight>,
+    keys: Vec<String>,
+}
+
+impl<B: Backend> Default for WeightSet<B> {
+    fn default() -> Self {
+        WeightSet {
+            weights: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> WeightSet<B> {
+    pub fn push(&mut self, backend: &B, key: &str, tensor: &HostTensor) -> Result<WeightId> {
+        self.weights.push(backend.upload_weight(tensor)?);
+        self.keys.push(key.to_string());
+        Ok(WeightId(self.weights.len() - 1))
+    }
+
+    pub fn as_slice(&self) -> &[B::Weight] {
+        &self.weights
+    }
+
+    pub fn key(&self, id: WeightId) -> &str {
+        &self.keys[id.0]
+    }
+
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+}

@@ -1,0 +1,82 @@
+//! The library's error type. Every message names the thing that is wrong (file,
+//! checkpoint key, config field, limit) so that a user can act on it without a
+//! debugger; the CLI adds context with `anyhow` on top.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    BadSafetensors { path: PathBuf, reason: String },
+
+    #[error("config {path}: {reason}")]
+    Config { path: String, reason: String },
+
+    #[error("config field `{field}` has value {value}, which lova-fast does not support ({supported})")]
+    UnsupportedConfig {
+        field: String,
+        value: String,
+        supported: String,
+    },
+
+    #[error("tensor `{key}` is missing from {file}")]
+    MissingTensor { key: String, file: String },
+
+    #[error("tensor `{key}` in {file} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        key: String,
+        file: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    #[error("tensor `{key}` in {file} has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    UnsupportedDtype {
+        key: String,
+        file: String,
+        dtype: String,
+    },
+
+    #[error("{what} contains a non-finite value ({value}) at index {index}")]
+    NonFinite {
+        what: String,
+        index: usize,
+        value: f32,
+    },
+
+    #[error("{0}")]
+    Limit(String),
+
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Refuses NaN and infinities with an error that says where the first one is.
+pub fn ensure_finite(what: &str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFinite {
+            what: what.to_string(),
+            index,
+            value: data[index],
+        }),
+    }
+}

@@ -1,0 +1,337 @@
+//! Graph representation: tensor descriptors, sequence layouts and the op set.
+//!
+//! The op set is what a backend must implement. Ops are coarse on purpose
+//! (a linear layer carries its bias and residual add, attention carries its
+//! RoPE and grouped-query mapping) so that a GPU backend can run each one as a
+//! single fused kernel without pattern-matching the graph.
+
+/// A tensor of the graph (index into `Graph::tensors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TensorId(pub usize);
+
+/// A weight, index into the weight list the model uploaded to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WeightId(pub usize);
+
+/// A sequence layout (index into `Graph::segments`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SegmentsId(pub usize);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    /// Written by the host before a run; kept for the whole run.
+    Input,
+    /// Kept across runs (sampler state); the host writes it once, ops update it in place.
+    State,
+    /// Produced and consumed inside a run; shares arena space with other temporaries.
+    Temp,
+    /// A temporary the host reads after the run; kept until the end of the run.
+    Output,
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorDesc {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub kind: TensorKind,
+}
+
+impl TensorDesc {
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rows of a packed batch: sequence `b` is rows `offsets[b]..offsets[b + 1]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segments {
+    pub offsets: Vec<usize>,
+}
+
+impl Segments {
+    pub fn from_lengths(lengths: impl IntoIterator<Item = usize>) -> Self {
+        let mut offsets = vec![0];
+        for len in lengths {
+            offsets.push(offsets.last().copied().unwrap_or(0) + len);
+        }
+        Segments { offsets }
+    }
+    pub fn count(&self) -> usize {
+        self.offsets.len() - 1
+    }
+    pub fn total(&self) -> usize {
+        *self.offsets.last().unwrap_or(&0)
+    }
+    pub fn range(&self, b: usize) -> std::ops::Range<usize> {
+        self.offsets[b]..self.offsets[b + 1]
+    }
+    pub fn len_of(&self, b: usize) -> usize {
+        self.offsets[b + 1] - self.offsets[b]
+    }
+    pub fn lengths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.offsets.windows(2).map(|w| w[1] - w[0])
+    }
+}
+
+/// Columns `offset..offset + width` of a tensor (e.g. the k part of a fused qkv).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnSlice {
+    pub tensor: TensorId,
+    pub offset: usize,
+    pub width: usize,
+}
+
+/// Rotary position embedding applied to q and k inside attention: the first
+/// `rotary_dim` dims of every head are rotated by angle `position * inv_freq`,
+/// positions counted from 0 at the start of each sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rope {
+    pub inv_freq: WeightId,
+    pub rotary_dim: usize,
+}
+
+/// adaLN modulation of a LayerNorm output: `y * (1 + scale) + shift`, with one
+/// scale/shift vector per sequence, taken from columns of `table` (`[B, k*D]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaLnModulation {
+    pub table: TensorId,
+    pub scale_offset: usize,
+    pub shift_offset: usize,
+    pub segments: SegmentsId,
+}
+
+/// Slots of the per-step scalar input of a sampler step graph (see `sampler::StepScalars`).
+pub mod scalar_slot {
+    pub const C_IN: usize = 0;
+    pub const C_SKIP: usize = 1;
+    pub const C_OUT: usize = 2;
+    pub const X: usize = 3;
+    pub const DENOISED: usize = 4;
+    pub const D1: usize = 5;
+    pub const D2: usize = 6;
+    pub const NOISE: usize = 7;
+    pub const COUNT: usize = 8;
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// `out = x @ w^T (+ bias) (+ residual)`; `w` is `[out_features, in_features]`.
+    Linear {
+        x: TensorId,
+        w: WeightId,
+        bias: Option<WeightId>,
+        residual: Option<TensorId>,
+        out: TensorId,
+    },
+    /// Row-wise LayerNorm with weight and bias, optionally adaLN-modulated.
+    LayerNorm {
+        x: TensorId,
+        gamma: WeightId,
+        beta: WeightId,
+        eps: f32,
+        modulation: Option<AdaLnModulation>,
+        out: TensorId,
+    },
+    /// `out = residual + branch * sigmoid(1 - gate)`, gate per sequence from `table` columns.
+    GatedResidual {
+        branch: TensorId,
+        residual: TensorId,
+        table: TensorId,
+        gate_offset: usize,
+        segments: SegmentsId,
+        out: TensorId,
+    },
+    /// `out = x * sigmoid(x)`.
+    Silu { x: TensorId, out: TensorId },
+    /// `x` is `[M, 2F]`: `out = x[:, :F] * silu(x[:, F:])`.
+    SwiGlu { x: TensorId, out: TensorId },
+    /// Fourier features of the timestep: `t` `[B, 1]`, `w` `[n, 1]` ->
+    /// `[cos(2 pi t w), sin(2 pi t w)]` `[B, 2n]`.
+    TimestepFeatures { t: TensorId, w: WeightId, out: TensorId },
+    /// `out[r] = x[r] + table[position of r in its sequence] * scale`.
+    AddPositional {
+        x: TensorId,
+        table: WeightId,
+        scale: f32,
+        segments: SegmentsId,
+        out: TensorId,
+    },
+    /// Per sequence b: `out = concat(first[b], rest rows of b)`; `out` uses `out_segments`.
+    PrependRow {
+        first: TensorId,
+        rest: TensorId,
+        rest_segments: SegmentsId,
+        out_segments: SegmentsId,
+        out: TensorId,
+    },
+    /// Per sequence: drop the first row (inverse of `PrependRow`).
+    DropFirstRow {
+        x: TensorId,
+        x_segments: SegmentsId,
+        out_segments: SegmentsId,
+        out: TensorId,
+    },
+    /// Non-causal multi-head attention over a packed batch: sequence b's queries
+    /// (rows `q_segments[b]`) attend to its keys (rows `kv_segments[b]`).
+    /// Query head j reads kv head `j / (heads / kv_heads)`. Output `[Mq, heads * head_dim]`.
+    Attention {
+        q: ColumnSlice,
+        k: ColumnSlice,
+        v: ColumnSlice,
+        q_segments: SegmentsId,
+        kv_segments: SegmentsId,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        rope: Option<Rope>,
+        out: TensorId,
+    },
+    /// Sampler: the DiT input for cond and uncond, `out = concat(x, x) * c_in`.
+    CfgExpand { x: TensorId, scalars: TensorId, out: TensorId },
+    /// Sampler: classifier-free guidance and the v-denoiser:
+    /// `denoised = (v_u + (v_c - v_u) * cfg_scale) * c_out + x * c_skip`, where `v`
+    /// holds all cond rows then all uncond rows, and `x_segments` gives each request's rows.
+    CfgDenoise {
+        v: TensorId,
+        x: TensorId,
+        scalars: TensorId,
+        x_segments: SegmentsId,
+        cfg_scales: Vec<f32>,
+        out: TensorId,
+    },
+    /// Sampler: one DPM++ 3M SDE update, in place on the state:
+    /// `x = a*x + b*denoised + c*d1 + d*d2 + e*noise; d2 = d1; d1 = denoised`
+    /// with the coefficients from `scalars`.
+    Dpmpp3mUpdate {
+        x: TensorId,
+        denoised: TensorId,
+        d1: TensorId,
+        d2: TensorId,
+        noise: TensorId,
+        scalars: TensorId,
+    },
+}
+
+impl Op {
+    /// Tensors the op reads.
+    pub fn reads(&self) -> Vec<TensorId> {
+        use Op::*;
+        match self {
+            Linear { x, residual, .. } => [Some(*x), *residual].into_iter().flatten().collect(),
+            LayerNorm { x, modulation, .. } => [Some(*x), modulation.map(|m| m.table)].into_iter().flatten().collect(),
+            GatedResidual { branch, residual, table, .. } => vec![*branch, *residual, *table],
+            Silu { x, .. } | SwiGlu { x, .. } | TimestepFeatures { t: x, .. } | AddPositional { x, .. } => vec![*x],
+            PrependRow { first, rest, .. } => vec![*first, *rest],
+            DropFirstRow { x, .. } => vec![*x],
+            Attention { q, k, v, .. } => vec![q.tensor, k.tensor, v.tensor],
+            CfgExpand { x, scalars, .. } => vec![*x, *scalars],
+            CfgDenoise { v, x, scalars, .. } => vec![*v, *x, *scalars],
+            Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => vec![*x, *denoised, *d1, *d2, *noise, *scalars],
+        }
+    }
+
+    /// Tensors the op writes. Only `Dpmpp3mUpdate` writes tensors it also reads
+    /// (state, element by element); everywhere else outputs are fresh tensors.
+    pub fn writes(&self) -> Vec<TensorId> {
+        use Op::*;
+        match self {
+            Linear { out, .. }
+            | LayerNorm { out, .. }
+            | GatedResidual { out, .. }
+            | Silu { out, .. }
+            | SwiGlu { out, .. }
+            | TimestepFeatures { out, .. }
+            | AddPositional { out, .. }
+            | PrependRow { out, .. }
+            | DropFirstRow { out, .. }
+            | Attention { out, .. }
+            | CfgExpand { out, .. }
+            | CfgDenoise { out, .. } => vec![*out],
+            Dpmpp3mUpdate { x, d1, d2, .. } => vec![*x, *d1, *d2],
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        use Op::*;
+        match self {
+            Linear { .. } => "linear",
+            LayerNorm { .. } => "layer_norm",
+            GatedResidual { .. } => "gated_residual",
+            Silu { .. } => "silu",
+            SwiGlu { .. } => "swiglu",
+            TimestepFeatures { .. } => "timestep_features",
+            AddPositional { .. } => "add_positional",
+            PrependRow { .. } => "prepend_row",
+            DropFirstRow { .. } => "drop_first_row",
+            Attention { .. } => "attention",
+            CfgExpand { .. } => "cfg_expand",
+            CfgDenoise { .. } => "cfg_denoise",
+            Dpmpp3mUpdate { .. } => "dpmpp_3m_update",
+        }
+    }
+}
+
+/// An op list with its tensors and sequence layouts. Built by models through
+/// the `add_*`/`push` methods; shapes are checked by the model code that builds it.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub tensors: Vec<TensorDesc>,
+    pub segments: Vec<Segments>,
+    pub ops: Vec<Op>,
+}
+
+impl Graph {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn tensor(&mut self, name: impl Into<String>, rows: usize, cols: usize, kind: TensorKind) -> TensorId {
+        self.tensors.push(TensorDesc {
+            name: name.into(),
+            rows,
+            cols,
+            kind,
+        });
+        TensorId(self.tensors.len() - 1)
+    }
+
+    pub fn input(&mut self, name: impl Into<String>, rows: usize, cols: usize) -> TensorId {
+        self.tensor(name, rows, cols, TensorKind::Input)
+    }
+
+    pub fn temp(&mut self, name: impl Into<String>, rows: usize, cols: usize) -> TensorId {
+        self.tensor(name, rows, cols, TensorKind::Temp)
+    }
+
+    pub fn add_segments(&mut self, segments: Segments) -> SegmentsId {
+        if let Some(i) = self.segments.iter().position(|s| *s == segments) {
+            return SegmentsId(i);
+        }
+        self.segments.push(segments);
+        SegmentsId(self.segments.len() - 1)
+    }
+
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// Marks a temporary as a result the host reads after the run.
+    pub fn mark_output(&mut self, t: TensorId) {
+        if self.tensors[t.0].kind == TensorKind::Temp {
+            self.tensors[t.0].kind = TensorKind::Output;
+        }
+    }
+
+    pub fn desc(&self, t: TensorId) -> &TensorDesc {
+        &self.tensors[t.0]
+    }
+
+    pub fn seg(&self, s: SegmentsId) -> &Segments {
+        &self.segments[s.0]
+    }
+}

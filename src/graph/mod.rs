@@ -1,0 +1,19 @@
+//! The graph: models describe their computation as a list of ops over 2-D f32
+//! tensors; the planner gives every tensor a slice of one preallocated arena;
+//! the executor runs the ops on a backend.
+//!
+//! Every tensor is `[rows, cols]`, row-major. A packed batch of sequences of
+//! different lengths is a tensor whose rows are the sequences one after the
+//! other, described by a `Segments` table (cumulative row offsets), as in
+//! FlashAttention's `cu_seqlens`: no padding anywhere.
+
+mod executor;
+mod ir;
+mod planner;
+
+pub use executor::Executor;
+pub use ir::{
+    scalar_slot, AdaLnModulation, ColumnSlice, Graph, Op, Rope, Segments, SegmentsId, TensorDesc, TensorId, TensorKind,
+    WeightId,
+};
+pub use planner::{ArenaPlan, ARENA_ALIGN};

@@ -1,0 +1,505 @@
+//! The LoVA DiT denoiser (lova-model.md section 4) as graph construction.
+//!
+//! Layout: tokens are rows. The audio latents enter token-major (`[T', 64]` per
+//! sequence; the doc's `[64, T']` transposed) so that the 1x1 convs, the
+//! projections and the blocks are all row-wise linear layers. A batch is a list
+//! of sequences, each with its own latent length T' and video length N, packed
+//! without padding; attention keeps the sequences apart.
+
+use crate::backend::{Backend, WeightSet};
+use crate::config::{DitConfig, GlobalCondType, HEAD_DIM, ROTARY_DIM};
+use crate::error::{Error, Result};
+use crate::graph::{
+    AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, SegmentsId, TensorId, WeightId,
+};
+use crate::tensor::HostTensor;
+use crate::weights::SafetensorsFile;
+
+/// Key prefix of the DiT inside the LoVA checkpoint.
+pub const DIT_PREFIX: &str = "model.model.";
+/// Fourier features of the timestep (stable-audio-tools' `timestep_features_dim`).
+const TIMESTEP_FEATURES: usize = 256;
+const LN_EPS: f32 = 1e-5;
+
+struct LinearIds {
+    w: WeightId,
+    b: Option<WeightId>,
+}
+
+struct NormIds {
+    gamma: WeightId,
+    beta: WeightId,
+}
+
+struct BlockIds {
+    pre_norm: NormIds,
+    to_qkv: WeightId,
+    self_out: WeightId,
+    cross_norm: NormIds,
+    to_q: WeightId,
+    to_kv: WeightId,
+    cross_out: WeightId,
+    ff_norm: NormIds,
+    ff_in: LinearIds,
+    ff_out: LinearIds,
+    /// `to_scale_shift_gate.1`, adaLN configs only.
+    modulation: Option<WeightId>,
+}
+
+struct DitIds {
+    timestep_features: WeightId,
+    timestep_embed: [LinearIds; 2],
+    cond_embed: [WeightId; 2],
+    preprocess_conv: WeightId,
+    postprocess_conv: WeightId,
+    project_in: WeightId,
+    project_out: WeightId,
+    inv_freq: WeightId,
+    pos_emb: WeightId,
+    pos_emb_cond: WeightId,
+    blocks: Vec<BlockIds>,
+}
+
+/// The lengths of one sequence of a DiT batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DitSequence {
+    /// Audio latent frames T'.
+    pub latent_len: usize,
+    /// Video tokens N.
+    pub context_len: usize,
+}
+
+/// Sequence layouts of a packed DiT batch, registered in a graph.
+#[derive(Debug, Clone)]
+pub struct DitBatch {
+    pub sequences: Vec<DitSequence>,
+}
+
+impl DitBatch {
+    pub fn latent_rows(&self) -> usize {
+        self.sequences.iter().map(|s| s.latent_len).sum()
+    }
+    pub fn context_rows(&self) -> usize {
+        self.sequences.iter().map(|s| s.context_len).sum()
+    }
+    pub fn len(&self) -> usize {
+        self.sequences.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+}
+
+pub struct Dit<B: Backend> {
+    pub config: DitConfig,
+    weights: WeightSet<B>,
+    ids: DitIds,
+}
+
+/// Fetches DiT tensors by key (relative to `model.model.`) with shape checks and uploads them.
+struct Loader<'a, B: Backend> {
+    backend: &'a B,
+    file: &'a SafetensorsFile,
+    set: WeightSet<B>,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<WeightId> {
+        let full = format!("{DIT_PREFIX}{key}");
+        let t = self.file.tensor(&full, shape)?;
+        self.set.push(self.backend, &full, &t)
+    }
+
+    /// A 1x1 Conv1d `[out, in, 1]` is a linear layer `[out, in]`.
+    fn conv1x1(&mut self, key: &str, channels: usize) -> Result<WeightId> {
+        let full = format!("{DIT_PREFIX}{key}");
+        let t = self.file.tensor(&full, &[channels, channels, 1])?.reshaped(vec![channels, channels]);
+        self.set.push(self.backend, &full, &t)
+    }
+
+    fn linear(&mut self, key: &str, out: usize, inp: usize, bias: bool) -> Result<LinearIds> {
+        Ok(LinearIds {
+            w: self.get(&format!("{key}.weight"), &[out, inp])?,
+            b: if bias { Some(self.get(&format!("{key}.bias"), &[out])?) } else { None },
+        })
+    }
+
+    fn norm(&mut self, key: &str, dim: usize) -> Result<NormIds> {
+        Ok(NormIds {
+            gamma: self.get(&format!("{key}.gamma"), &[dim])?,
+            beta: self.get(&format!("{key}.beta"), &[dim])?,
+        })
+    }
+}
+
+impl<B: Backend> Dit<B> {
+    /// Loads the DiT from a LoVA checkpoint; tensors it does not use are ignored.
+    pub fn load(backend: &B, file: &SafetensorsFile, config: &DitConfig) -> Result<Self> {
+        let c = config;
+        let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
+        let mut l = Loader {
+            backend,
+            file,
+            set: WeightSet::default(),
+        };
+        let mut blocks = Vec::with_capacity(c.depth);
+        for i in 0..c.depth {
+            let p = format!("transformer.layers.{i}");
+            blocks.push(BlockIds {
+                pre_norm: l.norm(&format!("{p}.pre_norm"), e)?,
+                to_qkv: l.get(&format!("{p}.self_attn.to_qkv.weight"), &[3 * e, e])?,
+                self_out: l.get(&format!("{p}.self_attn.to_out.weight"), &[e, e])?,
+                cross_norm: l.norm(&format!("{p}.cross_attend_norm"), e)?,
+                to_q: l.get(&format!("{p}.cross_attn.to_q.weight"), &[e, e])?,
+                to_kv: l.get(&format!("{p}.cross_attn.to_kv.weight"), &[2 * cd, cd])?,
+                cross_out: l.get(&format!("{p}.cross_attn.to_out.weight"), &[e, e])?,
+                ff_norm: l.norm(&format!("{p}.ff_norm"), e)?,
+                ff_in: l.linear(&format!("{p}.ff.ff.0.proj"), 2 * c.ff_inner(), e, true)?,
+                ff_out: l.linear(&format!("{p}.ff.ff.2"), e, c.ff_inner(), true)?,
+                modulation: match c.global_cond_type {
+                    GlobalCondType::AdaLn => Some(l.get(&format!("{p}.to_scale_shift_gate.1.weight"), &[6 * e, e])?),
+                    GlobalCondType::Prepend => None,
+                },
+            });
+        }
+        let ids = DitIds {
+            timestep_features: l.get("timestep_features.weight", &[TIMESTEP_FEATURES / 2, 1])?,
+            timestep_embed: [
+                l.linear("to_timestep_embed.0", e, TIMESTEP_FEATURES, true)?,
+                l.linear("to_timestep_embed.2", e, e, true)?,
+            ],
+            cond_embed: [
+                l.get("to_cond_embed.0.weight", &[cd, cd])?,
+                l.get("to_cond_embed.2.weight", &[cd, cd])?,
+            ],
+            preprocess_conv: l.conv1x1("preprocess_conv.weight", io)?,
+            postprocess_conv: l.conv1x1("postprocess_conv.weight", io)?,
+            project_in: l.get("transformer.project_in.weight", &[e, io])?,
+            project_out: l.get("transformer.project_out.weight", &[io, e])?,
+            inv_freq: l.get("transformer.rotary_pos_emb.inv_freq", &[ROTARY_DIM / 2])?,
+            pos_emb: l.get("transformer.pos_emb.emb.weight", &[c.max_positions, e])?,
+            pos_emb_cond: l.get("transformer.pos_emb_cond.emb.weight", &[c.max_positions, cd])?,
+            blocks,
+        };
+        Ok(Dit {
+            config: config.clone(),
+            weights: l.set,
+            ids,
+        })
+    }
+
+    pub fn weights(&self) -> &[B::Weight] {
+        self.weights.as_slice()
+    }
+
+    pub fn parameter_count(&self) -> usize
+    where
+        B: Backend<Weight = HostTensor>,
+    {
+        self.weights.as_slice().iter().map(HostTensor::len).sum()
+    }
+
+    /// Checks every sequence against the position tables.
+    pub fn check_batch(&self, batch: &DitBatch) -> Result<()> {
+        let max = self.config.max_positions;
+        for (b, s) in batch.sequences.iter().enumerate() {
+            let positions = self.config.transformer_len(s.latent_len);
+            if s.latent_len == 0 || s.context_len == 0 {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {b} is empty (T' = {}, N = {})",
+                    s.latent_len, s.context_len
+                )));
+            }
+            if positions > max || s.context_len > max {
+                return Err(Error::Limit(format!(
+                    "sequence {b} needs {positions} audio positions and {} video positions; \
+                     the position tables hold {max}",
+                    s.context_len
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the DiT forward to `g`.
+    ///
+    /// Inputs: `x` `[sum T', io_channels]` (already scaled by c_in), `t` `[B, 1]`,
+    /// `features` `[sum N, cond_token_dim]` (zero rows for unconditional sequences).
+    /// Returns the v-prediction `[sum T', io_channels]`.
+    pub fn build(&self, g: &mut Graph, batch: &DitBatch, x: TensorId, t: TensorId, features: TensorId) -> TensorId {
+        let c = &self.config;
+        let ids = &self.ids;
+        let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
+        let b = batch.len();
+        let latent_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.latent_len)));
+        let token_seg = g.add_segments(Segments::from_lengths(
+            batch.sequences.iter().map(|s| c.transformer_len(s.latent_len)),
+        ));
+        let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
+        let (latent_rows, context_rows) = (batch.latent_rows(), batch.context_rows());
+        let token_rows = g.seg(token_seg).total();
+
+        // Timestep embedding: Fourier features -> Linear -> SiLU -> Linear.
+        let feat = g.temp("timestep_features", b, TIMESTEP_FEATURES);
+        g.push(Op::TimestepFeatures { t, w: ids.timestep_features, out: feat });
+        let te_hidden = linear(g, "timestep_hidden", feat, &ids.timestep_embed[0], e, None);
+        let te_hidden = silu(g, te_hidden);
+        let te = linear(g, "timestep_embed", te_hidden, &ids.timestep_embed[1], e, None);
+
+        // Video tokens: MLP without biases, then PE_c. (Unconditional sequences
+        // arrive as zero features, so their context is exactly the PE_c rows.)
+        let ch = plain_linear(g, "cond_hidden", features, ids.cond_embed[0], cd, None);
+        let ch = silu(g, ch);
+        let ctx = plain_linear(g, "cond_tokens", ch, ids.cond_embed[1], cd, None);
+        let context = g.temp("context", context_rows, cd);
+        g.push(Op::AddPositional {
+            x: ctx,
+            table: ids.pos_emb_cond,
+            scale: (cd as f32).powf(-0.5),
+            segments: context_seg,
+            out: context,
+        });
+
+        // Audio tokens: x + preprocess_conv(x), project_in, (prepend te), PE_z.
+        let xp = plain_linear(g, "preprocessed", x, ids.preprocess_conv, io, Some(x));
+        let audio = plain_linear(g, "project_in", xp, ids.project_in, e, None);
+        let tokens = match c.global_cond_type {
+            GlobalCondType::Prepend => {
+                let h = g.temp("tokens", token_rows, e);
+                g.push(Op::PrependRow {
+                    first: te,
+                    rest: audio,
+                    rest_segments: latent_seg,
+                    out_segments: token_seg,
+                    out: h,
+                });
+                h
+            }
+            GlobalCondType::AdaLn => audio,
+        };
+        let mut h = g.temp("tokens_pe", token_rows, e);
+        g.push(Op::AddPositional {
+            x: tokens,
+            table: ids.pos_emb,
+            scale: (e as f32).powf(-0.5),
+            segments: token_seg,
+            out: h,
+        });
+
+        // adaLN conditions LayerNorms on SiLU(te).
+        let te_act = match c.global_cond_type {
+            GlobalCondType::AdaLn => Some(silu(g, te)),
+            GlobalCondType::Prepend => None,
+        };
+        let seqs = Segs {
+            tokens: token_seg,
+            context: context_seg,
+            batch: g.add_segments(Segments::from_lengths(std::iter::repeat_n(1, b))),
+        };
+        for (i, block) in ids.blocks.iter().enumerate() {
+            h = self.block(g, i, block, h, context, te_act, &seqs);
+        }
+
+        let out_tokens = plain_linear(g, "project_out", h, ids.project_out, io, None);
+        let out_latent = match c.global_cond_type {
+            GlobalCondType::Prepend => {
+                let o = g.temp("project_out_audio", latent_rows, io);
+                g.push(Op::DropFirstRow {
+                    x: out_tokens,
+                    x_segments: token_seg,
+                    out_segments: latent_seg,
+                    out: o,
+                });
+                o
+            }
+            GlobalCondType::AdaLn => out_tokens,
+        };
+        plain_linear(g, "v", out_latent, ids.postprocess_conv, io, Some(out_latent))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        g: &mut Graph,
+        i: usize,
+        ids: &BlockIds,
+        h: TensorId,
+        context: TensorId,
+        te_act: Option<TensorId>,
+        seqs: &Segs,
+    ) -> TensorId {
+        let c = &self.config;
+        let (e, cd) = (c.embed_dim, c.cond_token_dim);
+        let rows = g.desc(h).rows;
+        let heads = c.num_heads;
+        let scale = (HEAD_DIM as f32).powf(-0.5);
+        // adaLN: one [B, 6E] table per block: scale/shift/gate for self-attn, then for FF.
+        let table = match (ids.modulation, te_act) {
+            (Some(w), Some(te)) => Some(plain_linear(g, format!("l{i}.modulation"), te, w, 6 * e, None)),
+            _ => None,
+        };
+        let modulation = |k: usize| {
+            table.map(|table| AdaLnModulation {
+                table,
+                scale_offset: k * e,
+                shift_offset: (k + 1) * e,
+                segments: seqs.batch,
+            })
+        };
+        let residual = |g: &mut Graph, name: String, branch_in: TensorId, w: WeightId, gate: usize, h: TensorId| {
+            match table {
+                None => plain_linear(g, name, branch_in, w, e, Some(h)),
+                Some(table) => {
+                    let branch = plain_linear(g, format!("{name}.branch"), branch_in, w, e, None);
+                    let out = g.temp(name, rows, e);
+                    g.push(Op::GatedResidual {
+                        branch,
+                        residual: h,
+                        table,
+                        gate_offset: gate * e,
+                        segments: seqs.batch,
+                        out,
+                    });
+                    out
+                }
+            }
+        };
+
+        // Self-attention with RoPE over each sequence's own tokens.
+        let n = layer_norm(g, format!("l{i}.pre_norm"), h, &ids.pre_norm, modulation(0));
+        let qkv = plain_linear(g, format!("l{i}.qkv"), n, ids.to_qkv, 3 * e, None);
+        let attn = g.temp(format!("l{i}.self_attn"), rows, e);
+        g.push(Op::Attention {
+            q: ColumnSlice { tensor: qkv, offset: 0, width: e },
+            k: ColumnSlice { tensor: qkv, offset: e, width: e },
+            v: ColumnSlice { tensor: qkv, offset: 2 * e, width: e },
+            q_segments: seqs.tokens,
+            kv_segments: seqs.tokens,
+            heads,
+            kv_heads: heads,
+            head_dim: HEAD_DIM,
+            scale,
+            rope: Some(Rope { inv_freq: self.ids.inv_freq, rotary_dim: ROTARY_DIM }),
+            out: attn,
+        });
+        let h = residual(g, format!("l{i}.after_self_attn"), attn, ids.self_out, 2, h);
+
+        // Cross-attention to the video tokens (grouped-query, no RoPE, never modulated).
+        let n = layer_norm(g, format!("l{i}.cross_norm"), h, &ids.cross_norm, None);
+        let q = plain_linear(g, format!("l{i}.cross_q"), n, ids.to_q, e, None);
+        let kv = plain_linear(g, format!("l{i}.cross_kv"), context, ids.to_kv, 2 * cd, None);
+        let attn = g.temp(format!("l{i}.cross_attn"), rows, e);
+        g.push(Op::Attention {
+            q: ColumnSlice { tensor: q, offset: 0, width: e },
+            k: ColumnSlice { tensor: kv, offset: 0, width: cd },
+            v: ColumnSlice { tensor: kv, offset: cd, width: cd },
+            q_segments: seqs.tokens,
+            kv_segments: seqs.context,
+            heads,
+            kv_heads: c.kv_heads(),
+            head_dim: HEAD_DIM,
+            scale,
+            rope: None,
+            out: attn,
+        });
+        let h = plain_linear(g, format!("l{i}.after_cross_attn"), attn, ids.cross_out, e, Some(h));
+
+        // SwiGLU feed-forward.
+        let n = layer_norm(g, format!("l{i}.ff_norm"), h, &ids.ff_norm, modulation(3));
+        let up = linear(g, &format!("l{i}.ff_up"), n, &ids.ff_in, 2 * c.ff_inner(), None);
+        let act = g.temp(format!("l{i}.ff_act"), rows, c.ff_inner());
+        g.push(Op::SwiGlu { x: up, out: act });
+        match table {
+            None => linear(g, &format!("l{i}.after_ff"), act, &ids.ff_out, e, Some(h)),
+            Some(table) => {
+                let branch = linear(g, &format!("l{i}.ff_branch"), act, &ids.ff_out, e, None);
+                let out = g.temp(format!("l{i}.after_ff"), rows, e);
+                g.push(Op::GatedResidual {
+                    branch,
+                    residual: h,
+                    table,
+                    gate_offset: 5 * e,
+                    segments: seqs.batch,
+                    out,
+                });
+                out
+            }
+        }
+    }
+
+    /// Runs the DiT once on a batch: convenient for tests and one-off calls
+    /// (plans a graph and an arena per call). `x` is `[io_channels, T']` as in the
+    /// doc, `features` `[N, cond_token_dim]`. Returns v `[io_channels, T']` per sequence.
+    pub fn forward(&self, backend: &B, inputs: &[(HostTensor, f32, HostTensor)]) -> Result<Vec<HostTensor>> {
+        let batch = DitBatch {
+            sequences: inputs
+                .iter()
+                .map(|(x, _, f)| DitSequence { latent_len: x.shape[1], context_len: f.shape[0] })
+                .collect(),
+        };
+        self.check_batch(&batch)?;
+        let (io, cd) = (self.config.io_channels, self.config.cond_token_dim);
+        let mut g = Graph::new();
+        let x = g.input("x", batch.latent_rows(), io);
+        let t = g.input("t", batch.len(), 1);
+        let f = g.input("features", batch.context_rows(), cd);
+        let v = self.build(&mut g, &batch, x, t, f);
+        g.mark_output(v);
+        let mut exec = Executor::new(backend, self.weights(), g)?;
+        let xs: Vec<f32> = inputs.iter().flat_map(|(x, _, _)| x.transposed().data).collect();
+        let ts: Vec<f32> = inputs.iter().map(|(_, t, _)| *t).collect();
+        let fs: Vec<f32> = inputs.iter().flat_map(|(_, _, f)| f.data.iter().copied()).collect();
+        exec.write(x, &xs)?;
+        exec.write(t, &ts)?;
+        exec.write(f, &fs)?;
+        exec.run()?;
+        let out = exec.read(v)?;
+        let seg = Segments::from_lengths(batch.sequences.iter().map(|s| s.latent_len));
+        Ok((0..batch.len())
+            .map(|b| {
+                let r = seg.range(b);
+                HostTensor::new(vec![r.len(), io], out[r.start * io..r.end * io].to_vec()).transposed()
+            })
+            .collect())
+    }
+}
+
+struct Segs {
+    tokens: SegmentsId,
+    context: SegmentsId,
+    /// One row per sequence (per-sequence vectors such as adaLN tables).
+    batch: SegmentsId,
+}
+
+fn plain_linear(
+    g: &mut Graph,
+    name: impl Into<String>,
+    x: TensorId,
+    w: WeightId,
+    out_cols: usize,
+    residual: Option<TensorId>,
+) -> TensorId {
+    let out = g.temp(name, g.desc(x).rows, out_cols);
+    g.push(Op::Linear { x, w, bias: None, residual, out });
+    out
+}
+
+fn linear(g: &mut Graph, name: &str, x: TensorId, ids: &LinearIds, out_cols: usize, residual: Option<TensorId>) -> TensorId {
+    let out = g.temp(name, g.desc(x).rows, out_cols);
+    g.push(Op::Linear { x, w: ids.w, bias: ids.b, residual, out });
+    out
+}
+
+fn silu(g: &mut Graph, x: TensorId) -> TensorId {
+    let d = g.desc(x).clone();
+    let out = g.temp(format!("{}.silu", d.name), d.rows, d.cols);
+    g.push(Op::Silu { x, out });
+    out
+}
+
+fn layer_norm(g: &mut Graph, name: String, x: TensorId, ids: &NormIds, modulation: Option<AdaLnModulation>) -> TensorId {
+    let d = g.desc(x).clone();
+    let out = g.temp(name, d.rows, d.cols);
+    g.push(Op::LayerNorm { x, gamma: ids.gamma, beta: ids.beta, eps: LN_EPS, modulation, out });
+    out
+}

@@ -1,0 +1,6 @@
+//! Models: each loads its weights by checkpoint key (with shape checks) and
+//! describes its computation as graph ops.
+
+pub mod dit;
+
+pub use dit::{Dit, DitBatch, DitSequence};

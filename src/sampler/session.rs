@@ -1,0 +1,219 @@
+//! The sampling loop over a batch of requests.
+//!
+//! One step graph serves all steps: the DiT batch holds every request twice
+//! (all cond sequences, then all uncond ones), followed by the CFG/denoise op and
+//! the fused DPM++ update, which works in place on the state tensors x, d1, d2.
+//! Per step the host only writes a few scalars (computed in f64), the timestep
+//! and, when the step adds noise, the noise; the arena is planned once.
+//! All requests advance in lock-step on the same schedule; each has its own
+//! length, video features, CFG scale and seed.
+
+use super::dpmpp::Dpmpp3mSde;
+use super::rng::fill_normal;
+use super::schedule::{polyexponential_sigmas, VScalings};
+use crate::backend::Backend;
+use crate::error::{ensure_finite, Error, Result};
+use crate::graph::scalar_slot as slot;
+use crate::graph::{Executor, Graph, Op, Segments, TensorKind};
+use crate::models::{Dit, DitBatch, DitSequence};
+use crate::tensor::HostTensor;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerSettings {
+    pub steps: usize,
+    pub sigma_min: f64,
+    pub sigma_max: f64,
+    pub rho: f64,
+    pub eta: f64,
+    pub s_noise: f64,
+}
+
+impl Default for SamplerSettings {
+    /// The paper's settings.
+    fn default() -> Self {
+        SamplerSettings {
+            steps: 150,
+            sigma_min: 0.3,
+            sigma_max: 500.0,
+            rho: 1.0,
+            eta: 1.0,
+            s_noise: 1.0,
+        }
+    }
+}
+
+impl SamplerSettings {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::InvalidInput(what.to_string()));
+        if self.steps == 0 {
+            return bad("--steps must be at least 1");
+        }
+        if !(self.sigma_min > 0.0 && self.sigma_max.is_finite() && self.sigma_min <= self.sigma_max) {
+            return bad("sigmas must satisfy 0 < sigma-min <= sigma-max < infinity");
+        }
+        if !(self.eta >= 0.0 && self.eta.is_finite() && self.s_noise.is_finite() && self.rho > 0.0) {
+            return bad("eta must be >= 0, s-noise finite and rho > 0");
+        }
+        Ok(())
+    }
+
+    pub fn sigmas(&self) -> Vec<f64> {
+        polyexponential_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
+    }
+}
+
+/// Where a request's Gaussian noise comes from: the seeded generator
+/// (`rng` module) unless tensors are injected (tests, `--init-noise`).
+#[derive(Debug, Clone, Default)]
+pub struct RequestNoise {
+    pub seed: u64,
+    /// Initial noise `[io_channels, T']`.
+    pub initial: Option<HostTensor>,
+    /// Noise of step i, `[io_channels, T']`, for every step that adds noise.
+    pub steps: Option<Vec<HostTensor>>,
+}
+
+impl RequestNoise {
+    /// Noise of `stream` (0: initial, i + 1: step i) in token-major layout `[T', C]`.
+    fn token_major(&self, stream: usize, channels: usize, latent_len: usize) -> Result<Vec<f32>> {
+        let injected = match stream {
+            0 => self.initial.as_ref(),
+            i => self.steps.as_ref().map(|s| s.get(i - 1)).map(|t| {
+                t.ok_or_else(|| Error::InvalidInput(format!("injected step noise has no entry for step {}", i - 1)))
+            }).transpose()?,
+        };
+        let canonical = match injected {
+            Some(t) => {
+                if t.shape != [channels, latent_len] {
+                    return Err(Error::InvalidInput(format!(
+                        "injected noise has shape {:?}, expected [{channels}, {latent_len}]",
+                        t.shape
+                    )));
+                }
+                ensure_finite("injected noise", &t.data)?;
+                t.data.clone()
+            }
+            None => {
+                let mut z = vec![0.0; channels * latent_len];
+                fill_normal(self.seed, stream as u32, &mut z);
+                z
+            }
+        };
+        Ok(crate::tensor::transpose(&canonical, channels, latent_len))
+    }
+}
+
+/// One clip to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// CLIP frame features `[N, cond_token_dim]`.
+    pub features: HostTensor,
+    /// Latent frames T' to generate.
+    pub latent_len: usize,
+    pub cfg_scale: f32,
+    pub noise: RequestNoise,
+}
+
+/// Runs the sampler for all `requests` together; returns latents `[io_channels, T']`
+/// per request. `progress(step, steps)` is called after each step.
+pub fn sample<B: Backend>(
+    backend: &B,
+    dit: &Dit<B>,
+    requests: &[Request],
+    settings: &SamplerSettings,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<HostTensor>> {
+    settings.validate()?;
+    let cfg = &dit.config;
+    let (io, cd) = (cfg.io_channels, cfg.cond_token_dim);
+    for (i, r) in requests.iter().enumerate() {
+        if r.features.shape.len() != 2 || r.features.shape[1] != cd {
+            return Err(Error::InvalidInput(format!(
+                "request {i}: features have shape {:?}, expected [N, {cd}]",
+                r.features.shape
+            )));
+        }
+        ensure_finite(&format!("request {i}: video features"), &r.features.data)?;
+    }
+    let cond: Vec<DitSequence> = requests
+        .iter()
+        .map(|r| DitSequence { latent_len: r.latent_len, context_len: r.features.shape[0] })
+        .collect();
+    let batch = DitBatch { sequences: cond.iter().chain(cond.iter()).copied().collect() };
+    dit.check_batch(&batch)?;
+    let latent_seg = Segments::from_lengths(requests.iter().map(|r| r.latent_len));
+    let rows = latent_seg.total();
+
+    // The step graph.
+    let mut g = Graph::new();
+    let scalars = g.input("step_scalars", 1, slot::COUNT);
+    let t = g.input("t", batch.len(), 1);
+    let features = g.input("features", batch.context_rows(), cd);
+    let noise = g.input("noise", rows, io);
+    let x = g.tensor("x", rows, io, TensorKind::State);
+    let d1 = g.tensor("denoised_1", rows, io, TensorKind::State);
+    let d2 = g.tensor("denoised_2", rows, io, TensorKind::State);
+    let x_in = g.temp("x_in", 2 * rows, io);
+    g.push(Op::CfgExpand { x, scalars, out: x_in });
+    let v = dit.build(&mut g, &batch, x_in, t, features);
+    let x_segments = g.add_segments(latent_seg.clone());
+    let denoised = g.temp("denoised", rows, io);
+    g.push(Op::CfgDenoise {
+        v,
+        x,
+        scalars,
+        x_segments,
+        cfg_scales: requests.iter().map(|r| r.cfg_scale).collect(),
+        out: denoised,
+    });
+    g.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars });
+    let mut exec = Executor::new(backend, dit.weights(), g)?;
+
+    // Conditional features, then zeros for the unconditional branch.
+    let mut f: Vec<f32> = requests.iter().flat_map(|r| r.features.data.iter().copied()).collect();
+    f.resize(batch.context_rows() * cd, 0.0);
+    exec.write(features, &f)?;
+
+    let sigmas = settings.sigmas();
+    let mut x0 = Vec::with_capacity(rows * io);
+    for r in requests {
+        x0.extend(r.noise.token_major(0, io, r.latent_len)?.iter().map(|z| (*z as f64 * sigmas[0]) as f32));
+    }
+    exec.write(x, &x0)?;
+
+    let mut history = Dpmpp3mSde::new();
+    let mut noise_buf = Vec::with_capacity(rows * io);
+    for i in 0..settings.steps {
+        let s = VScalings::at(sigmas[i]);
+        let k = history.step(sigmas[i], sigmas[i + 1], settings.eta, settings.s_noise);
+        let mut step_scalars = [0.0f32; slot::COUNT];
+        step_scalars[slot::C_IN] = s.c_in as f32;
+        step_scalars[slot::C_SKIP] = s.c_skip as f32;
+        step_scalars[slot::C_OUT] = s.c_out as f32;
+        step_scalars[slot::X] = k.x as f32;
+        step_scalars[slot::DENOISED] = k.denoised as f32;
+        step_scalars[slot::D1] = k.d1 as f32;
+        step_scalars[slot::D2] = k.d2 as f32;
+        step_scalars[slot::NOISE] = k.noise as f32;
+        exec.write(scalars, &step_scalars)?;
+        exec.write(t, &vec![s.t as f32; batch.len()])?;
+        if k.noise != 0.0 {
+            noise_buf.clear();
+            for r in requests {
+                noise_buf.extend(r.noise.token_major(i + 1, io, r.latent_len)?);
+            }
+            exec.write(noise, &noise_buf)?;
+        }
+        exec.run()?;
+        progress(i + 1, settings.steps);
+    }
+
+    let out = exec.read(x)?;
+    ensure_finite("sampled latents", &out)?;
+    Ok((0..requests.len())
+        .map(|b| {
+            let r = latent_seg.range(b);
+            HostTensor::new(vec![r.len(), io], out[r.start * io..r.end * io].to_vec()).transposed()
+        })
+        .collect())
+}

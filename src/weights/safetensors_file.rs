@@ -1,0 +1,126 @@
+//! A memory-mapped safetensors file. Only the JSON header is parsed at open;
+//! a tensor's bytes are read (and converted to f32) when it is fetched, so
+//! tensors the engine does not use cost nothing.
+
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    metadata: Metadata,
+    /// Offset of the first data byte: 8 bytes of header length + the header.
+    data_start: usize,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is opened read-only; like every mmap user we assume it is not
+        // truncated while mapped (a checkpoint being rewritten under a running engine).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let bad = |reason: String| Error::BadSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+        let data_start = 8 + header_len;
+        for (name, info) in metadata.tensors() {
+            let (start, end) = info.data_offsets;
+            if data_start + end > mmap.len() || start > end {
+                return Err(bad(format!("tensor `{name}` points past the end of the file (truncated?)")));
+            }
+        }
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            mmap,
+            metadata,
+            data_start,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.metadata.info(key).is_some()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.metadata.tensors().into_keys().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Free-form string metadata stored in the header (`__metadata__`).
+    pub fn user_metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.metadata().as_ref()?.get(key).map(String::as_str)
+    }
+
+    pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.metadata.info(key).map(|i| i.shape.clone())
+    }
+
+    /// The tensor `key` in f32, refusing any shape other than `expected`.
+    pub fn tensor(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
+        let t = self.tensor_any_shape(key)?;
+        if t.shape != expected {
+            return Err(Error::ShapeMismatch {
+                key: key.into(),
+                file: self.path.display().to_string(),
+                expected: expected.to_vec(),
+                found: t.shape,
+            });
+        }
+        Ok(t)
+    }
+
+    /// The tensor `key` in f32, whatever its shape.
+    pub fn tensor_any_shape(&self, key: &str) -> Result<HostTensor> {
+        let file = self.path.display().to_string();
+        let info = self.metadata.info(key).ok_or_else(|| Error::MissingTensor {
+            key: key.into(),
+            file: file.clone(),
+        })?;
+        let (start, end) = info.data_offsets;
+        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
+        let count: usize = info.shape.iter().product();
+        let width = match info.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    key: key.into(),
+                    file,
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        if bytes.len() != count * width {
+            return Err(Error::BadSafetensors {
+                path: self.path.clone(),
+                reason: format!("tensor `{key}` has {} bytes for {count} elements", bytes.len()),
+            });
+        }
+        // Bytes are little-endian and, in general, not aligned for f32 in the mmap.
+        let data: Vec<f32> = match info.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        Ok(HostTensor::new(info.shape.clone(), data))
+    }
+}

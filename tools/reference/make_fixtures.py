@@ -1,0 +1,216 @@
+"""Generate the golden fixtures under tests/fixtures/ from lova_reference.py.
+
+Run from the repository root:
+
+    python tools/reference/make_fixtures.py
+
+Deterministic: every random tensor comes from its own seeded torch.Generator,
+so regenerating gives identical files (on the same torch version) and adding a
+fixture does not shift the random streams of the others.
+
+Weights are generated, rounded to their storage dtype, written, and read back;
+the reference then computes in float64 from the values as stored, so the
+engine's loader sees exactly what the reference used. Inputs are likewise
+rounded to float32 before the reference sees them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lova_reference as ref  # noqa: E402
+
+REAL_CONFIG = "configs/lova-vl30.json"
+FIXTURES = "tests/fixtures"
+F64 = torch.float64
+
+# Weights stored as float16 in the fixture checkpoints (key suffixes).
+FP16_SUFFIXES = (
+    "self_attn.to_qkv.weight",
+    "self_attn.to_out.weight",
+    "cross_attn.to_q.weight",
+    "cross_attn.to_kv.weight",
+    "cross_attn.to_out.weight",
+    "ff.ff.0.proj.weight",
+    "ff.ff.2.weight",
+    "transformer.project_in.weight",
+    "transformer.project_out.weight",
+    "to_timestep_embed.0.weight",
+    "to_timestep_embed.2.weight",
+    "to_cond_embed.2.weight",
+    "to_scale_shift_gate.1.weight",
+    "transformer.pos_emb.emb.weight",
+    "transformer.pos_emb_cond.emb.weight",
+)
+BF16_SUFFIXES = ("to_cond_embed.0.weight",)
+
+# Sampler settings for the tiny-model runs.
+SAMPLER = dict(steps=8, cfg_scale=5.0, sigma_min=0.3, sigma_max=500.0, rho=1.0, s_noise=1.0)
+SAMPLER_FRAMES = 16
+
+
+def storage_dtype(key: str) -> torch.dtype:
+    if key.endswith(FP16_SUFFIXES):
+        return torch.float16
+    if key.endswith(BF16_SUFFIXES):
+        return torch.bfloat16
+    return torch.float32
+
+
+def make_configs() -> None:
+    with open(REAL_CONFIG) as fh:
+        real = json.load(fh)
+    tiny = copy.deepcopy(real)
+    dc = tiny["model"]["diffusion"]["config"]
+    dc.update(embed_dim=256, depth=2, num_heads=4, cond_token_dim=128, global_cond_dim=256)
+    tiny["model"]["conditioning"]["cond_dim"] = 128
+    adaln = copy.deepcopy(tiny)
+    adaln["model"]["diffusion"]["config"]["global_cond_type"] = "adaLN"
+    for name, cfg in (("tiny", tiny), ("adaln", adaln)):
+        os.makedirs(f"{FIXTURES}/{name}", exist_ok=True)
+        with open(f"{FIXTURES}/{name}/model_config.json", "w") as fh:
+            json.dump(cfg, fh, indent=4)
+            fh.write("\n")
+
+
+def random_param(key: str, shape, g: torch.Generator) -> torch.Tensor:
+    """One parameter in float64 before rounding to its storage dtype."""
+    if key.endswith("rotary_pos_emb.inv_freq"):
+        k = torch.arange(shape[0], dtype=F64)
+        return 10000.0 ** (-2 * k / ref.ROTARY_DIM)
+    n = torch.randn(shape, generator=g, dtype=F64)
+    if key.endswith(".gamma"):
+        return 1 + 0.1 * n
+    # Nonzero beta and biases on purpose: a loader that drops them must fail.
+    if key.endswith((".beta", ".bias")):
+        return 0.1 * n
+    if key.endswith(("pos_emb.emb.weight", "pos_emb_cond.emb.weight", "timestep_features.weight")):
+        return n
+    fan_in = math.prod(shape[1:])
+    scale = 0.5 if key.endswith("to_scale_shift_gate.1.weight") else 1.0
+    return n / math.sqrt(fan_in) * scale
+
+
+def make_checkpoint(cfg: ref.DiTConfig, path: str, seed: int) -> ref.Params:
+    """Write a random checkpoint in the real key layout; return it as stored (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = ref.param_shapes(cfg)
+    E = cfg.embed_dim
+    # Present in real checkpoints but unused by inference; the engine must ignore them.
+    unused = {
+        ref.PREFIX + "to_global_embed.0.weight": [E, cfg.global_cond_dim],
+        ref.PREFIX + "to_global_embed.2.weight": [E, E],
+        "pretransform.model.decoder.layers.0.bias": [16],
+    }
+    tensors = {}
+    for key, shape in list(shapes.items()) + list(unused.items()):
+        tensors[key] = random_param(key, shape, g).to(storage_dtype(key)).contiguous()
+    save_file(tensors, path)
+    return ref.to_dtype(load_file(path), F64)
+
+
+def f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+def make_dit_cases(cfg, params, path, cases, seed) -> dict:
+    """cases: list of (prefix, T', N, t). Returns the tensors written."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for prefix, T, N, t in cases:
+        x = f32(torch.randn(cfg.io_channels, T, generator=g, dtype=F64))
+        feats = f32(torch.randn(N, cfg.cond_dim, generator=g, dtype=F64))
+        t32 = torch.tensor([t], dtype=torch.float32)
+        tt = float(t32[0])  # the reference uses the float32-rounded t
+        v_cond = ref.dit_forward(params, cfg, x.to(F64), tt, feats.to(F64))
+        v_uncond = ref.dit_forward(params, cfg, x.to(F64), tt, torch.zeros(N, cfg.cond_dim, dtype=F64))
+        out.update({
+            prefix + "x": x,
+            prefix + "t": t32,
+            prefix + "features": feats,
+            prefix + "v_cond": f32(v_cond),
+            prefix + "v_uncond": f32(v_uncond),
+        })
+    save_file(out, path, metadata={"cases": json.dumps([dict(prefix=c[0], T=c[1], N=c[2], t=c[3]) for c in cases])})
+    return out
+
+
+def make_sampler_fixtures(cfg, params, seed) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    T = ref.latent_length(cfg, SAMPLER_FRAMES)
+    assert T == 44, T
+    d = f"{FIXTURES}/tiny"
+    feats = f32(torch.randn(SAMPLER_FRAMES, cfg.cond_dim, generator=g, dtype=F64))
+    noise = f32(torch.randn(cfg.io_channels, T, generator=g, dtype=F64))
+    steps = SAMPLER["steps"]
+    # The last step lands on sigma = 0 and draws no noise, hence steps - 1 entries.
+    step_noise = f32(torch.randn(steps - 1, cfg.io_channels, T, generator=g, dtype=F64))
+    save_file({"features": feats}, f"{d}/features.safetensors")
+    save_file({"noise": noise}, f"{d}/init_noise.safetensors")
+
+    sigmas = ref.polyexponential_sigmas(steps, SAMPLER["sigma_min"], SAMPLER["sigma_max"], SAMPLER["rho"])
+    results = {"sigmas": sigmas}
+    for eta in (0.0, 1.0):
+        x = ref.sample_dpmpp_3m_sde(
+            params, cfg, feats.to(F64), noise.to(F64), sigmas,
+            cfg_scale=SAMPLER["cfg_scale"], eta=eta, s_noise=SAMPLER["s_noise"],
+            step_noise=step_noise.to(F64) if eta else None,
+        )
+        tensors = {"sigmas": sigmas.contiguous(), "latents": f32(x)}
+        if eta:
+            tensors["step_noise"] = step_noise
+        meta = {k: repr(v) for k, v in SAMPLER.items()}
+        meta.update(eta=repr(eta), frames=str(SAMPLER_FRAMES), latent_length=str(T),
+                    sampler="dpmpp-3m-sde", noise_layout="step_noise[i] is z at step i; x0 = noise * sigmas[0]")
+        save_file(tensors, f"{d}/sampler_eta{int(eta)}.safetensors", metadata=meta)
+        results[f"latents_eta{int(eta)}"] = x
+    return results
+
+
+def describe(name: str, t: torch.Tensor) -> None:
+    t = t.to(F64)
+    finite = bool(torch.isfinite(t).all())
+    print(f"  {name:28s} shape={list(t.shape)!s:14s} std={t.std().item():.4g} "
+          f"max|.|={t.abs().max().item():.4g} finite={finite}")
+
+
+def main() -> None:
+    if not os.path.exists(REAL_CONFIG):
+        sys.exit("run from the repository root (configs/lova-vl30.json not found)")
+    torch.use_deterministic_algorithms(True)
+    make_configs()
+    tiny_cfg = ref.read_config(f"{FIXTURES}/tiny/model_config.json")
+    adaln_cfg = ref.read_config(f"{FIXTURES}/adaln/model_config.json")
+
+    tiny_p = make_checkpoint(tiny_cfg, f"{FIXTURES}/tiny/checkpoint.safetensors", seed=1)
+    adaln_p = make_checkpoint(adaln_cfg, f"{FIXTURES}/adaln/checkpoint.safetensors", seed=2)
+
+    tiny_cases = make_dit_cases(tiny_cfg, tiny_p, f"{FIXTURES}/tiny/dit_cases.safetensors",
+                                [("a.", 37, 11, 0.73), ("b.", 5, 3, 0.21)], seed=3)
+    adaln_cases = make_dit_cases(adaln_cfg, adaln_p, f"{FIXTURES}/adaln/dit_cases.safetensors",
+                                 [("a.", 23, 7, 0.4)], seed=4)
+    sampler = make_sampler_fixtures(tiny_cfg, tiny_p, seed=5)
+
+    print("magnitudes:")
+    for tag, cases in (("tiny", tiny_cases), ("adaln", adaln_cases)):
+        for k, v in cases.items():
+            if "v_" in k:
+                describe(f"{tag}/{k}", v)
+    for k in ("latents_eta0", "latents_eta1"):
+        describe(f"tiny/{k}", sampler[k])
+    print("  sigmas:", [f"{s:.6g}" for s in sampler["sigmas"].tolist()])
+
+    import check_reference
+    check_reference.main()
+
+
+if __name__ == "__main__":
+    main()
