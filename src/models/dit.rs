@@ -291,11 +291,7 @@ impl<B: Backend> Dit<B> {
             GlobalCondType::AdaLn => Some(silu(g, te)),
             GlobalCondType::Prepend => None,
         };
-        let seqs = Segs {
-            tokens: token_seg,
-            context: context_seg,
-            batch: g.add_segments(Segments::from_lengths(std::iter::repeat_n(1, b))),
-        };
+        let seqs = Segs { tokens: token_seg, context: context_seg };
         for (i, block) in ids.blocks.iter().enumerate() {
             h = self.block(g, i, block, h, context, te_act, &seqs);
         }
@@ -343,7 +339,7 @@ impl<B: Backend> Dit<B> {
                 table,
                 scale_offset: k * e,
                 shift_offset: (k + 1) * e,
-                segments: seqs.batch,
+                segments: seqs.tokens,
             })
         };
         let residual = |g: &mut Graph, name: String, branch_in: TensorId, w: WeightId, gate: usize, h: TensorId| {
@@ -357,7 +353,7 @@ impl<B: Backend> Dit<B> {
                         residual: h,
                         table,
                         gate_offset: gate * e,
-                        segments: seqs.batch,
+                        segments: seqs.tokens,
                         out,
                     });
                     out
@@ -419,7 +415,7 @@ impl<B: Backend> Dit<B> {
                     residual: h,
                     table,
                     gate_offset: 5 * e,
-                    segments: seqs.batch,
+                    segments: seqs.tokens,
                     out,
                 });
                 out
@@ -465,10 +461,9 @@ impl<B: Backend> Dit<B> {
 }
 
 struct Segs {
+    /// Transformer tokens per sequence (also maps a token row to its sequence's adaLN row).
     tokens: SegmentsId,
     context: SegmentsId,
-    /// One row per sequence (per-sequence vectors such as adaLN tables).
-    batch: SegmentsId,
 }
 
 fn plain_linear(
