@@ -88,10 +88,9 @@ impl LovaConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text).map_err(|e| match e {
-            Error::Config { path: field, reason } => Error::Config {
-                path: format!("{}: {field}", path.display()),
-                reason,
-            },
+            Error::Config { path: field, reason } => {
+                Error::Config { path: format!("{}: {field}", path.display()), reason }
+            }
             other => other,
         })
     }
@@ -101,10 +100,8 @@ impl LovaConfig {
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::Config {
-            path: "(file)".into(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
+        let root: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Config { path: "(file)".into(), reason: format!("not valid JSON: {e}") })?;
         let j = Json(&root);
         let diff = "model.diffusion.config";
 
@@ -112,10 +109,10 @@ impl LovaConfig {
         refuse_unless(&format!("{diff}.transformer_type"), &transformer_type, &["continuous_transformer"])?;
         let objective = j.str_or("model.diffusion.diffusion_objective", "v")?;
         refuse_unless("model.diffusion.diffusion_objective", &objective, &["v"])?;
-        if let Some(p) = j.opt(&format!("{diff}.patch_size")) {
-            if p.as_u64() != Some(1) {
-                return Err(unsupported(&format!("{diff}.patch_size"), p, "only 1"));
-            }
+        if let Some(p) = j.opt(&format!("{diff}.patch_size"))
+            && p.as_u64() != Some(1)
+        {
+            return Err(unsupported(&format!("{diff}.patch_size"), p, "only 1"));
         }
         for (field, wanted) in [
             ("rotary_cond_emb", false),
@@ -246,7 +243,8 @@ fn check_dit_dims(d: &DitConfig) -> Result<()> {
             &format!("embed_dim / num_heads must be {HEAD_DIM}; embed_dim is {}", d.embed_dim),
         ));
     }
-    if d.cond_token_dim == 0 || d.cond_token_dim % HEAD_DIM != 0 || d.num_heads % d.kv_heads() != 0 {
+    if d.cond_token_dim == 0 || !d.cond_token_dim.is_multiple_of(HEAD_DIM) || !d.num_heads.is_multiple_of(d.kv_heads())
+    {
         return Err(unsupported(
             &format!("{diff}.cond_token_dim"),
             &Value::from(d.cond_token_dim),
@@ -263,11 +261,7 @@ fn check_dit_dims(d: &DitConfig) -> Result<()> {
 }
 
 fn unsupported(field: &str, value: &Value, supported: &str) -> Error {
-    Error::UnsupportedConfig {
-        field: field.into(),
-        value: value.to_string(),
-        supported: supported.into(),
-    }
+    Error::UnsupportedConfig { field: field.into(), value: value.to_string(), supported: supported.into() }
 }
 
 fn refuse_unless(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
@@ -294,17 +288,11 @@ impl Json<'_> {
     }
 
     fn req(&self, path: &str) -> Result<&Value> {
-        self.opt(path).ok_or_else(|| Error::Config {
-            path: path.into(),
-            reason: "missing".into(),
-        })
+        self.opt(path).ok_or_else(|| Error::Config { path: path.into(), reason: "missing".into() })
     }
 
     fn wrong(path: &str, want: &str, got: &Value) -> Error {
-        Error::Config {
-            path: path.into(),
-            reason: format!("expected {want}, found {got}"),
-        }
+        Error::Config { path: path.into(), reason: format!("expected {want}, found {got}") }
     }
 
     fn usize(&self, path: &str) -> Result<usize> {
@@ -390,7 +378,11 @@ mod tests {
     #[test]
     fn unsupported_values_name_the_field() {
         let cases = [
-            (vec!["model", "diffusion", "config", "transformer_type"], Value::from("x_transformer"), "transformer_type"),
+            (
+                vec!["model", "diffusion", "config", "transformer_type"],
+                Value::from("x_transformer"),
+                "transformer_type",
+            ),
             (vec!["model", "diffusion", "config", "patch_size"], Value::from(2), "patch_size"),
             (vec!["model", "diffusion", "config", "rotary_cond_emb"], Value::from(true), "rotary_cond_emb"),
             (vec!["model", "diffusion", "diffusion_objective"], Value::from("rectified_flow"), "diffusion_objective"),

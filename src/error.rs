@@ -22,36 +22,19 @@ pub enum Error {
     Config { path: String, reason: String },
 
     #[error("config field `{field}` has value {value}, which lova-fast does not support ({supported})")]
-    UnsupportedConfig {
-        field: String,
-        value: String,
-        supported: String,
-    },
+    UnsupportedConfig { field: String, value: String, supported: String },
 
     #[error("tensor `{key}` is missing from {file}")]
     MissingTensor { key: String, file: String },
 
     #[error("tensor `{key}` in {file} has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch {
-        key: String,
-        file: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { key: String, file: String, expected: Vec<usize>, found: Vec<usize> },
 
     #[error("tensor `{key}` in {file} has dtype {dtype}; only F32, F16 and BF16 are supported")]
-    UnsupportedDtype {
-        key: String,
-        file: String,
-        dtype: String,
-    },
+    UnsupportedDtype { key: String, file: String, dtype: String },
 
     #[error("{what} contains a non-finite value ({value}) at index {index}")]
-    NonFinite {
-        what: String,
-        index: usize,
-        value: f32,
-    },
+    NonFinite { what: String, index: usize, value: f32 },
 
     #[error("{0}")]
     Limit(String),
@@ -62,10 +45,7 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
 
@@ -73,10 +53,6 @@ impl Error {
 pub fn ensure_finite(what: &str, data: &[f32]) -> Result<()> {
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(Error::NonFinite {
-            what: what.to_string(),
-            index,
-            value: data[index],
-        }),
+        Some(index) => Err(Error::NonFinite { what: what.to_string(), index, value: data[index] }),
     }
 }

@@ -4,15 +4,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use lova_fast::backend::CpuBackend;
 use lova_fast::config::LovaConfig;
 use lova_fast::models::Dit;
-use lova_fast::sampler::{sample, Request, RequestNoise, SamplerSettings};
-use lova_fast::weights::{read_single_tensor, write_tensors_atomically, SafetensorsFile};
+use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, sample};
+use lova_fast::weights::{SafetensorsFile, read_single_tensor, write_tensors_atomically};
 
 #[derive(Parser)]
 #[command(
@@ -110,7 +110,9 @@ fn main() -> ExitCode {
 
 fn infer(args: InferArgs) -> Result<()> {
     let Some(out_path) = args.save_latents.clone() else {
-        bail!("nothing to write: pass --save-latents OUT.safetensors (WAV output needs the VAE decoder, not built yet)");
+        bail!(
+            "nothing to write: pass --save-latents OUT.safetensors (WAV output needs the VAE decoder, not built yet)"
+        );
     };
     check_output_dir(&out_path)?;
     if let Some(threads) = args.threads {
@@ -174,12 +176,8 @@ fn infer(args: InferArgs) -> Result<()> {
         .with_context(|| format!("loading the DiT from {}", args.checkpoint.display()))?;
     let loaded = Instant::now();
 
-    let request = Request {
-        features,
-        latent_len,
-        cfg_scale: args.cfg,
-        noise: RequestNoise { seed, initial, steps: None },
-    };
+    let request =
+        Request { features, latent_len, cfg_scale: args.cfg, noise: RequestNoise { seed, initial, steps: None } };
     let bar = ProgressBar::new(settings.steps as u64).with_style(
         ProgressStyle::with_template("sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]")
             .expect("valid progress template"),
@@ -234,10 +232,8 @@ fn check_output_dir(path: &Path) -> Result<()> {
 }
 
 fn random_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     // Keep seeds short enough to retype.
     (nanos ^ (std::process::id() as u64).rotate_left(32)) % 1_000_000_000
 }

@@ -47,7 +47,10 @@ fn check_cases(dir: &str, prefixes: &[&str]) {
     for p in prefixes {
         let c = case(dir, p);
         let out = dit
-            .forward(&CpuBackend, &[(c.x.clone(), c.t, c.features.clone()), (c.x.clone(), c.t, zeros_like(&c.features))])
+            .forward(
+                &CpuBackend,
+                &[(c.x.clone(), c.t, c.features.clone()), (c.x.clone(), c.t, zeros_like(&c.features))],
+            )
             .unwrap();
         let (e_cond, e_uncond) = (rel_l2(&out[0].data, &c.v_cond.data), rel_l2(&out[1].data, &c.v_uncond.data));
         println!("{dir} case {p}: rel L2 cond {e_cond:.2e}, uncond {e_uncond:.2e}");

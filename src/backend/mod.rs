@@ -40,10 +40,7 @@ pub struct WeightSet<B: Backend> {
 
 impl<B: Backend> Default for WeightSet<B> {
     fn default() -> Self {
-        WeightSet {
-            weights: Vec::new(),
-            keys: Vec::new(),
-        }
+        WeightSet { weights: Vec::new(), keys: Vec::new() }
     }
 }
 

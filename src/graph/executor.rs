@@ -19,13 +19,7 @@ impl<'w, B: Backend> Executor<'w, B> {
     pub fn new(backend: &'w B, weights: &'w [B::Weight], graph: Graph) -> Result<Self> {
         let plan = ArenaPlan::plan(&graph)?;
         let arena = backend.alloc(plan.size)?;
-        Ok(Executor {
-            backend,
-            weights,
-            graph,
-            plan,
-            arena,
-        })
+        Ok(Executor { backend, weights, graph, plan, arena })
     }
 
     pub fn graph(&self) -> &Graph {
@@ -75,12 +69,7 @@ impl<'w, B: Backend> Executor<'w, B> {
     }
 
     pub fn run(&mut self) -> Result<()> {
-        let mut ctx = OpContext {
-            graph: &self.graph,
-            plan: &self.plan,
-            arena: &mut self.arena,
-            weights: self.weights,
-        };
+        let mut ctx = OpContext { graph: &self.graph, plan: &self.plan, arena: &mut self.arena, weights: self.weights };
         for op in &self.graph.ops {
             self.backend.run_op(op, &mut ctx)?;
         }

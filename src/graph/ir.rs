@@ -95,7 +95,9 @@ pub struct Rope {
 }
 
 /// adaLN modulation of a LayerNorm output: `y * (1 + scale) + shift`, with one
-/// scale/shift vector per sequence, taken from columns of `table` (`[B, k*D]`).
+/// scale/shift vector per sequence: row b of `table` (`[B, k*D]`), at the given
+/// column offsets, applies to the rows of sequence b in `segments` (the layout
+/// of the normalised tensor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdaLnModulation {
     pub table: TensorId,
@@ -120,13 +122,7 @@ pub mod scalar_slot {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// `out = x @ w^T (+ bias) (+ residual)`; `w` is `[out_features, in_features]`.
-    Linear {
-        x: TensorId,
-        w: WeightId,
-        bias: Option<WeightId>,
-        residual: Option<TensorId>,
-        out: TensorId,
-    },
+    Linear { x: TensorId, w: WeightId, bias: Option<WeightId>, residual: Option<TensorId>, out: TensorId },
     /// Row-wise LayerNorm with weight and bias, optionally adaLN-modulated.
     LayerNorm {
         x: TensorId,
@@ -136,7 +132,8 @@ pub enum Op {
         modulation: Option<AdaLnModulation>,
         out: TensorId,
     },
-    /// `out = residual + branch * sigmoid(1 - gate)`, gate per sequence from `table` columns.
+    /// `out = residual + branch * sigmoid(1 - gate)`; sequence b (rows of `segments`)
+    /// uses the gate in row b of `table`, columns `gate_offset..`.
     GatedResidual {
         branch: TensorId,
         residual: TensorId,
@@ -153,28 +150,11 @@ pub enum Op {
     /// `[cos(2 pi t w), sin(2 pi t w)]` `[B, 2n]`.
     TimestepFeatures { t: TensorId, w: WeightId, out: TensorId },
     /// `out[r] = x[r] + table[position of r in its sequence] * scale`.
-    AddPositional {
-        x: TensorId,
-        table: WeightId,
-        scale: f32,
-        segments: SegmentsId,
-        out: TensorId,
-    },
+    AddPositional { x: TensorId, table: WeightId, scale: f32, segments: SegmentsId, out: TensorId },
     /// Per sequence b: `out = concat(first[b], rest rows of b)`; `out` uses `out_segments`.
-    PrependRow {
-        first: TensorId,
-        rest: TensorId,
-        rest_segments: SegmentsId,
-        out_segments: SegmentsId,
-        out: TensorId,
-    },
+    PrependRow { first: TensorId, rest: TensorId, rest_segments: SegmentsId, out_segments: SegmentsId, out: TensorId },
     /// Per sequence: drop the first row (inverse of `PrependRow`).
-    DropFirstRow {
-        x: TensorId,
-        x_segments: SegmentsId,
-        out_segments: SegmentsId,
-        out: TensorId,
-    },
+    DropFirstRow { x: TensorId, x_segments: SegmentsId, out_segments: SegmentsId, out: TensorId },
     /// Non-causal multi-head attention over a packed batch: sequence b's queries
     /// (rows `q_segments[b]`) attend to its keys (rows `kv_segments[b]`).
     /// Query head j reads kv head `j / (heads / kv_heads)`. Output `[Mq, heads * head_dim]`.
@@ -207,14 +187,7 @@ pub enum Op {
     /// Sampler: one DPM++ 3M SDE update, in place on the state:
     /// `x = a*x + b*denoised + c*d1 + d*d2 + e*noise; d2 = d1; d1 = denoised`
     /// with the coefficients from `scalars`.
-    Dpmpp3mUpdate {
-        x: TensorId,
-        denoised: TensorId,
-        d1: TensorId,
-        d2: TensorId,
-        noise: TensorId,
-        scalars: TensorId,
-    },
+    Dpmpp3mUpdate { x: TensorId, denoised: TensorId, d1: TensorId, d2: TensorId, noise: TensorId, scalars: TensorId },
 }
 
 impl Op {
@@ -291,12 +264,7 @@ impl Graph {
     }
 
     pub fn tensor(&mut self, name: impl Into<String>, rows: usize, cols: usize, kind: TensorKind) -> TensorId {
-        self.tensors.push(TensorDesc {
-            name: name.into(),
-            rows,
-            cols,
-            kind,
-        });
+        self.tensors.push(TensorDesc { name: name.into(), rows, cols, kind });
         TensorId(self.tensors.len() - 1)
     }
 

@@ -70,11 +70,7 @@ impl ArenaPlan {
             size = size.max(candidate + len);
             placed.push(i);
         }
-        Ok(ArenaPlan {
-            offsets,
-            size,
-            lifetimes,
-        })
+        Ok(ArenaPlan { offsets, size, lifetimes })
     }
 
     /// Element range of tensor `i`.
@@ -142,13 +138,7 @@ mod tests {
             let x = ids[ids.len() - 1 - rand(ids.len().min(6))];
             let residual = ids[rand(ids.len())];
             // Linear with a residual lets an op read two tensors of different ages.
-            g.push(Op::Linear {
-                x,
-                w: crate::graph::WeightId(0),
-                bias: None,
-                residual: Some(residual),
-                out,
-            });
+            g.push(Op::Linear { x, w: crate::graph::WeightId(0), bias: None, residual: Some(residual), out });
             ids.push(out);
         }
         g.mark_output(*ids.last().unwrap());

@@ -9,9 +9,7 @@
 use crate::backend::{Backend, WeightSet};
 use crate::config::{DitConfig, GlobalCondType, HEAD_DIM, ROTARY_DIM};
 use crate::error::{Error, Result};
-use crate::graph::{
-    AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, SegmentsId, TensorId, WeightId,
-};
+use crate::graph::{AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, SegmentsId, TensorId, WeightId};
 use crate::tensor::HostTensor;
 use crate::weights::SafetensorsFile;
 
@@ -137,11 +135,7 @@ impl<B: Backend> Dit<B> {
     pub fn load(backend: &B, file: &SafetensorsFile, config: &DitConfig) -> Result<Self> {
         let c = config;
         let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
-        let mut l = Loader {
-            backend,
-            file,
-            set: WeightSet::default(),
-        };
+        let mut l = Loader { backend, file, set: WeightSet::default() };
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
             let p = format!("transformer.layers.{i}");
@@ -168,10 +162,7 @@ impl<B: Backend> Dit<B> {
                 l.linear("to_timestep_embed.0", e, TIMESTEP_FEATURES, true)?,
                 l.linear("to_timestep_embed.2", e, e, true)?,
             ],
-            cond_embed: [
-                l.get("to_cond_embed.0.weight", &[cd, cd])?,
-                l.get("to_cond_embed.2.weight", &[cd, cd])?,
-            ],
+            cond_embed: [l.get("to_cond_embed.0.weight", &[cd, cd])?, l.get("to_cond_embed.2.weight", &[cd, cd])?],
             preprocess_conv: l.conv1x1("preprocess_conv.weight", io)?,
             postprocess_conv: l.conv1x1("postprocess_conv.weight", io)?,
             project_in: l.get("transformer.project_in.weight", &[e, io])?,
@@ -181,11 +172,7 @@ impl<B: Backend> Dit<B> {
             pos_emb_cond: l.get("transformer.pos_emb_cond.emb.weight", &[c.max_positions, cd])?,
             blocks,
         };
-        Ok(Dit {
-            config: config.clone(),
-            weights: l.set,
-            ids,
-        })
+        Ok(Dit { config: config.clone(), weights: l.set, ids })
     }
 
     pub fn weights(&self) -> &[B::Weight] {
@@ -232,9 +219,8 @@ impl<B: Backend> Dit<B> {
         let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
         let b = batch.len();
         let latent_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.latent_len)));
-        let token_seg = g.add_segments(Segments::from_lengths(
-            batch.sequences.iter().map(|s| c.transformer_len(s.latent_len)),
-        ));
+        let token_seg =
+            g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| c.transformer_len(s.latent_len))));
         let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
         let (latent_rows, context_rows) = (batch.latent_rows(), batch.context_rows());
         let token_rows = g.seg(token_seg).total();
@@ -300,12 +286,7 @@ impl<B: Backend> Dit<B> {
         let out_latent = match c.global_cond_type {
             GlobalCondType::Prepend => {
                 let o = g.temp("project_out_audio", latent_rows, io);
-                g.push(Op::DropFirstRow {
-                    x: out_tokens,
-                    x_segments: token_seg,
-                    out_segments: latent_seg,
-                    out: o,
-                });
+                g.push(Op::DropFirstRow { x: out_tokens, x_segments: token_seg, out_segments: latent_seg, out: o });
                 o
             }
             GlobalCondType::AdaLn => out_tokens,
@@ -342,8 +323,8 @@ impl<B: Backend> Dit<B> {
                 segments: seqs.tokens,
             })
         };
-        let residual = |g: &mut Graph, name: String, branch_in: TensorId, w: WeightId, gate: usize, h: TensorId| {
-            match table {
+        let residual =
+            |g: &mut Graph, name: String, branch_in: TensorId, w: WeightId, gate: usize, h: TensorId| match table {
                 None => plain_linear(g, name, branch_in, w, e, Some(h)),
                 Some(table) => {
                     let branch = plain_linear(g, format!("{name}.branch"), branch_in, w, e, None);
@@ -358,8 +339,7 @@ impl<B: Backend> Dit<B> {
                     });
                     out
                 }
-            }
-        };
+            };
 
         // Self-attention with RoPE over each sequence's own tokens.
         let n = layer_norm(g, format!("l{i}.pre_norm"), h, &ids.pre_norm, modulation(0));
@@ -479,7 +459,14 @@ fn plain_linear(
     out
 }
 
-fn linear(g: &mut Graph, name: &str, x: TensorId, ids: &LinearIds, out_cols: usize, residual: Option<TensorId>) -> TensorId {
+fn linear(
+    g: &mut Graph,
+    name: &str,
+    x: TensorId,
+    ids: &LinearIds,
+    out_cols: usize,
+    residual: Option<TensorId>,
+) -> TensorId {
     let out = g.temp(name, g.desc(x).rows, out_cols);
     g.push(Op::Linear { x, w: ids.w, bias: ids.b, residual, out });
     out
@@ -492,7 +479,13 @@ fn silu(g: &mut Graph, x: TensorId) -> TensorId {
     out
 }
 
-fn layer_norm(g: &mut Graph, name: String, x: TensorId, ids: &NormIds, modulation: Option<AdaLnModulation>) -> TensorId {
+fn layer_norm(
+    g: &mut Graph,
+    name: String,
+    x: TensorId,
+    ids: &NormIds,
+    modulation: Option<AdaLnModulation>,
+) -> TensorId {
     let d = g.desc(x).clone();
     let out = g.temp(name, d.rows, d.cols);
     g.push(Op::LayerNorm { x, gamma: ids.gamma, beta: ids.beta, eps: LN_EPS, modulation, out });

@@ -39,18 +39,11 @@ impl Dpmpp3mSde {
     /// Coefficients for the step from `sigma` to `sigma_next`; advances the history.
     pub fn step(&mut self, sigma: f64, sigma_next: f64, eta: f64, s_noise: f64) -> UpdateCoefficients {
         if sigma_next == 0.0 {
-            return UpdateCoefficients {
-                denoised: 1.0,
-                ..Default::default()
-            };
+            return UpdateCoefficients { denoised: 1.0, ..Default::default() };
         }
         let h = sigma.ln() - sigma_next.ln();
         let he = h * (eta + 1.0);
-        let mut k = UpdateCoefficients {
-            x: (-he).exp(),
-            denoised: -(-he).exp_m1(),
-            ..Default::default()
-        };
+        let mut k = UpdateCoefficients { x: (-he).exp(), denoised: -(-he).exp_m1(), ..Default::default() };
         let phi2 = (-he).exp_m1() / he + 1.0;
         match (self.h1, self.h2) {
             (Some(h1), Some(h2)) => {

@@ -6,4 +6,4 @@ pub mod rng;
 pub mod schedule;
 mod session;
 
-pub use session::{sample, Request, RequestNoise, SamplerSettings};
+pub use session::{Request, RequestNoise, SamplerSettings, sample};

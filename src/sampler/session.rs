@@ -10,9 +10,9 @@
 
 use super::dpmpp::Dpmpp3mSde;
 use super::rng::fill_normal;
-use super::schedule::{polyexponential_sigmas, VScalings};
+use super::schedule::{VScalings, polyexponential_sigmas};
 use crate::backend::Backend;
-use crate::error::{ensure_finite, Error, Result};
+use crate::error::{Error, Result, ensure_finite};
 use crate::graph::scalar_slot as slot;
 use crate::graph::{Executor, Graph, Op, Segments, TensorKind};
 use crate::models::{Dit, DitBatch, DitSequence};
@@ -31,14 +31,7 @@ pub struct SamplerSettings {
 impl Default for SamplerSettings {
     /// The paper's settings.
     fn default() -> Self {
-        SamplerSettings {
-            steps: 150,
-            sigma_min: 0.3,
-            sigma_max: 500.0,
-            rho: 1.0,
-            eta: 1.0,
-            s_noise: 1.0,
-        }
+        SamplerSettings { steps: 150, sigma_min: 0.3, sigma_max: 500.0, rho: 1.0, eta: 1.0, s_noise: 1.0 }
     }
 }
 
@@ -78,9 +71,14 @@ impl RequestNoise {
     fn token_major(&self, stream: usize, channels: usize, latent_len: usize) -> Result<Vec<f32>> {
         let injected = match stream {
             0 => self.initial.as_ref(),
-            i => self.steps.as_ref().map(|s| s.get(i - 1)).map(|t| {
-                t.ok_or_else(|| Error::InvalidInput(format!("injected step noise has no entry for step {}", i - 1)))
-            }).transpose()?,
+            i => self
+                .steps
+                .as_ref()
+                .map(|s| s.get(i - 1))
+                .map(|t| {
+                    t.ok_or_else(|| Error::InvalidInput(format!("injected step noise has no entry for step {}", i - 1)))
+                })
+                .transpose()?,
         };
         let canonical = match injected {
             Some(t) => {
@@ -135,10 +133,8 @@ pub fn sample<B: Backend>(
         }
         ensure_finite(&format!("request {i}: video features"), &r.features.data)?;
     }
-    let cond: Vec<DitSequence> = requests
-        .iter()
-        .map(|r| DitSequence { latent_len: r.latent_len, context_len: r.features.shape[0] })
-        .collect();
+    let cond: Vec<DitSequence> =
+        requests.iter().map(|r| DitSequence { latent_len: r.latent_len, context_len: r.features.shape[0] }).collect();
     let batch = DitBatch { sequences: cond.iter().chain(cond.iter()).copied().collect() };
     dit.check_batch(&batch)?;
     let latent_seg = Segments::from_lengths(requests.iter().map(|r| r.latent_len));

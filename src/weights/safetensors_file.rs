@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata};
 
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
@@ -25,10 +25,7 @@ impl SafetensorsFile {
         // SAFETY: the file is opened read-only; like every mmap user we assume it is not
         // truncated while mapped (a checkpoint being rewritten under a running engine).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let bad = |reason: String| Error::BadSafetensors {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| Error::BadSafetensors { path: path.to_path_buf(), reason };
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
         let data_start = 8 + header_len;
         for (name, info) in metadata.tensors() {
@@ -37,12 +34,7 @@ impl SafetensorsFile {
                 return Err(bad(format!("tensor `{name}` points past the end of the file (truncated?)")));
             }
         }
-        Ok(SafetensorsFile {
-            path: path.to_path_buf(),
-            mmap,
-            metadata,
-            data_start,
-        })
+        Ok(SafetensorsFile { path: path.to_path_buf(), mmap, metadata, data_start })
     }
 
     pub fn path(&self) -> &Path {
@@ -85,10 +77,8 @@ impl SafetensorsFile {
     /// The tensor `key` in f32, whatever its shape.
     pub fn tensor_any_shape(&self, key: &str) -> Result<HostTensor> {
         let file = self.path.display().to_string();
-        let info = self.metadata.info(key).ok_or_else(|| Error::MissingTensor {
-            key: key.into(),
-            file: file.clone(),
-        })?;
+        let info =
+            self.metadata.info(key).ok_or_else(|| Error::MissingTensor { key: key.into(), file: file.clone() })?;
         let (start, end) = info.data_offsets;
         let bytes = &self.mmap[self.data_start + start..self.data_start + end];
         let count: usize = info.shape.iter().product();
@@ -96,11 +86,7 @@ impl SafetensorsFile {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
             other => {
-                return Err(Error::UnsupportedDtype {
-                    key: key.into(),
-                    file,
-                    dtype: format!("{other:?}"),
-                });
+                return Err(Error::UnsupportedDtype { key: key.into(), file, dtype: format!("{other:?}") });
             }
         };
         if bytes.len() != count * width {
@@ -112,14 +98,8 @@ impl SafetensorsFile {
         // Bytes are little-endian and, in general, not aligned for f32 in the mmap.
         let data: Vec<f32> = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            _ => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         };
         Ok(HostTensor::new(info.shape.clone(), data))
     }

@@ -16,14 +16,14 @@ use crate::tensor::HostTensor;
 pub fn read_single_tensor(path: &Path, name: &str, cols: Option<usize>) -> Result<HostTensor> {
     let file = SafetensorsFile::open(path)?;
     let t = file.tensor_any_shape(name)?;
-    if let Some(cols) = cols {
-        if t.shape.len() != 2 || t.shape[1] != cols {
-            return Err(Error::InvalidInput(format!(
-                "tensor `{name}` in {} has shape {:?}, expected [N, {cols}]",
-                path.display(),
-                t.shape
-            )));
-        }
+    if let Some(cols) = cols
+        && (t.shape.len() != 2 || t.shape[1] != cols)
+    {
+        return Err(Error::InvalidInput(format!(
+            "tensor `{name}` in {} has shape {:?}, expected [N, {cols}]",
+            path.display(),
+            t.shape
+        )));
     }
     Ok(t)
 }
@@ -45,15 +45,14 @@ pub fn write_tensors_atomically(
                 .map_err(|e| Error::InvalidInput(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<_>>()?;
-    let serialized = safetensors::serialize(views, metadata).map_err(|e| Error::BadSafetensors {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let serialized = safetensors::serialize(views, metadata)
+        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let file_name = path.file_name().ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
+    let file_name =
+        path.file_name().ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
     let tmp = dir.join(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
     let result = std::fs::write(&tmp, &serialized).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {

@@ -76,6 +76,8 @@ pub fn attention(
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     tasks.into_par_iter().for_each(|(b, h, q0)| {
+        // Capture the whole Send wrapper, not (edition 2021+) its raw-pointer field.
+        #[allow(clippy::redundant_locals)]
         let out_ptr = out_ptr;
         let (qr, kr) = (q_seg.range(b), kv_seg.range(b));
         let (nq, nk) = ((qr.len() - q0).min(QUERY_BLOCK), kr.len());
@@ -94,8 +96,20 @@ pub fn attention(
         // SAFETY: plain row-major buffers of the sizes passed.
         unsafe {
             matrixmultiply::sgemm(
-                nq, hd, nk, p.scale, qs.as_ptr(), hd as isize, 1, ks.as_ptr(), 1, hd as isize, 0.0,
-                s.as_mut_ptr(), nk as isize, 1,
+                nq,
+                hd,
+                nk,
+                p.scale,
+                qs.as_ptr(),
+                hd as isize,
+                1,
+                ks.as_ptr(),
+                1,
+                hd as isize,
+                0.0,
+                s.as_mut_ptr(),
+                nk as isize,
+                1,
             );
         }
         for row in s.chunks_mut(nk.max(1)) {
@@ -111,8 +125,20 @@ pub fn attention(
         // SAFETY: this task alone writes rows qr.start+q0.. of head h's columns.
         unsafe {
             matrixmultiply::sgemm(
-                nq, nk, hd, 1.0, s.as_ptr(), nk as isize, 1, vs.as_ptr(), hd as isize, 1, 0.0,
-                out_ptr.0.add((qr.start + q0) * ld_out + h * hd), ld_out as isize, 1,
+                nq,
+                nk,
+                hd,
+                1.0,
+                s.as_ptr(),
+                nk as isize,
+                1,
+                vs.as_ptr(),
+                hd as isize,
+                1,
+                0.0,
+                out_ptr.0.add((qr.start + q0) * ld_out + h * hd),
+                ld_out as isize,
+                1,
             );
         }
     });
@@ -126,7 +152,8 @@ mod tests {
     fn naive(q: &[Vec<f64>], k: &[Vec<f64>], v: &[Vec<f64>], scale: f64) -> Vec<Vec<f64>> {
         q.iter()
             .map(|qi| {
-                let s: Vec<f64> = k.iter().map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale).collect();
+                let s: Vec<f64> =
+                    k.iter().map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale).collect();
                 let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
@@ -150,7 +177,10 @@ mod tests {
             Strided { data: &q, ld: heads * hd, offset: 0 },
             Strided { data: &kv, ld: kvw, offset: 0 },
             Strided { data: &kv, ld: kvw, offset: kv_heads * hd },
-            &q_seg, &kv_seg, &params, &mut out,
+            &q_seg,
+            &kv_seg,
+            &params,
+            &mut out,
         );
         for b in 0..2 {
             for h in 0..heads {

@@ -40,15 +40,12 @@ pub fn add_positional(x: &[f32], cols: usize, table: &[f32], scale: f32, segment
     for b in 0..segments.count() {
         let range = segments.range(b);
         let start = range.start;
-        out[range.start * cols..range.end * cols]
-            .par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(p, o)| {
-                let (xr, pe) = (&x[(start + p) * cols..], &table[p * cols..]);
-                for i in 0..cols {
-                    o[i] = xr[i] + pe[i] * scale;
-                }
-            });
+        out[range.start * cols..range.end * cols].par_chunks_mut(cols).enumerate().for_each(|(p, o)| {
+            let (xr, pe) = (&x[(start + p) * cols..], &table[p * cols..]);
+            for i in 0..cols {
+                o[i] = xr[i] + pe[i] * scale;
+            }
+        });
     }
 }
 

@@ -36,7 +36,7 @@ impl Backend for CpuBackend {
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         let mut v = Vec::new();
         v.try_reserve_exact(len)
-            .map_err(|_| Error::InvalidInput(format!("cannot allocate {} MiB for the arena", len * 4 >> 20)))?;
+            .map_err(|_| Error::InvalidInput(format!("cannot allocate {} MiB for the arena", (len * 4) >> 20)))?;
         v.resize(len, 0.0);
         Ok(v)
     }
@@ -100,7 +100,9 @@ impl Backend for CpuBackend {
             ),
             Op::Silu { x, out } => elementwise::silu_all(io.input(*x), io.output(*out)),
             Op::SwiGlu { x, out } => elementwise::swiglu(io.input(*x), g.desc(*out).cols, io.output(*out)),
-            Op::TimestepFeatures { t, w: wid, out } => elementwise::timestep_features(io.input(*t), w(*wid), io.output(*out)),
+            Op::TimestepFeatures { t, w: wid, out } => {
+                elementwise::timestep_features(io.input(*t), w(*wid), io.output(*out))
+            }
             Op::AddPositional { x, table, scale, segments, out } => {
                 let (seg, cols) = (g.seg(*segments), g.desc(*x).cols);
                 let max_len = seg.lengths().max().unwrap_or(0);
@@ -145,7 +147,9 @@ impl Backend for CpuBackend {
                     io.output(*out),
                 );
             }
-            Op::CfgExpand { x, scalars, out } => sampler_ops::cfg_expand(io.input(*x), io.input(*scalars), io.output(*out)),
+            Op::CfgExpand { x, scalars, out } => {
+                sampler_ops::cfg_expand(io.input(*x), io.input(*scalars), io.output(*out))
+            }
             Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => sampler_ops::cfg_denoise(
                 io.input(*v),
                 io.input(*x),

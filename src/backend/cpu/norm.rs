@@ -48,6 +48,7 @@ pub fn layer_norm(
 }
 
 /// `out = residual + branch * sigmoid(1 - gate)`, gate per sequence from `table`.
+#[allow(clippy::too_many_arguments)]
 pub fn gated_residual(
     branch: &[f32],
     residual: &[f32],

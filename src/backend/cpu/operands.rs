@@ -39,12 +39,7 @@ impl<'a> Operands<'a> {
                 )));
             }
         }
-        Ok(Operands {
-            base: arena.as_mut_ptr(),
-            ranges,
-            written,
-            _arena: PhantomData,
-        })
+        Ok(Operands { base: arena.as_mut_ptr(), ranges, written, _arena: PhantomData })
     }
 
     /// A tensor the op reads. Never ask for a tensor that is also taken with `output`.

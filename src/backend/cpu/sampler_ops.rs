@@ -3,8 +3,8 @@
 
 use rayon::prelude::*;
 
-use crate::graph::scalar_slot as slot;
 use crate::graph::Segments;
+use crate::graph::scalar_slot as slot;
 
 /// `out = concat(x, x) * c_in` (the cond and uncond halves of the DiT batch).
 pub fn cfg_expand(x: &[f32], scalars: &[f32], out: &mut [f32]) {
@@ -40,34 +40,32 @@ pub fn cfg_denoise(
 }
 
 /// `x = a x + b den + c d1 + d d2 + e z; d2 = d1; d1 = den`, element by element.
-pub fn dpmpp_3m_update(x: &mut [f32], denoised: &[f32], d1: &mut [f32], d2: &mut [f32], noise: &[f32], scalars: &[f32]) {
-    let (a, b, c, d, e) = (
-        scalars[slot::X],
-        scalars[slot::DENOISED],
-        scalars[slot::D1],
-        scalars[slot::D2],
-        scalars[slot::NOISE],
-    );
-    x.par_iter_mut()
-        .zip(d1.par_iter_mut())
-        .zip(d2.par_iter_mut())
-        .enumerate()
-        .for_each(|(i, ((x, d1), d2))| {
-            let den = denoised[i];
-            // Zero coefficients must not touch the term: history buffers start as zeros,
-            // and the noise buffer is not refreshed on steps without noise.
-            let mut acc = a * *x + b * den;
-            if c != 0.0 {
-                acc += c * *d1;
-            }
-            if d != 0.0 {
-                acc += d * *d2;
-            }
-            if e != 0.0 {
-                acc += e * noise[i];
-            }
-            *x = acc;
-            *d2 = *d1;
-            *d1 = den;
-        });
+pub fn dpmpp_3m_update(
+    x: &mut [f32],
+    denoised: &[f32],
+    d1: &mut [f32],
+    d2: &mut [f32],
+    noise: &[f32],
+    scalars: &[f32],
+) {
+    let (a, b, c, d, e) =
+        (scalars[slot::X], scalars[slot::DENOISED], scalars[slot::D1], scalars[slot::D2], scalars[slot::NOISE]);
+    x.par_iter_mut().zip(d1.par_iter_mut()).zip(d2.par_iter_mut()).enumerate().for_each(|(i, ((x, d1), d2))| {
+        let den = denoised[i];
+        // Zero coefficients must not touch the term: history buffers start as zeros,
+        // and the noise buffer is not refreshed on steps without noise.
+        let mut acc = a * *x + b * den;
+        if c != 0.0 {
+            acc += c * *d1;
+        }
+        if d != 0.0 {
+            acc += d * *d2;
+        }
+        if e != 0.0 {
+            acc += e * noise[i];
+        }
+        *x = acc;
+        *d2 = *d1;
+        *d1 = den;
+    });
 }

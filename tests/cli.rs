@@ -1,0 +1,236 @@
+//! The `lova-fast` binary end to end on the tiny fixture, and its behaviour on
+//! bad input: a clear error, a non-zero exit, no panic, no output file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{fixture, load, rel_l2};
+use lova_fast::weights::SafetensorsFile;
+use safetensors::tensor::TensorView;
+
+fn lova_fast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lova-fast")).args(args).output().expect("run lova-fast")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `infer` on the tiny fixture with the sampler fixture's settings (eta 0, injected noise).
+fn infer_args(features: &Path, checkpoint: &Path, config: &Path, out: &Path) -> Vec<String> {
+    let init = fixture("tiny/init_noise.safetensors");
+    [
+        "infer",
+        s(features),
+        "--checkpoint",
+        s(checkpoint),
+        "--config",
+        s(config),
+        "--save-latents",
+        s(out),
+        "--steps",
+        "8",
+        "--cfg",
+        "5",
+        "--eta",
+        "0",
+        "--init-noise",
+        s(&init),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+struct Paths {
+    features: PathBuf,
+    checkpoint: PathBuf,
+    config: PathBuf,
+}
+
+fn fixture_paths() -> Paths {
+    Paths {
+        features: fixture("tiny/features.safetensors"),
+        checkpoint: fixture("tiny/checkpoint.safetensors"),
+        config: fixture("tiny/model_config.json"),
+    }
+}
+
+/// Runs `infer` expecting failure; checks the message, the exit code, that
+/// nothing panicked and that no file (not even a partial one) was written.
+fn expect_failure(p: &Paths, extra: &[&str], expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("latents.safetensors");
+    let mut args = infer_args(&p.features, &p.checkpoint, &p.config, &out);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = lova_fast(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, stderr: {stderr}");
+    assert_ne!(o.status.code(), Some(101), "exit code 101 is a Rust panic: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "stderr lacks {e:?}: {stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+/// Copies a safetensors fixture, dropping `drop` and replacing tensors by name.
+fn rewrite_checkpoint(dir: &Path, drop: &str, replace: Option<(&str, Vec<usize>)>) -> PathBuf {
+    let bytes = std::fs::read(fixture("tiny/checkpoint.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if name == drop {
+            continue;
+        }
+        match &replace {
+            Some((key, shape)) if *key == name => {
+                let n: usize = shape.iter().product();
+                owned.push((name, safetensors::Dtype::F32, shape.clone(), vec![0u8; 4 * n]));
+            }
+            _ => owned.push((name, view.dtype(), view.shape().to_vec(), view.data().to_vec())),
+        }
+    }
+    let views: Vec<(String, TensorView)> =
+        owned.iter().map(|(n, d, sh, b)| (n.clone(), TensorView::new(*d, sh.clone(), b).unwrap())).collect();
+    let path = dir.join("checkpoint.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+fn write_features(dir: &Path, rows: usize, cols: usize, value: impl Fn(usize) -> f32) -> PathBuf {
+    let t = lova_fast::tensor::HostTensor::new(vec![rows, cols], (0..rows * cols).map(value).collect());
+    let path = dir.join(format!("features_{rows}x{cols}.safetensors"));
+    lova_fast::weights::write_tensors_atomically(&path, &[("features", &t)], None).unwrap();
+    path
+}
+
+#[test]
+fn infer_writes_the_reference_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("latents.safetensors");
+    let p = fixture_paths();
+    let args = infer_args(&p.features, &p.checkpoint, &p.config, &out);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = lova_fast(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("16 frames -> 44 latent frames"), "{stderr}");
+    let got = SafetensorsFile::open(&out).unwrap().tensor("latents", &[64, 44]).unwrap();
+    let want = load("tiny/sampler_eta0.safetensors", "latents");
+    let err = rel_l2(&got.data, &want.data);
+    assert!(err <= 1e-4, "{err:e}");
+    // Only the output: no temporary file left next to it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn help_explains_the_options() {
+    let o = lova_fast(&["infer", "--help"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    for option in ["--checkpoint", "--save-latents", "--steps", "--cfg", "--seed", "--eta", "--init-noise", "--seconds"]
+    {
+        assert!(text.contains(option), "--help lacks {option}");
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "model.model.transformer.layers.1.ff_norm.gamma";
+    let p = Paths { checkpoint: rewrite_checkpoint(dir.path(), key, None), ..fixture_paths() };
+    expect_failure(&p, &[], &[key, "missing"]);
+}
+
+#[test]
+fn misshaped_tensor_names_key_and_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "model.model.transformer.layers.0.cross_attn.to_kv.weight";
+    let p = Paths { checkpoint: rewrite_checkpoint(dir.path(), "", Some((key, vec![128, 128]))), ..fixture_paths() };
+    expect_failure(&p, &[], &[key, "[128, 128]", "[256, 128]"]);
+}
+
+#[test]
+fn unsupported_config_names_field_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("tiny/model_config.json")).unwrap();
+    let bad = text.replace("\"continuous_transformer\"", "\"x_transformer\"");
+    assert_ne!(bad, text);
+    let config = dir.path().join("model_config.json");
+    std::fs::write(&config, bad).unwrap();
+    let p = Paths { config, ..fixture_paths() };
+    expect_failure(&p, &[], &["model.diffusion.config.transformer_type", "x_transformer"]);
+}
+
+#[test]
+fn too_many_video_frames_for_the_position_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Paths { features: write_features(dir.path(), 3001, 128, |i| (i % 7) as f32), ..fixture_paths() };
+    expect_failure(&p, &["--seconds", "2"], &["3001 video frames", "3000"]);
+}
+
+#[test]
+fn clip_longer_than_the_audio_position_table() {
+    let dir = tempfile::tempdir().unwrap();
+    // 150 s at 8 fps: 3230 latent frames, beyond the 139.3 s the table allows.
+    let p = Paths { features: write_features(dir.path(), 1200, 128, |i| (i % 5) as f32), ..fixture_paths() };
+    expect_failure(&p, &[], &["139.3 s"]);
+}
+
+#[test]
+fn nan_in_features_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Paths {
+        features: write_features(dir.path(), 16, 128, |i| if i == 300 { f32::NAN } else { 0.5 }),
+        ..fixture_paths()
+    };
+    expect_failure(&p, &[], &["non-finite", "NaN", "300"]);
+}
+
+#[test]
+fn features_of_the_wrong_width_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Paths { features: write_features(dir.path(), 16, 100, |_| 0.0), ..fixture_paths() };
+    expect_failure(&p, &[], &["[16, 100]", "[N, 128]"]);
+}
+
+#[test]
+fn unreadable_files_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = Paths { features: dir.path().join("nope.safetensors"), ..fixture_paths() };
+    expect_failure(&missing, &[], &["nope.safetensors", "cannot read"]);
+
+    let garbage_dir = tempfile::tempdir().unwrap();
+    let garbage = garbage_dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a checkpoint at all").unwrap();
+    expect_failure(
+        &Paths { checkpoint: garbage.clone(), ..fixture_paths() },
+        &[],
+        &["garbage.safetensors", "not a valid safetensors"],
+    );
+
+    let bytes = std::fs::read(fixture("tiny/checkpoint.safetensors")).unwrap();
+    std::fs::write(&garbage, &bytes[..bytes.len() / 2]).unwrap();
+    expect_failure(&Paths { checkpoint: garbage, ..fixture_paths() }, &[], &["garbage.safetensors"]);
+}
+
+#[test]
+fn missing_output_folder_fails_before_sampling() {
+    let o = lova_fast(&[
+        "infer",
+        s(&fixture("tiny/features.safetensors")),
+        "--checkpoint",
+        s(&fixture("tiny/checkpoint.safetensors")),
+        "--config",
+        s(&fixture("tiny/model_config.json")),
+        "--save-latents",
+        "/nonexistent-dir/out.safetensors",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("does not exist"), "{stderr}");
+}
