@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod graph;
+pub mod kernels;
 pub mod models;
 pub mod sampler;
 pub mod tensor;

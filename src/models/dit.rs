@@ -11,7 +11,7 @@ use crate::config::{DitConfig, GlobalCondType, HEAD_DIM, ROTARY_DIM};
 use crate::error::{Error, Result};
 use crate::graph::{AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, SegmentsId, TensorId, WeightId};
 use crate::tensor::HostTensor;
-use crate::weights::SafetensorsFile;
+use crate::weights::TensorSource;
 
 /// Key prefix of the DiT inside the LoVA checkpoint.
 pub const DIT_PREFIX: &str = "model.model.";
@@ -97,7 +97,7 @@ pub struct Dit<B: Backend> {
 /// Fetches DiT tensors by key (relative to `model.model.`) with shape checks and uploads them.
 struct Loader<'a, B: Backend> {
     backend: &'a B,
-    file: &'a SafetensorsFile,
+    file: &'a dyn TensorSource,
     set: WeightSet<B>,
 }
 
@@ -131,8 +131,9 @@ impl<B: Backend> Loader<'_, B> {
 }
 
 impl<B: Backend> Dit<B> {
-    /// Loads the DiT from a LoVA checkpoint; tensors it does not use are ignored.
-    pub fn load(backend: &B, file: &SafetensorsFile, config: &DitConfig) -> Result<Self> {
+    /// Loads the DiT from a LoVA checkpoint (or any tensor source); tensors it does
+    /// not use are ignored.
+    pub fn load(backend: &B, file: &dyn TensorSource, config: &DitConfig) -> Result<Self> {
         let c = config;
         let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
         let mut l = Loader { backend, file, set: WeightSet::default() };

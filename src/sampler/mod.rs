@@ -6,4 +6,4 @@ pub mod rng;
 pub mod schedule;
 mod session;
 
-pub use session::{Request, RequestNoise, SamplerSettings, sample};
+pub use session::{Request, RequestNoise, SamplerSettings, Sampling, sample};

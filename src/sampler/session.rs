@@ -14,7 +14,7 @@ use super::schedule::{VScalings, polyexponential_sigmas};
 use crate::backend::Backend;
 use crate::error::{Error, Result, ensure_finite};
 use crate::graph::scalar_slot as slot;
-use crate::graph::{Executor, Graph, Op, Segments, TensorKind};
+use crate::graph::{Executor, Graph, Op, Segments, TensorId, TensorKind};
 use crate::models::{Dit, DitBatch, DitSequence};
 use crate::tensor::HostTensor;
 
@@ -121,67 +121,133 @@ pub fn sample<B: Backend>(
     settings: &SamplerSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<HostTensor>> {
-    settings.validate()?;
-    let cfg = &dit.config;
-    let (io, cd) = (cfg.io_channels, cfg.cond_token_dim);
-    for (i, r) in requests.iter().enumerate() {
-        if r.features.shape.len() != 2 || r.features.shape[1] != cd {
-            return Err(Error::InvalidInput(format!(
-                "request {i}: features have shape {:?}, expected [N, {cd}]",
-                r.features.shape
-            )));
+    let mut sampling = Sampling::new(backend, dit, requests, settings)?;
+    while sampling.step()? {
+        progress(sampling.steps_done(), settings.steps);
+    }
+    sampling.latents()
+}
+
+/// A batch of requests being sampled: the step graph, its arena and the
+/// sampler history. `new` does all the planning and allocation; `step` only
+/// writes a few scalars (and noise) and runs the graph.
+pub struct Sampling<'a, B: Backend> {
+    requests: &'a [Request],
+    settings: SamplerSettings,
+    io_channels: usize,
+    sequences: usize,
+    latent_seg: Segments,
+    exec: Executor<'a, B>,
+    tensors: StepTensors,
+    sigmas: Vec<f64>,
+    history: Dpmpp3mSde,
+    done: usize,
+    noise_buf: Vec<f32>,
+}
+
+struct StepTensors {
+    scalars: TensorId,
+    t: TensorId,
+    noise: TensorId,
+    x: TensorId,
+}
+
+impl<'a, B: Backend> Sampling<'a, B> {
+    pub fn new(backend: &'a B, dit: &'a Dit<B>, requests: &'a [Request], settings: &SamplerSettings) -> Result<Self> {
+        settings.validate()?;
+        let cfg = &dit.config;
+        let (io, cd) = (cfg.io_channels, cfg.cond_token_dim);
+        for (i, r) in requests.iter().enumerate() {
+            if r.features.shape.len() != 2 || r.features.shape[1] != cd {
+                return Err(Error::InvalidInput(format!(
+                    "request {i}: features have shape {:?}, expected [N, {cd}]",
+                    r.features.shape
+                )));
+            }
+            ensure_finite(&format!("request {i}: video features"), &r.features.data)?;
+            if !r.cfg_scale.is_finite() {
+                return Err(Error::InvalidInput(format!("request {i}: the CFG scale must be finite")));
+            }
         }
-        ensure_finite(&format!("request {i}: video features"), &r.features.data)?;
+        let cond: Vec<DitSequence> = requests
+            .iter()
+            .map(|r| DitSequence { latent_len: r.latent_len, context_len: r.features.shape[0] })
+            .collect();
+        let batch = DitBatch { sequences: cond.iter().chain(cond.iter()).copied().collect() };
+        dit.check_batch(&batch)?;
+        let latent_seg = Segments::from_lengths(requests.iter().map(|r| r.latent_len));
+        let rows = latent_seg.total();
+
+        // The step graph.
+        let mut g = Graph::new();
+        let scalars = g.input("step_scalars", 1, slot::COUNT);
+        let t = g.input("t", batch.len(), 1);
+        let features = g.input("features", batch.context_rows(), cd);
+        let noise = g.input("noise", rows, io);
+        let x = g.tensor("x", rows, io, TensorKind::State);
+        let d1 = g.tensor("denoised_1", rows, io, TensorKind::State);
+        let d2 = g.tensor("denoised_2", rows, io, TensorKind::State);
+        let x_in = g.temp("x_in", 2 * rows, io);
+        g.push(Op::CfgExpand { x, scalars, out: x_in });
+        let v = dit.build(&mut g, &batch, x_in, t, features);
+        let x_segments = g.add_segments(latent_seg.clone());
+        let denoised = g.temp("denoised", rows, io);
+        g.push(Op::CfgDenoise {
+            v,
+            x,
+            scalars,
+            x_segments,
+            cfg_scales: requests.iter().map(|r| r.cfg_scale).collect(),
+            out: denoised,
+        });
+        g.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars });
+        let mut exec = Executor::new(backend, dit.weights(), g)?;
+
+        // Conditional features, then zeros for the unconditional branch.
+        let mut f: Vec<f32> = requests.iter().flat_map(|r| r.features.data.iter().copied()).collect();
+        f.resize(batch.context_rows() * cd, 0.0);
+        exec.write(features, &f)?;
+
+        let sigmas = settings.sigmas();
+        let mut x0 = Vec::with_capacity(rows * io);
+        for r in requests {
+            x0.extend(r.noise.token_major(0, io, r.latent_len)?.iter().map(|z| (*z as f64 * sigmas[0]) as f32));
+        }
+        exec.write(x, &x0)?;
+
+        Ok(Sampling {
+            requests,
+            settings: settings.clone(),
+            io_channels: io,
+            sequences: batch.len(),
+            latent_seg,
+            exec,
+            tensors: StepTensors { scalars, t, noise, x },
+            sigmas,
+            history: Dpmpp3mSde::new(),
+            done: 0,
+            noise_buf: Vec::with_capacity(rows * io),
+        })
     }
-    let cond: Vec<DitSequence> =
-        requests.iter().map(|r| DitSequence { latent_len: r.latent_len, context_len: r.features.shape[0] }).collect();
-    let batch = DitBatch { sequences: cond.iter().chain(cond.iter()).copied().collect() };
-    dit.check_batch(&batch)?;
-    let latent_seg = Segments::from_lengths(requests.iter().map(|r| r.latent_len));
-    let rows = latent_seg.total();
 
-    // The step graph.
-    let mut g = Graph::new();
-    let scalars = g.input("step_scalars", 1, slot::COUNT);
-    let t = g.input("t", batch.len(), 1);
-    let features = g.input("features", batch.context_rows(), cd);
-    let noise = g.input("noise", rows, io);
-    let x = g.tensor("x", rows, io, TensorKind::State);
-    let d1 = g.tensor("denoised_1", rows, io, TensorKind::State);
-    let d2 = g.tensor("denoised_2", rows, io, TensorKind::State);
-    let x_in = g.temp("x_in", 2 * rows, io);
-    g.push(Op::CfgExpand { x, scalars, out: x_in });
-    let v = dit.build(&mut g, &batch, x_in, t, features);
-    let x_segments = g.add_segments(latent_seg.clone());
-    let denoised = g.temp("denoised", rows, io);
-    g.push(Op::CfgDenoise {
-        v,
-        x,
-        scalars,
-        x_segments,
-        cfg_scales: requests.iter().map(|r| r.cfg_scale).collect(),
-        out: denoised,
-    });
-    g.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars });
-    let mut exec = Executor::new(backend, dit.weights(), g)?;
-
-    // Conditional features, then zeros for the unconditional branch.
-    let mut f: Vec<f32> = requests.iter().flat_map(|r| r.features.data.iter().copied()).collect();
-    f.resize(batch.context_rows() * cd, 0.0);
-    exec.write(features, &f)?;
-
-    let sigmas = settings.sigmas();
-    let mut x0 = Vec::with_capacity(rows * io);
-    for r in requests {
-        x0.extend(r.noise.token_major(0, io, r.latent_len)?.iter().map(|z| (*z as f64 * sigmas[0]) as f32));
+    pub fn steps_done(&self) -> usize {
+        self.done
     }
-    exec.write(x, &x0)?;
 
-    let mut history = Dpmpp3mSde::new();
-    let mut noise_buf = Vec::with_capacity(rows * io);
-    for i in 0..settings.steps {
+    /// Bytes of the arena this batch needs (activations and sampler state).
+    pub fn arena_bytes(&self) -> usize {
+        self.exec.arena_bytes()
+    }
+
+    /// Runs the next step; false when all steps were already done.
+    pub fn step(&mut self) -> Result<bool> {
+        let i = self.done;
+        if i == self.settings.steps {
+            return Ok(false);
+        }
+        let (sigmas, io) = (&self.sigmas, self.io_channels);
         let s = VScalings::at(sigmas[i]);
-        let k = history.step(sigmas[i], sigmas[i + 1], settings.eta, settings.s_noise);
+        let k = self.history.step(sigmas[i], sigmas[i + 1], self.settings.eta, self.settings.s_noise);
         let mut step_scalars = [0.0f32; slot::COUNT];
         step_scalars[slot::C_IN] = s.c_in as f32;
         step_scalars[slot::C_SKIP] = s.c_skip as f32;
@@ -191,25 +257,30 @@ pub fn sample<B: Backend>(
         step_scalars[slot::D1] = k.d1 as f32;
         step_scalars[slot::D2] = k.d2 as f32;
         step_scalars[slot::NOISE] = k.noise as f32;
-        exec.write(scalars, &step_scalars)?;
-        exec.write(t, &vec![s.t as f32; batch.len()])?;
+        self.exec.write(self.tensors.scalars, &step_scalars)?;
+        self.exec.write(self.tensors.t, &vec![s.t as f32; self.sequences])?;
         if k.noise != 0.0 {
-            noise_buf.clear();
-            for r in requests {
-                noise_buf.extend(r.noise.token_major(i + 1, io, r.latent_len)?);
+            self.noise_buf.clear();
+            for r in self.requests {
+                self.noise_buf.extend(r.noise.token_major(i + 1, io, r.latent_len)?);
             }
-            exec.write(noise, &noise_buf)?;
+            self.exec.write(self.tensors.noise, &self.noise_buf)?;
         }
-        exec.run()?;
-        progress(i + 1, settings.steps);
+        self.exec.run()?;
+        self.done += 1;
+        Ok(true)
     }
 
-    let out = exec.read(x)?;
-    ensure_finite("sampled latents", &out)?;
-    Ok((0..requests.len())
-        .map(|b| {
-            let r = latent_seg.range(b);
-            HostTensor::new(vec![r.len(), io], out[r.start * io..r.end * io].to_vec()).transposed()
-        })
-        .collect())
+    /// Latents `[io_channels, T']` per request (final once all steps ran).
+    pub fn latents(&self) -> Result<Vec<HostTensor>> {
+        let io = self.io_channels;
+        let out = self.exec.read(self.tensors.x)?;
+        ensure_finite("sampled latents", &out)?;
+        Ok((0..self.requests.len())
+            .map(|b| {
+                let r = self.latent_seg.range(b);
+                HostTensor::new(vec![r.len(), io], out[r.start * io..r.end * io].to_vec()).transposed()
+            })
+            .collect())
+    }
 }

@@ -2,8 +2,31 @@
 //! check, converted to f32 for the host) and the small tensor files the CLI
 //! reads and writes (features, noise, latents).
 
+mod random;
 mod safetensors_file;
 mod tensor_file;
 
+pub use random::RandomWeights;
 pub use safetensors_file::SafetensorsFile;
 pub use tensor_file::{read_single_tensor, write_tensors_atomically};
+
+use crate::error::Result;
+use crate::tensor::HostTensor;
+
+/// Where a model gets its weights: a checkpoint file, or random values for benchmarks.
+pub trait TensorSource {
+    /// Names the source in messages.
+    fn describe(&self) -> String;
+    /// The tensor `key` in f32; an error names the key when it is missing or has another shape.
+    fn tensor(&self, key: &str, shape: &[usize]) -> Result<HostTensor>;
+}
+
+impl TensorSource for SafetensorsFile {
+    fn describe(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    fn tensor(&self, key: &str, shape: &[usize]) -> Result<HostTensor> {
+        SafetensorsFile::tensor(self, key, shape)
+    }
+}
