@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lova_fast::backend::CpuBackend;
 use lova_fast::config::LovaConfig;
 use lova_fast::models::Dit;
-use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, sample};
+use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
 use lova_fast::weights::{SafetensorsFile, read_single_tensor, write_tensors_atomically};
 
 #[derive(Parser)]
@@ -182,9 +182,15 @@ fn infer(args: InferArgs) -> Result<()> {
         ProgressStyle::with_template("sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]")
             .expect("valid progress template"),
     );
-    let latents = sample(&backend, &dit, &[request], &settings, &mut |step, _| bar.set_position(step as u64))?;
+    let requests = [request];
+    let mut sampling = Sampling::new(&backend, &dit, &requests, &settings)?;
+    while sampling.step()? {
+        bar.set_position(sampling.steps_done() as u64);
+    }
     bar.finish_and_clear();
+    let latents = sampling.latents()?;
     let sampled = Instant::now();
+    let arena_bytes = sampling.arena_bytes();
 
     let metadata = [
         ("seed", seed.to_string()),
@@ -206,10 +212,11 @@ fn infer(args: InferArgs) -> Result<()> {
         lova_fast::backend::Backend::name(&backend)
     );
     eprintln!(
-        "load {:.2} s | sampling {:.2} s ({:.1} ms/step) | write {:.3} s -> {}",
+        "load {:.2} s | sampling {:.2} s ({:.1} ms/step, arena {:.1} MiB) | write {:.3} s -> {}",
         (loaded - started).as_secs_f64(),
         (sampled - loaded).as_secs_f64(),
         (sampled - loaded).as_secs_f64() * 1e3 / settings.steps as f64,
+        arena_bytes as f64 / (1 << 20) as f64,
         (written - sampled).as_secs_f64(),
         out_path.display()
     );

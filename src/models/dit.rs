@@ -408,6 +408,15 @@ impl<B: Backend> Dit<B> {
     /// (plans a graph and an arena per call). `x` is `[io_channels, T']` as in the
     /// doc, `features` `[N, cond_token_dim]`. Returns v `[io_channels, T']` per sequence.
     pub fn forward(&self, backend: &B, inputs: &[(HostTensor, f32, HostTensor)]) -> Result<Vec<HostTensor>> {
+        let (io, cd) = (self.config.io_channels, self.config.cond_token_dim);
+        for (b, (x, t, f)) in inputs.iter().enumerate() {
+            if x.shape.len() != 2 || x.shape[0] != io || f.shape.len() != 2 || f.shape[1] != cd || !t.is_finite() {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {b}: x {:?}, t {t}, features {:?}; expected x [{io}, T'], finite t, features [N, {cd}]",
+                    x.shape, f.shape
+                )));
+            }
+        }
         let batch = DitBatch {
             sequences: inputs
                 .iter()
@@ -415,7 +424,6 @@ impl<B: Backend> Dit<B> {
                 .collect(),
         };
         self.check_batch(&batch)?;
-        let (io, cd) = (self.config.io_channels, self.config.cond_token_dim);
         let mut g = Graph::new();
         let x = g.input("x", batch.latent_rows(), io);
         let t = g.input("t", batch.len(), 1);

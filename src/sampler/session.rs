@@ -135,7 +135,6 @@ pub struct Sampling<'a, B: Backend> {
     requests: &'a [Request],
     settings: SamplerSettings,
     io_channels: usize,
-    sequences: usize,
     latent_seg: Segments,
     exec: Executor<'a, B>,
     tensors: StepTensors,
@@ -143,6 +142,7 @@ pub struct Sampling<'a, B: Backend> {
     history: Dpmpp3mSde,
     done: usize,
     noise_buf: Vec<f32>,
+    t_buf: Vec<f32>,
 }
 
 struct StepTensors {
@@ -219,7 +219,6 @@ impl<'a, B: Backend> Sampling<'a, B> {
             requests,
             settings: settings.clone(),
             io_channels: io,
-            sequences: batch.len(),
             latent_seg,
             exec,
             tensors: StepTensors { scalars, t, noise, x },
@@ -227,6 +226,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
             history: Dpmpp3mSde::new(),
             done: 0,
             noise_buf: Vec::with_capacity(rows * io),
+            t_buf: vec![0.0; batch.len()],
         })
     }
 
@@ -258,7 +258,8 @@ impl<'a, B: Backend> Sampling<'a, B> {
         step_scalars[slot::D2] = k.d2 as f32;
         step_scalars[slot::NOISE] = k.noise as f32;
         self.exec.write(self.tensors.scalars, &step_scalars)?;
-        self.exec.write(self.tensors.t, &vec![s.t as f32; self.sequences])?;
+        self.t_buf.fill(s.t as f32);
+        self.exec.write(self.tensors.t, &self.t_buf)?;
         if k.noise != 0.0 {
             self.noise_buf.clear();
             for r in self.requests {

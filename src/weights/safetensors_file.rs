@@ -104,3 +104,63 @@ impl SafetensorsFile {
         Ok(HostTensor::new(info.shape.clone(), data))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn write(dir: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> PathBuf {
+        let views: Vec<(&str, TensorView)> =
+            tensors.iter().map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).unwrap())).collect();
+        let path = dir.join("t.safetensors");
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn f32_f16_and_bf16_are_read_as_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let vals = [1.5f32, -2.25, 0.0, 1024.0];
+        let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16b: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let bf16b: Vec<u8> = vals.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        let path = write(
+            dir.path(),
+            &[
+                ("a", Dtype::F32, vec![2, 2], f32b),
+                ("b", Dtype::F16, vec![4], f16b),
+                ("c", Dtype::BF16, vec![1, 4], bf16b),
+            ],
+        );
+        let f = SafetensorsFile::open(&path).unwrap();
+        assert_eq!(f.tensor("a", &[2, 2]).unwrap().data, vals);
+        assert_eq!(f.tensor("b", &[4]).unwrap().data, vals);
+        assert_eq!(f.tensor("c", &[1, 4]).unwrap().data, vals);
+        assert_eq!(f.keys(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path =
+            write(dir.path(), &[("ints", Dtype::I64, vec![2], vec![0; 16]), ("w", Dtype::F32, vec![3], vec![0; 12])]);
+        let f = SafetensorsFile::open(&path).unwrap();
+        let e = f.tensor("w", &[4]).unwrap_err().to_string();
+        assert!(e.contains("`w`") && e.contains("[3]") && e.contains("[4]"), "{e}");
+        let e = f.tensor("nope", &[1]).unwrap_err().to_string();
+        assert!(e.contains("`nope`") && e.contains("missing"), "{e}");
+        let e = f.tensor("ints", &[2]).unwrap_err().to_string();
+        assert!(e.contains("`ints`") && e.contains("I64"), "{e}");
+    }
+
+    #[test]
+    fn truncated_files_are_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), &[("w", Dtype::F32, vec![1000], vec![0; 4000])]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let e = SafetensorsFile::open(&path).err().expect("truncated file accepted").to_string();
+        assert!(e.contains("t.safetensors"), "{e}");
+    }
+}
