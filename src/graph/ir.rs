@@ -188,6 +188,33 @@ pub enum Op {
     /// `x = a*x + b*denoised + c*d1 + d*d2 + e*noise; d2 = d1; d1 = denoised`
     /// with the coefficients from `scalars`.
     Dpmpp3mUpdate { x: TensorId, denoised: TensorId, d1: TensorId, d2: TensorId, noise: TensorId, scalars: TensorId },
+    /// VAE: stride-1 convolution over each sequence of `segments` (token-major
+    /// `[L, C_in]` -> `[L, C_out]`, zero padding per sequence), `w` `[C_out, K * C_in]`
+    /// tap-major, plus bias and an optional residual.
+    Conv1d {
+        x: TensorId,
+        w: WeightId,
+        bias: Option<WeightId>,
+        kernel: usize,
+        dilation: usize,
+        padding: usize,
+        residual: Option<TensorId>,
+        segments: SegmentsId,
+        out: TensorId,
+    },
+    /// VAE: transposed convolution, kernel `2 * stride`, padding `stride / 2`, so each
+    /// sequence grows from L to `L * stride` rows; `w` `[stride, C_out, 2 * C_in]` (see backend docs).
+    ConvTranspose1d {
+        x: TensorId,
+        w: WeightId,
+        bias: Option<WeightId>,
+        stride: usize,
+        in_segments: SegmentsId,
+        out_segments: SegmentsId,
+        out: TensorId,
+    },
+    /// VAE: `y = x + 1 / (exp(beta) + 1e-9) * sin(exp(alpha) * x)^2` per channel (column).
+    SnakeBeta { x: TensorId, alpha: WeightId, beta: WeightId, out: TensorId },
 }
 
 impl Op {
@@ -205,6 +232,8 @@ impl Op {
             CfgExpand { x, scalars, .. } => vec![*x, *scalars],
             CfgDenoise { v, x, scalars, .. } => vec![*v, *x, *scalars],
             Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => vec![*x, *denoised, *d1, *d2, *noise, *scalars],
+            Conv1d { x, residual, .. } => [Some(*x), *residual].into_iter().flatten().collect(),
+            ConvTranspose1d { x, .. } | SnakeBeta { x, .. } => vec![*x],
         }
     }
 
@@ -224,7 +253,10 @@ impl Op {
             | DropFirstRow { out, .. }
             | Attention { out, .. }
             | CfgExpand { out, .. }
-            | CfgDenoise { out, .. } => vec![*out],
+            | CfgDenoise { out, .. }
+            | Conv1d { out, .. }
+            | ConvTranspose1d { out, .. }
+            | SnakeBeta { out, .. } => vec![*out],
             Dpmpp3mUpdate { x, d1, d2, .. } => vec![*x, *d1, *d2],
         }
     }
@@ -245,6 +277,9 @@ impl Op {
             CfgExpand { .. } => "cfg_expand",
             CfgDenoise { .. } => "cfg_denoise",
             Dpmpp3mUpdate { .. } => "dpmpp_3m_update",
+            Conv1d { .. } => "conv1d",
+            ConvTranspose1d { .. } => "conv_transpose1d",
+            SnakeBeta { .. } => "snake_beta",
         }
     }
 }

@@ -2,5 +2,7 @@
 //! describes its computation as graph ops.
 
 pub mod dit;
+pub mod vae;
 
 pub use dit::{Dit, DitBatch, DitSequence};
+pub use vae::VaeDecoder;

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lova_reference as ref  # noqa: E402
+import vae_reference as vae  # noqa: E402
 
 REAL_CONFIG = "configs/lova-vl30.json"
 FIXTURES = "tests/fixtures"
@@ -74,6 +75,10 @@ def make_configs() -> None:
     dc = tiny["model"]["diffusion"]["config"]
     dc.update(embed_dim=256, depth=2, num_heads=4, cond_token_dim=128, global_cond_dim=256)
     tiny["model"]["conditioning"]["cond_dim"] = 128
+    # A tiny VAE decoder: 4 base channels (64 at the widest), but the real strides
+    # and dilations; latents are scaled by 1.5 before decoding to exercise `scale`.
+    tiny["model"]["pretransform"]["config"]["decoder"]["config"]["channels"] = 4
+    tiny["model"]["pretransform"]["scale"] = 1.5
     # The adaLN variant is smaller still (2 query heads over 1 kv head, short
     # position tables) to keep the committed fixtures small; the tiny model
     # above is the one that exercises several kv heads and full 3000-row tables.
@@ -107,7 +112,42 @@ def random_param(key: str, shape, g: torch.Generator) -> torch.Tensor:
     return n / math.sqrt(fan_in) * scale
 
 
-def make_checkpoint(cfg: ref.DiTConfig, path: str, seed: int) -> ref.Params:
+def random_vae(dec: dict, g: torch.Generator) -> dict:
+    """A weight-normalised Oobleck decoder as the original checkpoint stores it (float32)."""
+    out = {}
+    for key, shape in vae.param_shapes(dec).items():
+        if key.endswith(".weight_g"):
+            continue  # set from weight_v below
+        n = torch.randn(shape, generator=g, dtype=F64)
+        if key.endswith(".weight_v"):
+            v = n / math.sqrt(math.prod(shape[1:]))
+            norm = v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
+            out[key] = v.float()
+            # g near ||v|| / 2 (weight norm starts at ||v||; halved so that activations stay
+            # O(1) through the residual stack, as in a trained decoder), perturbed so that the fold matters.
+            out[key[: -len("weight_v")] + "weight_g"] = (0.5 * norm * (0.1 * torch.randn(norm.shape, generator=g,
+                                                                                     dtype=F64)).exp()).float()
+        elif key.endswith((".alpha", ".beta")):
+            out[key] = (0.2 * n).float()  # log scale
+        else:
+            out[key] = (0.1 * n).float()
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def make_vae_cases(params: dict, model_config: dict, path: str, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    dec, scale = vae.decoder_config(model_config), vae.latent_scale(model_config)
+    out = {}
+    for prefix, T in (("a.", 5), ("b.", 1)):
+        z = f32(torch.randn(dec["latent_dim"], T, generator=g, dtype=F64))
+        audio = vae.vae_decode(params, dec, z.to(F64), scale)
+        out[prefix + "latents"] = z
+        out[prefix + "audio"] = f32(audio)
+    save_file(out, path)
+    return out
+
+
+def make_checkpoint(cfg: ref.DiTConfig, path: str, seed: int, with_vae: dict | None = None) -> ref.Params:
     """Write a random checkpoint in the real key layout; return it as stored (float64)."""
     g = torch.Generator().manual_seed(seed)
     shapes = ref.param_shapes(cfg)
@@ -116,11 +156,13 @@ def make_checkpoint(cfg: ref.DiTConfig, path: str, seed: int) -> ref.Params:
     unused = {
         ref.PREFIX + "to_global_embed.0.weight": [E, cfg.global_cond_dim],
         ref.PREFIX + "to_global_embed.2.weight": [E, E],
-        "pretransform.model.decoder.layers.0.bias": [16],
+        "pretransform.model.encoder.layers.0.bias": [16],
     }
     tensors = {}
     for key, shape in list(shapes.items()) + list(unused.items()):
         tensors[key] = random_param(key, shape, g).to(storage_dtype(key)).contiguous()
+    if with_vae is not None:
+        tensors.update(random_vae(with_vae, torch.Generator().manual_seed(seed + 100)))
     save_file(tensors, path)
     return ref.to_dtype(load_file(path), F64)
 
@@ -200,7 +242,11 @@ def main() -> None:
     tiny_cfg = ref.read_config(f"{FIXTURES}/tiny/model_config.json")
     adaln_cfg = ref.read_config(f"{FIXTURES}/adaln/model_config.json")
 
-    tiny_p = make_checkpoint(tiny_cfg, f"{FIXTURES}/tiny/checkpoint.safetensors", seed=1)
+    with open(f"{FIXTURES}/tiny/model_config.json") as fh:
+        tiny_json = json.load(fh)
+    tiny_p = make_checkpoint(tiny_cfg, f"{FIXTURES}/tiny/checkpoint.safetensors", seed=1,
+                             with_vae=vae.decoder_config(tiny_json))
+    vae_cases = make_vae_cases(tiny_p, tiny_json, f"{FIXTURES}/tiny/vae_cases.safetensors", seed=6)
     adaln_p = make_checkpoint(adaln_cfg, f"{FIXTURES}/adaln/checkpoint.safetensors", seed=2)
 
     tiny_cases = make_dit_cases(tiny_cfg, tiny_p, f"{FIXTURES}/tiny/dit_cases.safetensors",
@@ -214,6 +260,8 @@ def main() -> None:
         for k, v in cases.items():
             if "v_" in k:
                 describe(f"{tag}/{k}", v)
+    for k, v in vae_cases.items():
+        describe(f"tiny/vae/{k}", v)
     for k in ("latents_eta0", "latents_eta1"):
         describe(f"tiny/{k}", sampler[k])
     print("  sigmas:", [f"{s:.6g}" for s in sampler["sigmas"].tolist()])

@@ -3,6 +3,7 @@
 //! is tested against, op by op, so each op is a plain function over slices.
 
 pub mod attention;
+pub mod conv;
 pub mod elementwise;
 pub mod linear;
 pub mod norm;
@@ -167,6 +168,33 @@ impl Backend for CpuBackend {
                 io.input(*noise),
                 io.input(*scalars),
             ),
+            Op::Conv1d { x, w: wid, bias, kernel, dilation, padding, residual, segments, out } => conv::conv1d(
+                io.input(*x),
+                g.desc(*x).cols,
+                w(*wid),
+                g.desc(*out).cols,
+                *kernel,
+                *dilation,
+                *padding,
+                bias.map(w),
+                residual.map(|r| io.input(r)),
+                g.seg(*segments),
+                io.output(*out),
+            ),
+            Op::ConvTranspose1d { x, w: wid, bias, stride, in_segments, out_segments, out } => conv::conv_transpose1d(
+                io.input(*x),
+                g.desc(*x).cols,
+                w(*wid),
+                g.desc(*out).cols,
+                *stride,
+                bias.map(w),
+                g.seg(*in_segments),
+                g.seg(*out_segments),
+                io.output(*out),
+            ),
+            Op::SnakeBeta { x, alpha, beta, out } => {
+                conv::snake_beta(io.input(*x), w(*alpha), w(*beta), io.output(*out))
+            }
         }
         Ok(())
     }
