@@ -129,10 +129,10 @@ pub fn tensor_specs(cfg: &VaeDecoderConfig) -> Vec<VaeTensorSpec> {
 /// `weight` is taken as already folded) and convolutions rearranged.
 pub fn original_tensor(file: &SafetensorsFile, spec: &VaeTensorSpec) -> Result<HostTensor> {
     let key = format!("{ORIGINAL_PREFIX}{}", spec.key);
-    let (shape, rearrange): (Vec<usize>, fn(&HostTensor, &VaeTensorKind) -> HostTensor) = match spec.kind {
+    let shape = match spec.kind {
         VaeTensorKind::Vector(n) => return file.tensor(&key, &[n]),
-        VaeTensorKind::Conv { cout, cin, kernel } => (vec![cout, cin, kernel], rearrange_conv),
-        VaeTensorKind::ConvTranspose { cin, cout, stride } => (vec![cin, cout, 2 * stride], rearrange_conv_transpose),
+        VaeTensorKind::Conv { cout, cin, kernel } => vec![cout, cin, kernel],
+        VaeTensorKind::ConvTranspose { cin, cout, stride } => vec![cin, cout, 2 * stride],
     };
     let base = key.trim_end_matches(".weight");
     let folded = if file.contains(&key) {
@@ -152,7 +152,10 @@ pub fn original_tensor(file: &SafetensorsFile, spec: &VaeTensorSpec) -> Result<H
         let g = file.tensor(&g_key, &[shape[0], 1, 1])?;
         fold_weight_norm(&g.data, v)
     };
-    Ok(rearrange(&folded, &spec.kind))
+    Ok(match spec.kind {
+        VaeTensorKind::ConvTranspose { .. } => rearrange_conv_transpose(&folded, &spec.kind),
+        _ => rearrange_conv(&folded, &spec.kind),
+    })
 }
 
 /// `g * v / ||v||` with one norm (and one g) per index of dim 0.

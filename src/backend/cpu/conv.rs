@@ -137,6 +137,7 @@ mod tests {
     }
 
     /// PyTorch-layout direct convolution, one sequence, channel-major `[C, L]`.
+    #[allow(clippy::too_many_arguments)]
     fn direct_conv(x: &[f32], cin: usize, l: usize, w: &[f32], cout: usize, k: usize, d: usize, p: usize) -> Vec<f32> {
         let mut out = vec![0.0; cout * l];
         for co in 0..cout {
