@@ -14,6 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use lova_fast::backend::CpuBackend;
 use lova_fast::config::LovaConfig;
 use lova_fast::models::Dit;
+use lova_fast::models::dit::DIT_PREFIX;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
 use lova_fast::tensor::HostTensor;
 use lova_fast::weights::{RandomWeights, SafetensorsFile, TensorSource};
@@ -47,7 +48,7 @@ fn tiny(c: &mut Criterion) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
     let config = LovaConfig::from_file(&dir.join("model_config.json")).expect("tiny config");
     let ckpt = SafetensorsFile::open(&dir.join("checkpoint.safetensors")).expect("tiny checkpoint");
-    let dit = Dit::load(&CpuBackend, &ckpt, &config.dit).expect("tiny model");
+    let dit = Dit::load(&CpuBackend, &ckpt, &config.dit, DIT_PREFIX).expect("tiny model");
     let features = ckpt_features(&dir);
     bench_steps(c, "dit_step/cpu/tiny_2s", &dit, request(features, 44));
 }
@@ -63,7 +64,7 @@ fn full_size(c: &mut Criterion) {
         return;
     }
     let config = LovaConfig::released();
-    let dit = Dit::load(&CpuBackend, &RandomWeights { seed: 1 }, &config.dit).expect("random full-size model");
+    let dit = Dit::load(&CpuBackend, &RandomWeights { seed: 1 }, &config.dit, "").expect("random full-size model");
     let frames = 80;
     let features =
         RandomWeights { seed: 2 }.tensor("features", &[frames, config.dit.cond_token_dim]).expect("features");

@@ -172,7 +172,7 @@ fn infer(args: InferArgs) -> Result<()> {
 
     let backend = CpuBackend::new();
     let checkpoint = SafetensorsFile::open(&args.checkpoint)?;
-    let dit = Dit::load(&backend, &checkpoint, dit_cfg)
+    let dit = Dit::load(&backend, &checkpoint, dit_cfg, lova_fast::models::dit::DIT_PREFIX)
         .with_context(|| format!("loading the DiT from {}", args.checkpoint.display()))?;
     let loaded = Instant::now();
 

@@ -8,6 +8,7 @@ use common::{fixture, load, rel_l2};
 use lova_fast::backend::CpuBackend;
 use lova_fast::config::LovaConfig;
 use lova_fast::models::Dit;
+use lova_fast::models::dit::DIT_PREFIX;
 use lova_fast::tensor::HostTensor;
 use lova_fast::weights::SafetensorsFile;
 
@@ -16,7 +17,7 @@ const TOLERANCE: f64 = 1e-4;
 fn load_model(dir: &str) -> Dit<CpuBackend> {
     let config = LovaConfig::from_file(&fixture(&format!("{dir}/model_config.json"))).unwrap();
     let ckpt = SafetensorsFile::open(&fixture(&format!("{dir}/checkpoint.safetensors"))).unwrap();
-    Dit::load(&CpuBackend, &ckpt, &config.dit).unwrap()
+    Dit::load(&CpuBackend, &ckpt, &config.dit, DIT_PREFIX).unwrap()
 }
 
 struct Case {

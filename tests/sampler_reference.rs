@@ -7,6 +7,7 @@ use common::{fixture, load, load_f64, rel_l2};
 use lova_fast::backend::CpuBackend;
 use lova_fast::config::LovaConfig;
 use lova_fast::models::Dit;
+use lova_fast::models::dit::DIT_PREFIX;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, sample};
 use lova_fast::tensor::HostTensor;
 use lova_fast::weights::SafetensorsFile;
@@ -14,7 +15,7 @@ use lova_fast::weights::SafetensorsFile;
 fn tiny() -> Dit<CpuBackend> {
     let config = LovaConfig::from_file(&fixture("tiny/model_config.json")).unwrap();
     let ckpt = SafetensorsFile::open(&fixture("tiny/checkpoint.safetensors")).unwrap();
-    Dit::load(&CpuBackend, &ckpt, &config.dit).unwrap()
+    Dit::load(&CpuBackend, &ckpt, &config.dit, DIT_PREFIX).unwrap()
 }
 
 fn settings(eta: f64) -> SamplerSettings {

@@ -13,7 +13,7 @@ use crate::graph::{AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segm
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
 
-/// Key prefix of the DiT inside the LoVA checkpoint.
+/// Key prefix of the DiT inside the original LoVA checkpoint.
 pub const DIT_PREFIX: &str = "model.model.";
 /// Fourier features of the timestep (stable-audio-tools' `timestep_features_dim`).
 const TIMESTEP_FEATURES: usize = 256;
@@ -94,25 +94,16 @@ pub struct Dit<B: Backend> {
     ids: DitIds,
 }
 
-/// Fetches DiT tensors by key (relative to `model.model.`) with shape checks and uploads them.
-struct Loader<'a, B: Backend> {
-    backend: &'a B,
-    file: &'a dyn TensorSource,
-    set: WeightSet<B>,
+/// Walks the DiT's weights in a fixed order: `take(key, shape)` is called for each
+/// (key relative to the DiT prefix) and returns its id. Loading, listing for
+/// `convert` and anything else that needs the weight list share this one description.
+struct Describer<'a> {
+    take: &'a mut dyn FnMut(&str, &[usize]) -> Result<WeightId>,
 }
 
-impl<B: Backend> Loader<'_, B> {
+impl Describer<'_> {
     fn get(&mut self, key: &str, shape: &[usize]) -> Result<WeightId> {
-        let full = format!("{DIT_PREFIX}{key}");
-        let t = self.file.tensor(&full, shape)?;
-        self.set.push(self.backend, &full, &t)
-    }
-
-    /// A 1x1 Conv1d `[out, in, 1]` is a linear layer `[out, in]`.
-    fn conv1x1(&mut self, key: &str, channels: usize) -> Result<WeightId> {
-        let full = format!("{DIT_PREFIX}{key}");
-        let t = self.file.tensor(&full, &[channels, channels, 1])?.reshaped(vec![channels, channels]);
-        self.set.push(self.backend, &full, &t)
+        (self.take)(key, shape)
     }
 
     fn linear(&mut self, key: &str, out: usize, inp: usize, bias: bool) -> Result<LinearIds> {
@@ -128,52 +119,72 @@ impl<B: Backend> Loader<'_, B> {
             beta: self.get(&format!("{key}.beta"), &[dim])?,
         })
     }
-}
 
-impl<B: Backend> Dit<B> {
-    /// Loads the DiT from a LoVA checkpoint (or any tensor source); tensors it does
-    /// not use are ignored.
-    pub fn load(backend: &B, file: &dyn TensorSource, config: &DitConfig) -> Result<Self> {
-        let c = config;
+    fn describe(&mut self, c: &DitConfig) -> Result<DitIds> {
         let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
-        let mut l = Loader { backend, file, set: WeightSet::default() };
         let mut blocks = Vec::with_capacity(c.depth);
         for i in 0..c.depth {
             let p = format!("transformer.layers.{i}");
             blocks.push(BlockIds {
-                pre_norm: l.norm(&format!("{p}.pre_norm"), e)?,
-                to_qkv: l.get(&format!("{p}.self_attn.to_qkv.weight"), &[3 * e, e])?,
-                self_out: l.get(&format!("{p}.self_attn.to_out.weight"), &[e, e])?,
-                cross_norm: l.norm(&format!("{p}.cross_attend_norm"), e)?,
-                to_q: l.get(&format!("{p}.cross_attn.to_q.weight"), &[e, e])?,
-                to_kv: l.get(&format!("{p}.cross_attn.to_kv.weight"), &[2 * cd, cd])?,
-                cross_out: l.get(&format!("{p}.cross_attn.to_out.weight"), &[e, e])?,
-                ff_norm: l.norm(&format!("{p}.ff_norm"), e)?,
-                ff_in: l.linear(&format!("{p}.ff.ff.0.proj"), 2 * c.ff_inner(), e, true)?,
-                ff_out: l.linear(&format!("{p}.ff.ff.2"), e, c.ff_inner(), true)?,
+                pre_norm: self.norm(&format!("{p}.pre_norm"), e)?,
+                to_qkv: self.get(&format!("{p}.self_attn.to_qkv.weight"), &[3 * e, e])?,
+                self_out: self.get(&format!("{p}.self_attn.to_out.weight"), &[e, e])?,
+                cross_norm: self.norm(&format!("{p}.cross_attend_norm"), e)?,
+                to_q: self.get(&format!("{p}.cross_attn.to_q.weight"), &[e, e])?,
+                to_kv: self.get(&format!("{p}.cross_attn.to_kv.weight"), &[2 * cd, cd])?,
+                cross_out: self.get(&format!("{p}.cross_attn.to_out.weight"), &[e, e])?,
+                ff_norm: self.norm(&format!("{p}.ff_norm"), e)?,
+                ff_in: self.linear(&format!("{p}.ff.ff.0.proj"), 2 * c.ff_inner(), e, true)?,
+                ff_out: self.linear(&format!("{p}.ff.ff.2"), e, c.ff_inner(), true)?,
                 modulation: match c.global_cond_type {
-                    GlobalCondType::AdaLn => Some(l.get(&format!("{p}.to_scale_shift_gate.1.weight"), &[6 * e, e])?),
+                    GlobalCondType::AdaLn => Some(self.get(&format!("{p}.to_scale_shift_gate.1.weight"), &[6 * e, e])?),
                     GlobalCondType::Prepend => None,
                 },
             });
         }
-        let ids = DitIds {
-            timestep_features: l.get("timestep_features.weight", &[TIMESTEP_FEATURES / 2, 1])?,
+        Ok(DitIds {
+            timestep_features: self.get("timestep_features.weight", &[TIMESTEP_FEATURES / 2, 1])?,
             timestep_embed: [
-                l.linear("to_timestep_embed.0", e, TIMESTEP_FEATURES, true)?,
-                l.linear("to_timestep_embed.2", e, e, true)?,
+                self.linear("to_timestep_embed.0", e, TIMESTEP_FEATURES, true)?,
+                self.linear("to_timestep_embed.2", e, e, true)?,
             ],
-            cond_embed: [l.get("to_cond_embed.0.weight", &[cd, cd])?, l.get("to_cond_embed.2.weight", &[cd, cd])?],
-            preprocess_conv: l.conv1x1("preprocess_conv.weight", io)?,
-            postprocess_conv: l.conv1x1("postprocess_conv.weight", io)?,
-            project_in: l.get("transformer.project_in.weight", &[e, io])?,
-            project_out: l.get("transformer.project_out.weight", &[io, e])?,
-            inv_freq: l.get("transformer.rotary_pos_emb.inv_freq", &[ROTARY_DIM / 2])?,
-            pos_emb: l.get("transformer.pos_emb.emb.weight", &[c.max_positions, e])?,
-            pos_emb_cond: l.get("transformer.pos_emb_cond.emb.weight", &[c.max_positions, cd])?,
+            cond_embed: [self.get("to_cond_embed.0.weight", &[cd, cd])?, self.get("to_cond_embed.2.weight", &[cd, cd])?],
+            // 1x1 Conv1d [out, in, 1]: the same data as a linear layer [out, in].
+            preprocess_conv: self.get("preprocess_conv.weight", &[io, io, 1])?,
+            postprocess_conv: self.get("postprocess_conv.weight", &[io, io, 1])?,
+            project_in: self.get("transformer.project_in.weight", &[e, io])?,
+            project_out: self.get("transformer.project_out.weight", &[io, e])?,
+            inv_freq: self.get("transformer.rotary_pos_emb.inv_freq", &[ROTARY_DIM / 2])?,
+            pos_emb: self.get("transformer.pos_emb.emb.weight", &[c.max_positions, e])?,
+            pos_emb_cond: self.get("transformer.pos_emb_cond.emb.weight", &[c.max_positions, cd])?,
             blocks,
+        })
+    }
+}
+
+/// Every DiT tensor the engine needs: key (relative to the DiT prefix) and shape.
+pub fn tensor_list(config: &DitConfig) -> Vec<(String, Vec<usize>)> {
+    let mut list = Vec::new();
+    let mut take = |key: &str, shape: &[usize]| {
+        list.push((key.to_string(), shape.to_vec()));
+        Ok(WeightId(list.len() - 1))
+    };
+    Describer { take: &mut take }.describe(config).expect("listing never fails");
+    list
+}
+
+impl<B: Backend> Dit<B> {
+    /// Loads the DiT from `source`, keys `{prefix}{key}` (`model.model.` in a LoVA
+    /// checkpoint, `dit.` in an engine file); tensors it does not use are ignored.
+    pub fn load(backend: &B, source: &dyn TensorSource, config: &DitConfig, prefix: &str) -> Result<Self> {
+        let mut set = WeightSet::default();
+        let mut take = |key: &str, shape: &[usize]| {
+            let full = format!("{prefix}{key}");
+            let t = source.tensor(&full, shape)?;
+            set.push(backend, &full, &t)
         };
-        Ok(Dit { config: config.clone(), weights: l.set, ids })
+        let ids = Describer { take: &mut take }.describe(config)?;
+        Ok(Dit { config: config.clone(), weights: set, ids })
     }
 
     pub fn weights(&self) -> &[B::Weight] {
