@@ -5,8 +5,10 @@
 //! backend (f32) is the reference; the sampler (`sampler`) drives the DiT
 //! through DPM++ 3M SDE with classifier-free guidance, many clips at once.
 
+pub mod audio;
 pub mod backend;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod graph;
 pub mod kernels;

@@ -18,7 +18,8 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `infer` on the tiny fixture with the sampler fixture's settings (eta 0, injected noise).
+/// `infer` on the tiny fixture with the sampler fixture's settings (eta 0, injected
+/// noise), latents only.
 fn infer_args(features: &Path, checkpoint: &Path, config: &Path, out: &Path) -> Vec<String> {
     let init = fixture("tiny/init_noise.safetensors");
     [

@@ -148,7 +148,10 @@ impl Describer<'_> {
                 self.linear("to_timestep_embed.0", e, TIMESTEP_FEATURES, true)?,
                 self.linear("to_timestep_embed.2", e, e, true)?,
             ],
-            cond_embed: [self.get("to_cond_embed.0.weight", &[cd, cd])?, self.get("to_cond_embed.2.weight", &[cd, cd])?],
+            cond_embed: [
+                self.get("to_cond_embed.0.weight", &[cd, cd])?,
+                self.get("to_cond_embed.2.weight", &[cd, cd])?,
+            ],
             // 1x1 Conv1d [out, in, 1]: the same data as a linear layer [out, in].
             preprocess_conv: self.get("preprocess_conv.weight", &[io, io, 1])?,
             postprocess_conv: self.get("postprocess_conv.weight", &[io, io, 1])?,

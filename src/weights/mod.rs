@@ -4,10 +4,12 @@
 
 mod random;
 mod safetensors_file;
+mod streaming_writer;
 mod tensor_file;
 
 pub use random::RandomWeights;
 pub use safetensors_file::SafetensorsFile;
+pub use streaming_writer::{StoredDtype, StreamingWriter, TensorEntry};
 pub use tensor_file::{read_single_tensor, write_tensors_atomically};
 
 use crate::error::Result;

@@ -56,6 +56,11 @@ impl SafetensorsFile {
         self.metadata.metadata().as_ref()?.get(key).map(String::as_str)
     }
 
+    /// Stored dtype of `key` (`F32`, `F16`, ...).
+    pub fn dtype_name(&self, key: &str) -> Option<String> {
+        self.metadata.info(key).map(|i| format!("{:?}", i.dtype))
+    }
+
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
         self.metadata.info(key).map(|i| i.shape.clone())
     }

@@ -1,0 +1,87 @@
+//! Subcommands of the `lova-fast` binary, and the pieces they share.
+
+pub mod convert;
+pub mod decode;
+pub mod infer;
+pub mod info;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use lova_fast::backend::Backend;
+use lova_fast::config::LovaConfig;
+use lova_fast::engine::{Model, WeightSource};
+
+/// Where the model comes from: an engine file, or the original checkpoint.
+#[derive(Args, Clone)]
+pub struct WeightArgs {
+    /// Engine file written by `lova-fast convert` (fp16, config inside; the fast way).
+    #[arg(long, value_name = "ENGINE.safetensors", conflicts_with_all = ["checkpoint", "config"])]
+    pub weights: Option<PathBuf>,
+
+    /// Original LoVA checkpoint (safetensors; DiT under `model.model.*`, VAE under
+    /// `pretransform.model.*`), converted while loading.
+    #[arg(long, value_name = "CKPT.safetensors")]
+    pub checkpoint: Option<PathBuf>,
+
+    /// LoVA-format model_config.json for --checkpoint [default: the released vl30 config, built in].
+    #[arg(long, value_name = "CONFIG.json", requires = "checkpoint")]
+    pub config: Option<PathBuf>,
+}
+
+impl WeightArgs {
+    pub fn load<B: Backend>(&self, backend: &B, with_vae: bool) -> Result<Model<B>> {
+        let what = self.weights.as_ref().or(self.checkpoint.as_ref());
+        let source = match (&self.weights, &self.checkpoint) {
+            (Some(path), _) => WeightSource::Engine(path),
+            (None, Some(checkpoint)) => WeightSource::Original { checkpoint, config: self.original_config()? },
+            (None, None) => {
+                bail!("no model: pass --weights ENGINE.safetensors (see `lova-fast convert`) or --checkpoint")
+            }
+        };
+        let model = Model::load(backend, source, with_vae);
+        model.with_context(|| {
+            format!("loading the model from {}", what.map(|p| p.display().to_string()).unwrap_or_default())
+        })
+    }
+
+    /// The model's config, without loading any weight (to check inputs first).
+    pub fn config(&self) -> Result<LovaConfig> {
+        match &self.weights {
+            Some(path) => Ok(lova_fast::engine::open_engine_file(path)?.1),
+            None => self.original_config(),
+        }
+    }
+
+    /// The config that goes with --checkpoint.
+    pub fn original_config(&self) -> Result<LovaConfig> {
+        Ok(match &self.config {
+            Some(path) => LovaConfig::from_file(path)?,
+            None => LovaConfig::released(),
+        })
+    }
+}
+
+/// Fails before the long work if `path` could not be written anyway.
+pub fn check_output_path(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        bail!("cannot write {}: it is a folder", path.display());
+    }
+    Ok(())
+}
+
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot set the number of threads")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The engine weight file and model loading.
+//!
+//! `lova-fast convert` turns the published files (the LoVA checkpoint: fp32,
+//! PyTorch key names, weight-normalised VAE; a CLIP checkpoint) into one
+//! safetensors file laid out the way the engine wants it: every tensor of
+//! rank >= 2 in fp16 (vectors and the timestep frequencies stay f32: tiny, and
+//! precision-sensitive), weight norm folded, convolutions rearranged, and the
+//! model config plus a format version in the metadata. `infer` memory-maps it
+//! and loads with no conversion work.
+//!
+//! Keys: `dit.<key under model.model.>`, `vae.<decoder key>` (see `models::vae`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::backend::Backend;
+use crate::config::LovaConfig;
+use crate::error::{Error, Result};
+use crate::models::Dit;
+use crate::models::dit::{self, DIT_PREFIX};
+use crate::models::vae::{self, VaeDecoder};
+use crate::tensor::HostTensor;
+use crate::weights::{SafetensorsFile, StoredDtype, StreamingWriter, TensorEntry};
+
+pub const FORMAT: &str = "lova-fast";
+pub const FORMAT_VERSION: &str = "1";
+pub const DIT_KEYS: &str = "dit.";
+pub const VAE_KEYS: &str = "vae.";
+
+/// Where the weights come from.
+pub enum WeightSource<'a> {
+    /// An engine file written by `convert` (its config is inside).
+    Engine(&'a Path),
+    /// The original checkpoint and its config.
+    Original { checkpoint: &'a Path, config: LovaConfig },
+}
+
+/// The networks of one LoVA model on one backend.
+pub struct Model<B: Backend> {
+    pub config: LovaConfig,
+    pub dit: Dit<B>,
+    /// Absent when the caller did not ask for it (latents only).
+    pub vae: Option<VaeDecoder<B>>,
+}
+
+/// Storage dtype of an engine tensor.
+pub fn engine_dtype(name: &str, shape: &[usize]) -> StoredDtype {
+    if shape.len() < 2 || name.ends_with("timestep_features.weight") { StoredDtype::F32 } else { StoredDtype::F16 }
+}
+
+/// Opens an engine file, checking that it is one and of a version this build reads.
+pub fn open_engine_file(path: &Path) -> Result<(SafetensorsFile, LovaConfig)> {
+    let file = SafetensorsFile::open(path)?;
+    if file.user_metadata("format") != Some(FORMAT) {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a lova-fast engine file (make one with `lova-fast convert`; an original \
+             LoVA checkpoint goes to --checkpoint)",
+            path.display()
+        )));
+    }
+    match file.user_metadata("format_version") {
+        Some(FORMAT_VERSION) => {}
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "{} has engine format version {}, this build reads version {FORMAT_VERSION}: convert it again",
+                path.display(),
+                other.unwrap_or("(none)")
+            )));
+        }
+    }
+    let text = file
+        .user_metadata("config")
+        .ok_or_else(|| Error::InvalidInput(format!("{} holds no config", path.display())))?;
+    let config = LovaConfig::from_json_str(text)?;
+    Ok((file, config))
+}
+
+impl<B: Backend> Model<B> {
+    pub fn load(backend: &B, source: WeightSource, with_vae: bool) -> Result<Self> {
+        match source {
+            WeightSource::Engine(path) => {
+                let (file, config) = open_engine_file(path)?;
+                let dit = Dit::load(backend, &file, &config.dit, DIT_KEYS)?;
+                let vae = if with_vae {
+                    let fetch = &mut |spec: &vae::VaeTensorSpec| {
+                        file.tensor(&format!("{VAE_KEYS}{}", spec.key), &spec.engine_shape())
+                    };
+                    Some(VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)?)
+                } else {
+                    None
+                };
+                Ok(Model { config, dit, vae })
+            }
+            WeightSource::Original { checkpoint, config } => {
+                let file = SafetensorsFile::open(checkpoint)?;
+                let dit = Dit::load(backend, &file, &config.dit, DIT_PREFIX)?;
+                let vae = if with_vae {
+                    let fetch = &mut |spec: &vae::VaeTensorSpec| vae::original_tensor(&file, spec);
+                    Some(VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)?)
+                } else {
+                    None
+                };
+                Ok(Model { config, dit, vae })
+            }
+        }
+    }
+}
+
+/// What `convert` wrote.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub tensors: usize,
+    pub parameters: BTreeMap<&'static str, usize>,
+    pub bytes: u64,
+}
+
+/// One tensor to convert: its engine name and dtype, and how to read it from the originals.
+struct Planned<'a> {
+    entry: TensorEntry,
+    component: &'static str,
+    fetch: Box<dyn Fn() -> Result<HostTensor> + 'a>,
+}
+
+/// Writes the engine file `out` from the original checkpoint, tensor by tensor
+/// (memory: one tensor at a time). `progress(done, total)` after each tensor.
+pub fn convert(
+    checkpoint: &Path,
+    config: &LovaConfig,
+    config_json: &str,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ConvertReport> {
+    let ckpt = SafetensorsFile::open(checkpoint)?;
+    vae::check_config(&config.vae_decoder)?;
+    let mut plan: Vec<Planned> = Vec::new();
+    for (key, shape) in dit::tensor_list(&config.dit) {
+        let name = format!("{DIT_KEYS}{key}");
+        let ckpt = &ckpt;
+        plan.push(Planned {
+            entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape: shape.clone() },
+            component: "dit",
+            fetch: Box::new(move || ckpt.tensor(&format!("{DIT_PREFIX}{key}"), &shape)),
+        });
+    }
+    for spec in vae::tensor_specs(&config.vae_decoder) {
+        let name = format!("{VAE_KEYS}{}", spec.key);
+        let shape = spec.engine_shape();
+        let ckpt = &ckpt;
+        plan.push(Planned {
+            entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape },
+            component: "vae",
+            fetch: Box::new(move || vae::original_tensor(ckpt, &spec)),
+        });
+    }
+    // Check every source tensor exists with the right shape before writing anything big.
+    for p in &plan {
+        check_available(&ckpt, p)?;
+    }
+
+    let metadata = BTreeMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("config".to_string(), config_json.to_string()),
+        ("components".to_string(), "dit,vae".to_string()),
+    ]);
+    let mut writer = StreamingWriter::create(out, plan.iter().map(|p| p.entry.clone()).collect(), &metadata)?;
+    let mut parameters = BTreeMap::new();
+    for (i, p) in plan.iter().enumerate() {
+        let t = (p.fetch)()?;
+        writer.write(&p.entry.name, &t)?;
+        *parameters.entry(p.component).or_insert(0) += t.len();
+        progress(i + 1, plan.len());
+    }
+    writer.finish()?;
+    let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(ConvertReport { tensors: plan.len(), parameters, bytes })
+}
+
+/// Cheap existence check of a planned tensor's sources (keys only, no data read).
+fn check_available(ckpt: &SafetensorsFile, p: &Planned) -> Result<()> {
+    let missing = |key: String| Error::MissingTensor { key, file: ckpt.path().display().to_string() };
+    if let Some(rest) = p.entry.name.strip_prefix(DIT_KEYS) {
+        let key = format!("{DIT_PREFIX}{rest}");
+        return match ckpt.shape(&key) {
+            None => Err(missing(key)),
+            Some(found) if found != p.entry.shape => Err(Error::ShapeMismatch {
+                key,
+                file: ckpt.path().display().to_string(),
+                expected: p.entry.shape.clone(),
+                found,
+            }),
+            Some(_) => Ok(()),
+        };
+    }
+    if let Some(rest) = p.entry.name.strip_prefix(VAE_KEYS) {
+        let base = format!("{}{}", vae::ORIGINAL_PREFIX, rest.trim_end_matches(".weight"));
+        let present = |suffix: &str| ckpt.contains(&format!("{base}{suffix}"));
+        let ok = if rest.ends_with(".weight") {
+            present(".weight") || present(".weight_v") || present(".parametrizations.weight.original1")
+        } else {
+            ckpt.contains(&format!("{}{rest}", vae::ORIGINAL_PREFIX))
+        };
+        if !ok {
+            return Err(missing(format!("{}{rest}", vae::ORIGINAL_PREFIX)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! `convert`, `info`, `decode` and the WAV output of `infer`, end to end on the
+//! tiny fixture, and their behaviour on bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{fixture, rel_l2};
+use lova_fast::weights::SafetensorsFile;
+
+fn lova_fast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lova-fast")).args(args).output().expect("run lova-fast")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    stderr
+}
+
+/// Asserts a clean failure: non-zero, not a panic, `expected` in stderr.
+fn failed(o: &Output, expected: &[&str]) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure: {stderr}");
+    assert_ne!(o.status.code(), Some(101), "panic: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "stderr lacks {e:?}: {stderr}");
+    }
+}
+
+fn convert(dir: &Path, checkpoint: &Path, config: &Path) -> (Output, PathBuf) {
+    let out = dir.join("engine.safetensors");
+    (lova_fast(&["convert", "--checkpoint", s(checkpoint), "--config", s(config), "-o", s(&out)]), out)
+}
+
+fn tiny_engine(dir: &Path) -> PathBuf {
+    let (o, path) = convert(dir, &fixture("tiny/checkpoint.safetensors"), &fixture("tiny/model_config.json"));
+    ok(&o);
+    path
+}
+
+/// `infer` with injected noise and eta 0 (deterministic), writing WAV and latents.
+fn infer(dir: &Path, tag: &str, weights: &[&str], extra: &[&str]) -> (PathBuf, PathBuf) {
+    let (wav, lat) = (dir.join(format!("{tag}.wav")), dir.join(format!("{tag}.latents.safetensors")));
+    let features = fixture("tiny/features.safetensors");
+    let noise = fixture("tiny/init_noise.safetensors");
+    let mut args = vec!["infer", s(&features), "-o", s(&wav), "--save-latents", s(&lat)];
+    args.extend_from_slice(weights);
+    args.extend_from_slice(&["--steps", "8", "--eta", "0", "--init-noise", s(&noise)]);
+    args.extend_from_slice(extra);
+    ok(&lova_fast(&args));
+    (wav, lat)
+}
+
+fn latents(path: &Path) -> Vec<f32> {
+    SafetensorsFile::open(path).unwrap().tensor("latents", &[64, 44]).unwrap().data
+}
+
+fn wav_samples(path: &Path) -> (hound::WavSpec, Vec<f32>) {
+    let mut r = hound::WavReader::open(path).unwrap();
+    let spec = r.spec();
+    let v = match spec.sample_format {
+        hound::SampleFormat::Int => r.samples::<i16>().map(|x| x.unwrap() as f32 / 32767.0).collect(),
+        hound::SampleFormat::Float => r.samples::<f32>().map(|x| x.unwrap()).collect(),
+    };
+    (spec, v)
+}
+
+fn snr_db(got: &[f32], want: &[f32]) -> f64 {
+    -20.0 * rel_l2(got, want).log10()
+}
+
+#[test]
+fn engine_file_and_original_checkpoint_give_the_same_latents_and_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path());
+    let (ckpt, cfg) = (fixture("tiny/checkpoint.safetensors"), fixture("tiny/model_config.json"));
+    let (wav_o, lat_o) = infer(dir.path(), "original", &["--checkpoint", s(&ckpt), "--config", s(&cfg)], &[]);
+    let (wav_e, lat_e) = infer(dir.path(), "engine", &["--weights", s(&engine)], &[]);
+    // The engine file stores matrices in fp16 (unit roundoff 4.9e-4): after 8
+    // steps with CFG 5 the latents agree to a few times that, not to f32 precision.
+    let err = rel_l2(&latents(&lat_e), &latents(&lat_o));
+    println!("latents engine vs original: rel L2 {err:.2e}");
+    assert!(err < 2e-3, "{err:e}");
+    let (spec, a) = wav_samples(&wav_e);
+    let (_, b) = wav_samples(&wav_o);
+    let snr = snr_db(&a, &b);
+    println!("audio engine vs original: SNR {snr:.1} dB");
+    assert!(snr > 50.0, "{snr}");
+    // 16 frames at 8 fps = 2 s: exactly round(2 * 44100) stereo 16-bit samples.
+    assert_eq!((spec.channels, spec.sample_rate, spec.bits_per_sample), (2, 44100, 16));
+    assert_eq!(a.len(), 2 * 88200);
+    let peak = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!((peak - 1.0).abs() < 1e-4, "peak-normalised, got {peak}");
+}
+
+#[test]
+fn float_wav_and_explicit_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path());
+    let (wav, features) = (dir.path().join("f.wav"), fixture("tiny/features.safetensors"));
+    let args = ["infer", s(&features), "--weights", s(&engine), "-o", s(&wav), "--steps", "3", "--seed", "5"];
+    ok(&lova_fast(&[&args[..], &["--float", "--seconds", "1.9"]].concat()));
+    let (spec, v) = wav_samples(&wav);
+    assert_eq!((spec.bits_per_sample, spec.sample_format), (32, hound::SampleFormat::Float));
+    assert_eq!(v.len(), 2 * 83790, "round(1.9 * 44100) samples per channel");
+}
+
+#[test]
+fn decode_reproduces_the_audio_of_infer() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path());
+    let (wav, lat) = infer(dir.path(), "i", &["--weights", s(&engine)], &[]);
+    let decoded = dir.path().join("decoded.wav");
+    ok(&lova_fast(&["decode", s(&lat), "--weights", s(&engine), "-o", s(&decoded)]));
+    assert_eq!(std::fs::read(&wav).unwrap(), std::fs::read(&decoded).unwrap());
+}
+
+#[test]
+fn info_describes_the_engine_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path());
+    let o = lova_fast(&["info", s(&engine)]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(text.contains("engine file, format version 1"), "{text}");
+    // The tiny DiT has 3.79 M parameters (the fixture checkpoint's model.model.* minus the unused to_global_embed).
+    assert!(text.contains("dit") && text.contains("3.790 M"), "{text}");
+    assert!(text.contains("vae") && text.contains("DiT width 256 depth 2"), "{text}");
+}
+
+#[test]
+fn convert_refuses_a_checkpoint_with_a_missing_vae_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("tiny/checkpoint.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let key = "pretransform.model.decoder.layers.3.layers.2.layers.0.alpha";
+    let kept: Vec<_> = st.tensors().into_iter().filter(|(k, _)| k != key).collect();
+    let ckpt = dir.path().join("ckpt.safetensors");
+    safetensors::serialize_to_file(kept, None, &ckpt).unwrap();
+    let (o, out) = convert(dir.path(), &ckpt, &fixture("tiny/model_config.json"));
+    failed(&o, &[key, "missing"]);
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the input is left");
+}
+
+#[test]
+fn convert_refuses_strides_that_do_not_match_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("tiny/model_config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["model"]["pretransform"]["config"]["decoder"]["config"]["strides"] = serde_json::json!([2, 4, 4, 8, 4]);
+    let cfg = dir.path().join("config.json");
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let (o, out) = convert(dir.path(), &fixture("tiny/checkpoint.safetensors"), &cfg);
+    failed(&o, &["decoder.layers.1.layers.1.weight_v", "[64, 32, 8]"]);
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the config is left");
+}
+
+#[test]
+fn truncated_or_foreign_engine_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path());
+    let bytes = std::fs::read(&engine).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let wav = dir.path().join("out.wav");
+    let features = fixture("tiny/features.safetensors");
+    failed(&lova_fast(&["infer", s(&features), "--weights", s(&cut), "-o", s(&wav)]), &["cut.safetensors"]);
+    // An original checkpoint passed as an engine file.
+    let ckpt = fixture("tiny/checkpoint.safetensors");
+    failed(
+        &lova_fast(&["infer", s(&features), "--weights", s(&ckpt), "-o", s(&wav)]),
+        &["not a lova-fast engine file"],
+    );
+    assert!(!wav.exists());
+}
