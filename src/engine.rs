@@ -119,6 +119,8 @@ struct Planned<'a> {
     entry: TensorEntry,
     component: &'static str,
     fetch: Box<dyn Fn() -> Result<HostTensor> + 'a>,
+    /// Drops the source pages once written (keeps the resident set small).
+    release: Box<dyn Fn() + 'a>,
 }
 
 /// Writes the engine file `out` from the original checkpoint, tensor by tensor
@@ -139,7 +141,11 @@ pub fn convert(
         plan.push(Planned {
             entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape: shape.clone() },
             component: "dit",
-            fetch: Box::new(move || ckpt.tensor(&format!("{DIT_PREFIX}{key}"), &shape)),
+            fetch: Box::new({
+                let key = key.clone();
+                move || ckpt.tensor(&format!("{DIT_PREFIX}{key}"), &shape)
+            }),
+            release: Box::new(move || ckpt.release(&format!("{DIT_PREFIX}{key}"))),
         });
     }
     for spec in vae::tensor_specs(&config.vae_decoder) {
@@ -149,6 +155,14 @@ pub fn convert(
         plan.push(Planned {
             entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape },
             component: "vae",
+            release: Box::new({
+                let base = format!("{}{}", vae::ORIGINAL_PREFIX, spec.key.trim_end_matches(".weight"));
+                move || {
+                    for suffix in ["", ".weight", ".weight_g", ".weight_v", ".bias", ".alpha", ".beta"] {
+                        ckpt.release(&format!("{base}{suffix}"));
+                    }
+                }
+            }),
             fetch: Box::new(move || vae::original_tensor(ckpt, &spec)),
         });
     }
@@ -168,6 +182,7 @@ pub fn convert(
     for (i, p) in plan.iter().enumerate() {
         let t = (p.fetch)()?;
         writer.write(&p.entry.name, &t)?;
+        (p.release)();
         *parameters.entry(p.component).or_insert(0) += t.len();
         progress(i + 1, plan.len());
     }

@@ -56,6 +56,21 @@ impl SafetensorsFile {
         self.metadata.metadata().as_ref()?.get(key).map(String::as_str)
     }
 
+    /// Tells the kernel that the bytes of `key` are no longer needed, so a
+    /// one-pass reader (`convert`) does not keep a whole checkpoint resident.
+    /// A hint: later reads still work (the pages come back from the file).
+    pub fn release(&self, key: &str) {
+        #[cfg(unix)]
+        if let Some(info) = self.metadata.info(key) {
+            let page = 4096;
+            let start = (self.data_start + info.data_offsets.0) / page * page;
+            let end = self.data_start + info.data_offsets.1;
+            // SAFETY: a read-only private file mapping; dropping its pages only makes
+            // the next access read them from the file again. Nothing borrows them now.
+            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+        }
+    }
+
     /// Stored dtype of `key` (`F32`, `F16`, ...).
     pub fn dtype_name(&self, key: &str) -> Option<String> {
         self.metadata.info(key).map(|i| format!("{:?}", i.dtype))
