@@ -188,6 +188,25 @@ pub enum Op {
     /// `x = a*x + b*denoised + c*d1 + d*d2 + e*noise; d2 = d1; d1 = denoised`
     /// with the coefficients from `scalars`.
     Dpmpp3mUpdate { x: TensorId, denoised: TensorId, d1: TensorId, d2: TensorId, noise: TensorId, scalars: TensorId },
+    /// Patches of a strided conv whose stride equals its kernel (im2col), so that
+    /// the conv becomes a `Linear` with its weight `[out, channels, patch, patch]`
+    /// viewed as `[out, channels * patch^2]`. `images` is `[n, channels * size^2]`
+    /// (each image CHW); `out` is `[n * grid^2, channels * patch^2]`, grid = size / patch,
+    /// one row per patch in row-major grid order, columns in (channel, ky, kx) order.
+    Patchify { images: TensorId, channels: usize, size: usize, patch: usize, out: TensorId },
+    /// Per sequence b: the weight `row` (one row, e.g. CLIP's class embedding),
+    /// then the rows of `rest` for b; `out` uses `out_segments`.
+    PrependWeightRow {
+        row: WeightId,
+        rest: TensorId,
+        rest_segments: SegmentsId,
+        out_segments: SegmentsId,
+        out: TensorId,
+    },
+    /// `out = x * sigmoid(1.702 x)` (CLIP's QuickGELU).
+    QuickGelu { x: TensorId, out: TensorId },
+    /// Row b of `out` is the first row of sequence b of `x` (e.g. each image's class token).
+    FirstRows { x: TensorId, segments: SegmentsId, out: TensorId },
 }
 
 impl Op {
@@ -205,6 +224,9 @@ impl Op {
             CfgExpand { x, scalars, .. } => vec![*x, *scalars],
             CfgDenoise { v, x, scalars, .. } => vec![*v, *x, *scalars],
             Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => vec![*x, *denoised, *d1, *d2, *noise, *scalars],
+            Patchify { images, .. } => vec![*images],
+            PrependWeightRow { rest, .. } => vec![*rest],
+            QuickGelu { x, .. } | FirstRows { x, .. } => vec![*x],
         }
     }
 
@@ -226,6 +248,9 @@ impl Op {
             | CfgExpand { out, .. }
             | CfgDenoise { out, .. } => vec![*out],
             Dpmpp3mUpdate { x, d1, d2, .. } => vec![*x, *d1, *d2],
+            Patchify { out, .. } | PrependWeightRow { out, .. } | QuickGelu { out, .. } | FirstRows { out, .. } => {
+                vec![*out]
+            }
         }
     }
 
@@ -245,6 +270,10 @@ impl Op {
             CfgExpand { .. } => "cfg_expand",
             CfgDenoise { .. } => "cfg_denoise",
             Dpmpp3mUpdate { .. } => "dpmpp_3m_update",
+            Patchify { .. } => "patchify",
+            PrependWeightRow { .. } => "prepend_weight_row",
+            QuickGelu { .. } => "quick_gelu",
+            FirstRows { .. } => "first_rows",
         }
     }
 }
