@@ -1,6 +1,8 @@
 //! Models: each loads its weights by checkpoint key (with shape checks) and
 //! describes its computation as graph ops.
 
+pub mod clip;
 pub mod dit;
 
+pub use clip::{ClipVision, ClipVisionConfig};
 pub use dit::{Dit, DitBatch, DitSequence};
