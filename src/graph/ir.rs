@@ -215,6 +215,25 @@ pub enum Op {
     },
     /// VAE: `y = x + 1 / (exp(beta) + 1e-9) * sin(exp(alpha) * x)^2` per channel (column).
     SnakeBeta { x: TensorId, alpha: WeightId, beta: WeightId, out: TensorId },
+    /// Patches of a strided conv whose stride equals its kernel (im2col), so that
+    /// the conv becomes a `Linear` with its weight `[out, channels, patch, patch]`
+    /// viewed as `[out, channels * patch^2]`. `images` is `[n, channels * size^2]`
+    /// (each image CHW); `out` is `[n * grid^2, channels * patch^2]`, grid = size / patch,
+    /// one row per patch in row-major grid order, columns in (channel, ky, kx) order.
+    Patchify { images: TensorId, channels: usize, size: usize, patch: usize, out: TensorId },
+    /// Per sequence b: the weight `row` (one row, e.g. CLIP's class embedding),
+    /// then the rows of `rest` for b; `out` uses `out_segments`.
+    PrependWeightRow {
+        row: WeightId,
+        rest: TensorId,
+        rest_segments: SegmentsId,
+        out_segments: SegmentsId,
+        out: TensorId,
+    },
+    /// `out = x * sigmoid(1.702 x)` (CLIP's QuickGELU).
+    QuickGelu { x: TensorId, out: TensorId },
+    /// Row b of `out` is the first row of sequence b of `x` (e.g. each image's class token).
+    FirstRows { x: TensorId, segments: SegmentsId, out: TensorId },
 }
 
 impl Op {
@@ -234,6 +253,9 @@ impl Op {
             Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => vec![*x, *denoised, *d1, *d2, *noise, *scalars],
             Conv1d { x, residual, .. } => [Some(*x), *residual].into_iter().flatten().collect(),
             ConvTranspose1d { x, .. } | SnakeBeta { x, .. } => vec![*x],
+            Patchify { images, .. } => vec![*images],
+            PrependWeightRow { rest, .. } => vec![*rest],
+            QuickGelu { x, .. } | FirstRows { x, .. } => vec![*x],
         }
     }
 
@@ -258,6 +280,9 @@ impl Op {
             | ConvTranspose1d { out, .. }
             | SnakeBeta { out, .. } => vec![*out],
             Dpmpp3mUpdate { x, d1, d2, .. } => vec![*x, *d1, *d2],
+            Patchify { out, .. } | PrependWeightRow { out, .. } | QuickGelu { out, .. } | FirstRows { out, .. } => {
+                vec![*out]
+            }
         }
     }
 
@@ -280,6 +305,10 @@ impl Op {
             Conv1d { .. } => "conv1d",
             ConvTranspose1d { .. } => "conv_transpose1d",
             SnakeBeta { .. } => "snake_beta",
+            Patchify { .. } => "patchify",
+            PrependWeightRow { .. } => "prepend_weight_row",
+            QuickGelu { .. } => "quick_gelu",
+            FirstRows { .. } => "first_rows",
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Models: each loads its weights by checkpoint key (with shape checks) and
 //! describes its computation as graph ops.
 
+pub mod clip;
 pub mod dit;
 pub mod vae;
 
+pub use clip::{ClipVision, ClipVisionConfig};
 pub use dit::{Dit, DitBatch, DitSequence};
 pub use vae::VaeDecoder;

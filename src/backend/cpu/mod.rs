@@ -9,6 +9,7 @@ pub mod linear;
 pub mod norm;
 mod operands;
 pub mod sampler_ops;
+pub mod vision_ops;
 
 use operands::Operands;
 
@@ -194,6 +195,42 @@ impl Backend for CpuBackend {
             ),
             Op::SnakeBeta { x, alpha, beta, out } => {
                 conv::snake_beta(io.input(*x), w(*alpha), w(*beta), io.output(*out))
+            }
+            Op::Patchify { images, channels, size, patch, out } => {
+                let (id, od) = (g.desc(*images), g.desc(*out));
+                let grid = if *patch == 0 { 0 } else { size / patch };
+                if id.cols != channels * size * size
+                    || od.rows != id.rows * grid * grid
+                    || od.cols != channels * patch * patch
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "graph bug: patchify of `{}` [{}, {}] ({channels} x {size} x {size}, patch {patch}) into `{}` [{}, {}]",
+                        id.name, id.rows, id.cols, od.name, od.rows, od.cols
+                    )));
+                }
+                vision_ops::patchify(io.input(*images), *channels, *size, *patch, io.output(*out));
+            }
+            Op::PrependWeightRow { row, rest, rest_segments, out_segments, out } => {
+                let cols = g.desc(*out).cols;
+                if w(*row).len() != cols {
+                    return Err(Error::InvalidInput(format!(
+                        "graph bug: prepending a weight of {} values to rows of {cols} (`{}`)",
+                        w(*row).len(),
+                        g.desc(*out).name
+                    )));
+                }
+                vision_ops::prepend_weight_row(
+                    w(*row),
+                    io.input(*rest),
+                    cols,
+                    g.seg(*rest_segments),
+                    g.seg(*out_segments),
+                    io.output(*out),
+                )
+            }
+            Op::QuickGelu { x, out } => vision_ops::quick_gelu_all(io.input(*x), io.output(*out)),
+            Op::FirstRows { x, segments, out } => {
+                vision_ops::first_rows(io.input(*x), g.desc(*out).cols, g.seg(*segments), io.output(*out))
             }
         }
         Ok(())

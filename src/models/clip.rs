@@ -1,0 +1,485 @@
+//! The CLIP ViT image tower (lova-model.md section 3) as graph construction:
+//! preprocessed images `[n, 3, S, S]` in, one feature vector per image `[n, out]` out.
+//!
+//! Layout: each image is one sequence of `grid^2 + 1` tokens (class token
+//! first, then the patches in row-major grid order); a batch of images is a
+//! packed batch of such sequences, so attention never mixes images. The
+//! patch-embedding conv (stride = kernel) is an im2col (`Op::Patchify`) and a
+//! `Linear`, so the GPU backend needs no conv kernel.
+//!
+//! Weights are read under the OpenAI key layout (`visual.*`); `layout` presents
+//! a Hugging Face checkpoint under the same keys.
+
+mod layout;
+
+pub use layout::{ClipCheckpoint, ClipLayout};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, WeightSet};
+use crate::error::{Error, Result, ensure_finite};
+use crate::graph::{ColumnSlice, Executor, Graph, Op, Segments, TensorId, WeightId};
+use crate::tensor::HostTensor;
+use crate::weights::{SafetensorsFile, TensorSource};
+
+/// Every CLIP ViT uses heads of 64 dims (OpenAI: `heads = width // 64`).
+pub const CLIP_HEAD_DIM: usize = 64;
+/// Input channels (RGB).
+const CHANNELS: usize = 3;
+const LN_EPS: f32 = 1e-5;
+/// The MLP is 4x the width in every CLIP ViT.
+const MLP_RATIO: usize = 4;
+
+/// Sizes of a CLIP ViT image tower. The released ViT-L/14 is `CLIP_VIT_L14`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipVisionConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub patch: usize,
+    pub image_size: usize,
+    pub output_dim: usize,
+}
+
+pub const CLIP_VIT_L14: ClipVisionConfig =
+    ClipVisionConfig { width: 1024, layers: 24, heads: 16, patch: 14, image_size: 224, output_dim: 768 };
+
+impl ClipVisionConfig {
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch
+    }
+
+    /// Tokens per image: the patches and the class token.
+    pub fn tokens(&self) -> usize {
+        self.grid() * self.grid() + 1
+    }
+
+    pub fn mlp_width(&self) -> usize {
+        MLP_RATIO * self.width
+    }
+
+    /// Values per patch: the conv's fan-in.
+    fn patch_len(&self) -> usize {
+        CHANNELS * self.patch * self.patch
+    }
+
+    /// Infers the config from the shapes of `visual.conv1.weight` `[W, 3, P, P]`,
+    /// `visual.positional_embedding` `[(S / P)^2 + 1, W]`, `visual.proj` `[W, out]`
+    /// and the number of blocks. The error says which shape does not fit.
+    pub fn from_shapes(
+        conv1: &[usize],
+        positional: &[usize],
+        proj: &[usize],
+        layers: usize,
+    ) -> std::result::Result<Self, String> {
+        let &[width, CHANNELS, patch, patch_x] = conv1 else {
+            return Err(format!("`visual.conv1.weight` has shape {conv1:?}, expected [width, 3, patch, patch]"));
+        };
+        if patch != patch_x {
+            return Err(format!("`visual.conv1.weight` has shape {conv1:?}: the patch is not square"));
+        }
+        let &[rows, pos_width] = positional else {
+            return Err(format!("`visual.positional_embedding` has shape {positional:?}, expected [tokens, width]"));
+        };
+        // rows = grid^2 + 1: the grid is the exact integer square root of rows - 1.
+        let grid = rows.saturating_sub(1).isqrt();
+        if pos_width != width || rows == 0 || grid * grid + 1 != rows {
+            return Err(format!(
+                "`visual.positional_embedding` has shape {positional:?}, expected [grid^2 + 1, {width}] \
+                 for width {width} (from `visual.conv1.weight`)"
+            ));
+        }
+        let &[proj_in, output_dim] = proj else {
+            return Err(format!("`visual.proj` has shape {proj:?}, expected [{width}, output_dim]"));
+        };
+        if proj_in != width {
+            return Err(format!("`visual.proj` has shape {proj:?}, expected [{width}, output_dim]"));
+        }
+        let config = ClipVisionConfig {
+            width,
+            layers,
+            heads: width / CLIP_HEAD_DIM,
+            patch,
+            image_size: grid * patch,
+            output_dim,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses sizes the graph cannot be built for (a hand-written or corrupt config).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let c = self;
+        if c.width == 0 || !c.width.is_multiple_of(CLIP_HEAD_DIM) || c.heads * CLIP_HEAD_DIM != c.width {
+            return Err(format!(
+                "CLIP width {} with {} heads: the width must be a positive multiple of {CLIP_HEAD_DIM} \
+                 and heads = width / {CLIP_HEAD_DIM}",
+                c.width, c.heads
+            ));
+        }
+        if c.patch == 0 || c.image_size == 0 || !c.image_size.is_multiple_of(c.patch) {
+            return Err(format!(
+                "CLIP image size {} is not a positive multiple of the patch size {}",
+                c.image_size, c.patch
+            ));
+        }
+        if c.layers == 0 || c.output_dim == 0 {
+            return Err(format!(
+                "CLIP with {} layers and output dim {}: both must be positive",
+                c.layers, c.output_dim
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Opens a CLIP checkpoint in either public layout: the layout is detected,
+/// the config inferred from tensor shapes, and the returned source serves
+/// every image-tower tensor under its OpenAI key (`visual.*`).
+pub fn open_clip(file: &SafetensorsFile) -> Result<(ClipVisionConfig, ClipCheckpoint<'_>)> {
+    let ckpt = ClipCheckpoint::new(file)?;
+    Ok((ckpt.config()?, ckpt))
+}
+
+/// Every tensor the image tower reads: OpenAI-layout key (no prefix) and shape,
+/// in load order. A converter copies exactly these into an engine file.
+pub fn clip_tensor_list(cfg: &ClipVisionConfig) -> Vec<(String, Vec<usize>)> {
+    let (w, mlp) = (cfg.width, cfg.mlp_width());
+    let mut list: Vec<(String, Vec<usize>)> = vec![
+        ("visual.conv1.weight".into(), vec![w, CHANNELS, cfg.patch, cfg.patch]),
+        ("visual.class_embedding".into(), vec![w]),
+        ("visual.positional_embedding".into(), vec![cfg.tokens(), w]),
+        ("visual.ln_pre.weight".into(), vec![w]),
+        ("visual.ln_pre.bias".into(), vec![w]),
+    ];
+    for i in 0..cfg.layers {
+        let p = format!("visual.transformer.resblocks.{i}");
+        list.extend([
+            (format!("{p}.ln_1.weight"), vec![w]),
+            (format!("{p}.ln_1.bias"), vec![w]),
+            (format!("{p}.attn.in_proj_weight"), vec![3 * w, w]),
+            (format!("{p}.attn.in_proj_bias"), vec![3 * w]),
+            (format!("{p}.attn.out_proj.weight"), vec![w, w]),
+            (format!("{p}.attn.out_proj.bias"), vec![w]),
+            (format!("{p}.ln_2.weight"), vec![w]),
+            (format!("{p}.ln_2.bias"), vec![w]),
+            (format!("{p}.mlp.c_fc.weight"), vec![mlp, w]),
+            (format!("{p}.mlp.c_fc.bias"), vec![mlp]),
+            (format!("{p}.mlp.c_proj.weight"), vec![w, mlp]),
+            (format!("{p}.mlp.c_proj.bias"), vec![w]),
+        ]);
+    }
+    list.extend([
+        ("visual.ln_post.weight".into(), vec![w]),
+        ("visual.ln_post.bias".into(), vec![w]),
+        ("visual.proj".into(), vec![w, cfg.output_dim]),
+    ]);
+    list
+}
+
+struct LinearIds {
+    w: WeightId,
+    b: WeightId,
+}
+
+struct NormIds {
+    gamma: WeightId,
+    beta: WeightId,
+}
+
+struct BlockIds {
+    ln_1: NormIds,
+    in_proj: LinearIds,
+    out_proj: LinearIds,
+    ln_2: NormIds,
+    c_fc: LinearIds,
+    c_proj: LinearIds,
+}
+
+struct ClipIds {
+    /// `conv1.weight` viewed as `[W, 3 * P * P]`.
+    patch_embed: WeightId,
+    class_embedding: WeightId,
+    positional: WeightId,
+    ln_pre: NormIds,
+    blocks: Vec<BlockIds>,
+    ln_post: NormIds,
+    /// `proj` transposed to `[out, W]`, the `Linear` layout.
+    proj_t: WeightId,
+}
+
+/// Fetches tensors by OpenAI key under a prefix, with shape checks, and uploads them.
+struct Loader<'a, B: Backend> {
+    backend: &'a B,
+    source: &'a dyn TensorSource,
+    prefix: &'a str,
+    set: WeightSet<B>,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn fetch(&self, key: &str, shape: &[usize]) -> Result<(String, HostTensor)> {
+        let full = format!("{}{key}", self.prefix);
+        let t = self.source.tensor(&full, shape)?;
+        Ok((full, t))
+    }
+
+    fn get(&mut self, key: &str, shape: &[usize]) -> Result<WeightId> {
+        let (full, t) = self.fetch(key, shape)?;
+        self.set.push(self.backend, &full, &t)
+    }
+
+    fn linear(&mut self, key: &str, out: usize, inp: usize) -> Result<LinearIds> {
+        Ok(LinearIds {
+            w: self.get(&format!("{key}.weight"), &[out, inp])?,
+            b: self.get(&format!("{key}.bias"), &[out])?,
+        })
+    }
+
+    fn norm(&mut self, key: &str, dim: usize) -> Result<NormIds> {
+        Ok(NormIds {
+            gamma: self.get(&format!("{key}.weight"), &[dim])?,
+            beta: self.get(&format!("{key}.bias"), &[dim])?,
+        })
+    }
+}
+
+pub struct ClipVision<B: Backend> {
+    pub config: ClipVisionConfig,
+    weights: WeightSet<B>,
+    ids: ClipIds,
+}
+
+impl<B: Backend> ClipVision<B> {
+    /// Loads the image tower from `source`, reading the OpenAI keys under
+    /// `prefix` (`""` for a CLIP checkpoint opened with `open_clip`, the engine
+    /// file's prefix otherwise). Errors name the missing or misshapen key.
+    pub fn load(backend: &B, source: &dyn TensorSource, prefix: &str, config: &ClipVisionConfig) -> Result<Self> {
+        config.validate().map_err(Error::InvalidInput)?;
+        let c = config;
+        let (w, mlp) = (c.width, c.mlp_width());
+        let mut l = Loader { backend, source, prefix, set: WeightSet::default() };
+
+        let (key, conv1) = l.fetch("visual.conv1.weight", &[w, CHANNELS, c.patch, c.patch])?;
+        let patch_embed = l.set.push(backend, &key, &conv1.reshaped(vec![w, c.patch_len()]))?;
+        let class_embedding = l.get("visual.class_embedding", &[w])?;
+        let positional = l.get("visual.positional_embedding", &[c.tokens(), w])?;
+        let ln_pre = l.norm("visual.ln_pre", w)?;
+        let mut blocks = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let p = format!("visual.transformer.resblocks.{i}");
+            blocks.push(BlockIds {
+                ln_1: l.norm(&format!("{p}.ln_1"), w)?,
+                in_proj: LinearIds {
+                    w: l.get(&format!("{p}.attn.in_proj_weight"), &[3 * w, w])?,
+                    b: l.get(&format!("{p}.attn.in_proj_bias"), &[3 * w])?,
+                },
+                out_proj: l.linear(&format!("{p}.attn.out_proj"), w, w)?,
+                ln_2: l.norm(&format!("{p}.ln_2"), w)?,
+                c_fc: l.linear(&format!("{p}.mlp.c_fc"), mlp, w)?,
+                c_proj: l.linear(&format!("{p}.mlp.c_proj"), w, mlp)?,
+            });
+        }
+        let ln_post = l.norm("visual.ln_post", w)?;
+        let (key, proj) = l.fetch("visual.proj", &[w, c.output_dim])?;
+        let proj_t = l.set.push(backend, &key, &proj.transposed())?;
+        let ids = ClipIds { patch_embed, class_embedding, positional, ln_pre, blocks, ln_post, proj_t };
+        Ok(ClipVision { config: *config, weights: l.set, ids })
+    }
+
+    pub fn weights(&self) -> &[B::Weight] {
+        self.weights.as_slice()
+    }
+
+    /// Adds the image tower to `g` for `n` images. `images` is `[n, 3 * S * S]`
+    /// (each image CHW, preprocessed and normalised). Returns the features `[n, out]`.
+    pub fn build(&self, g: &mut Graph, images: TensorId, n: usize) -> TensorId {
+        let c = &self.config;
+        let ids = &self.ids;
+        let (w, patches_per_image) = (c.width, c.grid() * c.grid());
+        let patch_seg = g.add_segments(Segments::from_lengths(std::iter::repeat_n(patches_per_image, n)));
+        let token_seg = g.add_segments(Segments::from_lengths(std::iter::repeat_n(c.tokens(), n)));
+        let rows = n * c.tokens();
+
+        // Patch embedding: the stride-P conv without bias as im2col + Linear.
+        let patches = g.temp("patches", n * patches_per_image, c.patch_len());
+        g.push(Op::Patchify { images, channels: CHANNELS, size: c.image_size, patch: c.patch, out: patches });
+        let embedded = linear(g, "patch_embed", patches, ids.patch_embed, None, w, None);
+
+        // Class token first, then learned positions (unscaled), then ln_pre.
+        let tokens = g.temp("tokens", rows, w);
+        g.push(Op::PrependWeightRow {
+            row: ids.class_embedding,
+            rest: embedded,
+            rest_segments: patch_seg,
+            out_segments: token_seg,
+            out: tokens,
+        });
+        let with_pos = g.temp("tokens_pos", rows, w);
+        g.push(Op::AddPositional { x: tokens, table: ids.positional, scale: 1.0, segments: token_seg, out: with_pos });
+        let mut h = layer_norm(g, "ln_pre".into(), with_pos, &ids.ln_pre);
+
+        for (i, block) in ids.blocks.iter().enumerate() {
+            // x = x + out_proj(attn(ln_1(x))): every image attends to its own tokens, no mask.
+            let n1 = layer_norm(g, format!("l{i}.ln_1"), h, &block.ln_1);
+            let qkv = linear(g, &format!("l{i}.qkv"), n1, block.in_proj.w, Some(block.in_proj.b), 3 * w, None);
+            let attn = g.temp(format!("l{i}.attn"), rows, w);
+            g.push(Op::Attention {
+                q: ColumnSlice { tensor: qkv, offset: 0, width: w },
+                k: ColumnSlice { tensor: qkv, offset: w, width: w },
+                v: ColumnSlice { tensor: qkv, offset: 2 * w, width: w },
+                q_segments: token_seg,
+                kv_segments: token_seg,
+                heads: c.heads,
+                kv_heads: c.heads,
+                head_dim: CLIP_HEAD_DIM,
+                scale: (CLIP_HEAD_DIM as f32).powf(-0.5),
+                rope: None,
+                out: attn,
+            });
+            h = linear(g, &format!("l{i}.after_attn"), attn, block.out_proj.w, Some(block.out_proj.b), w, Some(h));
+
+            // x = x + c_proj(QuickGELU(c_fc(ln_2(x)))).
+            let n2 = layer_norm(g, format!("l{i}.ln_2"), h, &block.ln_2);
+            let up = linear(g, &format!("l{i}.c_fc"), n2, block.c_fc.w, Some(block.c_fc.b), c.mlp_width(), None);
+            let act = g.temp(format!("l{i}.quick_gelu"), rows, c.mlp_width());
+            g.push(Op::QuickGelu { x: up, out: act });
+            h = linear(g, &format!("l{i}.after_mlp"), act, block.c_proj.w, Some(block.c_proj.b), w, Some(h));
+        }
+
+        // Only the class tokens go on: ln_post, then x @ proj. No L2 normalisation.
+        let cls = g.temp("class_tokens", n, w);
+        g.push(Op::FirstRows { x: h, segments: token_seg, out: cls });
+        let cls = layer_norm(g, "ln_post".into(), cls, &ids.ln_post);
+        linear(g, "features", cls, ids.proj_t, None, c.output_dim, None)
+    }
+
+    /// Encodes a batch of preprocessed images `[n, 3, S, S]` into features
+    /// `[n, output_dim]`, planning a graph for this batch size. Wrong shapes
+    /// and non-finite pixels are errors.
+    ///
+    /// Memory grows with n (the MLP activation alone is `n * tokens * 4W` floats,
+    /// ~1 GB for 240 ViT-L frames): callers with many frames encode them in chunks.
+    pub fn encode(&self, backend: &B, images: &HostTensor) -> Result<HostTensor> {
+        let (s, out_dim) = (self.config.image_size, self.config.output_dim);
+        let n = match images.shape.as_slice() {
+            &[n, CHANNELS, h, w] if h == s && w == s && n > 0 => n,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "CLIP images have shape {other:?}, expected [n, {CHANNELS}, {s}, {s}] with n >= 1"
+                )));
+            }
+        };
+        ensure_finite("CLIP input images", &images.data)?;
+        let mut g = Graph::new();
+        let input = g.input("images", n, CHANNELS * s * s);
+        let features = self.build(&mut g, input, n);
+        g.mark_output(features);
+        let mut exec = Executor::new(backend, self.weights(), g)?;
+        exec.write(input, &images.data)?;
+        exec.run()?;
+        Ok(HostTensor::new(vec![n, out_dim], exec.read(features)?))
+    }
+}
+
+fn linear(
+    g: &mut Graph,
+    name: &str,
+    x: TensorId,
+    w: WeightId,
+    bias: Option<WeightId>,
+    out_cols: usize,
+    residual: Option<TensorId>,
+) -> TensorId {
+    let out = g.temp(name, g.desc(x).rows, out_cols);
+    g.push(Op::Linear { x, w, bias, residual, out });
+    out
+}
+
+fn layer_norm(g: &mut Graph, name: String, x: TensorId, ids: &NormIds) -> TensorId {
+    let d = g.desc(x).clone();
+    let out = g.temp(name, d.rows, d.cols);
+    g.push(Op::LayerNorm { x, gamma: ids.gamma, beta: ids.beta, eps: LN_EPS, modulation: None, out });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::weights::RandomWeights;
+
+    #[test]
+    fn vit_l14_shapes_give_the_released_config() {
+        let cfg = ClipVisionConfig::from_shapes(&[1024, 3, 14, 14], &[257, 1024], &[1024, 768], 24).unwrap();
+        assert_eq!(cfg, CLIP_VIT_L14);
+        assert_eq!((cfg.grid(), cfg.tokens(), cfg.mlp_width()), (16, 257, 4096));
+        let params: usize = clip_tensor_list(&cfg).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        // ~304 M parameters (lova-model.md section 0).
+        assert!((303_000_000..305_000_000).contains(&params), "{params}");
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_refused_naming_the_key() {
+        let bad = [
+            (vec![1024, 3, 14], vec![257, 1024], vec![1024, 768], "visual.conv1.weight"),
+            (vec![1024, 4, 14, 14], vec![257, 1024], vec![1024, 768], "visual.conv1.weight"),
+            (vec![1024, 3, 14, 13], vec![257, 1024], vec![1024, 768], "visual.conv1.weight"),
+            (vec![1024, 3, 14, 14], vec![258, 1024], vec![1024, 768], "visual.positional_embedding"),
+            (vec![1024, 3, 14, 14], vec![257, 768], vec![1024, 768], "visual.positional_embedding"),
+            (vec![1024, 3, 14, 14], vec![257, 1024], vec![768, 1024], "visual.proj"),
+            (vec![1000, 3, 14, 14], vec![257, 1000], vec![1000, 768], "multiple of 64"),
+        ];
+        for (conv1, pos, proj, needle) in bad {
+            let e = ClipVisionConfig::from_shapes(&conv1, &pos, &proj, 24).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        assert!(ClipVisionConfig::from_shapes(&[128, 3, 14, 14], &[257, 128], &[128, 64], 0).is_err());
+    }
+
+    /// Records the keys and shapes a model asks for; serves random values.
+    struct Recording {
+        inner: RandomWeights,
+        asked: RefCell<Vec<(String, Vec<usize>)>>,
+    }
+
+    impl TensorSource for Recording {
+        fn describe(&self) -> String {
+            "recording".into()
+        }
+        fn tensor(&self, key: &str, shape: &[usize]) -> Result<HostTensor> {
+            self.asked.borrow_mut().push((key.to_string(), shape.to_vec()));
+            self.inner.tensor(key, shape)
+        }
+    }
+
+    #[test]
+    fn load_reads_exactly_the_tensor_list_under_the_prefix() {
+        let cfg = ClipVisionConfig { width: 64, layers: 3, heads: 1, patch: 4, image_size: 8, output_dim: 5 };
+        let src = Recording { inner: RandomWeights { seed: 1 }, asked: RefCell::new(Vec::new()) };
+        let clip = ClipVision::load(&CpuBackend, &src, "clip.", &cfg).unwrap();
+        let want: Vec<(String, Vec<usize>)> =
+            clip_tensor_list(&cfg).into_iter().map(|(k, s)| (format!("clip.{k}"), s)).collect();
+        assert_eq!(*src.asked.borrow(), want);
+        // And the graph runs: 2 images of 8x8 in 2x2 patches of 4 -> [2, 5].
+        let images = HostTensor::new(vec![2, 3, 8, 8], (0..384).map(|i| (i as f32 * 0.37).sin()).collect());
+        let f = clip.encode(&CpuBackend, &images).unwrap();
+        assert_eq!(f.shape, [2, 5]);
+        assert!(f.data.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn inconsistent_configs_are_refused_at_load() {
+        let ok = ClipVisionConfig { width: 64, layers: 1, heads: 1, patch: 4, image_size: 8, output_dim: 5 };
+        for cfg in [
+            ClipVisionConfig { heads: 2, ..ok },
+            ClipVisionConfig { image_size: 9, ..ok },
+            ClipVisionConfig { patch: 0, ..ok },
+            ClipVisionConfig { layers: 0, ..ok },
+        ] {
+            assert!(ClipVision::load(&CpuBackend, &RandomWeights { seed: 1 }, "", &cfg).is_err(), "{cfg:?}");
+        }
+    }
+}
