@@ -6,7 +6,7 @@ Run from the repository root:
 
 Writes a tiny random CLIP (width 128, 2 heads of 64, 2 layers, 224x224 input,
 patch 14, output dim 64) twice, in the OpenAI and in the Hugging Face layout
-(the same float32 values), each with text-tower keys the engine must ignore,
+(the same values, stored as float16), each with text-tower keys the engine must ignore,
 and three random images with their features from the float64 reference.
 
 Deterministic: every random tensor comes from a seeded torch.Generator, so a
@@ -73,12 +73,14 @@ def random_param(key: str, shape, g: torch.Generator) -> torch.Tensor:
 
 def make_weights(seed: int) -> ref.Params:
     g = torch.Generator().manual_seed(seed)
-    return {k: random_param(k, s, g).to(torch.float32) for k, s in ref.param_shapes(CFG).items()}
+    # Stored as float16 to keep the committed fixtures small (~3 MB); the reference
+    # reads the files back, so it computes with exactly the stored values.
+    return {k: random_param(k, s, g).to(torch.float16) for k, s in ref.param_shapes(CFG).items()}
 
 
 def text_tensors(shapes, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=g, dtype=F64).to(torch.float32) for k, s in shapes.items()}
+    return {k: torch.randn(s, generator=g, dtype=F64).to(torch.float16) for k, s in shapes.items()}
 
 
 def check_attention_is_torch_multihead(p: ref.Params) -> None:
@@ -147,7 +149,7 @@ def main() -> None:
     assert all(torch.equal(p_hf[k].to(F64), p[k]) for k in p), "the two layouts hold different weights"
 
     g = torch.Generator().manual_seed(14)
-    images = torch.randn(IMAGES, 3, CFG.image_size, CFG.image_size, generator=g, dtype=F64).to(torch.float32)
+    images = torch.randn(IMAGES, 3, CFG.image_size, CFG.image_size, generator=g, dtype=F64).to(torch.float16)
     features = ref.encode_image(p, CFG, images.to(F64))
     config = dict(width=CFG.width, layers=CFG.layers, heads=CFG.heads, patch=CFG.patch,
                   image_size=CFG.image_size, output_dim=CFG.output_dim)
@@ -162,7 +164,7 @@ def main() -> None:
 
     print("self-checks:")
     check_attention_is_torch_multihead(p)
-    f32 = ref.encode_image({k: v.to(torch.float32) for k, v in p.items()}, CFG, images).to(F64)
+    f32 = ref.encode_image({k: v.to(torch.float32) for k, v in p.items()}, CFG, images.to(torch.float32)).to(F64)
     err = ((f32 - features).norm() / features.norm()).item()
     print(f"  float32 reference vs float64: rel L2 {err:.2e} (the engine is allowed 1e-4)")
     assert err < 1e-5, err
