@@ -16,7 +16,7 @@ use safetensors::SafeTensors;
 const TOLERANCE: f64 = 1e-4;
 const CASES: &str = "clip/cases.safetensors";
 const TINY: ClipVisionConfig =
-    ClipVisionConfig { width: 128, layers: 2, heads: 2, patch: 14, image_size: 224, output_dim: 64 };
+    ClipVisionConfig { width: 128, layers: 2, heads: 2, patch: 14, image_size: 224, output_dim: 128 };
 
 fn open(name: &str) -> SafetensorsFile {
     SafetensorsFile::open(&fixture(&format!("clip/{name}"))).unwrap()
@@ -84,7 +84,7 @@ fn a_batch_equals_its_images_encoded_alone() {
     for i in 0..3 {
         let one = HostTensor::new(vec![1, 3, 224, 224], images.data[i * per_image..(i + 1) * per_image].to_vec());
         let alone = clip.encode(&CpuBackend, &one).unwrap();
-        let err = rel_l2(&alone.data, &batch.data[i * 64..(i + 1) * 64]);
+        let err = rel_l2(&alone.data, &batch.data[i * 128..(i + 1) * 128]);
         assert!(err <= 1e-6, "image {i}: {err:e}");
     }
 }
@@ -156,10 +156,10 @@ fn a_missing_tensor_is_named() {
 fn a_misshapen_tensor_is_named() {
     let file = open("openai.safetensors");
     let (_, ckpt) = open_clip(&file).unwrap();
-    // A config that disagrees with the file: the fixture projects to 64 dims.
+    // A config that disagrees with the file: the fixture projects to 128 dims.
     let wrong = ClipVisionConfig { output_dim: 32, ..TINY };
     let e = ClipVision::load(&CpuBackend, &ckpt, "", &wrong).err().expect("loaded with the wrong shape").to_string();
-    assert!(e.contains("`visual.proj`") && e.contains("[128, 64]") && e.contains("[128, 32]"), "{e}");
+    assert!(e.contains("`visual.proj`") && e.contains("[128, 128]") && e.contains("[128, 32]"), "{e}");
 }
 
 #[test]

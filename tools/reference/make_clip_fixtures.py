@@ -5,7 +5,7 @@ Run from the repository root:
     python tools/reference/make_clip_fixtures.py
 
 Writes a tiny random CLIP (width 128, 2 heads of 64, 2 layers, 224x224 input,
-patch 14, output dim 64) twice, in the OpenAI and in the Hugging Face layout
+patch 14, output dim 128) twice, in the OpenAI and in the Hugging Face layout
 (the same values, stored as float16), each with text-tower keys the engine must ignore,
 and three random images with their features from the float64 reference.
 
@@ -31,7 +31,8 @@ import clip_reference as ref  # noqa: E402
 
 OUT = "tests/fixtures/clip"
 F64 = torch.float64
-CFG = ref.ClipVisionConfig(width=128, layers=2, patch=14, image_size=224, output_dim=64)
+# Output 128 = the tiny DiT's cond_token_dim, so the tiny CLIP and DiT form a pipeline.
+CFG = ref.ClipVisionConfig(width=128, layers=2, patch=14, image_size=224, output_dim=128)
 IMAGES = 3
 
 # Text-tower tensors of a full CLIP checkpoint (small shapes): the engine must never
