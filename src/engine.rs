@@ -8,7 +8,9 @@
 //! model config plus a format version in the metadata. `infer` memory-maps it
 //! and loads with no conversion work.
 //!
-//! Keys: `dit.<key under model.model.>`, `vae.<decoder key>` (see `models::vae`).
+//! Keys: `dit.<key under model.model.>`, `vae.<decoder key>` (see `models::vae`),
+//! `clip.visual.*` (the image tower in the OpenAI layout, whichever layout the
+//! CLIP checkpoint had; its shape-derived config is in the metadata too).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,15 +19,17 @@ use crate::backend::Backend;
 use crate::config::LovaConfig;
 use crate::error::{Error, Result};
 use crate::models::Dit;
+use crate::models::clip::{ClipVision, ClipVisionConfig, clip_tensor_list, open_clip};
 use crate::models::dit::{self, DIT_PREFIX};
 use crate::models::vae::{self, VaeDecoder};
 use crate::tensor::HostTensor;
-use crate::weights::{SafetensorsFile, StoredDtype, StreamingWriter, TensorEntry};
+use crate::weights::{SafetensorsFile, StoredDtype, StreamingWriter, TensorEntry, TensorSource};
 
 pub const FORMAT: &str = "lova-fast";
 pub const FORMAT_VERSION: &str = "1";
 pub const DIT_KEYS: &str = "dit.";
 pub const VAE_KEYS: &str = "vae.";
+pub const CLIP_KEYS: &str = "clip.";
 
 /// Where the weights come from.
 pub enum WeightSource<'a> {
@@ -73,6 +77,32 @@ pub fn open_engine_file(path: &Path) -> Result<(SafetensorsFile, LovaConfig)> {
         .ok_or_else(|| Error::InvalidInput(format!("{} holds no config", path.display())))?;
     let config = LovaConfig::from_json_str(text)?;
     Ok((file, config))
+}
+
+fn clip_config_json(c: &ClipVisionConfig) -> String {
+    serde_json::json!({
+        "width": c.width, "layers": c.layers, "patch": c.patch, "image_size": c.image_size, "output_dim": c.output_dim,
+    })
+    .to_string()
+}
+
+/// The CLIP image tower of an engine file, if it has one.
+pub fn load_clip<B: Backend>(backend: &B, file: &SafetensorsFile) -> Result<Option<ClipVision<B>>> {
+    let Some(text) = file.user_metadata("clip_config") else { return Ok(None) };
+    let bad = |reason: String| Error::InvalidInput(format!("{}: clip_config {text}: {reason}", file.path().display()));
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let field = |name: &str| v[name].as_u64().map(|n| n as usize).ok_or_else(|| bad(format!("no `{name}`")));
+    let width = field("width")?;
+    let config = ClipVisionConfig {
+        width,
+        layers: field("layers")?,
+        heads: width / crate::models::clip::CLIP_HEAD_DIM,
+        patch: field("patch")?,
+        image_size: field("image_size")?,
+        output_dim: field("output_dim")?,
+    };
+    config.validate().map_err(bad)?;
+    Ok(Some(ClipVision::load(backend, file, CLIP_KEYS, &config)?))
 }
 
 impl<B: Backend> Model<B> {
@@ -127,6 +157,7 @@ struct Planned<'a> {
 /// (memory: one tensor at a time). `progress(done, total)` after each tensor.
 pub fn convert(
     checkpoint: &Path,
+    clip: Option<&Path>,
     config: &LovaConfig,
     config_json: &str,
     out: &Path,
@@ -134,6 +165,8 @@ pub fn convert(
 ) -> Result<ConvertReport> {
     let ckpt = SafetensorsFile::open(checkpoint)?;
     vae::check_config(&config.vae_decoder)?;
+    let clip_file = clip.map(SafetensorsFile::open).transpose()?;
+    let clip = clip_file.as_ref().map(open_clip).transpose()?;
     let mut plan: Vec<Planned> = Vec::new();
     for (key, shape) in dit::tensor_list(&config.dit) {
         let name = format!("{DIT_KEYS}{key}");
@@ -170,13 +203,41 @@ pub fn convert(
     for p in &plan {
         check_available(&ckpt, p)?;
     }
-
-    let metadata = BTreeMap::from([
+    let mut metadata = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ("config".to_string(), config_json.to_string()),
         ("components".to_string(), "dit,vae".to_string()),
     ]);
+
+    if let Some((clip_cfg, clip_ckpt)) = &clip {
+        if clip_cfg.output_dim != config.dit.cond_token_dim {
+            return Err(Error::InvalidInput(format!(
+                "{}: the CLIP image tower projects to {} dims, but the DiT reads {}-dim video tokens \
+                 (model.diffusion.config.cond_token_dim)",
+                clip_ckpt.describe(),
+                clip_cfg.output_dim,
+                config.dit.cond_token_dim
+            )));
+        }
+        let clip_file = clip_file.as_ref().expect("opened with the CLIP checkpoint");
+        for (key, shape) in clip_tensor_list(clip_cfg) {
+            let name = format!("{CLIP_KEYS}{key}");
+            if clip_ckpt.shape(&key).is_none() {
+                return Err(Error::MissingTensor { key, file: clip_ckpt.describe() });
+            }
+            plan.push(Planned {
+                entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape: shape.clone() },
+                component: "clip",
+                fetch: Box::new(move || clip_ckpt.tensor(&key, &shape)),
+                // A tower tensor may come from several source tensors (q, k, v): drop them all.
+                release: Box::new(move || clip_file.release_all()),
+            });
+        }
+        metadata.insert("components".into(), "dit,vae,clip".into());
+        metadata.insert("clip_config".into(), clip_config_json(clip_cfg));
+    }
+
     let mut writer = StreamingWriter::create(out, plan.iter().map(|p| p.entry.clone()).collect(), &metadata)?;
     let mut parameters = BTreeMap::new();
     for (i, p) in plan.iter().enumerate() {

@@ -35,8 +35,13 @@ fn failed(o: &Output, expected: &[&str]) {
 }
 
 fn convert(dir: &Path, checkpoint: &Path, config: &Path) -> (Output, PathBuf) {
+    convert_with_clip(dir, checkpoint, config, &fixture("clip/hf.safetensors"))
+}
+
+fn convert_with_clip(dir: &Path, checkpoint: &Path, config: &Path, clip: &Path) -> (Output, PathBuf) {
     let out = dir.join("engine.safetensors");
-    (lova_fast(&["convert", "--checkpoint", s(checkpoint), "--config", s(config), "-o", s(&out)]), out)
+    let args = ["convert", "--checkpoint", s(checkpoint), "--clip", s(clip), "--config", s(config), "-o", s(&out)];
+    (lova_fast(&args), out)
 }
 
 fn tiny_engine(dir: &Path) -> PathBuf {
@@ -162,6 +167,40 @@ fn convert_refuses_strides_that_do_not_match_the_weights() {
     failed(&o, &["decoder.layers.1.layers.1.weight_v", "[64, 32, 8]"]);
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the config is left");
+}
+
+#[test]
+fn clip_from_the_engine_file_matches_the_reference_and_the_original() {
+    use lova_fast::backend::CpuBackend;
+    use lova_fast::models::clip::{ClipVision, open_clip};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path()); // converted from the Hugging Face layout
+    let file = SafetensorsFile::open(&engine).unwrap();
+    let clip = lova_fast::engine::load_clip(&CpuBackend, &file).unwrap().expect("engine file has CLIP");
+    let images = common::load("clip/cases.safetensors", "images");
+    let want = common::load("clip/cases.safetensors", "features");
+    let got = clip.encode(&CpuBackend, &images).unwrap();
+    let original_file = SafetensorsFile::open(&fixture("clip/openai.safetensors")).unwrap();
+    let (cfg, original) = open_clip(&original_file).unwrap();
+    let direct = ClipVision::load(&CpuBackend, &original, "", &cfg).unwrap().encode(&CpuBackend, &images).unwrap();
+    // The fixture's CLIP weights are fp16 values already, so the engine file holds
+    // the same numbers (matrices in fp16, vectors in f32): identical features.
+    let (e_ref, e_orig) = (rel_l2(&got.data, &want.data), rel_l2(&got.data, &direct.data));
+    println!("CLIP from engine file: rel L2 {e_ref:.2e} vs reference, {e_orig:.2e} vs original file");
+    assert!(e_ref <= 1e-4 && e_orig <= 1e-6, "{e_ref:e} {e_orig:e}");
+    let info = lova_fast(&["info", s(&engine)]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("clip"));
+}
+
+#[test]
+fn convert_refuses_a_clip_file_in_neither_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    // The LoVA checkpoint itself is not a CLIP checkpoint.
+    let ckpt = fixture("tiny/checkpoint.safetensors");
+    let (o, out) = convert_with_clip(dir.path(), &ckpt, &fixture("tiny/model_config.json"), &ckpt);
+    failed(&o, &["OpenAI", "Hugging Face"]);
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 #[test]

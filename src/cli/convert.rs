@@ -18,6 +18,12 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "LOVA.safetensors")]
     pub checkpoint: PathBuf,
 
+    /// CLIP ViT-L/14 checkpoint (safetensors), OpenAI (`visual.*`) or Hugging Face
+    /// (`vision_model.*`) layout; text-tower tensors are ignored. Without it the
+    /// engine file runs from CLIP features only.
+    #[arg(long, value_name = "CLIP.safetensors")]
+    pub clip: Option<PathBuf>,
+
     /// LoVA-format model_config.json [default: the released vl30 config, built in].
     #[arg(long, value_name = "CONFIG.json")]
     pub config: Option<PathBuf>,
@@ -41,11 +47,15 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         ProgressStyle::with_template("converting {bar:40} {pos}/{len} tensors [{elapsed_precise}]")
             .expect("valid progress template"),
     );
-    let report = engine::convert(&args.checkpoint, &config, &json, &args.output, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })
-    .with_context(|| format!("converting {}", args.checkpoint.display()))?;
+    if args.clip.is_none() {
+        eprintln!("note: no --clip given: the engine file will run from CLIP features only, not from video");
+    }
+    let report =
+        engine::convert(&args.checkpoint, args.clip.as_deref(), &config, &json, &args.output, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+        .with_context(|| format!("converting {}", args.checkpoint.display()))?;
     bar.finish_and_clear();
     let params: Vec<String> = report.parameters.iter().map(|(c, n)| format!("{c} {:.1} M", *n as f64 / 1e6)).collect();
     eprintln!(

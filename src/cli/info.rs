@@ -61,5 +61,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
             Err(e) => println!("  config: unreadable ({e})"),
         }
     }
+    if let Some(clip) = file.user_metadata("clip_config") {
+        println!("  clip image tower: {clip}");
+    }
     Ok(())
 }

@@ -71,6 +71,13 @@ impl SafetensorsFile {
         }
     }
 
+    /// `release` for the whole file.
+    pub fn release_all(&self) {
+        #[cfg(unix)]
+        // SAFETY: as in `release`.
+        let _ = unsafe { self.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    }
+
     /// Stored dtype of `key` (`F32`, `F16`, ...).
     pub fn dtype_name(&self, key: &str) -> Option<String> {
         self.metadata.info(key).map(|i| format!("{:?}", i.dtype))
