@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::partial_file::partial_path_for;
 use crate::tensor::HostTensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +47,7 @@ pub fn write_wav(path: &Path, audio: &HostTensor, sample_rate: u32, format: Samp
             hound::SampleFormat::Float
         },
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = partial_path_for(path)?;
     let write = || -> std::result::Result<(), hound::Error> {
         let mut w = hound::WavWriter::create(&tmp, spec)?;
         for t in 0..len {

@@ -13,6 +13,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::partial_file::partial_path_for;
 use crate::tensor::HostTensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,13 +55,7 @@ pub struct StreamingWriter {
 
 impl StreamingWriter {
     pub fn create(path: &Path, entries: Vec<TensorEntry>, metadata: &BTreeMap<String, String>) -> Result<Self> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let name =
-            path.file_name().ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-        let tmp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+        let tmp = partial_path_for(path)?;
 
         let mut header = serde_json::Map::new();
         header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialise"));

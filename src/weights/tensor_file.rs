@@ -9,6 +9,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::SafetensorsFile;
 use crate::error::{Error, Result};
+use crate::partial_file::partial_path_for;
 use crate::tensor::HostTensor;
 
 /// Reads tensor `name` from a safetensors file, checking that it is 2-D with
@@ -47,13 +48,7 @@ pub fn write_tensors_atomically(
         .collect::<Result<_>>()?;
     let serialized = safetensors::serialize(views, metadata)
         .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let file_name =
-        path.file_name().ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
+    let tmp = partial_path_for(path)?;
     let result = std::fs::write(&tmp, &serialized).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
