@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lova_fast::backend::CpuBackend;
+use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
 use lova_fast::config::LovaConfig;
 use lova_fast::models::Dit;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
@@ -22,7 +22,8 @@ use lova_fast::weights::{SafetensorsFile, read_single_tensor, write_tensors_atom
     long_about = "lova-fast runs LoVA (long-form video-to-audio generation, ICASSP 2025): a diffusion \
                   transformer that turns a clip's CLIP frame features into audio latents of the clip's \
                   exact length, in one pass.\n\nThis build runs the denoiser (DiT + DPM++ 3M SDE with \
-                  classifier-free guidance) on the CPU in f32, from a features file to a latents file."
+                  classifier-free guidance) on an NVIDIA GPU (CUDA) or the CPU, from a features file to a \
+                  latents file."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +34,29 @@ struct Cli {
 enum Command {
     /// Generate audio latents for one clip from its CLIP frame features.
     Infer(InferArgs),
+    /// List the embedded CUDA kernels; with --check, compile them with NVRTC (no GPU needed).
+    Kernels(KernelsArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Device {
+    /// CUDA when a usable GPU is found, else the CPU (with a notice).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args)]
+struct KernelsArgs {
+    /// Compile every kernel to a cubin and print registers, shared memory and
+    /// spills per kernel; exit status 1 on any compile error. Needs NVRTC
+    /// (libnvrtc.so.13 or .12 on LD_LIBRARY_PATH), not a GPU.
+    #[arg(long)]
+    check: bool,
+
+    /// GPU architecture to compile for (repeatable) [default: sm_80 and sm_90].
+    #[arg(long, value_name = "sm_XY")]
+    arch: Vec<String>,
 }
 
 #[derive(Args)]
@@ -92,12 +116,17 @@ struct InferArgs {
     /// CPU threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+
+    /// Where to run the model.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Infer(args) => infer(args),
+        Command::Kernels(args) => kernels(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +138,38 @@ fn main() -> ExitCode {
 }
 
 fn infer(args: InferArgs) -> Result<()> {
+    match args.device {
+        Device::Cpu => infer_on(CpuBackend::new(), args),
+        Device::Cuda => infer_on(CudaBackend::new(0).context("--device cuda")?, args),
+        Device::Auto => match CudaBackend::new(0) {
+            Ok(cuda) => infer_on(cuda, args),
+            Err(e) => {
+                eprintln!("note: running on the CPU; CUDA is not usable: {e}");
+                infer_on(CpuBackend::new(), args)
+            }
+        },
+    }
+}
+
+fn kernels(args: KernelsArgs) -> Result<()> {
+    let sources = lova_fast::kernels::KERNEL_SOURCES;
+    if !args.check {
+        for (file, source) in sources {
+            let names = lova_fast::backend::cuda::compile::kernel_names(source);
+            println!("{file}.cu: {}", names.join(", "));
+        }
+        return Ok(());
+    }
+    let arches = if args.arch.is_empty() { vec!["sm_80".to_string(), "sm_90".to_string()] } else { args.arch };
+    let (report, failures) = lova_fast::backend::cuda::compile::check_report(&arches)?;
+    print!("{report}");
+    if failures > 0 {
+        bail!("{failures} kernel compilation(s) failed");
+    }
+    Ok(())
+}
+
+fn infer_on<B: Backend>(backend: B, args: InferArgs) -> Result<()> {
     let Some(out_path) = args.save_latents.clone() else {
         bail!(
             "nothing to write: pass --save-latents OUT.safetensors (WAV output needs the VAE decoder, not built yet)"
@@ -170,7 +231,6 @@ fn infer(args: InferArgs) -> Result<()> {
     }
     let seed = args.seed.unwrap_or_else(random_seed);
 
-    let backend = CpuBackend::new();
     let checkpoint = SafetensorsFile::open(&args.checkpoint)?;
     let dit = Dit::load(&backend, &checkpoint, dit_cfg)
         .with_context(|| format!("loading the DiT from {}", args.checkpoint.display()))?;
@@ -209,7 +269,7 @@ fn infer(args: InferArgs) -> Result<()> {
         "{frames} frames -> {latent_len} latent frames ({seconds:.2} s of audio), {} steps, cfg {}, seed {seed}, on {}",
         settings.steps,
         args.cfg,
-        lova_fast::backend::Backend::name(&backend)
+        backend.name()
     );
     eprintln!(
         "load {:.2} s | sampling {:.2} s ({:.1} ms/step, arena {:.1} MiB) | write {:.3} s -> {}",

@@ -1,13 +1,16 @@
 //! Backends run graph ops on one kind of device. The CPU backend (f32) is the
-//! reference every other backend is tested against, op by op.
+//! reference every other backend is tested against, op by op; the CUDA backend
+//! (fp16 weights, f32 activations) loads the CUDA libraries at run time.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::graph::{ArenaPlan, Graph, Op, WeightId};
 use crate::tensor::HostTensor;
 
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
 
 pub trait Backend: Sync {
     /// A block of device memory holding f32 values (the arena).
