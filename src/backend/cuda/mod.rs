@@ -4,10 +4,12 @@
 //! (`libcublasLt.so.13` or `.12`), found through the usual library search
 //! (`LD_LIBRARY_PATH`, ld.so.conf).
 //!
-//! Numerics (lova-model.md section 8): matrices (every weight with two
-//! dimensions larger than 1: linear layers and the position tables) are stored
-//! as fp16; vectors (LayerNorm gamma/beta, biases, inv_freq, the timestep
-//! Fourier weights) stay f32. The arena, and so the residual stream and every
+//! Numerics (lova-model.md section 8): matrices (linear layers and the
+//! position tables) are stored as fp16; vectors (LayerNorm gamma/beta, biases,
+//! inv_freq, the timestep Fourier weights) stay f32 (see `CudaWeight`). The
+//! position tables could stay f32 too, but the upload sees only a shape; their
+//! fp16 rounding (2^-11 relative on a term scaled by 1536^-0.5) is far below
+//! the GEMMs' error. The arena, and so the residual stream and every
 //! activation, is f32; LayerNorm statistics, softmax, RoPE and the sampler
 //! state are computed in f32 (angles in f64). GEMMs run on cuBLASLt with fp16
 //! operands and f32 accumulation and output: each Linear first converts its
@@ -114,15 +116,16 @@ pub struct CudaArena {
     tables: HashMap<Vec<u32>, CudaSlice<u32>>,
 }
 
-/// A weight on the device: fp16 for matrices, f32 for vectors (module doc).
+/// A weight on the device. The upload sees only a shape, not the op that will
+/// use the weight, so: a tensor of two or more dimensions gets an fp16 copy (a
+/// linear layer, a position table); a tensor with at most one dimension larger
+/// than 1 gets an f32 copy (gamma, beta, a bias, inv_freq, the `[n, 1]`
+/// timestep Fourier weights). `[n, 1]` and `[1, n]` get both: they are vectors
+/// that could also be a one-feature linear layer, and tiny.
 pub struct CudaWeight {
     pub shape: Vec<usize>,
-    data: WeightData,
-}
-
-enum WeightData {
-    F16(CudaSlice<u16>),
-    F32(CudaSlice<f32>),
+    f16: Option<CudaSlice<u16>>,
+    f32: Option<CudaSlice<f32>>,
 }
 
 impl CudaWeight {
@@ -132,8 +135,13 @@ impl CudaWeight {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn is_f16(&self) -> bool {
-        matches!(self.data, WeightData::F16(_))
+    /// Whether the device holds an fp16 copy (matrices).
+    pub fn has_f16(&self) -> bool {
+        self.f16.is_some()
+    }
+    /// Whether the device holds an f32 copy (vectors).
+    pub fn has_f32(&self) -> bool {
+        self.f32.is_some()
     }
 }
 
@@ -289,12 +297,10 @@ impl CudaBackend {
 
     fn weight_f32(&self, weights: &[CudaWeight], id: WeightId, len: usize, what: &str) -> Result<CUdeviceptr> {
         let w = self.weight(weights, id)?;
-        match &w.data {
-            WeightData::F32(d) if w.len() >= len => Ok(d.device_ptr(&self.stream).0),
-            WeightData::F32(_) => {
-                Err(Error::InvalidInput(format!("{what} has {} values, the op needs {len}", w.len())))
-            }
-            WeightData::F16(_) => Err(Error::InvalidInput(format!(
+        match &w.f32 {
+            Some(d) if w.len() >= len => Ok(d.device_ptr(&self.stream).0),
+            Some(_) => Err(Error::InvalidInput(format!("{what} has {} values, the op needs {len}", w.len()))),
+            None => Err(Error::InvalidInput(format!(
                 "{what} {:?} is a matrix (stored as fp16) where the CUDA backend expects a vector",
                 w.shape
             ))),
@@ -313,7 +319,7 @@ impl CudaBackend {
             return Err(Error::InvalidInput(format!("linear `{}` has no input features", g.desc(out).name)));
         }
         let weight = self.weight(ctx.weights, w)?;
-        let WeightData::F16(wdata) = &weight.data else {
+        let Some(wdata) = &weight.f16 else {
             return Err(Error::InvalidInput(format!(
                 "linear `{}`: weight {:?} is a vector, expected a [{n}, {k}] matrix",
                 g.desc(out).name,
@@ -391,17 +397,24 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, tensor: &HostTensor) -> Result<CudaWeight> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        // Empty tensors still get one element: a zero-size allocation is an error.
         let n = tensor.data.len().max(1);
-        let is_matrix = tensor.shape.iter().filter(|&&d| d > 1).count() >= 2;
-        let data = if is_matrix {
-            let bits: Vec<u16> = tensor.data.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
-            WeightData::F16(self.stream.clone_htod(&bits).map_err(driver_err("uploading a weight"))?)
+        let f16 = if tensor.shape.len() >= 2 {
+            let mut bits: Vec<u16> = tensor.data.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            bits.resize(n, 0);
+            Some(self.stream.clone_htod(&bits).map_err(driver_err("uploading a weight"))?)
         } else {
+            None
+        };
+        let f32 = if tensor.shape.iter().filter(|&&d| d > 1).count() <= 1 {
             let mut v = tensor.data.clone();
             v.resize(n, 0.0);
-            WeightData::F32(self.stream.clone_htod(&v).map_err(driver_err("uploading a weight"))?)
+            Some(self.stream.clone_htod(&v).map_err(driver_err("uploading a weight"))?)
+        } else {
+            None
         };
-        Ok(CudaWeight { shape: tensor.shape.clone(), data })
+        Ok(CudaWeight { shape: tensor.shape.clone(), f16, f32 })
     }
 
     fn write(&self, buffer: &mut CudaArena, offset: usize, data: &[f32]) -> Result<()> {
@@ -566,9 +579,10 @@ impl Backend for CudaBackend {
                         g.desc(*x).name
                     )));
                 }
-                let (kernel, tptr) = match &tw.data {
-                    WeightData::F32(d) => ("add_positional_f32", d.device_ptr(&self.stream).0),
-                    WeightData::F16(d) => ("add_positional_f16", d.device_ptr(&self.stream).0),
+                let (kernel, tptr) = match (&tw.f32, &tw.f16) {
+                    (Some(d), _) => ("add_positional_f32", d.device_ptr(&self.stream).0),
+                    (None, Some(d)) => ("add_positional_f16", d.device_ptr(&self.stream).0),
+                    (None, None) => return Err(Error::InvalidInput("position table without data".into())),
                 };
                 let offsets = self.offsets(ctx.arena, seg)?;
                 // add_positional_*(x, table, scale, offsets, count, cols, out)
