@@ -49,8 +49,11 @@ fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
     }
 }
 
+/// The `lova-fast` binary; `LOVA_FAST_BIN` overrides it for test binaries
+/// copied to another machine (tools/device-check.sh).
 fn lova_fast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lova-fast")).args(args).output().expect("run lova-fast")
+    let bin = std::env::var_os("LOVA_FAST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lova-fast").into());
+    Command::new(bin).args(args).output().expect("run lova-fast")
 }
 
 fn s(p: &Path) -> &str {

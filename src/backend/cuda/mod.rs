@@ -733,7 +733,7 @@ impl Backend for CudaBackend {
             }
             Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => {
                 let seg = g.seg(*x_segments);
-                if len(*v) != 2 * len(*x) || cfg_scales.len() != seg.count() || seg.total() * cols(*x) > len(*x) {
+                if len(*v) != 2 * len(*x) || cfg_scales.len() != seg.count() || seg.total() * cols(*x) != len(*x) {
                     return Err(Error::InvalidInput(
                         "cfg_denoise: v must hold cond and uncond rows of x, one CFG scale per request".into(),
                     ));
