@@ -25,6 +25,22 @@ pub trait Backend: Sync {
     fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Runs one op; its tensors live in `ctx.arena` at the offsets of `ctx.plan`.
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()>;
+
+    /// Writes the seeded noise of one request and `stream` (`sampler::rng`),
+    /// token-major `[latent_len, channels]`, into `buffer` at `offset`, on the
+    /// device. Returns false when the backend has no such kernel: the caller
+    /// then uploads noise generated on the host.
+    fn fill_noise(
+        &self,
+        _buffer: &mut Self::Buffer,
+        _offset: usize,
+        _seed: u64,
+        _stream: u32,
+        _latent_len: usize,
+        _channels: usize,
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Everything an op needs to find its operands.

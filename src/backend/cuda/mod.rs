@@ -335,7 +335,7 @@ impl CudaBackend {
         }
         let bias_ptr = bias.map(|b| self.weight_f32(ctx.weights, b, n, "bias")).transpose()?;
         let arena = &mut *ctx.arena;
-        if arena.half.as_ref().is_none_or(|h| h.len() < m * k) {
+        if m * k > 0 && arena.half.as_ref().is_none_or(|h| h.len() < m * k) {
             // Grows to the largest GEMM input of the graph during the first run, then stays.
             let buf = self.stream.alloc_zeros::<u16>(m * k).map_err(driver_err("allocating the fp16 GEMM scratch"))?;
             arena.half = Some(buf);
@@ -442,6 +442,19 @@ impl Backend for CudaBackend {
         // A copy to pageable host memory returns once the data is there.
         self.stream.memcpy_dtoh(&view, out).map_err(driver_err("copying from the device"))?;
         self.synchronize()
+    }
+
+    fn fill_noise(
+        &self,
+        buffer: &mut CudaArena,
+        offset: usize,
+        seed: u64,
+        stream: u32,
+        latent_len: usize,
+        channels: usize,
+    ) -> Result<bool> {
+        self.philox_normal(buffer, offset, seed, stream, latent_len, channels)?;
+        Ok(true)
     }
 
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()> {
@@ -781,9 +794,9 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
-    /// Fills `out` (device memory of the arena at `offset`, `[latent_len, channels]`
-    /// token-major) with the seeded Philox noise of `stream`, exactly as
-    /// `sampler::rng::fill_normal` followed by the transpose to token-major.
+    /// Fills the arena at `offset` (`[latent_len, channels]` token-major) with
+    /// the seeded Philox noise of `stream`, as `sampler::rng::fill_normal`
+    /// followed by the transpose to token-major (`Backend::fill_noise`).
     pub fn philox_normal(
         &self,
         arena: &mut CudaArena,
