@@ -42,7 +42,9 @@ enum Command {
 enum Device {
     /// CUDA when a usable GPU is found, else the CPU (with a notice).
     Auto,
+    /// The CPU (f32 reference backend).
     Cpu,
+    /// The first CUDA GPU (fp16 weights, f32 activations); an error when CUDA is not usable.
     Cuda,
 }
 
