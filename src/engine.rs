@@ -106,32 +106,36 @@ pub fn load_clip<B: Backend>(backend: &B, file: &SafetensorsFile) -> Result<Opti
 }
 
 impl<B: Backend> Model<B> {
-    pub fn load(backend: &B, source: WeightSource, with_vae: bool) -> Result<Self> {
-        match source {
+    pub fn load(backend: &B, source: &WeightSource, with_vae: bool) -> Result<Self> {
+        let (config, dit) = match source {
             WeightSource::Engine(path) => {
                 let (file, config) = open_engine_file(path)?;
                 let dit = Dit::load(backend, &file, &config.dit, DIT_KEYS)?;
-                let vae = if with_vae {
-                    let fetch = &mut |spec: &vae::VaeTensorSpec| {
-                        file.tensor(&format!("{VAE_KEYS}{}", spec.key), &spec.engine_shape())
-                    };
-                    Some(VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)?)
-                } else {
-                    None
-                };
-                Ok(Model { config, dit, vae })
+                (config, dit)
             }
             WeightSource::Original { checkpoint, config } => {
                 let file = SafetensorsFile::open(checkpoint)?;
-                let dit = Dit::load(backend, &file, &config.dit, DIT_PREFIX)?;
-                let vae = if with_vae {
-                    let fetch = &mut |spec: &vae::VaeTensorSpec| vae::original_tensor(&file, spec);
-                    Some(VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)?)
-                } else {
-                    None
-                };
-                Ok(Model { config, dit, vae })
+                (config.clone(), Dit::load(backend, &file, &config.dit, DIT_PREFIX)?)
             }
+        };
+        let vae = if with_vae { Some(load_vae(backend, source)?) } else { None };
+        Ok(Model { config, dit, vae })
+    }
+}
+
+/// The VAE decoder alone (it may live on another backend than the DiT).
+pub fn load_vae<B: Backend>(backend: &B, source: &WeightSource) -> Result<VaeDecoder<B>> {
+    match source {
+        WeightSource::Engine(path) => {
+            let (file, config) = open_engine_file(path)?;
+            let fetch =
+                &mut |spec: &vae::VaeTensorSpec| file.tensor(&format!("{VAE_KEYS}{}", spec.key), &spec.engine_shape());
+            VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)
+        }
+        WeightSource::Original { checkpoint, config } => {
+            let file = SafetensorsFile::open(checkpoint)?;
+            let fetch = &mut |spec: &vae::VaeTensorSpec| vae::original_tensor(&file, spec);
+            VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)
         }
     }
 }

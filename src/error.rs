@@ -41,6 +41,14 @@ pub enum Error {
 
     #[error("invalid input: {0}")]
     InvalidInput(String),
+
+    /// The CUDA backend could not start or a CUDA call failed.
+    #[error("CUDA: {0}")]
+    Cuda(String),
+
+    /// A backend was given an op it does not implement (yet).
+    #[error("the {backend} backend does not implement op `{op}`")]
+    UnsupportedOp { backend: &'static str, op: &'static str },
 }
 
 impl Error {

@@ -1,9 +1,8 @@
 //! CUDA kernel sources (`kernels/*.cu`), embedded at build time by `build.rs`
 //! as `(file stem, source)` pairs. The CUDA backend compiles them with NVRTC
 //! for the device's architecture on first use.
-//!
-//! No kernel exists yet: this build has only the CPU backend, and the list is
-//! empty until the CUDA backend lands (see kernels/README.md).
+//! `lova-fast kernels --check` compiles them all without a GPU (see
+//! `backend::cuda::compile`).
 
 include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
 

@@ -14,8 +14,8 @@ use clap::{Parser, Subcommand};
     long_about = "lova-fast runs LoVA (long-form video-to-audio generation, ICASSP 2025): a diffusion \
                   transformer that generates a soundtrack exactly as long as the video, in one pass.\n\n\
                   This build starts from a clip's CLIP frame features (video decoding and CLIP come \
-                  next) and runs the denoiser (DiT + DPM++ 3M SDE with classifier-free guidance) and \
-                  the VAE decoder on the CPU in f32, writing a WAV file.\n\n\
+                  next) and runs the denoiser (DiT + DPM++ 3M SDE with classifier-free guidance) on an \
+                  NVIDIA GPU (CUDA) or the CPU, and the VAE decoder on the CPU, writing a WAV file.\n\n\
                   Typical use: `lova-fast convert` once, then `lova-fast infer --weights`."
 )]
 struct Cli {
@@ -33,6 +33,8 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Describe a weight file: components, parameter counts, dtypes, config.
     Info(cli::info::InfoArgs),
+    /// List the embedded CUDA kernels; with --check, compile them with NVRTC (no GPU needed).
+    Kernels(cli::kernels::KernelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => cli::decode::run(args),
         Command::Convert(args) => cli::convert::run(args),
         Command::Info(args) => cli::info::run(args),
+        Command::Kernels(args) => cli::kernels::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

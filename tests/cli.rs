@@ -39,6 +39,9 @@ fn infer_args(features: &Path, checkpoint: &Path, config: &Path, out: &Path) -> 
         "0",
         "--init-noise",
         s(&init),
+        // The reference tolerance is the f32 CPU path's, whatever GPU the machine has.
+        "--device",
+        "cpu",
     ]
     .iter()
     .map(|a| a.to_string())

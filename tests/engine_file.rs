@@ -57,7 +57,8 @@ fn infer(dir: &Path, tag: &str, weights: &[&str], extra: &[&str]) -> (PathBuf, P
     let noise = fixture("tiny/init_noise.safetensors");
     let mut args = vec!["infer", s(&features), "-o", s(&wav), "--save-latents", s(&lat)];
     args.extend_from_slice(weights);
-    args.extend_from_slice(&["--steps", "8", "--eta", "0", "--init-noise", s(&noise)]);
+    // The CPU backend: these tests compare file formats, not devices.
+    args.extend_from_slice(&["--steps", "8", "--eta", "0", "--init-noise", s(&noise), "--device", "cpu"]);
     args.extend_from_slice(extra);
     ok(&lova_fast(&args));
     (wav, lat)
@@ -110,7 +111,7 @@ fn float_wav_and_explicit_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let engine = tiny_engine(dir.path());
     let (wav, features) = (dir.path().join("f.wav"), fixture("tiny/features.safetensors"));
-    let args = ["infer", s(&features), "--weights", s(&engine), "-o", s(&wav), "--steps", "3", "--seed", "5"];
+    let args = ["infer", s(&features), "--weights", s(&engine), "-o", s(&wav), "--steps", "3", "--seed", "5", "--device", "cpu"];
     ok(&lova_fast(&[&args[..], &["--float", "--seconds", "1.9"]].concat()));
     let (spec, v) = wav_samples(&wav);
     assert_eq!((spec.bits_per_sample, spec.sample_format), (32, hound::SampleFormat::Float));

@@ -1,13 +1,16 @@
 //! Backends run graph ops on one kind of device. The CPU backend (f32) is the
-//! reference every other backend is tested against, op by op.
+//! reference every other backend is tested against, op by op; the CUDA backend
+//! (fp16 weights, f32 activations) loads the CUDA libraries at run time.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::graph::{ArenaPlan, Graph, Op, WeightId};
 use crate::tensor::HostTensor;
 
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
 
 pub trait Backend: Sync {
     /// A block of device memory holding f32 values (the arena).
@@ -22,6 +25,22 @@ pub trait Backend: Sync {
     fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Runs one op; its tensors live in `ctx.arena` at the offsets of `ctx.plan`.
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()>;
+
+    /// Writes the seeded noise of one request and `stream` (`sampler::rng`),
+    /// token-major `[latent_len, channels]`, into `buffer` at `offset`, on the
+    /// device. Returns false when the backend has no such kernel: the caller
+    /// then uploads noise generated on the host.
+    fn fill_noise(
+        &self,
+        _buffer: &mut Self::Buffer,
+        _offset: usize,
+        _seed: u64,
+        _stream: u32,
+        _latent_len: usize,
+        _channels: usize,
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Everything an op needs to find its operands.

@@ -55,11 +55,10 @@ pub fn run(args: DecodeArgs) -> Result<()> {
     };
 
     let started = Instant::now();
-    let backend = CpuBackend::new();
-    let model = args.weights.load(&backend, true)?;
-    let vae = model.vae.as_ref().context("the model has no VAE decoder")?;
+    // The VAE runs on the CPU until the CUDA backend has its convolution kernels.
+    let vae = args.weights.load_vae(&CpuBackend)?;
     let loaded = Instant::now();
-    let audio = vae.decode(&backend, &[latents])?.remove(0);
+    let audio = vae.decode(&CpuBackend, &[latents])?.remove(0);
     let audio = trim_and_normalise(&audio, samples_for_seconds(seconds, config.sample_rate));
     let decoded = Instant::now();
     let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };

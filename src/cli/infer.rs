@@ -14,7 +14,7 @@ use lova_fast::error::ensure_finite;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
 use lova_fast::weights::{read_single_tensor, write_tensors_atomically};
 
-use super::{WeightArgs, check_output_path, set_threads};
+use super::{Device, WeightArgs, WithBackend, check_output_path, set_threads, with_device};
 
 #[derive(Args)]
 pub struct InferArgs {
@@ -80,6 +80,10 @@ pub struct InferArgs {
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Where to run the DiT and sampler (the VAE runs on the CPU for now).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
 }
 
 pub fn run(args: InferArgs) -> Result<()> {
@@ -101,8 +105,9 @@ pub fn run(args: InferArgs) -> Result<()> {
         bail!("--cfg must be a finite number");
     }
 
+    // Check every input before starting a device or loading weights.
     let started = Instant::now();
-    let config = &args.weights.config()?;
+    let config = args.weights.config()?;
     let features = read_single_tensor(&args.features, "features", Some(config.dit.cond_token_dim))
         .with_context(|| format!("reading video features from {}", args.features.display()))?;
     ensure_finite(&format!("features in {}", args.features.display()), &features.data)?;
@@ -131,71 +136,92 @@ pub fn run(args: InferArgs) -> Result<()> {
         None => None,
     };
     let seed = args.seed.unwrap_or_else(random_seed);
+    let request =
+        Request { features, latent_len, cfg_scale: args.cfg, noise: RequestNoise { seed, initial, steps: None } };
+    let device = args.device;
+    with_device(device, InferJob { args, settings, request, seconds, wav_path, started })
+}
 
-    let backend = CpuBackend::new();
-    let model = args.weights.load(&backend, wav_path.is_some())?;
-    let loaded = Instant::now();
+/// A checked request, run on the backend `--device` picked.
+struct InferJob {
+    args: InferArgs,
+    settings: SamplerSettings,
+    request: Request,
+    seconds: f64,
+    wav_path: Option<PathBuf>,
+    started: Instant,
+}
 
-    let requests =
-        [Request { features, latent_len, cfg_scale: args.cfg, noise: RequestNoise { seed, initial, steps: None } }];
-    let mut sampling = Sampling::new(&backend, &model.dit, &requests, &settings)?;
-    let bar = ProgressBar::new(settings.steps as u64).with_style(
-        ProgressStyle::with_template("sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]")
-            .expect("valid progress template"),
-    );
-    while sampling.step()? {
-        bar.set_position(sampling.steps_done() as u64);
-    }
-    bar.finish_and_clear();
-    let latents = sampling.latents()?.remove(0);
-    let arena_bytes = sampling.arena_bytes();
-    let sampled = Instant::now();
+impl WithBackend for InferJob {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let InferJob { args, settings, request, seconds, wav_path, started } = self;
+        let (frames, latent_len, seed) = (request.features.shape[0], request.latent_len, request.noise.seed);
+        let model = args.weights.load(&backend, false)?;
+        // The VAE runs on the CPU until the CUDA backend has its convolution kernels.
+        let vae = wav_path.as_ref().map(|_| args.weights.load_vae(&CpuBackend)).transpose()?;
+        let config = &model.config;
+        let loaded = Instant::now();
 
-    if let Some(path) = &args.save_latents {
-        let metadata: HashMap<String, String> = [
-            ("seed", seed.to_string()),
-            ("steps", settings.steps.to_string()),
-            ("cfg", args.cfg.to_string()),
-            ("eta", settings.eta.to_string()),
-            ("seconds", seconds.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        write_tensors_atomically(path, &[("latents", &latents)], Some(metadata))?;
-    }
-    let mut decoded = sampled;
-    if let (Some(path), Some(vae)) = (&wav_path, &model.vae) {
-        let spinner = ProgressBar::new_spinner().with_message("decoding audio with the VAE");
-        spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-        let audio = vae.decode(&backend, std::slice::from_ref(&latents))?.remove(0);
-        spinner.finish_and_clear();
-        decoded = Instant::now();
-        let audio = trim_and_normalise(&audio, samples_for_seconds(seconds, config.sample_rate));
-        let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
-        write_wav(path, &audio, config.sample_rate, format)?;
-    }
-    let written = Instant::now();
+        let requests = [request];
+        let mut sampling = Sampling::new(&backend, &model.dit, &requests, &settings)?;
+        let bar = ProgressBar::new(settings.steps as u64).with_style(
+            ProgressStyle::with_template("sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]")
+                .expect("valid progress template"),
+        );
+        while sampling.step()? {
+            bar.set_position(sampling.steps_done() as u64);
+        }
+        bar.finish_and_clear();
+        let latents = sampling.latents()?.remove(0);
+        let arena_bytes = sampling.arena_bytes();
+        let sampled = Instant::now();
 
-    eprintln!(
-        "{frames} frames -> {latent_len} latent frames ({seconds:.2} s of audio), {} steps, cfg {}, seed {seed}, on {}",
-        settings.steps,
-        args.cfg,
-        backend.name()
-    );
-    eprintln!(
-        "load {:.2} s | sampling {:.2} s ({:.1} ms/step, arena {:.1} MiB) | VAE {:.2} s | write {:.3} s",
-        (loaded - started).as_secs_f64(),
-        (sampled - loaded).as_secs_f64(),
-        (sampled - loaded).as_secs_f64() * 1e3 / settings.steps as f64,
-        arena_bytes as f64 / (1 << 20) as f64,
-        (decoded - sampled).as_secs_f64(),
-        (written - decoded).as_secs_f64(),
-    );
-    for path in wav_path.iter().chain(args.save_latents.iter()) {
-        eprintln!("wrote {}", path.display());
+        if let Some(path) = &args.save_latents {
+            let metadata: HashMap<String, String> = [
+                ("seed", seed.to_string()),
+                ("steps", settings.steps.to_string()),
+                ("cfg", args.cfg.to_string()),
+                ("eta", settings.eta.to_string()),
+                ("seconds", seconds.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            write_tensors_atomically(path, &[("latents", &latents)], Some(metadata))?;
+        }
+        let mut decoded = sampled;
+        if let (Some(path), Some(vae)) = (&wav_path, &vae) {
+            let spinner = ProgressBar::new_spinner().with_message("decoding audio with the VAE");
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let audio = vae.decode(&CpuBackend, std::slice::from_ref(&latents))?.remove(0);
+            spinner.finish_and_clear();
+            decoded = Instant::now();
+            let audio = trim_and_normalise(&audio, samples_for_seconds(seconds, config.sample_rate));
+            let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
+            write_wav(path, &audio, config.sample_rate, format)?;
+        }
+        let written = Instant::now();
+
+        eprintln!(
+            "{frames} frames -> {latent_len} latent frames ({seconds:.2} s of audio), {} steps, cfg {}, seed {seed}, on {}",
+            settings.steps,
+            args.cfg,
+            backend.name()
+        );
+        eprintln!(
+            "load {:.2} s | sampling {:.2} s ({:.1} ms/step, arena {:.1} MiB) | VAE {:.2} s | write {:.3} s",
+            (loaded - started).as_secs_f64(),
+            (sampled - loaded).as_secs_f64(),
+            (sampled - loaded).as_secs_f64() * 1e3 / settings.steps as f64,
+            arena_bytes as f64 / (1 << 20) as f64,
+            (decoded - sampled).as_secs_f64(),
+            (written - decoded).as_secs_f64(),
+        );
+        for path in wav_path.iter().chain(args.save_latents.iter()) {
+            eprintln!("wrote {}", path.display());
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn random_seed() -> u64 {

@@ -4,15 +4,17 @@ pub mod convert;
 pub mod decode;
 pub mod infer;
 pub mod info;
+pub mod kernels;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use lova_fast::backend::Backend;
+use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
 use lova_fast::config::LovaConfig;
 use lova_fast::engine::{Model, WeightSource};
+use lova_fast::models::VaeDecoder;
 
 /// Where the model comes from: an engine file, or the original checkpoint.
 #[derive(Args, Clone)]
@@ -32,19 +34,28 @@ pub struct WeightArgs {
 }
 
 impl WeightArgs {
-    pub fn load<B: Backend>(&self, backend: &B, with_vae: bool) -> Result<Model<B>> {
-        let what = self.weights.as_ref().or(self.checkpoint.as_ref());
-        let source = match (&self.weights, &self.checkpoint) {
+    pub fn source(&self) -> Result<WeightSource<'_>> {
+        Ok(match (&self.weights, &self.checkpoint) {
             (Some(path), _) => WeightSource::Engine(path),
             (None, Some(checkpoint)) => WeightSource::Original { checkpoint, config: self.original_config()? },
             (None, None) => {
                 bail!("no model: pass --weights ENGINE.safetensors (see `lova-fast convert`) or --checkpoint")
             }
-        };
-        let model = Model::load(backend, source, with_vae);
-        model.with_context(|| {
-            format!("loading the model from {}", what.map(|p| p.display().to_string()).unwrap_or_default())
         })
+    }
+
+    fn describe(&self) -> String {
+        self.weights.as_ref().or(self.checkpoint.as_ref()).map(|p| p.display().to_string()).unwrap_or_default()
+    }
+
+    pub fn load<B: Backend>(&self, backend: &B, with_vae: bool) -> Result<Model<B>> {
+        Model::load(backend, &self.source()?, with_vae)
+            .with_context(|| format!("loading the model from {}", self.describe()))
+    }
+
+    pub fn load_vae<B: Backend>(&self, backend: &B) -> Result<VaeDecoder<B>> {
+        lova_fast::engine::load_vae(backend, &self.source()?)
+            .with_context(|| format!("loading the VAE decoder from {}", self.describe()))
     }
 
     /// The model's config, without loading any weight (to check inputs first).
@@ -61,6 +72,36 @@ impl WeightArgs {
             Some(path) => LovaConfig::from_file(path)?,
             None => LovaConfig::released(),
         })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Device {
+    /// CUDA when a usable GPU is found, else the CPU (with a notice).
+    Auto,
+    /// The CPU (f32 reference backend).
+    Cpu,
+    /// The first CUDA GPU (fp16 weights, f32 activations); an error when CUDA is not usable.
+    Cuda,
+}
+
+/// The backend `device` asks for, passed to `run` (generic code cannot return
+/// either of two backend types, so it calls back instead).
+pub trait WithBackend {
+    fn run<B: Backend>(self, backend: B) -> Result<()>;
+}
+
+pub fn with_device(device: Device, job: impl WithBackend) -> Result<()> {
+    match device {
+        Device::Cpu => job.run(CpuBackend::new()),
+        Device::Cuda => job.run(CudaBackend::new(0).context("--device cuda")?),
+        Device::Auto => match CudaBackend::new(0) {
+            Ok(cuda) => job.run(cuda),
+            Err(e) => {
+                eprintln!("note: running on the CPU; CUDA is not usable: {e}");
+                job.run(CpuBackend::new())
+            }
+        },
     }
 }
 

@@ -260,7 +260,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         self.exec.write(self.tensors.scalars, &step_scalars)?;
         self.t_buf.fill(s.t as f32);
         self.exec.write(self.tensors.t, &self.t_buf)?;
-        if k.noise != 0.0 {
+        if k.noise != 0.0 && !self.noise_on_device(i + 1)? {
             self.noise_buf.clear();
             for r in self.requests {
                 self.noise_buf.extend(r.noise.token_major(i + 1, io, r.latent_len)?);
@@ -269,6 +269,23 @@ impl<'a, B: Backend> Sampling<'a, B> {
         }
         self.exec.run()?;
         self.done += 1;
+        Ok(true)
+    }
+
+    /// Generates the seeded noise of `stream` on the device when the backend
+    /// can and no request injects its own; false means: upload host noise.
+    /// (Same generator: equal to the host's noise up to a rare last-bit
+    /// difference of the f64 transcendental functions.)
+    fn noise_on_device(&mut self, stream: usize) -> Result<bool> {
+        if self.requests.iter().any(|r| r.noise.steps.is_some()) {
+            return Ok(false);
+        }
+        for (b, r) in self.requests.iter().enumerate() {
+            let row = self.latent_seg.offsets[b];
+            if !self.exec.fill_noise(self.tensors.noise, row, r.noise.seed, stream as u32, r.latent_len)? {
+                return Ok(false);
+            }
+        }
         Ok(true)
     }
 

@@ -7,8 +7,13 @@ use std::path::PathBuf;
 use lova_fast::tensor::HostTensor;
 use lova_fast::weights::SafetensorsFile;
 
+/// A fixture file. `LOVA_FIXTURES` overrides the folder, for test binaries
+/// copied to another machine (tools/device-check.sh).
 pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+    match std::env::var_os("LOVA_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path),
+    }
 }
 
 pub fn load(file: &str, key: &str) -> HostTensor {

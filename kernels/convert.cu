@@ -1,0 +1,39 @@
+// convert.cu: f32 -> fp16 conversion of GEMM inputs.
+//
+// Computes: out[i] = fp16(x[i]), round to nearest even (values beyond the fp16
+// range become +-inf, as under PyTorch autocast, whose fp16 matmuls the
+// reference runs). The arena holds activations in f32; cuBLASLt's fp16 GEMM
+// wants fp16 operands, so each Linear converts its input into a scratch buffer
+// first. (A later issue fuses this into the producer of the GEMM input.)
+//
+// Layout: x and out are contiguous, n elements; out holds fp16 bit patterns
+// (unsigned short). Pairs are converted with one 8-byte load when both
+// pointers allow it.
+// Launch: 1-D grid-stride, 256 threads per block, any grid size.
+//
+// No CUDA header is included (NVRTC needs none): fp16 conversions are the PTX
+// cvt instructions, exactly what cuda_fp16.h's __float2half_rn emits.
+
+__device__ __forceinline__ unsigned short f32_to_f16_rn(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+extern "C" __global__ void f32_to_f16(const float* __restrict__ x, unsigned short* __restrict__ out, long long n) {
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        out[i] = f32_to_f16_rn(x[i]);
+    }
+}
+
+// Adds a bias row to every row of out ([rows, cols]); used only when cuBLASLt
+// offers no algorithm with the fused bias epilogue for a shape.
+extern "C" __global__ void add_bias_rows(float* __restrict__ out, const float* __restrict__ bias, long long rows,
+                                         long long cols) {
+    long long n = rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        out[i] += bias[i % cols];
+    }
+}

@@ -1,0 +1,108 @@
+// elementwise.cu: the DiT's element- and row-wise ops (CPU twins in
+// src/backend/cpu/elementwise.rs).
+//
+// - silu:              out[i] = x[i] * sigmoid(x[i])
+// - swiglu:            x [M, 2F] -> out [M, F], out[r, j] = x[r, j] * silu(x[r, F + j])
+// - timestep_features: t [B], w [n] -> out [B, 2n] = [cos(2 pi t w), sin(2 pi t w)], angles in f64
+// - add_positional_*:  out[r] = x[r] + table[position of r in its sequence] * scale;
+//                      the table is f32 or fp16 (matrices are stored as fp16)
+// - prepend_row:       per sequence b: out rows = first[b], then rest's rows of b
+// - drop_first_row:    per sequence b: out rows = x's rows of b except the first
+//
+// Layout: every tensor is row-major [rows, cols] f32; a packed batch is
+// described by cumulative row offsets (int32, count + 1 entries, offsets[0] = 0).
+// Launch: 1-D grid-stride over output elements, 256 threads per block, any
+// grid size. A row's sequence is found by binary search in the offsets.
+
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// The sequence b with offsets[b] <= row < offsets[b + 1] (count sequences).
+__device__ __forceinline__ int sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
+    int lo = 0, hi = count;  // invariant: offsets[lo] <= row, answer in [lo, hi)
+    while (hi - lo > 1) {
+        int mid = (lo + hi) >> 1;
+        if (offsets[mid] <= row) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// Matches the CPU's x / (1 + exp(-x)).
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+extern "C" __global__ void silu_f32(const float* __restrict__ x, float* __restrict__ out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = silu(x[i]); }
+}
+
+extern "C" __global__ void swiglu_f32(const float* __restrict__ x, float* __restrict__ out, long long rows, long long f) {
+    GRID_STRIDE(i, rows * f) {
+        long long r = i / f, j = i - r * f;
+        const float* xr = x + r * 2 * f;
+        out[i] = xr[j] * silu(xr[f + j]);
+    }
+}
+
+extern "C" __global__ void timestep_features(const float* __restrict__ t, const float* __restrict__ w,
+                                             float* __restrict__ out, int batch, int n) {
+    GRID_STRIDE(i, (long long)batch * n) {
+        int b = (int)(i / n), j = (int)(i - (long long)b * n);
+        double a = 2.0 * 3.141592653589793 * (double)t[b] * (double)w[j];
+        double s, c;
+        sincos(a, &s, &c);
+        out[(long long)b * 2 * n + j] = (float)c;
+        out[(long long)b * 2 * n + n + j] = (float)s;
+    }
+}
+
+extern "C" __global__ void add_positional_f32(const float* __restrict__ x, const float* __restrict__ table, float scale,
+                                              const int* __restrict__ offsets, int count, long long cols,
+                                              float* __restrict__ out) {
+    long long n = (long long)offsets[count] * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols;
+        long long p = r - offsets[sequence_of_row(offsets, count, r)];
+        out[i] = x[i] + table[p * cols + c] * scale;
+    }
+}
+
+extern "C" __global__ void add_positional_f16(const float* __restrict__ x, const unsigned short* __restrict__ table,
+                                              float scale, const int* __restrict__ offsets, int count, long long cols,
+                                              float* __restrict__ out) {
+    long long n = (long long)offsets[count] * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols;
+        long long p = r - offsets[sequence_of_row(offsets, count, r)];
+        out[i] = x[i] + f16_to_f32(table[p * cols + c]) * scale;
+    }
+}
+
+// out_offsets[b + 1] - out_offsets[b] = rest_offsets[b + 1] - rest_offsets[b] + 1.
+extern "C" __global__ void prepend_row(const float* __restrict__ first, const float* __restrict__ rest,
+                                       const int* __restrict__ rest_offsets, const int* __restrict__ out_offsets,
+                                       int count, long long cols, float* __restrict__ out) {
+    long long n = (long long)out_offsets[count] * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols;
+        int b = sequence_of_row(out_offsets, count, r);
+        long long p = r - out_offsets[b];
+        out[i] = p == 0 ? first[(long long)b * cols + c] : rest[(rest_offsets[b] + p - 1) * cols + c];
+    }
+}
+
+extern "C" __global__ void drop_first_row(const float* __restrict__ x, const int* __restrict__ x_offsets,
+                                          const int* __restrict__ out_offsets, int count, long long cols,
+                                          float* __restrict__ out) {
+    long long n = (long long)out_offsets[count] * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols;
+        int b = sequence_of_row(out_offsets, count, r);
+        long long p = r - out_offsets[b];
+        out[i] = x[(x_offsets[b] + 1 + p) * cols + c];
+    }
+}

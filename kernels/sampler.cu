@@ -1,0 +1,110 @@
+// sampler.cu: the sampler's element-wise ops (CPU twins in
+// src/backend/cpu/sampler_ops.rs). Per-step scalars are read from the device
+// (the `scalars` tensor of the step graph, written by the host in f32 from
+// f64 math), so a step never needs new kernel arguments.
+//
+// - cfg_expand:      out = concat(x, x) * c_in                (out is [2n])
+// - cfg_denoise:     denoised = (v_u + (v_c - v_u) * cfg[req]) * c_out + x * c_skip,
+//                    v = [cond rows; uncond rows], req = the request of x's row
+// - dpmpp_3m_update: x = a x + b den + c d1 + d d2 + e z; d2 = d1; d1 = den,
+//                    in place; a zero coefficient skips its term (the history
+//                    and noise buffers may hold stale or unset values then)
+//
+// Scalar slots (src/graph/ir.rs, scalar_slot): 0 c_in, 1 c_skip, 2 c_out,
+// 3 x, 4 denoised, 5 d1, 6 d2, 7 noise.
+// Layout: contiguous f32; x_offsets int32 [count + 1] cumulative rows of x,
+// cfg f32 [count].
+// Launch: 1-D grid-stride, 256 threads per block, any grid size.
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ int sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
+    int lo = 0, hi = count;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) >> 1;
+        if (offsets[mid] <= row) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+extern "C" __global__ void cfg_expand(const float* __restrict__ x, const float* __restrict__ scalars,
+                                      float* __restrict__ out, long long n) {
+    float c_in = scalars[0];
+    GRID_STRIDE(i, n) {
+        float v = x[i] * c_in;
+        out[i] = v;
+        out[n + i] = v;
+    }
+}
+
+extern "C" __global__ void cfg_denoise(const float* __restrict__ v, const float* __restrict__ x,
+                                       const float* __restrict__ scalars, const int* __restrict__ x_offsets,
+                                       const float* __restrict__ cfg, int count, long long cols,
+                                       float* __restrict__ out) {
+    float c_skip = scalars[1], c_out = scalars[2];
+    long long n = (long long)x_offsets[count] * cols;
+    GRID_STRIDE(e, n) {
+        float scale = cfg[sequence_of_row(x_offsets, count, e / cols)];
+        float vc = v[e], vu = v[n + e];
+        float guided = vu + (vc - vu) * scale;
+        out[e] = guided * c_out + x[e] * c_skip;
+    }
+}
+
+extern "C" __global__ void dpmpp_3m_update(float* __restrict__ x, const float* __restrict__ denoised,
+                                           float* __restrict__ d1, float* __restrict__ d2,
+                                           const float* __restrict__ noise, const float* __restrict__ scalars,
+                                           long long n) {
+    float a = scalars[3], b = scalars[4], c = scalars[5], d = scalars[6], e = scalars[7];
+    GRID_STRIDE(i, n) {
+        float den = denoised[i];
+        float acc = a * x[i] + b * den;
+        if (c != 0.0f) acc += c * d1[i];
+        if (d != 0.0f) acc += d * d2[i];
+        if (e != 0.0f) acc += e * noise[i];
+        x[i] = acc;
+        d2[i] = d1[i];
+        d1[i] = den;
+    }
+}
+
+// Philox4x32-10 and Box-Muller, identical to src/sampler/rng.rs: the noise of
+// one request and stream, written token-major ([latent_len, channels], the
+// step graph's layout) from the canonical channel-major element order
+// e = c * latent_len + t: block e / 4, lane e % 4, counter (block lo, block hi,
+// stream, 0), key (seed lo, seed hi); u = (w + 0.5) / 2^32 and the transform in f64.
+__device__ __forceinline__ void philox4x32_10(unsigned int c[4], unsigned int k0, unsigned int k1) {
+    for (int round = 0; round < 10; round++) {
+        if (round > 0) {
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        unsigned int hi0 = __umulhi(0xD2511F53u, c[0]), lo0 = 0xD2511F53u * c[0];
+        unsigned int hi1 = __umulhi(0xCD9E8D57u, c[2]), lo1 = 0xCD9E8D57u * c[2];
+        unsigned int n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+        c[0] = n0;
+        c[1] = lo1;
+        c[2] = n2;
+        c[3] = lo0;
+    }
+}
+
+extern "C" __global__ void philox_normal(unsigned int seed_lo, unsigned int seed_hi, unsigned int stream,
+                                         long long latent_len, long long channels, float* __restrict__ out) {
+    GRID_STRIDE(i, latent_len * channels) {
+        long long t = i / channels, ch = i - t * channels;
+        unsigned long long e = (unsigned long long)(ch * latent_len + t);
+        unsigned long long block = e >> 2;
+        int lane = (int)(e & 3);
+        unsigned int w[4] = {(unsigned int)block, (unsigned int)(block >> 32), stream, 0u};
+        philox4x32_10(w, seed_lo, seed_hi);
+        int pair = lane >> 1;
+        double u0 = ((double)w[2 * pair] + 0.5) * (1.0 / 4294967296.0);
+        double u1 = ((double)w[2 * pair + 1] + 0.5) * (1.0 / 4294967296.0);
+        double r = sqrt(-2.0 * log(u0));
+        double s, c;
+        sincos(2.0 * 3.141592653589793 * u1, &s, &c);
+        out[i] = (float)((lane & 1) ? r * s : r * c);
+    }
+}

@@ -1,0 +1,829 @@
+//! The CUDA backend: cudarc with the CUDA libraries loaded at run time, so the
+//! binary builds and runs on machines without CUDA. At start it needs the
+//! driver (`libcuda.so.1`), NVRTC (`libnvrtc.so.13` or `.12`) and cuBLASLt
+//! (`libcublasLt.so.13` or `.12`), found through the usual library search
+//! (`LD_LIBRARY_PATH`, ld.so.conf).
+//!
+//! Numerics (lova-model.md section 8): matrices (linear layers and the
+//! position tables) are stored as fp16; vectors (LayerNorm gamma/beta, biases,
+//! inv_freq, the timestep Fourier weights) stay f32 (see `CudaWeight`). The
+//! position tables could stay f32 too, but the upload sees only a shape; their
+//! fp16 rounding (2^-11 relative on a term scaled by 1536^-0.5) is far below
+//! the GEMMs' error. The arena, and so the residual stream and every
+//! activation, is f32; LayerNorm statistics, softmax, RoPE and the sampler
+//! state are computed in f32 (angles in f64). GEMMs run on cuBLASLt with fp16
+//! operands and f32 accumulation and output: each Linear first converts its
+//! f32 input to fp16 in a scratch buffer (`convert.cu`). That costs one extra
+//! read and write of the GEMM input, small next to the GEMM, and is what the
+//! reference does under autocast (fp16 operands); cuBLASLt has no mixed f32 x
+//! fp16 GEMM, and a TF32 GEMM would need f32 weights (twice the memory).
+//!
+//! All work is enqueued on one stream; `read` waits for it. Kernels are
+//! compiled by NVRTC for the device (cached on disk, see `compile`).
+
+pub mod compile;
+mod gemm;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+};
+use rayon::prelude::*;
+
+use super::{Backend, OpContext};
+use crate::error::{Error, Result};
+use crate::graph::{ColumnSlice, Op, Segments, TensorId, WeightId};
+use crate::tensor::HostTensor;
+use gemm::{Gemm, GemmArgs};
+
+const ELEMENTWISE_THREADS: u32 = 256;
+/// Attention kernel constants (kernels/attention.cu).
+const ATTENTION_QUERIES_PER_BLOCK: usize = 16;
+const ATTENTION_KEYS_PER_TILE: usize = 32;
+const ATTENTION_MAX_HEAD_DIM: usize = 128;
+
+fn driver_err(what: impl std::fmt::Display) -> impl Fn(DriverError) -> Error {
+    move |e| Error::Cuda(format!("{what}: {e:?}"))
+}
+
+/// The CUDA libraries this backend needs that cannot be loaded here.
+pub fn missing_libraries() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    // SAFETY: each probe only tries to dlopen the library by its usual names.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            missing.push("the NVIDIA driver (libcuda.so.1)");
+        }
+        if !cudarc::nvrtc::sys::is_culib_present() {
+            missing.push("NVRTC (libnvrtc.so.13 or .12)");
+        }
+        if !cudarc::cublaslt::sys::is_culib_present() {
+            missing.push("cuBLASLt (libcublasLt.so.13 or .12)");
+        }
+    }
+    missing
+}
+
+/// What the backend runs on, for messages and logs.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// e.g. `sm_90`.
+    pub arch: String,
+    pub memory_bytes: usize,
+    /// Driver API version, e.g. 13000 for CUDA 13.0.
+    pub driver_version: i32,
+    pub nvrtc_version: (i32, i32),
+    pub cublaslt_version: usize,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {:.0} GiB), driver CUDA {}.{}, NVRTC {}.{}, cuBLASLt {}",
+            self.name,
+            self.arch,
+            self.memory_bytes as f64 / (1u64 << 30) as f64,
+            self.driver_version / 1000,
+            self.driver_version % 1000 / 10,
+            self.nvrtc_version.0,
+            self.nvrtc_version.1,
+            self.cublaslt_version
+        )
+    }
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<String, CudaFunction>,
+    gemm: Gemm,
+    info: DeviceInfo,
+}
+
+/// The arena of one executor, plus what its graph needs on the device besides
+/// tensors: the fp16 scratch of GEMM inputs and small constant tables (segment
+/// offsets, CFG scales), uploaded on first use and kept, so repeated runs of
+/// the same graph upload nothing but their inputs.
+pub struct CudaArena {
+    data: CudaSlice<f32>,
+    half: Option<CudaSlice<u16>>,
+    tables: HashMap<Vec<u32>, CudaSlice<u32>>,
+}
+
+/// A weight on the device. The upload sees only a shape, not the op that will
+/// use the weight, so: a tensor of two or more dimensions gets an fp16 copy (a
+/// linear layer, a position table); a tensor with at most one dimension larger
+/// than 1 gets an f32 copy (gamma, beta, a bias, inv_freq, the `[n, 1]`
+/// timestep Fourier weights). `[n, 1]` and `[1, n]` get both: they are vectors
+/// that could also be a one-feature linear layer, and tiny.
+pub struct CudaWeight {
+    pub shape: Vec<usize>,
+    f16: Option<CudaSlice<u16>>,
+    f32: Option<CudaSlice<f32>>,
+}
+
+impl CudaWeight {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Whether the device holds an fp16 copy (matrices).
+    pub fn has_f16(&self) -> bool {
+        self.f16.is_some()
+    }
+    /// Whether the device holds an f32 copy (vectors).
+    pub fn has_f32(&self) -> bool {
+        self.f32.is_some()
+    }
+}
+
+/// A kernel argument (pointers are passed as 64-bit device addresses).
+#[derive(Clone, Copy)]
+enum Arg {
+    Ptr(CUdeviceptr),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    F32(f32),
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, compiles (or loads from the cache) every kernel
+    /// and sets up cuBLASLt. Fails with a clear error, never a panic, when a
+    /// library or the device is missing.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let missing = missing_libraries();
+        if !missing.is_empty() {
+            return Err(Error::Cuda(format!(
+                "cannot load {} (install the NVIDIA driver and the CUDA 12 or 13 libraries, \
+                 and put their folder on LD_LIBRARY_PATH)",
+                missing.join(", ")
+            )));
+        }
+        // cudarc panics when a symbol is missing (e.g. a driver older than the
+        // API it was built for); make that an error too.
+        match std::panic::catch_unwind(|| Self::open(ordinal)) {
+            Ok(result) => result,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown failure".into());
+                Err(Error::Cuda(format!("the CUDA libraries failed to initialise: {msg}")))
+            }
+        }
+    }
+
+    fn open(ordinal: usize) -> Result<Self> {
+        cudarc::driver::result::init().map_err(driver_err("no usable NVIDIA driver (cuInit failed)"))?;
+        let count = CudaContext::device_count().map_err(driver_err("cannot count CUDA devices"))?;
+        if count <= ordinal as i32 {
+            return Err(Error::Cuda(if count == 0 {
+                "no CUDA device found".into()
+            } else {
+                format!("no CUDA device {ordinal} (this machine has {count})")
+            }));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err(format!("cannot open CUDA device {ordinal}")))?;
+        // One stream, raw device pointers: cudarc's multi-stream event tracking has nothing to do.
+        // SAFETY: called before any allocation or stream of this context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver_err("cannot create a CUDA stream"))?;
+        let (major, minor) = ctx.compute_capability().map_err(driver_err("cannot read the compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let mut driver_version = 0;
+        // SAFETY: one out-parameter.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(driver_err("cuDriverGetVersion"))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(driver_err("cannot read the device name"))?,
+            arch: arch.clone(),
+            memory_bytes: ctx.total_mem().map_err(driver_err("cannot read the device memory size"))?,
+            driver_version,
+            nvrtc_version: compile::nvrtc_version()?,
+            cublaslt_version: Gemm::version(),
+        };
+
+        let mut functions = HashMap::new();
+        for (file, source) in crate::kernels::KERNEL_SOURCES {
+            let cubin = compile::cached_cubin(file, source, &arch)?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                .map_err(driver_err(format!("cannot load the cubin of {file}.cu for {arch}")))?;
+            for name in compile::kernel_names(source) {
+                let f = module.load_function(&name).map_err(driver_err(format!("kernel {name} in {file}.cu")))?;
+                functions.insert(name, f);
+            }
+        }
+        let gemm = Gemm::new(stream.clone())?;
+        Ok(CudaBackend { ctx, stream, functions, gemm, info })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Waits until all enqueued work is done (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver_err("CUDA stream synchronize"))
+    }
+
+    fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        let f = self
+            .functions
+            .get(name)
+            .ok_or_else(|| Error::Cuda(format!("kernel {name} is not in the embedded kernel sources")))?;
+        let mut builder = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::Ptr(v) => builder.arg(v),
+                Arg::I32(v) => builder.arg(v),
+                Arg::U32(v) => builder.arg(v),
+                Arg::I64(v) => builder.arg(v),
+                Arg::F32(v) => builder.arg(v),
+            };
+        }
+        // SAFETY: argument lists match the kernels' signatures (kept next to
+        // each launch below) and every pointer is inside a live allocation.
+        unsafe { builder.launch(cfg) }.map_err(driver_err(format!("launching {name}")))?;
+        Ok(())
+    }
+
+    /// A 1-D grid-stride launch over `n` elements (nothing to do when n = 0).
+    fn launch_elementwise(&self, name: &str, n: usize, args: &[Arg]) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).min(1 << 20) as u32;
+        let cfg =
+            LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        self.launch(name, cfg, args)
+    }
+
+    /// A constant table in device memory, uploaded once per arena.
+    fn table(&self, arena: &mut CudaArena, values: Vec<u32>) -> Result<CUdeviceptr> {
+        if !arena.tables.contains_key(&values) {
+            let dev = self.stream.clone_htod(&values).map_err(driver_err("uploading a constant table"))?;
+            arena.tables.insert(values.clone(), dev);
+        }
+        let (ptr, _) = arena.tables[&values].device_ptr(&self.stream);
+        Ok(ptr)
+    }
+
+    fn offsets(&self, arena: &mut CudaArena, s: &Segments) -> Result<CUdeviceptr> {
+        let values = s
+            .offsets
+            .iter()
+            .map(|&o| i32::try_from(o).map(|o| o as u32))
+            .collect::<std::result::Result<Vec<u32>, _>>()
+            .map_err(|_| Error::Limit(format!("a packed batch of {} rows exceeds 2^31 rows", s.total())))?;
+        self.table(arena, values)
+    }
+
+    fn weight<'a>(&self, weights: &'a [CudaWeight], id: WeightId) -> Result<&'a CudaWeight> {
+        weights.get(id.0).ok_or_else(|| Error::InvalidInput(format!("weight {} was not uploaded", id.0)))
+    }
+
+    fn weight_f32(&self, weights: &[CudaWeight], id: WeightId, len: usize, what: &str) -> Result<CUdeviceptr> {
+        let w = self.weight(weights, id)?;
+        match &w.f32 {
+            Some(d) if w.len() >= len => Ok(d.device_ptr(&self.stream).0),
+            Some(_) => Err(Error::InvalidInput(format!("{what} has {} values, the op needs {len}", w.len()))),
+            None => Err(Error::InvalidInput(format!(
+                "{what} {:?} is a matrix (stored as fp16) where the CUDA backend expects a vector",
+                w.shape
+            ))),
+        }
+    }
+
+    fn run_linear(
+        &self,
+        ctx: &mut OpContext<'_, Self>,
+        ptr: &dyn Fn(TensorId) -> CUdeviceptr,
+        (x, w, bias, residual, out): (TensorId, WeightId, Option<WeightId>, Option<TensorId>, TensorId),
+    ) -> Result<()> {
+        let g = ctx.graph;
+        let (m, k, n) = (g.desc(x).rows, g.desc(x).cols, g.desc(out).cols);
+        if k == 0 {
+            return Err(Error::InvalidInput(format!("linear `{}` has no input features", g.desc(out).name)));
+        }
+        let weight = self.weight(ctx.weights, w)?;
+        let Some(wdata) = &weight.f16 else {
+            return Err(Error::InvalidInput(format!(
+                "linear `{}`: weight {:?} is a vector, expected a [{n}, {k}] matrix",
+                g.desc(out).name,
+                weight.shape
+            )));
+        };
+        if weight.len() != n * k {
+            return Err(Error::InvalidInput(format!(
+                "linear `{}`: weight {:?} does not map {k} features to {n}",
+                g.desc(out).name,
+                weight.shape
+            )));
+        }
+        let bias_ptr = bias.map(|b| self.weight_f32(ctx.weights, b, n, "bias")).transpose()?;
+        let arena = &mut *ctx.arena;
+        if m * k > 0 && arena.half.as_ref().is_none_or(|h| h.len() < m * k) {
+            // Grows to the largest GEMM input of the graph during the first run, then stays.
+            let buf = self.stream.alloc_zeros::<u16>(m * k).map_err(driver_err("allocating the fp16 GEMM scratch"))?;
+            arena.half = Some(buf);
+        }
+        let half = arena.half.as_ref().map(|h| h.device_ptr(&self.stream).0).unwrap_or(0);
+        // f32_to_f16(const float* x, unsigned short* out, long long n)
+        self.launch_elementwise("f32_to_f16", m * k, &[Arg::Ptr(ptr(x)), Arg::Ptr(half), Arg::I64((m * k) as i64)])?;
+        let unfused_bias = self.gemm.run(&GemmArgs {
+            x: half,
+            w: wdata.device_ptr(&self.stream).0,
+            bias: bias_ptr,
+            residual: residual.map(ptr),
+            out: ptr(out),
+            m,
+            n,
+            k,
+        })?;
+        if unfused_bias && let Some(b) = bias_ptr {
+            // add_bias_rows(float* out, const float* bias, long long rows, long long cols)
+            self.launch_elementwise(
+                "add_bias_rows",
+                m * n,
+                &[Arg::Ptr(ptr(out)), Arg::Ptr(b), Arg::I64(m as i64), Arg::I64(n as i64)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that every tensor an op touches lies inside the arena.
+fn check_operands(op: &Op, ctx: &OpContext<'_, CudaBackend>) -> Result<()> {
+    let len = ctx.arena.data.len();
+    for t in op.reads().into_iter().chain(op.writes()) {
+        let r = ctx.plan.range(ctx.graph, t.0);
+        if r.end > len {
+            return Err(Error::InvalidInput(format!(
+                "arena too small for `{}` ({r:?}, arena {len})",
+                ctx.graph.desc(t).name
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaArena;
+    type Weight = CudaWeight;
+
+    fn name(&self) -> String {
+        format!("cuda ({}; fp16 weights, f32 activations)", self.info)
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaArena> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        let data = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| {
+            Error::Cuda(format!("cannot allocate {} MiB of device memory for the arena: {e:?}", (len * 4) >> 20))
+        })?;
+        Ok(CudaArena { data, half: None, tables: HashMap::new() })
+    }
+
+    fn upload_weight(&self, tensor: &HostTensor) -> Result<CudaWeight> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        // Empty tensors still get one element: a zero-size allocation is an error.
+        let n = tensor.data.len().max(1);
+        let f16 = if tensor.shape.len() >= 2 {
+            let mut bits: Vec<u16> = tensor.data.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            bits.resize(n, 0);
+            Some(self.stream.clone_htod(&bits).map_err(driver_err("uploading a weight"))?)
+        } else {
+            None
+        };
+        let f32 = if tensor.shape.iter().filter(|&&d| d > 1).count() <= 1 {
+            let mut v = tensor.data.clone();
+            v.resize(n, 0.0);
+            Some(self.stream.clone_htod(&v).map_err(driver_err("uploading a weight"))?)
+        } else {
+            None
+        };
+        Ok(CudaWeight { shape: tensor.shape.clone(), f16, f32 })
+    }
+
+    fn write(&self, buffer: &mut CudaArena, offset: usize, data: &[f32]) -> Result<()> {
+        if offset + data.len() > buffer.data.len() {
+            return Err(Error::InvalidInput(format!(
+                "write of {} values at {offset} is outside the arena",
+                data.len()
+            )));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut view = buffer.data.slice_mut(offset..offset + data.len());
+        self.stream.memcpy_htod(data, &mut view).map_err(driver_err("copying to the device"))
+    }
+
+    fn read(&self, buffer: &CudaArena, offset: usize, out: &mut [f32]) -> Result<()> {
+        if offset + out.len() > buffer.data.len() {
+            return Err(Error::InvalidInput(format!("read of {} values at {offset} is outside the arena", out.len())));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let view = buffer.data.slice(offset..offset + out.len());
+        // A copy to pageable host memory returns once the data is there.
+        self.stream.memcpy_dtoh(&view, out).map_err(driver_err("copying from the device"))?;
+        self.synchronize()
+    }
+
+    fn fill_noise(
+        &self,
+        buffer: &mut CudaArena,
+        offset: usize,
+        seed: u64,
+        stream: u32,
+        latent_len: usize,
+        channels: usize,
+    ) -> Result<bool> {
+        self.philox_normal(buffer, offset, seed, stream, latent_len, channels)?;
+        Ok(true)
+    }
+
+    fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        check_operands(op, ctx)?;
+        let g = ctx.graph;
+        let plan = ctx.plan;
+        let base = ctx.arena.data.device_ptr(&self.stream).0;
+        let ptr = move |t: TensorId| base + (plan.offsets[t.0] * std::mem::size_of::<f32>()) as CUdeviceptr;
+        let len = |t: TensorId| g.desc(t).len();
+        let cols = |t: TensorId| g.desc(t).cols;
+        let rows = |t: TensorId| g.desc(t).rows;
+        match op {
+            Op::Linear { x, w, bias, residual, out } => {
+                self.run_linear(ctx, &ptr, (*x, *w, *bias, *residual, *out))?;
+            }
+            Op::LayerNorm { x, gamma, beta, eps, modulation, out } => {
+                let c = cols(*x);
+                let gamma = self.weight_f32(ctx.weights, *gamma, c, "LayerNorm gamma")?;
+                let beta = self.weight_f32(ctx.weights, *beta, c, "LayerNorm beta")?;
+                let (table, table_cols, scale_off, shift_off, offsets, count) = match modulation {
+                    Some(m) => {
+                        let seg = g.seg(m.segments);
+                        let tc = cols(m.table);
+                        if m.scale_offset.max(m.shift_offset) + c > tc || seg.count() > rows(m.table) {
+                            return Err(Error::InvalidInput(format!(
+                                "adaLN table `{}` is too small for `{}`",
+                                g.desc(m.table).name,
+                                g.desc(*out).name
+                            )));
+                        }
+                        let offsets = self.offsets(ctx.arena, seg)?;
+                        (ptr(m.table), tc, m.scale_offset, m.shift_offset, offsets, seg.count())
+                    }
+                    None => (0, 0, 0, 0, 0, 0),
+                };
+                let r = rows(*x);
+                if r > 0 {
+                    let cfg = LaunchConfig {
+                        grid_dim: (r.div_ceil(4) as u32, 1, 1),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // layer_norm_f32(x, gamma, beta, eps, rows, cols, table, table_cols,
+                    //                scale_offset, shift_offset, offsets, count, out)
+                    self.launch(
+                        "layer_norm_f32",
+                        cfg,
+                        &[
+                            Arg::Ptr(ptr(*x)),
+                            Arg::Ptr(gamma),
+                            Arg::Ptr(beta),
+                            Arg::F32(*eps),
+                            Arg::I64(r as i64),
+                            Arg::I32(c as i32),
+                            Arg::Ptr(table),
+                            Arg::I32(table_cols as i32),
+                            Arg::I32(scale_off as i32),
+                            Arg::I32(shift_off as i32),
+                            Arg::Ptr(offsets),
+                            Arg::I32(count as i32),
+                            Arg::Ptr(ptr(*out)),
+                        ],
+                    )?;
+                }
+            }
+            Op::GatedResidual { branch, residual, table, gate_offset, segments, out } => {
+                let seg = g.seg(*segments);
+                let c = cols(*out);
+                if gate_offset + c > cols(*table) {
+                    return Err(Error::InvalidInput(format!("gate table `{}` is too narrow", g.desc(*table).name)));
+                }
+                let offsets = self.offsets(ctx.arena, seg)?;
+                // gated_residual_f32(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out)
+                self.launch_elementwise(
+                    "gated_residual_f32",
+                    len(*out),
+                    &[
+                        Arg::Ptr(ptr(*branch)),
+                        Arg::Ptr(ptr(*residual)),
+                        Arg::I64(rows(*out) as i64),
+                        Arg::I64(c as i64),
+                        Arg::Ptr(ptr(*table)),
+                        Arg::I32(cols(*table) as i32),
+                        Arg::I32(*gate_offset as i32),
+                        Arg::Ptr(offsets),
+                        Arg::I32(seg.count() as i32),
+                        Arg::Ptr(ptr(*out)),
+                    ],
+                )?;
+            }
+            Op::Silu { x, out } => {
+                // silu_f32(x, out, n)
+                self.launch_elementwise(
+                    "silu_f32",
+                    len(*out),
+                    &[Arg::Ptr(ptr(*x)), Arg::Ptr(ptr(*out)), Arg::I64(len(*out) as i64)],
+                )?;
+            }
+            Op::SwiGlu { x, out } => {
+                if cols(*x) != 2 * cols(*out) || rows(*x) != rows(*out) {
+                    return Err(Error::InvalidInput(format!("swiglu `{}`: input must be [M, 2F]", g.desc(*out).name)));
+                }
+                // swiglu_f32(x, out, rows, f)
+                self.launch_elementwise(
+                    "swiglu_f32",
+                    len(*out),
+                    &[Arg::Ptr(ptr(*x)), Arg::Ptr(ptr(*out)), Arg::I64(rows(*out) as i64), Arg::I64(cols(*out) as i64)],
+                )?;
+            }
+            Op::TimestepFeatures { t, w, out } => {
+                let n = cols(*out) / 2;
+                let wptr = self.weight_f32(ctx.weights, *w, n, "timestep feature weights")?;
+                let batch = len(*t);
+                // timestep_features(t, w, out, batch, n)
+                self.launch_elementwise(
+                    "timestep_features",
+                    batch * n,
+                    &[
+                        Arg::Ptr(ptr(*t)),
+                        Arg::Ptr(wptr),
+                        Arg::Ptr(ptr(*out)),
+                        Arg::I32(batch as i32),
+                        Arg::I32(n as i32),
+                    ],
+                )?;
+            }
+            Op::AddPositional { x, table, scale, segments, out } => {
+                let (seg, c) = (g.seg(*segments), cols(*x));
+                let max_len = seg.lengths().max().unwrap_or(0);
+                let tw = self.weight(ctx.weights, *table)?;
+                if max_len * c > tw.len() {
+                    return Err(Error::Limit(format!(
+                        "a sequence of {max_len} positions exceeds the position table `{}`",
+                        g.desc(*x).name
+                    )));
+                }
+                let (kernel, tptr) = match (&tw.f32, &tw.f16) {
+                    (Some(d), _) => ("add_positional_f32", d.device_ptr(&self.stream).0),
+                    (None, Some(d)) => ("add_positional_f16", d.device_ptr(&self.stream).0),
+                    (None, None) => return Err(Error::InvalidInput("position table without data".into())),
+                };
+                let offsets = self.offsets(ctx.arena, seg)?;
+                // add_positional_*(x, table, scale, offsets, count, cols, out)
+                self.launch_elementwise(
+                    kernel,
+                    seg.total() * c,
+                    &[
+                        Arg::Ptr(ptr(*x)),
+                        Arg::Ptr(tptr),
+                        Arg::F32(*scale),
+                        Arg::Ptr(offsets),
+                        Arg::I32(seg.count() as i32),
+                        Arg::I64(c as i64),
+                        Arg::Ptr(ptr(*out)),
+                    ],
+                )?;
+            }
+            Op::PrependRow { first, rest, rest_segments, out_segments, out } => {
+                let (rs, os) = (g.seg(*rest_segments), g.seg(*out_segments));
+                if rs.count() != os.count() || rs.lengths().zip(os.lengths()).any(|(r, o)| o != r + 1) {
+                    return Err(Error::InvalidInput(format!(
+                        "prepend_row `{}`: output sequences must be one row longer",
+                        g.desc(*out).name
+                    )));
+                }
+                let (ro, oo) = (self.offsets(ctx.arena, rs)?, self.offsets(ctx.arena, os)?);
+                let c = cols(*out);
+                // prepend_row(first, rest, rest_offsets, out_offsets, count, cols, out)
+                self.launch_elementwise(
+                    "prepend_row",
+                    os.total() * c,
+                    &[
+                        Arg::Ptr(ptr(*first)),
+                        Arg::Ptr(ptr(*rest)),
+                        Arg::Ptr(ro),
+                        Arg::Ptr(oo),
+                        Arg::I32(os.count() as i32),
+                        Arg::I64(c as i64),
+                        Arg::Ptr(ptr(*out)),
+                    ],
+                )?;
+            }
+            Op::DropFirstRow { x, x_segments, out_segments, out } => {
+                let (xs, os) = (g.seg(*x_segments), g.seg(*out_segments));
+                if xs.count() != os.count() || xs.lengths().zip(os.lengths()).any(|(x, o)| x != o + 1) {
+                    return Err(Error::InvalidInput(format!(
+                        "drop_first_row `{}`: output sequences must be one row shorter",
+                        g.desc(*out).name
+                    )));
+                }
+                let (xo, oo) = (self.offsets(ctx.arena, xs)?, self.offsets(ctx.arena, os)?);
+                let c = cols(*out);
+                // drop_first_row(x, x_offsets, out_offsets, count, cols, out)
+                self.launch_elementwise(
+                    "drop_first_row",
+                    os.total() * c,
+                    &[
+                        Arg::Ptr(ptr(*x)),
+                        Arg::Ptr(xo),
+                        Arg::Ptr(oo),
+                        Arg::I32(os.count() as i32),
+                        Arg::I64(c as i64),
+                        Arg::Ptr(ptr(*out)),
+                    ],
+                )?;
+            }
+            Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } => {
+                let (qs, ks) = (g.seg(*q_segments), g.seg(*kv_segments));
+                let hd = *head_dim;
+                let name = &g.desc(*out).name;
+                if hd == 0 || hd > ATTENTION_MAX_HEAD_DIM {
+                    return Err(Error::InvalidInput(format!(
+                        "attention `{name}`: head_dim {hd} is not supported on CUDA (1..={ATTENTION_MAX_HEAD_DIM})"
+                    )));
+                }
+                if *kv_heads == 0 || heads % kv_heads != 0 || qs.count() != ks.count() {
+                    return Err(Error::InvalidInput(format!(
+                        "attention `{name}`: {heads} query heads cannot share {kv_heads} kv heads, \
+                         or query and key batches differ"
+                    )));
+                }
+                let slice_ok = |s: &ColumnSlice, h: usize| s.offset + h * hd <= cols(s.tensor);
+                if !slice_ok(q, *heads) || !slice_ok(k, *kv_heads) || !slice_ok(v, *kv_heads) {
+                    return Err(Error::InvalidInput(format!("attention `{name}`: a head slice exceeds its tensor")));
+                }
+                let (inv_freq, rotary_dim) = match rope {
+                    Some(r) => {
+                        if r.rotary_dim % 2 != 0 || r.rotary_dim > hd {
+                            return Err(Error::InvalidInput(format!(
+                                "attention `{name}`: rotary_dim {} must be even and at most {hd}",
+                                r.rotary_dim
+                            )));
+                        }
+                        (self.weight_f32(ctx.weights, r.inv_freq, r.rotary_dim / 2, "RoPE inv_freq")?, r.rotary_dim)
+                    }
+                    None => (0, 0),
+                };
+                let max_q = qs.lengths().max().unwrap_or(0);
+                if max_q == 0 || qs.count() == 0 {
+                    return Ok(());
+                }
+                let (qo, ko) = (self.offsets(ctx.arena, qs)?, self.offsets(ctx.arena, ks)?);
+                let col_ptr = |s: &ColumnSlice| ptr(s.tensor) + (s.offset * std::mem::size_of::<f32>()) as CUdeviceptr;
+                let smem_floats = ATTENTION_KEYS_PER_TILE * (hd + 1)
+                    + ATTENTION_KEYS_PER_TILE * hd
+                    + ATTENTION_QUERIES_PER_BLOCK * hd
+                    + 4 * 32;
+                let cfg = LaunchConfig {
+                    grid_dim: (max_q.div_ceil(ATTENTION_QUERIES_PER_BLOCK) as u32, *heads as u32, qs.count() as u32),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: (smem_floats * std::mem::size_of::<f32>()) as u32,
+                };
+                // attention_f32(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, heads, kv_heads,
+                //               head_dim, scale, inv_freq, rotary_dim, out, out_ld)
+                self.launch(
+                    "attention_f32",
+                    cfg,
+                    &[
+                        Arg::Ptr(col_ptr(q)),
+                        Arg::I32(cols(q.tensor) as i32),
+                        Arg::Ptr(col_ptr(k)),
+                        Arg::I32(cols(k.tensor) as i32),
+                        Arg::Ptr(col_ptr(v)),
+                        Arg::I32(cols(v.tensor) as i32),
+                        Arg::Ptr(qo),
+                        Arg::Ptr(ko),
+                        Arg::I32(*heads as i32),
+                        Arg::I32(*kv_heads as i32),
+                        Arg::I32(hd as i32),
+                        Arg::F32(*scale),
+                        Arg::Ptr(inv_freq),
+                        Arg::I32(rotary_dim as i32),
+                        Arg::Ptr(ptr(*out)),
+                        Arg::I32(cols(*out) as i32),
+                    ],
+                )?;
+            }
+            Op::CfgExpand { x, scalars, out } => {
+                if len(*out) != 2 * len(*x) {
+                    return Err(Error::InvalidInput("cfg_expand: the output must hold x twice".into()));
+                }
+                // cfg_expand(x, scalars, out, n)
+                self.launch_elementwise(
+                    "cfg_expand",
+                    len(*x),
+                    &[Arg::Ptr(ptr(*x)), Arg::Ptr(ptr(*scalars)), Arg::Ptr(ptr(*out)), Arg::I64(len(*x) as i64)],
+                )?;
+            }
+            Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => {
+                let seg = g.seg(*x_segments);
+                if len(*v) != 2 * len(*x) || cfg_scales.len() != seg.count() || seg.total() * cols(*x) != len(*x) {
+                    return Err(Error::InvalidInput(
+                        "cfg_denoise: v must hold cond and uncond rows of x, one CFG scale per request".into(),
+                    ));
+                }
+                let offsets = self.offsets(ctx.arena, seg)?;
+                let scales = self.table(ctx.arena, cfg_scales.iter().map(|s| s.to_bits()).collect())?;
+                // cfg_denoise(v, x, scalars, x_offsets, cfg, count, cols, out)
+                self.launch_elementwise(
+                    "cfg_denoise",
+                    seg.total() * cols(*x),
+                    &[
+                        Arg::Ptr(ptr(*v)),
+                        Arg::Ptr(ptr(*x)),
+                        Arg::Ptr(ptr(*scalars)),
+                        Arg::Ptr(offsets),
+                        Arg::Ptr(scales),
+                        Arg::I32(seg.count() as i32),
+                        Arg::I64(cols(*x) as i64),
+                        Arg::Ptr(ptr(*out)),
+                    ],
+                )?;
+            }
+            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => {
+                // dpmpp_3m_update(x, denoised, d1, d2, noise, scalars, n)
+                self.launch_elementwise(
+                    "dpmpp_3m_update",
+                    len(*x),
+                    &[
+                        Arg::Ptr(ptr(*x)),
+                        Arg::Ptr(ptr(*denoised)),
+                        Arg::Ptr(ptr(*d1)),
+                        Arg::Ptr(ptr(*d2)),
+                        Arg::Ptr(ptr(*noise)),
+                        Arg::Ptr(ptr(*scalars)),
+                        Arg::I64(len(*x) as i64),
+                    ],
+                )?;
+            }
+            // Ops added to the graph after this backend (VAE, CLIP) are a later issue.
+            #[allow(unreachable_patterns)]
+            other => return Err(Error::UnsupportedOp { backend: "CUDA", op: other.name() }),
+        }
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// Fills the arena at `offset` (`[latent_len, channels]` token-major) with
+    /// the seeded Philox noise of `stream`, as `sampler::rng::fill_normal`
+    /// followed by the transpose to token-major (`Backend::fill_noise`).
+    pub fn philox_normal(
+        &self,
+        arena: &mut CudaArena,
+        offset: usize,
+        seed: u64,
+        stream: u32,
+        latent_len: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let n = latent_len * channels;
+        if offset + n > arena.data.len() {
+            return Err(Error::InvalidInput("noise is outside the arena".into()));
+        }
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        let base = arena.data.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<f32>()) as CUdeviceptr;
+        // philox_normal(seed_lo, seed_hi, stream, latent_len, channels, out)
+        self.launch_elementwise(
+            "philox_normal",
+            n,
+            &[
+                Arg::U32(seed as u32),
+                Arg::U32((seed >> 32) as u32),
+                Arg::U32(stream),
+                Arg::I64(latent_len as i64),
+                Arg::I64(channels as i64),
+                Arg::Ptr(base),
+            ],
+        )
+    }
+}

@@ -1,0 +1,548 @@
+//! Every CUDA op against its CPU twin (in the style of ggml's
+//! test-backend-ops): each case is a one-op graph on random inputs, run on both
+//! backends; the table prints the max abs and relative L2 error per op and case
+//! and fails when an error exceeds the op's tolerance. Shapes include the
+//! awkward ones: length 1, odd lengths, lengths that are no multiple of any tile
+//! (32 keys, 16 queries, 4 rows per block, 256 threads).
+//!
+//! Tolerances (relative L2 of the output; why):
+//! - linear, operands already fp16-representable: 1e-5. fp16 x fp16 products
+//!   are exact in f32, so only the f32 summation order differs from the CPU
+//!   (about sqrt(K) * 2^-24 relative).
+//! - linear, raw f32 operands: 3e-3. Rounding x and w to fp16 (2^-11 relative
+//!   each, uniform, independent) gives a relative error of about
+//!   sqrt(2/3) * 2^-11 ~ 4e-4 on a sum of random-sign products; 3e-3 leaves
+//!   a 7x margin and still catches any layout bug (which gives O(1)).
+//! - add_positional: 1e-6; the table is stored as fp16 on the GPU, so the
+//!   test draws fp16-representable table values and the op is then exact up to
+//!   f32 rounding.
+//! - layer_norm: 1e-5 (f32 statistics on the GPU, f64 on the CPU).
+//! - attention: 1e-5 (online softmax in f32 vs a two-pass softmax; RoPE angles
+//!   in f64 on both).
+//! - element-wise ops: 1e-6 (expf vs Rust's exp, FMA contraction: a few ulp).
+//! - prepend_row, drop_first_row: 0 (copies).
+//!
+//! Without a usable CUDA device the GPU half prints `SKIPPED` (to the real
+//! stderr, visible in `cargo test` output) and returns; the CPU half of every
+//! case still runs, so the harness itself is tested everywhere.
+
+mod common;
+
+use std::io::Write;
+
+use common::{max_abs, rel_l2};
+use lova_fast::backend::{Backend, CpuBackend, CudaBackend, WeightSet};
+use lova_fast::graph::{
+    AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, TensorId, TensorKind, WeightId, scalar_slot,
+};
+use lova_fast::sampler::rng::fill_normal;
+use lova_fast::tensor::{HostTensor, transpose};
+
+/// Writes past the test harness' capture, so a skip is seen in `cargo test`.
+fn loud(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => {
+            loud(&format!("{test}: running on {}", b.info()));
+            Some(b)
+        }
+        Err(e) => {
+            loud(&format!("SKIPPED {test}: no CUDA device ({e})"));
+            None
+        }
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+    /// Values exactly representable in fp16.
+    fn vec_f16(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        self.vec(n, lo, hi).into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect()
+    }
+}
+
+struct Case {
+    op: &'static str,
+    label: String,
+    graph: Graph,
+    inputs: Vec<(TensorId, Vec<f32>)>,
+    weights: Vec<HostTensor>,
+    /// Tensors compared after the run (outputs, or state updated in place).
+    check: Vec<TensorId>,
+    tol: f64,
+}
+
+impl Case {
+    fn new(op: &'static str, label: String, tol: f64) -> Self {
+        Case { op, label, graph: Graph::new(), inputs: vec![], weights: vec![], check: vec![], tol }
+    }
+    fn input(&mut self, name: &str, rows: usize, cols: usize, data: Vec<f32>) -> TensorId {
+        let t = self.graph.input(name, rows, cols);
+        self.inputs.push((t, data));
+        t
+    }
+    fn state(&mut self, name: &str, rows: usize, cols: usize, data: Vec<f32>) -> TensorId {
+        let t = self.graph.tensor(name, rows, cols, TensorKind::State);
+        self.inputs.push((t, data));
+        self.check.push(t);
+        t
+    }
+    fn weight(&mut self, shape: Vec<usize>, data: Vec<f32>) -> WeightId {
+        self.weights.push(HostTensor::new(shape, data));
+        WeightId(self.weights.len() - 1)
+    }
+    fn output(&mut self, name: &str, rows: usize, cols: usize) -> TensorId {
+        let t = self.graph.temp(name, rows, cols);
+        self.graph.mark_output(t);
+        self.check.push(t);
+        t
+    }
+}
+
+fn run_case<B: Backend>(backend: &B, case: &Case) -> lova_fast::Result<Vec<f32>> {
+    let mut weights = WeightSet::default();
+    for (i, w) in case.weights.iter().enumerate() {
+        weights.push(backend, &format!("w{i}"), w)?;
+    }
+    let mut exec = Executor::new(backend, weights.as_slice(), case.graph.clone())?;
+    for (t, data) in &case.inputs {
+        exec.write(*t, data)?;
+    }
+    exec.run()?;
+    let mut out = Vec::new();
+    for t in &case.check {
+        out.extend(exec.read(*t)?);
+    }
+    Ok(out)
+}
+
+fn linear_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    let shapes = [(1, 1, 1), (1, 256, 1536), (7, 33, 17), (217, 64, 1536), (129, 1536, 64), (300, 768, 1536)];
+    for (i, &(m, k, n)) in shapes.iter().enumerate() {
+        for exact in [true, false] {
+            let (bias, residual) = (i % 2 == 0, i % 3 != 1);
+            let tol = if exact { 1e-5 } else { 3e-3 };
+            let label = format!(
+                "m{m} k{k} n{n}{}{} {}",
+                if bias { " +bias" } else { "" },
+                if residual { " +residual" } else { "" },
+                if exact { "fp16-exact operands" } else { "f32 operands" }
+            );
+            let mut c = Case::new("linear", label, tol);
+            let draw = |rng: &mut Rng, len: usize, lo: f32, hi: f32| {
+                if exact { rng.vec_f16(len, lo, hi) } else { rng.vec(len, lo, hi) }
+            };
+            let scale = 1.0 / (k as f32).sqrt();
+            let x = c.input("x", m, k, draw(rng, m * k, -1.0, 1.0));
+            let w = c.weight(vec![n, k], draw(rng, n * k, -scale, scale));
+            let b = bias.then(|| c.weight(vec![n], rng.vec(n, -0.5, 0.5)));
+            let r = residual.then(|| c.input("residual", m, n, rng.vec(m * n, -1.0, 1.0)));
+            let out = c.output("out", m, n);
+            c.graph.push(Op::Linear { x, w, bias: b, residual: r, out });
+            cases.push(c);
+        }
+    }
+}
+
+fn layer_norm_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    let shapes: [(&[usize], usize, bool); 6] = [
+        (&[1], 1, false),
+        (&[1], 1536, true),
+        (&[2, 3], 7, true),
+        (&[5], 64, false),
+        (&[100, 118], 1536, false),
+        (&[109, 1, 108], 1536, true),
+    ];
+    for (lens, cols, modulated) in shapes {
+        let seg = Segments::from_lengths(lens.iter().copied());
+        let rows = seg.total();
+        let label = format!("rows {lens:?} cols {cols}{}", if modulated { " adaLN" } else { "" });
+        let mut c = Case::new("layer_norm", label, 1e-5);
+        let x = c.input("x", rows, cols, rng.vec(rows * cols, -2.0, 4.0));
+        let gamma = c.weight(vec![cols], rng.vec(cols, 0.5, 1.5));
+        let beta = c.weight(vec![cols], rng.vec(cols, -0.5, 0.5));
+        let modulation = modulated.then(|| {
+            let b = seg.count();
+            let table = c.input("table", b, 6 * cols, rng.vec(b * 6 * cols, -0.5, 0.5));
+            let segments = c.graph.add_segments(seg.clone());
+            AdaLnModulation { table, scale_offset: 3 * cols, shift_offset: 4 * cols, segments }
+        });
+        let out = c.output("out", rows, cols);
+        c.graph.push(Op::LayerNorm { x, gamma, beta, eps: 1e-5, modulation, out });
+        cases.push(c);
+    }
+}
+
+fn gated_residual_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    for (lens, cols) in [(&[1usize][..], 1usize), (&[3, 4], 33), (&[218, 218], 1536)] {
+        let seg = Segments::from_lengths(lens.iter().copied());
+        let (rows, b) = (seg.total(), seg.count());
+        let mut c = Case::new("gated_residual", format!("rows {lens:?} cols {cols}"), 1e-6);
+        let branch = c.input("branch", rows, cols, rng.vec(rows * cols, -2.0, 2.0));
+        let residual = c.input("residual", rows, cols, rng.vec(rows * cols, -2.0, 2.0));
+        let table = c.input("table", b, 6 * cols, rng.vec(b * 6 * cols, -3.0, 3.0));
+        let segments = c.graph.add_segments(seg.clone());
+        let out = c.output("out", rows, cols);
+        c.graph.push(Op::GatedResidual { branch, residual, table, gate_offset: 5 * cols, segments, out });
+        cases.push(c);
+    }
+}
+
+fn elementwise_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    for (rows, cols) in [(1, 1), (3, 333), (217, 1536)] {
+        let mut c = Case::new("silu", format!("[{rows}, {cols}]"), 1e-6);
+        let x = c.input("x", rows, cols, rng.vec(rows * cols, -12.0, 12.0));
+        let out = c.output("out", rows, cols);
+        c.graph.push(Op::Silu { x, out });
+        cases.push(c);
+    }
+    for (rows, f) in [(1, 1), (3, 7), (218, 6144)] {
+        let mut c = Case::new("swiglu", format!("[{rows}, 2 x {f}]"), 1e-6);
+        let x = c.input("x", rows, 2 * f, rng.vec(rows * 2 * f, -6.0, 6.0));
+        let out = c.output("out", rows, f);
+        c.graph.push(Op::SwiGlu { x, out });
+        cases.push(c);
+    }
+    for (b, n) in [(1, 1), (2, 128), (5, 3)] {
+        let mut c = Case::new("timestep_features", format!("B {b} n {n}"), 1e-6);
+        let t = c.input("t", b, 1, rng.vec(b, 0.0, 1.0));
+        let w = c.weight(vec![n, 1], rng.vec(n, -4.0, 4.0));
+        let out = c.output("out", b, 2 * n);
+        c.graph.push(Op::TimestepFeatures { t, w, out });
+        cases.push(c);
+    }
+    for (lens, cols) in [(&[1usize][..], 1usize), (&[3, 5], 768), (&[218, 218], 1536), (&[1, 7, 2], 1)] {
+        let seg = Segments::from_lengths(lens.iter().copied());
+        let rows = seg.total();
+        let table_rows = lens.iter().max().copied().unwrap_or(0) + 3;
+        let label = format!("rows {lens:?} cols {cols} ({} table)", if cols == 1 { "f32" } else { "fp16" });
+        let mut c = Case::new("add_positional", label, 1e-6);
+        let x = c.input("x", rows, cols, rng.vec(rows * cols, -1.0, 1.0));
+        let table = c.weight(vec![table_rows, cols], rng.vec_f16(table_rows * cols, -3.0, 3.0));
+        let segments = c.graph.add_segments(seg.clone());
+        let out = c.output("out", rows, cols);
+        c.graph.push(Op::AddPositional { x, table, scale: (cols as f32).powf(-0.5), segments, out });
+        cases.push(c);
+    }
+    for (lens, cols) in [(&[1usize][..], 1usize), (&[3, 5], 33), (&[217, 217], 1536), (&[0, 4], 8)] {
+        let rest_seg = Segments::from_lengths(lens.iter().copied());
+        let out_seg = Segments::from_lengths(lens.iter().map(|l| l + 1));
+        let b = rest_seg.count();
+        let mut c = Case::new("prepend_row", format!("rows {lens:?} cols {cols}"), 0.0);
+        let first = c.input("first", b, cols, rng.vec(b * cols, -1.0, 1.0));
+        let rest = c.input("rest", rest_seg.total(), cols, rng.vec(rest_seg.total() * cols, -1.0, 1.0));
+        let rest_segments = c.graph.add_segments(rest_seg.clone());
+        let out_segments = c.graph.add_segments(out_seg.clone());
+        let out = c.output("out", out_seg.total(), cols);
+        c.graph.push(Op::PrependRow { first, rest, rest_segments, out_segments, out });
+        cases.push(c);
+
+        let mut c = Case::new("drop_first_row", format!("rows {lens:?} + 1 cols {cols}"), 0.0);
+        let x = c.input("x", out_seg.total(), cols, rng.vec(out_seg.total() * cols, -1.0, 1.0));
+        let x_segments = c.graph.add_segments(out_seg.clone());
+        let out_segments = c.graph.add_segments(rest_seg.clone());
+        let out = c.output("out", rest_seg.total(), cols);
+        c.graph.push(Op::DropFirstRow { x, x_segments, out_segments, out });
+        cases.push(c);
+    }
+}
+
+struct AttentionShape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    q_lens: &'static [usize],
+    /// None: self-attention over the query sequences with q, k, v sliced from one fused tensor.
+    kv_lens: Option<&'static [usize]>,
+    rotary_dim: usize,
+}
+
+fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    let shapes = [
+        AttentionShape { heads: 4, kv_heads: 4, head_dim: 64, q_lens: &[1], kv_lens: None, rotary_dim: 32 },
+        AttentionShape { heads: 4, kv_heads: 4, head_dim: 64, q_lens: &[17, 33], kv_lens: None, rotary_dim: 32 },
+        AttentionShape { heads: 24, kv_heads: 24, head_dim: 64, q_lens: &[218, 218], kv_lens: None, rotary_dim: 32 },
+        AttentionShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            q_lens: &[5, 130],
+            kv_lens: Some(&[3, 80]),
+            rotary_dim: 0,
+        },
+        AttentionShape {
+            heads: 24,
+            kv_heads: 12,
+            head_dim: 64,
+            q_lens: &[218, 218],
+            kv_lens: Some(&[80, 80]),
+            rotary_dim: 0,
+        },
+        AttentionShape { heads: 2, kv_heads: 1, head_dim: 64, q_lens: &[9], kv_lens: Some(&[1]), rotary_dim: 0 },
+        AttentionShape { heads: 3, kv_heads: 3, head_dim: 33, q_lens: &[31, 2], kv_lens: None, rotary_dim: 16 },
+        AttentionShape { heads: 2, kv_heads: 2, head_dim: 128, q_lens: &[40], kv_lens: None, rotary_dim: 128 },
+        AttentionShape { heads: 4, kv_heads: 2, head_dim: 8, q_lens: &[3, 130], kv_lens: Some(&[5, 2]), rotary_dim: 0 },
+    ];
+    for s in shapes {
+        let hd = s.head_dim;
+        let q_seg = Segments::from_lengths(s.q_lens.iter().copied());
+        let label = format!(
+            "h{} kv{} d{} q{:?} {}{}",
+            s.heads,
+            s.kv_heads,
+            hd,
+            s.q_lens,
+            match s.kv_lens {
+                None => "self".to_string(),
+                Some(k) => format!("kv{k:?}"),
+            },
+            if s.rotary_dim > 0 { format!(" rope{}", s.rotary_dim) } else { String::new() }
+        );
+        let mut c = Case::new("attention", label, 1e-5);
+        let (qw, kvw) = (s.heads * hd, s.kv_heads * hd);
+        let (q, k, v, kv_segments) = match s.kv_lens {
+            None => {
+                let rows = q_seg.total();
+                let width = qw + 2 * kvw;
+                let qkv = c.input("qkv", rows, width, rng.vec(rows * width, -1.0, 1.0));
+                let seg = c.graph.add_segments(q_seg.clone());
+                (
+                    ColumnSlice { tensor: qkv, offset: 0, width: qw },
+                    ColumnSlice { tensor: qkv, offset: qw, width: kvw },
+                    ColumnSlice { tensor: qkv, offset: qw + kvw, width: kvw },
+                    seg,
+                )
+            }
+            Some(kv_lens) => {
+                let kv_seg = Segments::from_lengths(kv_lens.iter().copied());
+                let (rows, kvr) = (q_seg.total(), kv_seg.total());
+                let q = c.input("q", rows, qw, rng.vec(rows * qw, -1.0, 1.0));
+                let kv = c.input("kv", kvr, 2 * kvw, rng.vec(kvr * 2 * kvw, -1.0, 1.0));
+                let seg = c.graph.add_segments(kv_seg);
+                (
+                    ColumnSlice { tensor: q, offset: 0, width: qw },
+                    ColumnSlice { tensor: kv, offset: 0, width: kvw },
+                    ColumnSlice { tensor: kv, offset: kvw, width: kvw },
+                    seg,
+                )
+            }
+        };
+        let q_segments = c.graph.add_segments(q_seg.clone());
+        let rope = (s.rotary_dim > 0).then(|| {
+            let half = s.rotary_dim / 2;
+            let inv: Vec<f32> = (0..half).map(|i| 10000f32.powf(-((2 * i) as f32) / s.rotary_dim as f32)).collect();
+            Rope { inv_freq: c.weight(vec![half], inv), rotary_dim: s.rotary_dim }
+        });
+        let out = c.output("out", q_seg.total(), qw);
+        c.graph.push(Op::Attention {
+            q,
+            k,
+            v,
+            q_segments,
+            kv_segments,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim: hd,
+            scale: (hd as f32).powf(-0.5),
+            rope,
+            out,
+        });
+        cases.push(c);
+    }
+}
+
+fn scalars(rng: &mut Rng, zero_history: bool) -> Vec<f32> {
+    let mut s = rng.vec(scalar_slot::COUNT, -1.5, 1.5);
+    if zero_history {
+        s[scalar_slot::D1] = 0.0;
+        s[scalar_slot::D2] = 0.0;
+        s[scalar_slot::NOISE] = 0.0;
+    }
+    s
+}
+
+fn sampler_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    for rows in [1, 217] {
+        let mut c = Case::new("cfg_expand", format!("[{rows}, 64]"), 1e-7);
+        let x = c.input("x", rows, 64, rng.vec(rows * 64, -500.0, 500.0));
+        let sc = c.input("scalars", 1, scalar_slot::COUNT, scalars(rng, false));
+        let out = c.output("out", 2 * rows, 64);
+        c.graph.push(Op::CfgExpand { x, scalars: sc, out });
+        cases.push(c);
+    }
+    for (lens, scales) in [(&[1usize][..], &[5.0f32][..]), (&[216, 44], &[5.0, 1.0]), (&[3, 1, 2], &[7.0, 0.0, 2.5])] {
+        let seg = Segments::from_lengths(lens.iter().copied());
+        let rows = seg.total();
+        let mut c = Case::new("cfg_denoise", format!("rows {lens:?} cfg {scales:?}"), 1e-6);
+        let v = c.input("v", 2 * rows, 64, rng.vec(2 * rows * 64, -3.0, 3.0));
+        let x = c.input("x", rows, 64, rng.vec(rows * 64, -30.0, 30.0));
+        let sc = c.input("scalars", 1, scalar_slot::COUNT, scalars(rng, false));
+        let x_segments = c.graph.add_segments(seg);
+        let out = c.output("out", rows, 64);
+        c.graph.push(Op::CfgDenoise { v, x, scalars: sc, x_segments, cfg_scales: scales.to_vec(), out });
+        cases.push(c);
+    }
+    for (n, first_step) in [(1, false), (64 * 217 + 3, false), (64 * 44, true)] {
+        let label = format!("n {n}{}", if first_step { " (first step: zero history coefficients)" } else { "" });
+        let mut c = Case::new("dpmpp_3m_update", label, 1e-6);
+        let x = c.state("x", 1, n, rng.vec(n, -10.0, 10.0));
+        let d1 = c.state("d1", 1, n, rng.vec(n, -10.0, 10.0));
+        let d2 = c.state("d2", 1, n, rng.vec(n, -10.0, 10.0));
+        let denoised = c.input("denoised", 1, n, rng.vec(n, -10.0, 10.0));
+        let noise = c.input("noise", 1, n, rng.vec(n, -3.0, 3.0));
+        let sc = c.input("scalars", 1, scalar_slot::COUNT, scalars(rng, first_step));
+        c.graph.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars: sc });
+        cases.push(c);
+    }
+}
+
+fn all_cases() -> Vec<Case> {
+    let mut rng = Rng(0x5eed);
+    let mut cases = Vec::new();
+    linear_cases(&mut rng, &mut cases);
+    layer_norm_cases(&mut rng, &mut cases);
+    gated_residual_cases(&mut rng, &mut cases);
+    elementwise_cases(&mut rng, &mut cases);
+    attention_cases(&mut rng, &mut cases);
+    sampler_cases(&mut rng, &mut cases);
+    cases
+}
+
+/// The ops of `graph::Op` the CUDA backend implements; each needs cases here.
+const CUDA_OPS: &[&str] = &[
+    "linear",
+    "layer_norm",
+    "gated_residual",
+    "silu",
+    "swiglu",
+    "timestep_features",
+    "add_positional",
+    "prepend_row",
+    "drop_first_row",
+    "attention",
+    "cfg_expand",
+    "cfg_denoise",
+    "dpmpp_3m_update",
+];
+
+#[test]
+fn every_op_has_cases_and_they_run_on_the_cpu() {
+    let cases = all_cases();
+    for op in CUDA_OPS {
+        assert!(cases.iter().any(|c| c.op == *op), "no op test case for {op}");
+    }
+    for c in &cases {
+        assert_eq!(c.graph.ops.len(), 1);
+        assert_eq!(c.graph.ops[0].name(), c.op, "{}", c.label);
+        let out = run_case(&CpuBackend, c).unwrap_or_else(|e| panic!("{} {}: {e}", c.op, c.label));
+        assert!(out.iter().all(|v| v.is_finite()), "{} {}: non-finite CPU output", c.op, c.label);
+    }
+}
+
+#[test]
+fn every_cuda_op_matches_its_cpu_twin() {
+    let Some(cuda) = cuda_or_skip("every_cuda_op_matches_its_cpu_twin") else { return };
+    let mut failures = Vec::new();
+    loud(&format!("{:<18} {:<58} {:>10} {:>10} {:>8}", "op", "case", "max abs", "rel L2", "tol"));
+    for c in all_cases() {
+        let want = run_case(&CpuBackend, &c).unwrap_or_else(|e| panic!("cpu {} {}: {e}", c.op, c.label));
+        match run_case(&cuda, &c) {
+            Ok(got) => {
+                let (abs, rel) = (max_abs(&got, &want), rel_l2(&got, &want));
+                // A zero reference (all-zero output) makes rel NaN; then max abs decides.
+                let ok = got.iter().all(|v| v.is_finite()) && (rel <= c.tol || (rel.is_nan() && abs == 0.0));
+                loud(&format!(
+                    "{:<18} {:<58} {abs:>10.2e} {rel:>10.2e} {:>8.0e} {}",
+                    c.op,
+                    c.label,
+                    c.tol,
+                    if ok { "ok" } else { "FAIL" }
+                ));
+                if !ok {
+                    failures.push(format!("{} {}: rel L2 {rel:.3e} > {:.0e}", c.op, c.label, c.tol));
+                }
+            }
+            Err(e) => {
+                loud(&format!("{:<18} {:<58} ERROR {e}", c.op, c.label));
+                failures.push(format!("{} {}: {e}", c.op, c.label));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} op case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn cuda_philox_noise_matches_the_cpu_generator() {
+    let Some(cuda) = cuda_or_skip("cuda_philox_noise_matches_the_cpu_generator") else { return };
+    for (seed, stream, latent_len) in [(0u64, 0u32, 1usize), (7, 3, 44), ((1 << 40) | 12345, 151, 217)] {
+        let channels = 64;
+        let mut canonical = vec![0.0; channels * latent_len];
+        fill_normal(seed, stream, &mut canonical);
+        let want = transpose(&canonical, channels, latent_len);
+        let mut arena = cuda.alloc(want.len() + 64).unwrap();
+        cuda.philox_normal(&mut arena, 64, seed, stream, latent_len, channels).unwrap();
+        let mut got = vec![0.0; want.len()];
+        cuda.read(&arena, 64, &mut got).unwrap();
+        let abs = max_abs(&got, &want);
+        loud(&format!("philox_normal seed {seed} stream {stream} T' {latent_len}: max abs {abs:.2e}"));
+        // f64 Box-Muller on both sides, rounded to f32: equal but for a rare last-bit difference.
+        assert!(abs <= 1e-6, "seed {seed} stream {stream}: max abs {abs:e}");
+    }
+}
+
+#[test]
+fn unsupported_shapes_are_errors_not_panics() {
+    let Some(cuda) = cuda_or_skip("unsupported_shapes_are_errors_not_panics") else { return };
+    let mut c = Case::new("attention", "head_dim 256".into(), 0.0);
+    let q = c.input("q", 2, 256, vec![0.5; 512]);
+    let seg = c.graph.add_segments(Segments::from_lengths([2]));
+    let out = c.output("out", 2, 256);
+    let slice = ColumnSlice { tensor: q, offset: 0, width: 256 };
+    c.graph.push(Op::Attention {
+        q: slice,
+        k: slice,
+        v: slice,
+        q_segments: seg,
+        kv_segments: seg,
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 256,
+        scale: 0.0625,
+        rope: None,
+        out,
+    });
+    let err = run_case(&cuda, &c).unwrap_err().to_string();
+    assert!(err.contains("head_dim 256"), "{err}");
+}
+
+#[test]
+fn cuda_backend_without_a_device_is_an_error_not_a_panic() {
+    // On a machine without CUDA this must return an error naming what is
+    // missing; with a GPU it simply succeeds.
+    match CudaBackend::new(0) {
+        Ok(b) => loud(&format!("CUDA backend available: {}", b.info())),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("CUDA"), "{msg}");
+            loud(&format!("CUDA backend unavailable here, as an error: {msg}"));
+        }
+    }
+    assert!(CudaBackend::new(9999).is_err(), "device 9999 cannot exist");
+}
