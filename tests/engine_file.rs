@@ -111,7 +111,20 @@ fn float_wav_and_explicit_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let engine = tiny_engine(dir.path());
     let (wav, features) = (dir.path().join("f.wav"), fixture("tiny/features.safetensors"));
-    let args = ["infer", s(&features), "--weights", s(&engine), "-o", s(&wav), "--steps", "3", "--seed", "5", "--device", "cpu"];
+    let args = [
+        "infer",
+        s(&features),
+        "--weights",
+        s(&engine),
+        "-o",
+        s(&wav),
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+    ];
     ok(&lova_fast(&[&args[..], &["--float", "--seconds", "1.9"]].concat()));
     let (spec, v) = wav_samples(&wav);
     assert_eq!((spec.bits_per_sample, spec.sample_format), (32, hound::SampleFormat::Float));
