@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use serde::Deserialize;
@@ -165,20 +166,20 @@ pub fn probe(path: &Path) -> Result<Probe> {
 }
 
 /// An `ffmpeg` process decoding the frames with the given (sorted, distinct)
-/// indices to `rgb24` on its stdout.
+/// indices to `rgb24` on its stdout. A reader thread keeps a few frames
+/// queued so that FFmpeg decodes while the caller preprocesses.
 pub struct Decoder {
-    path: PathBuf,
     child: Child,
-    stdout: ChildStdout,
-    stderr: Option<JoinHandle<Vec<u8>>>,
-    width: usize,
-    height: usize,
-    expected: usize,
-    delivered: usize,
+    frames: Receiver<Result<RgbImage>>,
 }
 
+/// Frames queued between the pipe and the caller.
+const QUEUE: usize = 8;
+
 /// An FFmpeg `select` expression true for the frame numbers in `indices`
-/// (sorted, distinct), runs merged into `between`.
+/// (sorted, distinct), runs merged into `between`. FFmpeg's expression parser
+/// refuses long flat sums (a few hundred terms), so the terms are summed as a
+/// balanced tree of parenthesised halves: depth log2(terms).
 pub fn select_expression(indices: &[usize]) -> String {
     let mut terms = Vec::new();
     let mut i = 0;
@@ -194,7 +195,14 @@ pub fn select_expression(indices: &[usize]) -> String {
         });
         i = j + 1;
     }
-    terms.join("+")
+    fn sum(terms: &[String]) -> String {
+        if terms.len() <= 8 {
+            return terms.join("+");
+        }
+        let (a, b) = terms.split_at(terms.len() / 2);
+        format!("({})+({})", sum(a), sum(b))
+    }
+    sum(&terms)
 }
 
 impl Decoder {
@@ -222,44 +230,62 @@ impl Decoder {
             let _ = stderr.read_to_end(&mut buf);
             buf
         });
-        Ok(Decoder {
-            path: path.to_path_buf(),
-            child,
-            stdout,
-            stderr: Some(stderr),
-            width,
-            height,
-            expected: indices.len(),
-            delivered: 0,
-        })
+        let (send, frames) = sync_channel(QUEUE);
+        let (path, expected) = (path.to_path_buf(), indices.len());
+        std::thread::spawn(move || read_frames(stdout, stderr, send, path, width, height, expected));
+        Ok(Decoder { child, frames })
     }
 
     /// The next selected frame; an error when the stream ends before all came.
     pub fn next_frame(&mut self) -> Result<RgbImage> {
-        let mut data = vec![0u8; self.width * self.height * 3];
+        self.frames.recv().unwrap_or_else(|_| Err(Error::InvalidInput("the frame reader stopped".into())))
+    }
+}
+
+/// Reads `expected` frames from FFmpeg's stdout into `send`; on a short read,
+/// sends the error built from FFmpeg's stderr.
+fn read_frames(
+    mut stdout: ChildStdout,
+    stderr: JoinHandle<Vec<u8>>,
+    send: SyncSender<Result<RgbImage>>,
+    path: PathBuf,
+    width: usize,
+    height: usize,
+    expected: usize,
+) {
+    for delivered in 0..expected {
+        let mut data = vec![0u8; width * height * 3];
         let mut filled = 0;
+        let mut failure = None;
         while filled < data.len() {
-            match self.stdout.read(&mut data[filled..]) {
+            match stdout.read(&mut data[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::video(&self.path, format!("reading decoded frames: {e}"))),
+                Err(e) => {
+                    failure = Some(format!("reading decoded frames: {e}"));
+                    break;
+                }
             }
         }
         if filled < data.len() {
-            let status = self.child.wait().ok();
-            let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
-            let why = match status {
-                Some(s) if !s.success() => format!("ffmpeg failed: {}", tail(&stderr)),
-                _ => format!("the stream ended early (damaged or truncated file?) {}", tail(&stderr)),
-            };
-            return Err(Error::video(
-                &self.path,
-                format!("decoded {} of {} needed frames: {why}", self.delivered, self.expected),
-            ));
+            drop(stdout);
+            let stderr = stderr.join().unwrap_or_default();
+            let why = failure.unwrap_or_else(|| {
+                let t = tail(&stderr);
+                if t.is_empty() {
+                    "the stream ended early (damaged or truncated file?)".to_string()
+                } else {
+                    format!("ffmpeg: {t}")
+                }
+            });
+            let _ =
+                send.send(Err(Error::video(&path, format!("decoded {delivered} of {expected} needed frames: {why}"))));
+            return;
         }
-        self.delivered += 1;
-        Ok(RgbImage { width: self.width, height: self.height, data })
+        if send.send(Ok(RgbImage { width, height, data })).is_err() {
+            return;
+        }
     }
 }
 
