@@ -16,6 +16,7 @@
 
 pub mod ffmpeg;
 mod folder;
+pub mod mux;
 pub mod preprocess;
 pub mod sampling;
 
