@@ -33,4 +33,6 @@ ffmpeg "${common[@]}" -f lavfi -i "color=c=black:s=64x48:r=24:d=2,$colour" -c:v 
 # Bad inputs: only an audio track; longer than the model allows (150 s at 0.2 fps).
 ffmpeg "${common[@]}" -f lavfi -i "sine=frequency=440:duration=0.5" -c:a aac "${exact[@]}" audio_only.mp4
 ffmpeg "${common[@]}" -f lavfi -i "color=c=gray:s=16x16:r=0.2:d=150" "${x264[@]}" "${exact[@]}" too_long_150s.mp4
+# Zero-length: an mp4 with no frames at all.
+ffmpeg "${common[@]}" -f lavfi -i "color=c=black:s=64x48:r=25:d=1" -frames:v 0 -c:v libx264 "${exact[@]}" zero_length.mp4
 ls -l

@@ -119,7 +119,11 @@ pub fn probe(path: &Path) -> Result<Probe> {
     }
     let json: ProbeJson = serde_json::from_slice(&out.stdout)
         .map_err(|e| Error::video(path, format!("unexpected ffprobe output: {e}")))?;
+    let container_duration = json.format.as_ref().and_then(|f| seconds(&f.duration));
     let Some(stream) = json.streams.first() else {
+        if container_duration == Some(0.0) {
+            return Err(Error::video(path, "is empty: no video frames (duration 0 s)"));
+        }
         return Err(Error::video(path, "has no video stream (an audio-only or data file?)"));
     };
     let (Some(mut width), Some(mut height)) = (stream.width, stream.height) else {
