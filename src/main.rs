@@ -41,6 +41,8 @@ enum Command {
     Decode(cli::decode::DecodeArgs),
     /// Convert the original checkpoint into one fp16 engine file.
     Convert(cli::convert::ConvertArgs),
+    /// Run the whole pipeline on a tiny random model and a synthetic video (audio is noise).
+    Demo(cli::demo::DemoArgs),
     /// Describe a weight file: components, parameter counts, dtypes, config.
     Info(cli::info::InfoArgs),
 }
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Decode(args) => cli::decode::run(args),
         Command::Convert(args) => cli::convert::run(args),
         Command::Info(args) => cli::info::run(args),
+        Command::Demo(args) => cli::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

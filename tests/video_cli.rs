@@ -206,3 +206,13 @@ fn missing_ffmpeg_and_unwritable_output() {
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+#[test]
+fn demo_runs_the_whole_pipeline() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = ok(&lova_fast(&["demo", "--keep", s(dir.path())]));
+    assert!(stderr.contains("RANDOM weights"), "{stderr}");
+    assert_eq!(wav(&dir.path().join("testsrc.wav")).1.len(), 2 * 132300);
+    assert!(dir.path().join("testsrc.with-audio.mp4").is_file());
+}
