@@ -286,3 +286,32 @@ fn check_available(ckpt: &SafetensorsFile, p: &Planned) -> Result<()> {
     }
     Ok(())
 }
+
+/// Writes an engine file of random weights (`RandomWeights`) for `config` and a
+/// CLIP image tower of `clip`: a model that runs the whole pipeline and makes
+/// noise, for demos and tests without a checkpoint.
+pub fn write_random_engine(out: &Path, config: &LovaConfig, config_json: &str, clip: &ClipVisionConfig) -> Result<()> {
+    let random = crate::weights::RandomWeights { seed: 1 };
+    let mut list: Vec<(String, Vec<usize>)> = Vec::new();
+    list.extend(dit::tensor_list(&config.dit).into_iter().map(|(k, s)| (format!("{DIT_KEYS}{k}"), s)));
+    list.extend(
+        vae::tensor_specs(&config.vae_decoder).iter().map(|v| (format!("{VAE_KEYS}{}", v.key), v.engine_shape())),
+    );
+    list.extend(clip_tensor_list(clip).into_iter().map(|(k, s)| (format!("{CLIP_KEYS}{k}"), s)));
+    let entries = list
+        .iter()
+        .map(|(name, shape)| TensorEntry { dtype: engine_dtype(name, shape), name: name.clone(), shape: shape.clone() })
+        .collect();
+    let metadata = BTreeMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("config".to_string(), config_json.to_string()),
+        ("components".to_string(), "dit,vae,clip".to_string()),
+        ("clip_config".to_string(), clip_config_json(clip)),
+    ]);
+    let mut writer = StreamingWriter::create(out, entries, &metadata)?;
+    for (name, shape) in &list {
+        writer.write(name, &random.tensor(name, shape)?)?;
+    }
+    writer.finish()
+}

@@ -49,9 +49,23 @@ pub enum Error {
     /// A backend was given an op it does not implement (yet).
     #[error("the {backend} backend does not implement op `{op}`")]
     UnsupportedOp { backend: &'static str, op: &'static str },
+
+    #[error("{path}: {reason}")]
+    Video { path: PathBuf, reason: String },
+
+    #[error(
+        "`{tool}` was not found on PATH: lova-fast reads video through FFmpeg. Install it with \
+         `sudo apt-get install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS) or from \
+         https://ffmpeg.org/download.html, and make sure `{tool}` is on PATH"
+    )]
+    ToolMissing { tool: &'static str },
 }
 
 impl Error {
+    pub fn video(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Video { path: path.into(), reason: reason.into() }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }

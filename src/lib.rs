@@ -16,6 +16,7 @@ pub mod models;
 pub mod partial_file;
 pub mod sampler;
 pub mod tensor;
+pub mod video;
 pub mod weights;
 
 pub use error::{Error, Result};

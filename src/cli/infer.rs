@@ -1,39 +1,69 @@
-//! `lova-fast infer`: CLIP frame features -> sampler -> VAE -> WAV.
+//! `lova-fast infer`: video (or CLIP features) -> CLIP -> sampler -> VAE -> WAV,
+//! optionally muxed back into the video.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lova_fast::audio::{SampleFormat, samples_for_seconds, trim_and_normalise, write_wav};
 use lova_fast::backend::{Backend, CpuBackend};
+use lova_fast::config::LovaConfig;
 use lova_fast::error::ensure_finite;
+use lova_fast::models::clip::{ClipVision, open_clip};
+use lova_fast::models::{Dit, VaeDecoder};
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
-use lova_fast::weights::{read_single_tensor, write_tensors_atomically};
+use lova_fast::tensor::HostTensor;
+use lova_fast::video::{VIDEO_EXTENSIONS, VideoReader, ffmpeg, image_files, preprocess_batch};
+use lova_fast::weights::{SafetensorsFile, read_single_tensor, write_tensors_atomically};
 
 use super::{Device, WeightArgs, WithBackend, check_output_path, set_threads, with_device};
 
+/// Frames per CLIP call: the graph is planned per call and its memory grows
+/// with the batch.
+const CLIP_CHUNK: usize = 16;
+
 #[derive(Args)]
 pub struct InferArgs {
-    /// Safetensors file with one tensor `features` [N, 768]: the CLIP image
-    /// embedding of each video frame sampled at the model's fps (8), in order.
-    pub features: PathBuf,
+    /// Inputs: video files (anything FFmpeg reads), folders of videos, folders of
+    /// PNG/JPEG frames (with --fps), or CLIP features files (`.safetensors`
+    /// with one tensor `features` [N, 768]). One output per input.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
 
     #[command(flatten)]
     pub weights: WeightArgs,
 
-    /// Output WAV file [default: FEATURES with the extension .wav].
+    /// CLIP ViT-L/14 checkpoint (OpenAI or Hugging Face layout) for video input
+    /// [default: the engine file's `clip.*` tensors].
+    #[arg(long, value_name = "CLIP.safetensors")]
+    pub clip: Option<PathBuf>,
+
+    /// Output WAV file [default: INPUT with the extension .wav]. One input only.
     #[arg(short, long, value_name = "OUT.wav")]
     pub output: Option<PathBuf>,
+
+    /// Also write the video with the generated audio (video stream copied, audio
+    /// AAC) [default name: INPUT.with-audio.mp4; a name only with one input].
+    #[arg(long, value_name = "OUT.mp4", num_args = 0..=1)]
+    pub mux: Option<Option<PathBuf>>,
+
+    /// Also write the CLIP features: tensor `features` [N, 768] (f32). One input only.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub save_features: Option<PathBuf>,
+
+    /// Frame rate of a folder of images (their frames are sampled at the model's fps).
+    #[arg(long)]
+    pub fps: Option<f64>,
 
     /// Write 32-bit float samples instead of 16-bit PCM.
     #[arg(long)]
     pub float: bool,
 
-    /// Also write the latents: tensor `latents` [64, T'] (f32), for `lova-fast decode`.
+    /// Also write the latents: tensor `latents` [64, T'] (f32), for `lova-fast decode`. One input only.
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_latents: Option<PathBuf>,
 
@@ -69,7 +99,7 @@ pub struct InferArgs {
     #[arg(long, default_value_t = 500.0)]
     pub sigma_max: f64,
 
-    /// Audio length in seconds [default: N / fps, the video's length].
+    /// Audio length in seconds [default: the video's duration; N / fps for features].
     #[arg(long)]
     pub seconds: Option<f64>,
 
@@ -81,15 +111,133 @@ pub struct InferArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Where to run the DiT and sampler (the VAE runs on the CPU for now).
+    /// Where to run the DiT and sampler (CLIP and the VAE run on the CPU for now).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
+
+    /// No progress bars and no summary on stderr (errors are still reported).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Print a machine-readable summary (JSON) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One input, resolved.
+enum Input {
+    Features(PathBuf),
+    Video(PathBuf),
+    Images(PathBuf),
+}
+
+impl Input {
+    fn path(&self) -> &Path {
+        match self {
+            Input::Features(p) | Input::Video(p) | Input::Images(p) => p,
+        }
+    }
+}
+
+fn is_video_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO_EXTENSIONS.iter().any(|v| v.eq_ignore_ascii_case(e)))
+}
+
+/// Folders become their videos (or one image sequence); files are features or videos.
+fn resolve_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            if !image_files(path)?.is_empty() {
+                inputs.push(Input::Images(path.clone()));
+                continue;
+            }
+            let mut videos: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read folder {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_video_name(p))
+                .collect();
+            if videos.is_empty() {
+                bail!(
+                    "{}: a folder with no videos ({}) and no PNG/JPEG frames",
+                    path.display(),
+                    VIDEO_EXTENSIONS.join(", ")
+                );
+            }
+            videos.sort();
+            inputs.extend(videos.into_iter().map(Input::Video));
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            inputs.push(Input::Features(path.clone()));
+        } else {
+            inputs.push(Input::Video(path.clone()));
+        }
+    }
+    Ok(inputs)
+}
+
+/// Where one input's results go.
+struct Outputs {
+    wav: Option<PathBuf>,
+    mux: Option<PathBuf>,
+    features: Option<PathBuf>,
+    latents: Option<PathBuf>,
+}
+
+impl Outputs {
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        self.wav.iter().chain(&self.mux).chain(&self.features).chain(&self.latents)
+    }
+}
+
+/// An input checked and measured, ready to run: frames and length known.
+struct Planned {
+    input: Input,
+    reader: Option<VideoReader>,
+    features: Option<HostTensor>,
+    frames: usize,
+    seconds: f64,
+    latent_len: usize,
+    outputs: Outputs,
+}
+
+#[derive(Default, serde::Serialize)]
+struct Timings {
+    decode_s: f64,
+    clip_s: f64,
+    sampling_s: f64,
+    vae_s: f64,
+    write_s: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    input: String,
+    outputs: Vec<String>,
+    frames: usize,
+    seconds: f64,
+    audio_samples: usize,
+    latent_frames: usize,
+    seed: u64,
+    #[serde(flatten)]
+    timings: Timings,
 }
 
 pub fn run(args: InferArgs) -> Result<()> {
-    let wav_path = (!args.no_audio).then(|| args.output.clone().unwrap_or_else(|| args.features.with_extension("wav")));
-    for path in wav_path.iter().chain(args.save_latents.iter()) {
-        check_output_path(path)?;
+    let inputs = resolve_inputs(&args.inputs)?;
+    if inputs.len() > 1 {
+        for (given, flag) in [
+            (args.output.is_some(), "-o"),
+            (args.save_features.is_some(), "--save-features"),
+            (args.save_latents.is_some(), "--save-latents"),
+            (matches!(args.mux, Some(Some(_))), "--mux NAME"),
+            (args.init_noise.is_some(), "--init-noise"),
+        ] {
+            if given {
+                bail!("{flag} names one file, but there are {} inputs: use it with one input", inputs.len());
+            }
+        }
     }
     set_threads(args.threads)?;
     let settings = SamplerSettings {
@@ -104,31 +252,201 @@ pub fn run(args: InferArgs) -> Result<()> {
     if !args.cfg.is_finite() {
         bail!("--cfg must be a finite number");
     }
+    if let Some(s) = args.seconds
+        && !(s.is_finite() && s > 0.0)
+    {
+        bail!("--seconds must be a positive number of seconds, got {s}");
+    }
+    let any_video = inputs.iter().any(|i| matches!(i, Input::Video(_)));
+    if any_video || args.mux.is_some() {
+        ffmpeg::check_tools()?;
+    }
 
-    // Check every input before starting a device or loading weights.
     let started = Instant::now();
     let config = args.weights.config()?;
-    let features = read_single_tensor(&args.features, "features", Some(config.dit.cond_token_dim))
-        .with_context(|| format!("reading video features from {}", args.features.display()))?;
-    ensure_finite(&format!("features in {}", args.features.display()), &features.data)?;
-    let frames = features.shape[0];
-    let seconds = match args.seconds {
-        Some(s) if s.is_finite() && s > 0.0 => s,
-        Some(s) => bail!("--seconds must be a positive number of seconds, got {s}"),
-        None => config.seconds_for_frames(frames),
+    // Check every input (and every output path) before loading anything heavy.
+    let mut planned = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        planned.push(plan(&args, &config, input)?);
+    }
+
+    let device = args.device;
+    with_device(device, InferJob { args, config, settings, planned, started })
+}
+
+/// Checked inputs, run on the backend `--device` picked.
+struct InferJob {
+    args: InferArgs,
+    config: LovaConfig,
+    settings: SamplerSettings,
+    planned: Vec<Planned>,
+    started: Instant,
+}
+
+impl WithBackend for InferJob {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let InferJob { args, config, settings, planned, started } = self;
+        // The DiT and sampler run on `backend`; CLIP and the VAE run on the CPU
+        // until the CUDA backend has their kernels.
+        let model = args.weights.load(&backend, false)?;
+        let vae = if args.no_audio { None } else { Some(args.weights.load_vae(&CpuBackend)?) };
+        let needs_clip = planned.iter().any(|p| p.reader.is_some());
+        let clip = if needs_clip { Some(load_clip(&args, &CpuBackend, &config)?) } else { None };
+        let load_s = started.elapsed().as_secs_f64();
+
+        let bars = MultiProgress::with_draw_target(if args.quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
+        let networks = Networks { backend: &backend, dit: &model.dit, vae: vae.as_ref(), clip: clip.as_ref() };
+        let mut reports = Vec::new();
+        for p in planned {
+            let report = run_one(&args, &config, &networks, &settings, &bars, p)?;
+            if !args.quiet {
+                print_report(&report, &backend);
+            }
+            reports.push(report);
+        }
+        if !args.quiet {
+            eprintln!("load {load_s:.2} s, total {:.2} s", started.elapsed().as_secs_f64());
+        }
+        if args.json {
+            let summary =
+                serde_json::json!({ "load_s": load_s, "total_s": started.elapsed().as_secs_f64(), "inputs": reports });
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Ok(())
+    }
+}
+
+/// The loaded networks and where each runs.
+struct Networks<'a, B: Backend> {
+    backend: &'a B,
+    dit: &'a Dit<B>,
+    vae: Option<&'a VaeDecoder<CpuBackend>>,
+    clip: Option<&'a ClipVision<CpuBackend>>,
+}
+
+fn load_clip<B: Backend>(args: &InferArgs, backend: &B, config: &LovaConfig) -> Result<ClipVision<B>> {
+    let clip = match (&args.clip, &args.weights.weights) {
+        (Some(path), _) => {
+            let file = SafetensorsFile::open(path)?;
+            let (cfg, ckpt) = open_clip(&file)?;
+            ClipVision::load(backend, &ckpt, "", &cfg)
+                .with_context(|| format!("loading CLIP from {}", path.display()))?
+        }
+        (None, Some(engine)) => {
+            let file = SafetensorsFile::open(engine)?;
+            lova_fast::engine::load_clip(backend, &file)?.with_context(|| {
+                format!(
+                    "{} has no CLIP image tower, which video input needs: convert it again with \
+                     `lova-fast convert --clip CLIP.safetensors`, or pass --clip",
+                    engine.display()
+                )
+            })?
+        }
+        (None, None) => bail!("video input needs the CLIP image tower: pass --clip CLIP.safetensors with --checkpoint"),
     };
+    if clip.config.output_dim != config.dit.cond_token_dim {
+        bail!(
+            "the CLIP image tower projects to {} dims, but the DiT reads {}-dim video tokens",
+            clip.config.output_dim,
+            config.dit.cond_token_dim
+        );
+    }
+    Ok(clip)
+}
+
+fn plan(args: &InferArgs, config: &LovaConfig, input: Input) -> Result<Planned> {
+    let path = input.path().to_path_buf();
+    let (reader, features) = match &input {
+        Input::Features(p) => {
+            let features = read_single_tensor(p, "features", Some(config.dit.cond_token_dim))
+                .with_context(|| format!("reading video features from {}", p.display()))?;
+            ensure_finite(&format!("features in {}", p.display()), &features.data)?;
+            (None, Some(features))
+        }
+        Input::Video(p) => (Some(VideoReader::open_video(p, config.fps)?), None),
+        Input::Images(p) => {
+            let Some(fps) = args.fps else {
+                bail!("{} is a folder of images: give its frame rate with --fps", p.display());
+            };
+            (Some(VideoReader::open_images(p, fps, config.fps)?), None)
+        }
+    };
+    let (frames, duration) = match (&reader, &features) {
+        (Some(r), _) => (r.frames(), r.duration),
+        (None, Some(f)) => (f.shape[0], config.seconds_for_frames(f.shape[0])),
+        (None, None) => unreachable!("every input has frames or features"),
+    };
+    let seconds = args.seconds.unwrap_or(duration);
     let latent_len = config.latent_len_for_seconds(seconds);
-    config.check_lengths(latent_len, frames)?;
+    config.check_lengths(latent_len, frames).with_context(|| format!("{}", path.display()))?;
+    let mux = match &args.mux {
+        None => None,
+        Some(_) if !matches!(input, Input::Video(_)) => {
+            bail!("--mux needs a video file input, not {}", path.display())
+        }
+        Some(None) => Some(path.with_extension("with-audio.mp4")),
+        Some(Some(name)) => Some(name.clone()),
+    };
+    let outputs = Outputs {
+        wav: (!args.no_audio).then(|| args.output.clone().unwrap_or_else(|| path.with_extension("wav"))),
+        mux,
+        features: args.save_features.clone(),
+        latents: args.save_latents.clone(),
+    };
+    for out in outputs.all() {
+        check_output_path(out)?;
+        if out == &path {
+            bail!("the output {} would overwrite the input", out.display());
+        }
+    }
+    Ok(Planned { input, reader, features, frames, seconds, latent_len, outputs })
+}
+
+fn bar(bars: &MultiProgress, len: usize, template: &str) -> ProgressBar {
+    bars.add(ProgressBar::new(len as u64))
+        .with_style(ProgressStyle::with_template(template).expect("valid progress template"))
+}
+
+fn run_one<B: Backend>(
+    args: &InferArgs,
+    config: &LovaConfig,
+    nets: &Networks<B>,
+    settings: &SamplerSettings,
+    bars: &MultiProgress,
+    p: Planned,
+) -> Result<Report> {
+    let name = p.input.path().display().to_string();
+    let mut t = Timings::default();
+    let features = match (p.features, p.reader) {
+        (Some(f), _) => f,
+        (None, Some(mut reader)) => {
+            let clip = nets.clip.expect("loaded for video input");
+            let (decode, clip_time, f) = encode_video(&mut reader, clip, &CpuBackend, bars)?;
+            t.decode_s = decode.as_secs_f64();
+            t.clip_s = clip_time.as_secs_f64();
+            f
+        }
+        (None, None) => unreachable!("every input has frames or features"),
+    };
+    if let Some(path) = &p.outputs.features {
+        write_tensors_atomically(path, &[("features", &features)], None)?;
+    }
     let initial = match &args.init_noise {
         Some(path) => {
             let noise = read_single_tensor(path, "noise", None)
                 .with_context(|| format!("reading initial noise from {}", path.display()))?;
-            if noise.shape != [config.dit.io_channels, latent_len] {
+            if noise.shape != [config.dit.io_channels, p.latent_len] {
                 bail!(
-                    "{}: tensor `noise` has shape {:?}, expected [{}, {latent_len}] for a {seconds:.3} s clip",
+                    "{}: tensor `noise` has shape {:?}, expected [{}, {}] for a {:.3} s clip",
                     path.display(),
                     noise.shape,
-                    config.dit.io_channels
+                    config.dit.io_channels,
+                    p.latent_len,
+                    p.seconds
                 );
             }
             Some(noise)
@@ -136,91 +454,131 @@ pub fn run(args: InferArgs) -> Result<()> {
         None => None,
     };
     let seed = args.seed.unwrap_or_else(random_seed);
-    let request =
-        Request { features, latent_len, cfg_scale: args.cfg, noise: RequestNoise { seed, initial, steps: None } };
-    let device = args.device;
-    with_device(device, InferJob { args, settings, request, seconds, wav_path, started })
+
+    let sampling_started = Instant::now();
+    let requests = [Request {
+        features,
+        latent_len: p.latent_len,
+        cfg_scale: args.cfg,
+        noise: RequestNoise { seed, initial, steps: None },
+    }];
+    let mut sampling = Sampling::new(nets.backend, nets.dit, &requests, settings)?;
+    let sampling_bar =
+        bar(bars, settings.steps, "sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]");
+    while sampling.step()? {
+        sampling_bar.set_position(sampling.steps_done() as u64);
+    }
+    sampling_bar.finish_and_clear();
+    let latents = sampling.latents()?.remove(0);
+    t.sampling_s = sampling_started.elapsed().as_secs_f64();
+
+    let mut write = Duration::ZERO;
+    if let Some(path) = &p.outputs.latents {
+        let w = Instant::now();
+        let metadata: HashMap<String, String> = [
+            ("seed", seed.to_string()),
+            ("steps", settings.steps.to_string()),
+            ("cfg", args.cfg.to_string()),
+            ("eta", settings.eta.to_string()),
+            ("seconds", p.seconds.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        write_tensors_atomically(path, &[("latents", &latents)], Some(metadata))?;
+        write += w.elapsed();
+    }
+    let samples = samples_for_seconds(p.seconds, config.sample_rate);
+    if let (Some(path), Some(vae)) = (&p.outputs.wav, nets.vae) {
+        let vae_started = Instant::now();
+        let spinner = bars.add(ProgressBar::new_spinner().with_message("decoding audio with the VAE"));
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        let audio = vae.decode(&CpuBackend, std::slice::from_ref(&latents))?.remove(0);
+        spinner.finish_and_clear();
+        t.vae_s = vae_started.elapsed().as_secs_f64();
+        let w = Instant::now();
+        let audio = trim_and_normalise(&audio, samples);
+        let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
+        write_wav(path, &audio, config.sample_rate, format)?;
+        if let Some(mux) = &p.outputs.mux {
+            lova_fast::video::mux::mux_audio(p.input.path(), path, mux)?;
+        }
+        write += w.elapsed();
+    }
+    t.write_s = write.as_secs_f64();
+    Ok(Report {
+        input: name,
+        outputs: p.outputs.all().map(|o| o.display().to_string()).collect(),
+        frames: p.frames,
+        seconds: p.seconds,
+        audio_samples: if p.outputs.wav.is_some() { samples } else { 0 },
+        latent_frames: p.latent_len,
+        seed,
+        timings: t,
+    })
 }
 
-/// A checked request, run on the backend `--device` picked.
-struct InferJob {
-    args: InferArgs,
-    settings: SamplerSettings,
-    request: Request,
-    seconds: f64,
-    wav_path: Option<PathBuf>,
-    started: Instant,
+/// Decodes, preprocesses and encodes a video's frames in chunks; returns the
+/// decoding (+ preprocessing) time, the CLIP time and the features `[N, out]`.
+fn encode_video<B: Backend>(
+    reader: &mut VideoReader,
+    clip: &ClipVision<B>,
+    backend: &B,
+    bars: &MultiProgress,
+) -> Result<(Duration, Duration, HostTensor)> {
+    let n = reader.frames();
+    let size = clip.config.image_size;
+    let decode_bar = bar(bars, n, "decoding {bar:40} {pos}/{len} frames [{elapsed_precise}]");
+    let clip_bar = bar(bars, n, "CLIP     {bar:40} {pos}/{len} frames [{elapsed_precise} < {eta_precise}]");
+    let (mut decode, mut clip_time) = (Duration::ZERO, Duration::ZERO);
+    let mut features = Vec::with_capacity(n * clip.config.output_dim);
+    let mut chunk = Vec::with_capacity(CLIP_CHUNK);
+    loop {
+        let started = Instant::now();
+        let frame = reader.next_frame()?;
+        let done = frame.is_none();
+        chunk.extend(frame);
+        decode_bar.set_position(decode_bar.position() + u64::from(!done));
+        if chunk.len() == CLIP_CHUNK || (done && !chunk.is_empty()) {
+            let pixels = preprocess_batch(size, &chunk);
+            decode += started.elapsed();
+            let clip_started = Instant::now();
+            let images = HostTensor::new(vec![chunk.len(), 3, size, size], pixels);
+            features.extend(clip.encode(backend, &images)?.data);
+            clip_time += clip_started.elapsed();
+            clip_bar.inc(chunk.len() as u64);
+            chunk.clear();
+        } else {
+            decode += started.elapsed();
+        }
+        if done {
+            break;
+        }
+    }
+    decode_bar.finish_and_clear();
+    clip_bar.finish_and_clear();
+    let out = clip.config.output_dim;
+    Ok((decode, clip_time, HostTensor::new(vec![features.len() / out, out], features)))
 }
 
-impl WithBackend for InferJob {
-    fn run<B: Backend>(self, backend: B) -> Result<()> {
-        let InferJob { args, settings, request, seconds, wav_path, started } = self;
-        let (frames, latent_len, seed) = (request.features.shape[0], request.latent_len, request.noise.seed);
-        let model = args.weights.load(&backend, false)?;
-        // The VAE runs on the CPU until the CUDA backend has its convolution kernels.
-        let vae = wav_path.as_ref().map(|_| args.weights.load_vae(&CpuBackend)).transpose()?;
-        let config = &model.config;
-        let loaded = Instant::now();
-
-        let requests = [request];
-        let mut sampling = Sampling::new(&backend, &model.dit, &requests, &settings)?;
-        let bar = ProgressBar::new(settings.steps as u64).with_style(
-            ProgressStyle::with_template("sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]")
-                .expect("valid progress template"),
-        );
-        while sampling.step()? {
-            bar.set_position(sampling.steps_done() as u64);
-        }
-        bar.finish_and_clear();
-        let latents = sampling.latents()?.remove(0);
-        let arena_bytes = sampling.arena_bytes();
-        let sampled = Instant::now();
-
-        if let Some(path) = &args.save_latents {
-            let metadata: HashMap<String, String> = [
-                ("seed", seed.to_string()),
-                ("steps", settings.steps.to_string()),
-                ("cfg", args.cfg.to_string()),
-                ("eta", settings.eta.to_string()),
-                ("seconds", seconds.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            write_tensors_atomically(path, &[("latents", &latents)], Some(metadata))?;
-        }
-        let mut decoded = sampled;
-        if let (Some(path), Some(vae)) = (&wav_path, &vae) {
-            let spinner = ProgressBar::new_spinner().with_message("decoding audio with the VAE");
-            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-            let audio = vae.decode(&CpuBackend, std::slice::from_ref(&latents))?.remove(0);
-            spinner.finish_and_clear();
-            decoded = Instant::now();
-            let audio = trim_and_normalise(&audio, samples_for_seconds(seconds, config.sample_rate));
-            let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
-            write_wav(path, &audio, config.sample_rate, format)?;
-        }
-        let written = Instant::now();
-
-        eprintln!(
-            "{frames} frames -> {latent_len} latent frames ({seconds:.2} s of audio), {} steps, cfg {}, seed {seed}, on {}",
-            settings.steps,
-            args.cfg,
-            backend.name()
-        );
-        eprintln!(
-            "load {:.2} s | sampling {:.2} s ({:.1} ms/step, arena {:.1} MiB) | VAE {:.2} s | write {:.3} s",
-            (loaded - started).as_secs_f64(),
-            (sampled - loaded).as_secs_f64(),
-            (sampled - loaded).as_secs_f64() * 1e3 / settings.steps as f64,
-            arena_bytes as f64 / (1 << 20) as f64,
-            (decoded - sampled).as_secs_f64(),
-            (written - decoded).as_secs_f64(),
-        );
-        for path in wav_path.iter().chain(args.save_latents.iter()) {
-            eprintln!("wrote {}", path.display());
-        }
-        Ok(())
+fn print_report<B: Backend>(r: &Report, backend: &B) {
+    let t = &r.timings;
+    eprintln!(
+        "{}: {} frames -> {} latent frames -> {:.2} s of audio ({} samples), seed {}, on {}",
+        r.input,
+        r.frames,
+        r.latent_frames,
+        r.seconds,
+        r.audio_samples,
+        r.seed,
+        backend.name()
+    );
+    eprintln!(
+        "  decode {:.2} s | CLIP {:.2} s | sampling {:.2} s | VAE {:.2} s | write {:.3} s",
+        t.decode_s, t.clip_s, t.sampling_s, t.vae_s, t.write_s
+    );
+    for o in &r.outputs {
+        eprintln!("  wrote {o}");
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod decode;
+pub mod demo;
 pub mod infer;
 pub mod info;
 pub mod kernels;
