@@ -146,6 +146,23 @@ fn several_inputs_and_an_image_folder() {
     assert_eq!(wav(&dir.path().join("frames.wav")).1.len(), 2 * 88200);
 }
 
+#[test]
+fn sample_fps_overrides_the_models_rate() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path());
+    let video = copy_video(dir.path(), "vp9_24fps.webm"); // 2 s
+    let features = dir.path().join("f.safetensors");
+    let args = ["infer", s(&video), "--weights", s(&engine), "--save-features", s(&features), "--no-audio"];
+    let latents = dir.path().join("l.safetensors");
+    ok(&lova_fast(&[&args[..], &["--save-latents", s(&latents), "--sample-fps", "3"], FAST].concat()));
+    let f = lova_fast::weights::SafetensorsFile::open(&features).unwrap();
+    // ceil(2 s * 3 fps) = 6 frames instead of the model's 16; the audio length still follows the video.
+    assert_eq!(f.shape("features"), Some(vec![6, 128]));
+    let l = lova_fast::weights::SafetensorsFile::open(&latents).unwrap();
+    assert_eq!(l.shape("latents"), Some(vec![64, 44]));
+}
+
 /// Runs `infer` on `video` expecting failure; checks the message, the exit
 /// code, no panic, and that the output folder stays empty.
 fn expect_failure(video: &Path, engine: &Path, path_env: Option<&str>, expected: &[&str]) -> Option<i32> {

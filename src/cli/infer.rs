@@ -59,6 +59,12 @@ pub struct InferArgs {
     #[arg(long)]
     pub fps: Option<f64>,
 
+    /// Sample video frames at this rate instead of the model's (8 fps in the released
+    /// config, the rate the DiT was trained on; other rates change what it sees).
+    /// For features files: the rate their frames were sampled at.
+    #[arg(long, value_name = "FPS")]
+    pub sample_fps: Option<f64>,
+
     /// Write 32-bit float samples instead of 16-bit PCM.
     #[arg(long)]
     pub float: bool,
@@ -257,6 +263,13 @@ pub fn run(args: InferArgs) -> Result<()> {
     {
         bail!("--seconds must be a positive number of seconds, got {s}");
     }
+    for (flag, value) in [("--fps", args.fps), ("--sample-fps", args.sample_fps)] {
+        if let Some(f) = value
+            && !(f.is_finite() && f > 0.0)
+        {
+            bail!("{flag} must be a positive number of frames per second, got {f}");
+        }
+    }
     let any_video = inputs.iter().any(|i| matches!(i, Input::Video(_)));
     if any_video || args.mux.is_some() {
         ffmpeg::check_tools()?;
@@ -360,6 +373,7 @@ fn load_clip<B: Backend>(args: &InferArgs, backend: &B, config: &LovaConfig) -> 
 
 fn plan(args: &InferArgs, config: &LovaConfig, input: Input) -> Result<Planned> {
     let path = input.path().to_path_buf();
+    let sample_fps = args.sample_fps.unwrap_or(config.fps);
     let (reader, features) = match &input {
         Input::Features(p) => {
             let features = read_single_tensor(p, "features", Some(config.dit.cond_token_dim))
@@ -367,17 +381,17 @@ fn plan(args: &InferArgs, config: &LovaConfig, input: Input) -> Result<Planned> 
             ensure_finite(&format!("features in {}", p.display()), &features.data)?;
             (None, Some(features))
         }
-        Input::Video(p) => (Some(VideoReader::open_video(p, config.fps)?), None),
+        Input::Video(p) => (Some(VideoReader::open_video(p, sample_fps)?), None),
         Input::Images(p) => {
             let Some(fps) = args.fps else {
                 bail!("{} is a folder of images: give its frame rate with --fps", p.display());
             };
-            (Some(VideoReader::open_images(p, fps, config.fps)?), None)
+            (Some(VideoReader::open_images(p, fps, sample_fps)?), None)
         }
     };
     let (frames, duration) = match (&reader, &features) {
         (Some(r), _) => (r.frames(), r.duration),
-        (None, Some(f)) => (f.shape[0], config.seconds_for_frames(f.shape[0])),
+        (None, Some(f)) => (f.shape[0], f.shape[0] as f64 / sample_fps),
         (None, None) => unreachable!("every input has frames or features"),
     };
     let seconds = args.seconds.unwrap_or(duration);
