@@ -28,33 +28,14 @@
 
 mod common;
 
-use std::io::Write;
 
-use common::{max_abs, rel_l2};
+use common::{cuda_or_skip, loud, max_abs, rel_l2};
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend, WeightSet};
 use lova_fast::graph::{
     AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, TensorId, TensorKind, WeightId, scalar_slot,
 };
 use lova_fast::sampler::rng::fill_normal;
 use lova_fast::tensor::{HostTensor, transpose};
-
-/// Writes past the test harness' capture, so a skip is seen in `cargo test`.
-fn loud(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => {
-            loud(&format!("{test}: running on {}", b.info()));
-            Some(b)
-        }
-        Err(e) => {
-            loud(&format!("SKIPPED {test}: no CUDA device ({e})"));
-            None
-        }
-    }
-}
 
 struct Rng(u64);
 

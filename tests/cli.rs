@@ -4,19 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use common::{fixture, load, rel_l2};
+use common::{fixture, load, lova_fast, rel_l2, s};
 use lova_fast::weights::SafetensorsFile;
 use safetensors::tensor::TensorView;
-
-fn lova_fast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lova-fast")).args(args).output().expect("run lova-fast")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// `infer` on the tiny fixture with the sampler fixture's settings (eta 0, injected
 /// noise), latents only.

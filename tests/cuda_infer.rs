@@ -19,46 +19,17 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Instant;
 
-use common::{fixture, load, max_abs, rel_l2};
+use common::{cuda_or_skip, fixture, load, loud, lova_fast, max_abs, rel_l2, s};
 use lova_fast::backend::{CpuBackend, CudaBackend};
 use lova_fast::config::LovaConfig;
 use lova_fast::models::Dit;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling, sample};
 use lova_fast::tensor::HostTensor;
 use lova_fast::weights::{RandomWeights, SafetensorsFile, TensorSource};
-
-fn loud(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "{msg}");
-}
-
-fn cuda_or_skip(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => {
-            loud(&format!("{test}: running on {}", b.info()));
-            Some(b)
-        }
-        Err(e) => {
-            loud(&format!("SKIPPED {test}: no CUDA device ({e})"));
-            None
-        }
-    }
-}
-
-/// The `lova-fast` binary; `LOVA_FAST_BIN` overrides it for test binaries
-/// copied to another machine (tools/device-check.sh).
-fn lova_fast(args: &[&str]) -> Output {
-    let bin = std::env::var_os("LOVA_FAST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lova-fast").into());
-    Command::new(bin).args(args).output().expect("run lova-fast")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn tiny_infer(device: &str, out: &Path) -> Output {
     lova_fast(&[

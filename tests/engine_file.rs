@@ -4,35 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{fixture, rel_l2};
+use common::{failed, fixture, lova_fast, ok, rel_l2, s};
 use lova_fast::weights::SafetensorsFile;
-
-fn lova_fast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lova-fast")).args(args).output().expect("run lova-fast")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{stderr}");
-    stderr
-}
-
-/// Asserts a clean failure: non-zero, not a panic, `expected` in stderr.
-fn failed(o: &Output, expected: &[&str]) {
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure: {stderr}");
-    assert_ne!(o.status.code(), Some(101), "panic: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for e in expected {
-        assert!(stderr.contains(e), "stderr lacks {e:?}: {stderr}");
-    }
-}
 
 fn convert(dir: &Path, checkpoint: &Path, config: &Path) -> (Output, PathBuf) {
     convert_with_clip(dir, checkpoint, config, &fixture("clip/hf.safetensors"))

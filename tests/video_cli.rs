@@ -5,23 +5,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::fixture;
-
-fn lova_fast(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lova-fast")).args(args).output().expect("run lova-fast")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{stderr}");
-    stderr
-}
+use common::{fixture, lova_fast, ok, s};
 
 fn require_ffmpeg() {
     if let Err(e) = lova_fast::video::ffmpeg::check_tools() {

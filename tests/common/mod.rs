@@ -43,3 +43,53 @@ pub fn load_f64(file: &str, key: &str) -> Vec<f64> {
     assert_eq!(view.dtype(), safetensors::Dtype::F64);
     view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
 }
+
+/// The `lova-fast` binary; `LOVA_FAST_BIN` overrides it for test binaries
+/// copied to another machine (tools/device-check.sh).
+pub fn lova_fast(args: &[&str]) -> std::process::Output {
+    let bin = std::env::var_os("LOVA_FAST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lova-fast").into());
+    std::process::Command::new(bin).args(args).output().expect("run lova-fast")
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// Asserts success; returns stderr.
+pub fn ok(o: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    stderr
+}
+
+/// Asserts a clean failure: non-zero, not a panic, every `expected` in stderr.
+pub fn failed(o: &std::process::Output, expected: &[&str]) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure: {stderr}");
+    assert_ne!(o.status.code(), Some(101), "exit code 101 is a Rust panic: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "stderr lacks {e:?}: {stderr}");
+    }
+}
+
+/// Writes past the test harness' capture, so that a skip shows in `cargo test`.
+pub fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// The CUDA backend, or `None` after saying loudly that `test` is skipped.
+pub fn cuda_or_skip(test: &str) -> Option<lova_fast::backend::CudaBackend> {
+    match lova_fast::backend::CudaBackend::new(0) {
+        Ok(b) => {
+            loud(&format!("{test}: running on {}", b.info()));
+            Some(b)
+        }
+        Err(e) => {
+            loud(&format!("SKIPPED {test}: no CUDA device ({e})"));
+            None
+        }
+    }
+}
