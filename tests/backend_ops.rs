@@ -28,7 +28,6 @@
 
 mod common;
 
-
 use common::{cuda_or_skip, loud, max_abs, rel_l2};
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend, WeightSet};
 use lova_fast::graph::{
