@@ -68,7 +68,17 @@ pub struct RequestNoise {
 
 impl RequestNoise {
     /// Noise of `stream` (0: initial, i + 1: step i) in token-major layout `[T', C]`.
-    fn token_major(&self, stream: usize, channels: usize, latent_len: usize) -> Result<Vec<f32>> {
+    /// Appends the noise of `stream` (0: initial, i + 1: step i) to `out` in
+    /// token-major layout `[T', C]`; `scratch` holds generated noise, so that the
+    /// sampling loop reuses its buffers instead of allocating.
+    fn append_token_major(
+        &self,
+        stream: usize,
+        channels: usize,
+        latent_len: usize,
+        scratch: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let injected = match stream {
             0 => self.initial.as_ref(),
             i => self
@@ -80,7 +90,7 @@ impl RequestNoise {
                 })
                 .transpose()?,
         };
-        let canonical = match injected {
+        let canonical: &[f32] = match injected {
             Some(t) => {
                 if t.shape != [channels, latent_len] {
                     return Err(Error::InvalidInput(format!(
@@ -89,15 +99,16 @@ impl RequestNoise {
                     )));
                 }
                 ensure_finite("injected noise", &t.data)?;
-                t.data.clone()
+                &t.data
             }
             None => {
-                let mut z = vec![0.0; channels * latent_len];
-                fill_normal(self.seed, stream as u32, &mut z);
-                z
+                scratch.resize(channels * latent_len, 0.0);
+                fill_normal(self.seed, stream as u32, scratch);
+                scratch
             }
         };
-        Ok(crate::tensor::transpose(&canonical, channels, latent_len))
+        out.extend((0..latent_len).flat_map(|t| (0..channels).map(move |c| canonical[c * latent_len + t])));
+        Ok(())
     }
 }
 
@@ -142,6 +153,7 @@ pub struct Sampling<'a, B: Backend> {
     history: Dpmpp3mSde,
     done: usize,
     noise_buf: Vec<f32>,
+    noise_scratch: Vec<f32>,
     t_buf: Vec<f32>,
 }
 
@@ -211,8 +223,9 @@ impl<'a, B: Backend> Sampling<'a, B> {
         let sigmas = settings.sigmas();
         let mut x0 = Vec::with_capacity(rows * io);
         for r in requests {
-            x0.extend(r.noise.token_major(0, io, r.latent_len)?.iter().map(|z| (*z as f64 * sigmas[0]) as f32));
+            r.noise.append_token_major(0, io, r.latent_len, &mut Vec::new(), &mut x0)?;
         }
+        x0.iter_mut().for_each(|z| *z = (*z as f64 * sigmas[0]) as f32);
         exec.write(x, &x0)?;
 
         Ok(Sampling {
@@ -226,6 +239,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
             history: Dpmpp3mSde::new(),
             done: 0,
             noise_buf: Vec::with_capacity(rows * io),
+            noise_scratch: Vec::new(),
             t_buf: vec![0.0; batch.len()],
         })
     }
@@ -263,7 +277,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         if k.noise != 0.0 && !self.noise_on_device(i + 1)? {
             self.noise_buf.clear();
             for r in self.requests {
-                self.noise_buf.extend(r.noise.token_major(i + 1, io, r.latent_len)?);
+                r.noise.append_token_major(i + 1, io, r.latent_len, &mut self.noise_scratch, &mut self.noise_buf)?;
             }
             self.exec.write(self.tensors.noise, &self.noise_buf)?;
         }
