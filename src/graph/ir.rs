@@ -106,6 +106,15 @@ pub struct AdaLnModulation {
     pub segments: SegmentsId,
 }
 
+/// SnakeBeta applied to a convolution's input as it is loaded (see `Op::Conv1d`):
+/// `y = x + 1 / (exp(beta) + 1e-9) * sin(exp(alpha) * x)^2` per input channel,
+/// with log-scale `alpha` and `beta` (`[C_in]` each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snake {
+    pub alpha: WeightId,
+    pub beta: WeightId,
+}
+
 /// Slots of the per-step scalar input of a sampler step graph (see `sampler::StepScalars`).
 pub mod scalar_slot {
     pub const C_IN: usize = 0;
@@ -190,9 +199,13 @@ pub enum Op {
     Dpmpp3mUpdate { x: TensorId, denoised: TensorId, d1: TensorId, d2: TensorId, noise: TensorId, scalars: TensorId },
     /// VAE: stride-1 convolution over each sequence of `segments` (token-major
     /// `[L, C_in]` -> `[L, C_out]`, zero padding per sequence), `w` `[C_out, K * C_in]`
-    /// tap-major, plus bias and an optional residual.
+    /// tap-major, plus bias and an optional residual. With `input_snake`, SnakeBeta
+    /// is applied to every input value as the conv reads it, before the zero
+    /// padding (snake(0) = 0, so padding before or after the activation is the
+    /// same): the conv reads `snake(x)` without it ever being stored.
     Conv1d {
         x: TensorId,
+        input_snake: Option<Snake>,
         w: WeightId,
         bias: Option<WeightId>,
         kernel: usize,
@@ -204,8 +217,10 @@ pub enum Op {
     },
     /// VAE: transposed convolution, kernel `2 * stride`, padding `stride / 2`, so each
     /// sequence grows from L to `L * stride` rows; `w` `[stride, C_out, 2 * C_in]` (see backend docs).
+    /// `input_snake` as for `Conv1d`.
     ConvTranspose1d {
         x: TensorId,
+        input_snake: Option<Snake>,
         w: WeightId,
         bias: Option<WeightId>,
         stride: usize,

@@ -13,7 +13,7 @@ mod planner;
 
 pub use executor::Executor;
 pub use ir::{
-    AdaLnModulation, ColumnSlice, Graph, Op, Rope, Segments, SegmentsId, TensorDesc, TensorId, TensorKind, WeightId,
-    scalar_slot,
+    AdaLnModulation, ColumnSlice, Graph, Op, Rope, Segments, SegmentsId, Snake, TensorDesc, TensorId, TensorKind,
+    WeightId, scalar_slot,
 };
 pub use planner::{ARENA_ALIGN, ArenaPlan};

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::backend::{Backend, WeightSet};
 use crate::config::VaeDecoderConfig;
 use crate::error::{Error, Result, ensure_finite};
-use crate::graph::{Executor, Graph, Op, Segments, SegmentsId, TensorId, WeightId};
+use crate::graph::{ArenaPlan, Executor, Graph, Op, Segments, SegmentsId, Snake, TensorId, WeightId};
 use crate::tensor::HostTensor;
 use crate::weights::SafetensorsFile;
 
@@ -197,6 +197,99 @@ fn rearrange_conv_transpose(w: &HostTensor, kind: &VaeTensorKind) -> HostTensor 
     HostTensor::new(vec![s, cout, 2 * cin], out)
 }
 
+/// Weight ids by key for the weights of `tensor_specs`, in its order (the order
+/// `VaeDecoder::load` uploads them in), with their engine shapes.
+fn spec_ids(cfg: &VaeDecoderConfig) -> HashMap<String, (WeightId, Vec<usize>)> {
+    tensor_specs(cfg).into_iter().enumerate().map(|(i, s)| (s.key.clone(), (WeightId(i), s.engine_shape()))).collect()
+}
+
+/// The decoder graph: `z` `[sum T', latent_dim]` to audio `[sum T' * upsampling, out_channels]`.
+///
+/// SnakeBeta is fused into the input load of the conv that follows it (`Op::Conv1d`'s
+/// `input_snake`), never stored: every activation here feeds exactly one conv, and a
+/// residual unit `x + conv1(snake(conv7(snake(x))))` needs `x` itself, un-activated,
+/// for its residual add. Fusing into the epilogue of the previous conv would have to
+/// store both `x` and `snake(x)` (or recompute); fusing into the next conv's load
+/// stores only `x`, and the conv's gather, which reads each input row `kernel` times,
+/// is where the activation is computed (in f32, before the fp16 rounding of the GEMM
+/// operand on the GPU).
+fn build_decoder(
+    cfg: &VaeDecoderConfig,
+    ids: &HashMap<String, (WeightId, Vec<usize>)>,
+    g: &mut Graph,
+    latent_lens: &[usize],
+    z: TensorId,
+) -> TensorId {
+    let id = |key: String| ids[&key].0;
+    let snake = |name: &str| {
+        Some(Snake {
+            alpha: id(format!("decoder.layers.{name}.alpha")),
+            beta: id(format!("decoder.layers.{name}.beta")),
+        })
+    };
+    let conv = |g: &mut Graph, x: TensorId, input_snake: Option<Snake>, name: &str, conv: ConvShape| {
+        let key = format!("decoder.layers.{name}.weight");
+        let cout = ids[&key].1[0];
+        let out = g.temp(format!("vae.{name}"), g.desc(x).rows, cout);
+        g.push(Op::Conv1d {
+            x,
+            input_snake,
+            w: id(key),
+            bias: conv.bias.then(|| id(format!("decoder.layers.{name}.bias"))),
+            kernel: conv.kernel,
+            dilation: conv.dilation,
+            padding: conv.dilation * (conv.kernel - 1) / 2,
+            residual: conv.residual,
+            segments: conv.segments,
+            out,
+        });
+        out
+    };
+    let mut lens: Vec<usize> = latent_lens.to_vec();
+    let mut seg = g.add_segments(Segments::from_lengths(lens.iter().copied()));
+    let shape = |kernel, dilation, segments, residual, bias| ConvShape { kernel, dilation, segments, residual, bias };
+    let mut h = conv(g, z, None, "0", shape(KERNEL, 1, seg, None, true));
+    for (b, &(_, cout, stride)) in blocks(cfg).iter().enumerate() {
+        let b = b + 1;
+        lens.iter_mut().for_each(|l| *l *= stride);
+        let up_seg = g.add_segments(Segments::from_lengths(lens.iter().copied()));
+        let x = h;
+        h = g.temp(format!("vae.{b}.upsampled"), g.seg(up_seg).total(), cout);
+        g.push(Op::ConvTranspose1d {
+            x,
+            input_snake: snake(&format!("{b}.layers.0")),
+            w: id(format!("decoder.layers.{b}.layers.1.weight")),
+            bias: Some(id(format!("decoder.layers.{b}.layers.1.bias"))),
+            stride,
+            in_segments: seg,
+            out_segments: up_seg,
+            out: h,
+        });
+        seg = up_seg;
+        for (j, dilation) in DILATIONS.iter().enumerate() {
+            let unit = format!("{b}.layers.{}.layers", j + 2);
+            let u = conv(
+                g,
+                h,
+                snake(&format!("{unit}.0")),
+                &format!("{unit}.1"),
+                shape(KERNEL, *dilation, seg, None, true),
+            );
+            h = conv(g, u, snake(&format!("{unit}.2")), &format!("{unit}.3"), shape(1, 1, seg, Some(h), true));
+        }
+    }
+    let last = blocks(cfg).len() + 1;
+    conv(g, h, snake(&last.to_string()), &(last + 1).to_string(), shape(KERNEL, 1, seg, None, false))
+}
+
+struct ConvShape {
+    kernel: usize,
+    dilation: usize,
+    segments: SegmentsId,
+    residual: Option<TensorId>,
+    bias: bool,
+}
+
 pub struct VaeDecoder<B: Backend> {
     pub config: VaeDecoderConfig,
     /// Latents are multiplied by this before decoding (`model.pretransform.scale`).
@@ -242,109 +335,20 @@ impl<B: Backend> VaeDecoder<B> {
         self.config.strides.iter().product()
     }
 
-    fn id(&self, key: &str) -> WeightId {
-        self.ids[key].0
-    }
-
     /// Adds the decoder to `g`: `z` `[sum T', latent_dim]` (already scaled) to
     /// audio `[sum T' * upsampling, out_channels]`.
     pub fn build(&self, g: &mut Graph, latent_lens: &[usize], z: TensorId) -> TensorId {
-        let mut lens: Vec<usize> = latent_lens.to_vec();
-        let mut seg = g.add_segments(Segments::from_lengths(lens.iter().copied()));
-        let mut h = self.conv(g, z, "0", KERNEL, 1, seg, None, true);
-        for (b, &(_, cout, stride)) in blocks(&self.config).iter().enumerate() {
-            let b = b + 1;
-            let x = self.snake(g, h, &format!("{b}.layers.0"));
-            lens.iter_mut().for_each(|l| *l *= stride);
-            let up_seg = g.add_segments(Segments::from_lengths(lens.iter().copied()));
-            h = g.temp(format!("vae.{b}.upsampled"), g.seg(up_seg).total(), cout);
-            g.push(Op::ConvTranspose1d {
-                x,
-                w: self.id(&format!("decoder.layers.{b}.layers.1.weight")),
-                bias: Some(self.id(&format!("decoder.layers.{b}.layers.1.bias"))),
-                stride,
-                in_segments: seg,
-                out_segments: up_seg,
-                out: h,
-            });
-            seg = up_seg;
-            for (j, dilation) in DILATIONS.iter().enumerate() {
-                let unit = format!("{b}.layers.{}.layers", j + 2);
-                let u = self.snake(g, h, &format!("{unit}.0"));
-                let u = self.conv(g, u, &format!("{unit}.1"), KERNEL, *dilation, seg, None, true);
-                let u = self.snake(g, u, &format!("{unit}.2"));
-                h = self.conv(g, u, &format!("{unit}.3"), 1, 1, seg, Some(h), true);
-            }
-        }
-        let last = blocks(&self.config).len() + 1;
-        let x = self.snake(g, h, &last.to_string());
-        self.conv(g, x, &(last + 1).to_string(), KERNEL, 1, seg, None, false)
+        build_decoder(&self.config, &self.ids, g, latent_lens, z)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        &self,
-        g: &mut Graph,
-        x: TensorId,
-        name: &str,
-        kernel: usize,
-        dilation: usize,
-        segments: SegmentsId,
-        residual: Option<TensorId>,
-        bias: bool,
-    ) -> TensorId {
-        let w = self.id(&format!("decoder.layers.{name}.weight"));
-        let cout = self.ids[&format!("decoder.layers.{name}.weight")].1[0];
-        let out = g.temp(format!("vae.{name}"), g.desc(x).rows, cout);
-        g.push(Op::Conv1d {
-            x,
-            w,
-            bias: bias.then(|| self.id(&format!("decoder.layers.{name}.bias"))),
-            kernel,
-            dilation,
-            padding: dilation * (kernel - 1) / 2,
-            residual,
-            segments,
-            out,
-        });
-        out
-    }
-
-    fn snake(&self, g: &mut Graph, x: TensorId, name: &str) -> TensorId {
-        let d = g.desc(x).clone();
-        let out = g.temp(format!("vae.{name}.snake"), d.rows, d.cols);
-        g.push(Op::SnakeBeta {
-            x,
-            alpha: self.id(&format!("decoder.layers.{name}.alpha")),
-            beta: self.id(&format!("decoder.layers.{name}.beta")),
-            out,
-        });
-        out
-    }
-
-    /// Decodes latents `[latent_dim, T']` (one per clip) to audio `[out_channels, T' * upsampling]`.
+    /// Decodes latents `[latent_dim, T']` (one per clip) to audio `[out_channels, T' * upsampling]`,
+    /// all clips in one graph (one packed batch).
     pub fn decode(&self, backend: &B, latents: &[HostTensor]) -> Result<Vec<HostTensor>> {
-        let c = self.config.latent_dim;
-        for (i, z) in latents.iter().enumerate() {
-            if z.shape.len() != 2 || z.shape[0] != c || z.shape[1] == 0 {
-                return Err(Error::InvalidInput(format!(
-                    "latents {i} have shape {:?}, expected [{c}, T'] with T' >= 1",
-                    z.shape
-                )));
-            }
-            ensure_finite(&format!("latents {i}"), &z.data)?;
-        }
-        let lens: Vec<usize> = latents.iter().map(|z| z.shape[1]).collect();
-        let mut g = Graph::new();
-        let z = g.input("latents", lens.iter().sum(), c);
-        let audio = self.build(&mut g, &lens, z);
-        g.mark_output(audio);
-        let mut exec = Executor::new(backend, self.weights(), g)?;
+        let lens = self.check_latents(latents)?;
+        let mut exec = DecodeRun::new(self, backend, &lens)?;
         let scaled: Vec<f32> =
             latents.iter().flat_map(|z| z.transposed().data).map(|v| v * self.latent_scale).collect();
-        exec.write(z, &scaled)?;
-        exec.run()?;
-        let out = exec.read(audio)?;
+        let out = exec.run(&scaled)?;
         let channels = self.config.out_channels;
         let seg = Segments::from_lengths(lens.iter().map(|l| l * self.upsampling()));
         Ok((0..lens.len())
@@ -355,4 +359,116 @@ impl<B: Backend> VaeDecoder<B> {
             })
             .collect())
     }
+
+    /// Decodes one clip's latents `[latent_dim, T']` in windows of `chunk` latent
+    /// frames, each decoded with `receptive_field(config)` frames of context on both
+    /// sides (fewer at the clip's ends, where the whole decode pads with zeros too)
+    /// and cropped: the result equals `decode` up to f32 rounding, with an arena
+    /// sized for `chunk + 2 * context` frames instead of T'. Every window has the same
+    /// length (windows at the ends are shifted inwards), so one graph is planned once.
+    pub fn decode_chunked(&self, backend: &B, latents: &HostTensor, chunk: usize) -> Result<HostTensor> {
+        let t = self.check_latents(std::slice::from_ref(latents))?[0];
+        if chunk == 0 {
+            return Err(Error::InvalidInput("a VAE decode chunk must hold at least one latent frame".into()));
+        }
+        let context = receptive_field(&self.config);
+        let window = (chunk + 2 * context).min(t);
+        if window == t {
+            return Ok(self.decode(backend, std::slice::from_ref(latents))?.remove(0));
+        }
+        let (c, up, channels) = (self.config.latent_dim, self.upsampling(), self.config.out_channels);
+        let z = latents.transposed(); // [T', C]
+        let mut run = DecodeRun::new(self, backend, &[window])?;
+        let mut audio = vec![0.0f32; t * up * channels];
+        for start in (0..t).step_by(chunk) {
+            let end = (start + chunk).min(t);
+            let first = start.saturating_sub(context).min(t - window);
+            let scaled: Vec<f32> =
+                z.data[first * c..(first + window) * c].iter().map(|v| v * self.latent_scale).collect();
+            let out = run.run(&scaled)?;
+            let keep = (start - first) * up * channels..(end - first) * up * channels;
+            audio[start * up * channels..end * up * channels].copy_from_slice(&out[keep]);
+        }
+        Ok(HostTensor::new(vec![t * up, channels], audio).transposed())
+    }
+
+    fn check_latents(&self, latents: &[HostTensor]) -> Result<Vec<usize>> {
+        let c = self.config.latent_dim;
+        for (i, z) in latents.iter().enumerate() {
+            if z.shape.len() != 2 || z.shape[0] != c || z.shape[1] == 0 {
+                return Err(Error::InvalidInput(format!(
+                    "latents {i} have shape {:?}, expected [{c}, T'] with T' >= 1",
+                    z.shape
+                )));
+            }
+            ensure_finite(&format!("latents {i}"), &z.data)?;
+        }
+        Ok(latents.iter().map(|z| z.shape[1]).collect())
+    }
+}
+
+/// One planned decoder graph for fixed latent lengths, run as often as needed.
+struct DecodeRun<'w, B: Backend> {
+    exec: Executor<'w, B>,
+    z: TensorId,
+    audio: TensorId,
+}
+
+impl<'w, B: Backend> DecodeRun<'w, B> {
+    fn new(vae: &'w VaeDecoder<B>, backend: &'w B, lens: &[usize]) -> Result<Self> {
+        let mut g = Graph::new();
+        let z = g.input("latents", lens.iter().sum(), vae.config.latent_dim);
+        let audio = vae.build(&mut g, lens, z);
+        g.mark_output(audio);
+        Ok(DecodeRun { exec: Executor::new(backend, vae.weights(), g)?, z, audio })
+    }
+
+    /// Token-major scaled latents in, token-major audio out.
+    fn run(&mut self, scaled: &[f32]) -> Result<Vec<f32>> {
+        self.exec.write(self.z, scaled)?;
+        self.exec.run()?;
+        self.exec.read(self.audio)
+    }
+}
+
+/// Latent frames on each side of a latent frame that its audio depends on: the
+/// decoder's receptive half-width, rounded up. Each conv of kernel k and dilation d
+/// reaches d * (k - 1) / 2 rows at its own rate; a transposed conv (kernel 2s,
+/// padding s/2) reads input rows i0 and i0 - 1, so one row at its input rate; a
+/// rate U times the latent rate divides the reach by U.
+pub fn receptive_field(cfg: &VaeDecoderConfig) -> usize {
+    let reach = |kernel: usize, dilation: usize| (dilation * (kernel - 1) / 2) as f64;
+    let mut rate = 1.0f64;
+    let mut total = reach(KERNEL, 1);
+    for (_, _, stride) in blocks(cfg) {
+        total += 1.0 / rate;
+        rate *= stride as f64;
+        total += DILATIONS.iter().map(|&d| reach(KERNEL, d) + reach(1, 1)).sum::<f64>() / rate;
+    }
+    total += reach(KERNEL, 1) / rate;
+    total.ceil() as usize
+}
+
+/// Device memory a decode of clips of `latent_lens` frames plans for its arena,
+/// in bytes (f32 activations), computed from the config alone (no weights).
+pub fn planned_arena_bytes(cfg: &VaeDecoderConfig, latent_lens: &[usize]) -> Result<usize> {
+    check_config(cfg)?;
+    let mut g = Graph::new();
+    let z = g.input("latents", latent_lens.iter().sum(), cfg.latent_dim);
+    let audio = build_decoder(cfg, &spec_ids(cfg), &mut g, latent_lens, z);
+    g.mark_output(audio);
+    Ok(ArenaPlan::plan(&g)?.size * std::mem::size_of::<f32>())
+}
+
+/// Bytes of the decoder's weights on a device that stores matrices as fp16 and
+/// vectors as f32 (the CUDA backend's rule).
+pub fn weight_bytes_fp16(cfg: &VaeDecoderConfig) -> usize {
+    tensor_specs(cfg)
+        .iter()
+        .map(|s| {
+            let shape = s.engine_shape();
+            let n: usize = shape.iter().product();
+            if shape.len() >= 2 { 2 * n } else { 4 * n }
+        })
+        .sum()
 }

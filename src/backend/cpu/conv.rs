@@ -21,11 +21,19 @@ fn chunk_rows(row_len: usize) -> usize {
     ((1 << 20) / row_len.max(1)).clamp(16, 4096)
 }
 
+/// SnakeBeta parameters `(alpha, beta)` (log scale, one per input channel) applied
+/// to a conv's input as it is read (`graph::Snake`).
+pub type InputSnake<'a> = Option<(&'a [f32], &'a [f32])>;
+
 /// Stride-1 convolution that keeps the length (`2 * padding == dilation * (kernel - 1)`).
+/// With `snake`, the conv reads `snake_beta(x)`: the input rows a chunk needs are
+/// activated into a scratch buffer first (once per row, not once per tap), and
+/// padding stays zero, which equals padding after the activation because snake(0) = 0.
 #[allow(clippy::too_many_arguments)]
 pub fn conv1d(
     x: &[f32],
     cin: usize,
+    snake: InputSnake<'_>,
     w: &[f32],
     cout: usize,
     kernel: usize,
@@ -39,18 +47,32 @@ pub fn conv1d(
     let row_len = kernel * cin;
     let rows_per_chunk = chunk_rows(row_len);
     let mut cols = vec![0.0f32; rows_per_chunk * row_len];
+    let mut activated = Vec::new();
     for b in 0..segments.count() {
         let seq = segments.range(b);
         let len = seq.len() as isize;
         for t0 in (0..seq.len()).step_by(rows_per_chunk) {
             let n = rows_per_chunk.min(seq.len() - t0);
+            // Rows of this sequence the chunk reads: [lo, hi).
+            let lo = (t0 as isize - padding as isize).max(0) as usize;
+            let hi = ((t0 + n + (kernel - 1) * dilation) as isize - padding as isize).clamp(0, len) as usize;
+            // `src` holds rows lo..hi of the sequence (activated or not).
+            let src: &[f32] = match snake {
+                Some((alpha, beta)) if hi > lo => {
+                    let r = (seq.start + lo) * cin..(seq.start + hi) * cin;
+                    activated.resize(r.len(), 0.0);
+                    snake_beta(&x[r], alpha, beta, &mut activated);
+                    &activated
+                }
+                _ => &x[(seq.start + lo.min(hi)) * cin..(seq.start + hi) * cin],
+            };
             cols[..n * row_len].par_chunks_mut(row_len).enumerate().for_each(|(i, row)| {
                 for k in 0..kernel {
-                    let src = (t0 + i) as isize + (k * dilation) as isize - padding as isize;
+                    let t = (t0 + i) as isize + (k * dilation) as isize - padding as isize;
                     let dst = &mut row[k * cin..(k + 1) * cin];
-                    if (0..len).contains(&src) {
-                        let r = seq.start + src as usize;
-                        dst.copy_from_slice(&x[r * cin..(r + 1) * cin]);
+                    if (0..len).contains(&t) {
+                        let r = t as usize - lo;
+                        dst.copy_from_slice(&src[r * cin..(r + 1) * cin]);
                     } else {
                         dst.fill(0.0);
                     }
@@ -63,11 +85,14 @@ pub fn conv1d(
 }
 
 /// Transposed convolution with kernel `2 * stride`, padding `stride / 2` (even
-/// strides): each sequence's length is multiplied by `stride`.
+/// strides): each sequence's length is multiplied by `stride`. With `snake`, the
+/// input is activated once into a scratch copy (it is `stride` times smaller
+/// than the output).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose1d(
     x: &[f32],
     cin: usize,
+    snake: InputSnake<'_>,
     w: &[f32],
     cout: usize,
     stride: usize,
@@ -76,6 +101,16 @@ pub fn conv_transpose1d(
     out_segments: &Segments,
     out: &mut [f32],
 ) {
+    let activated;
+    let x = match snake {
+        Some((alpha, beta)) => {
+            let mut a = vec![0.0; x.len()];
+            snake_beta(x, alpha, beta, &mut a);
+            activated = a;
+            &activated[..]
+        }
+        None => x,
+    };
     let padding = stride / 2;
     let row_len = 2 * cin;
     let rows_per_chunk = chunk_rows(row_len);
@@ -201,7 +236,7 @@ mod tests {
             lens.iter().enumerate().map(|(b, &l)| (0..cin * l).map(|i| val(i + 100 * b)).collect()).collect();
         let x: Vec<f32> = xs.iter().zip(lens).flat_map(|(x, l)| to_token_major(x, cin, l)).collect();
         let mut out = vec![0.0; seg.total() * cout];
-        conv1d(&x, cin, &we, cout, k, d, p, None, None, &seg, &mut out);
+        conv1d(&x, cin, None, &we, cout, k, d, p, None, None, &seg, &mut out);
         for (b, &l) in lens.iter().enumerate() {
             let want = to_token_major(&direct_conv(&xs[b], cin, l, &w, cout, k, d, p), cout, l);
             let got = &out[seg.offsets[b] * cout..seg.offsets[b + 1] * cout];
@@ -231,7 +266,7 @@ mod tests {
             let xs: Vec<Vec<f32>> = lens.iter().map(|&l| (0..cin * l).map(|i| val(i * 3 + 1)).collect()).collect();
             let x: Vec<f32> = xs.iter().zip(lens).flat_map(|(x, l)| to_token_major(x, cin, l)).collect();
             let mut out = vec![f32::NAN; seg_out.total() * cout];
-            conv_transpose1d(&x, cin, &we, cout, s, None, &seg_in, &seg_out, &mut out);
+            conv_transpose1d(&x, cin, None, &we, cout, s, None, &seg_in, &seg_out, &mut out);
             for (b, &l) in lens.iter().enumerate() {
                 let want = to_token_major(&direct_conv_t(&xs[b], cin, l, &w, cout, s), cout, l * s);
                 let got = &out[seg_out.offsets[b] * cout..seg_out.offsets[b + 1] * cout];
@@ -240,6 +275,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused input activation equals SnakeBeta stored first, then the plain conv,
+    /// including at the padded edges and across sequences (snake(0) = 0).
+    #[test]
+    fn input_snake_equals_snake_then_conv() {
+        let (cin, cout) = (5, 3);
+        let seg = Segments::from_lengths([1usize, 9, 40]);
+        let x: Vec<f32> = (0..seg.total() * cin).map(|i| 3.0 * val(i + 5)).collect();
+        let alpha: Vec<f32> = (0..cin).map(|i| 0.3 * val(i + 11)).collect();
+        let beta: Vec<f32> = (0..cin).map(|i| 0.3 * val(i + 17)).collect();
+        let mut activated = vec![0.0; x.len()];
+        snake_beta(&x, &alpha, &beta, &mut activated);
+        for (k, d) in [(7, 1), (7, 3), (7, 9), (1, 1)] {
+            let w: Vec<f32> = (0..cout * k * cin).map(|i| val(i + 3)).collect();
+            let p = d * (k - 1) / 2;
+            let (mut fused, mut want) = (vec![0.0; seg.total() * cout], vec![0.0; seg.total() * cout]);
+            conv1d(&x, cin, Some((&alpha, &beta)), &w, cout, k, d, p, None, None, &seg, &mut fused);
+            conv1d(&activated, cin, None, &w, cout, k, d, p, None, None, &seg, &mut want);
+            assert_eq!(fused, want, "k {k} d {d}");
+        }
+        let s = 4;
+        let up = Segments::from_lengths(seg.lengths().map(|l| l * s));
+        let w: Vec<f32> = (0..s * cout * 2 * cin).map(|i| val(i + 9)).collect();
+        let (mut fused, mut want) = (vec![0.0; up.total() * cout], vec![0.0; up.total() * cout]);
+        conv_transpose1d(&x, cin, Some((&alpha, &beta)), &w, cout, s, None, &seg, &up, &mut fused);
+        conv_transpose1d(&activated, cin, None, &w, cout, s, None, &seg, &up, &mut want);
+        assert_eq!(fused, want, "transposed");
     }
 
     #[test]

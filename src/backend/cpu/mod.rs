@@ -66,6 +66,17 @@ impl Backend for CpuBackend {
             ld: g.desc(s.tensor).cols,
             offset: s.offset,
         };
+        if let Op::Conv1d { x, input_snake: Some(s), .. } | Op::ConvTranspose1d { x, input_snake: Some(s), .. } = op {
+            let cin = g.desc(*x).cols;
+            if w(s.alpha).len() != cin || w(s.beta).len() != cin {
+                return Err(Error::InvalidInput(format!(
+                    "graph bug: SnakeBeta parameters of {} and {} values for the {cin} channels of `{}`",
+                    w(s.alpha).len(),
+                    w(s.beta).len(),
+                    g.desc(*x).name
+                )));
+            }
+        }
         match op {
             Op::Linear { x, w: wid, bias, residual, out } => {
                 let (xd, od) = (g.desc(*x), g.desc(*out));
@@ -169,30 +180,36 @@ impl Backend for CpuBackend {
                 io.input(*noise),
                 io.input(*scalars),
             ),
-            Op::Conv1d { x, w: wid, bias, kernel, dilation, padding, residual, segments, out } => conv::conv1d(
-                io.input(*x),
-                g.desc(*x).cols,
-                w(*wid),
-                g.desc(*out).cols,
-                *kernel,
-                *dilation,
-                *padding,
-                bias.map(w),
-                residual.map(|r| io.input(r)),
-                g.seg(*segments),
-                io.output(*out),
-            ),
-            Op::ConvTranspose1d { x, w: wid, bias, stride, in_segments, out_segments, out } => conv::conv_transpose1d(
-                io.input(*x),
-                g.desc(*x).cols,
-                w(*wid),
-                g.desc(*out).cols,
-                *stride,
-                bias.map(w),
-                g.seg(*in_segments),
-                g.seg(*out_segments),
-                io.output(*out),
-            ),
+            Op::Conv1d { x, input_snake, w: wid, bias, kernel, dilation, padding, residual, segments, out } => {
+                conv::conv1d(
+                    io.input(*x),
+                    g.desc(*x).cols,
+                    input_snake.map(|s| (w(s.alpha), w(s.beta))),
+                    w(*wid),
+                    g.desc(*out).cols,
+                    *kernel,
+                    *dilation,
+                    *padding,
+                    bias.map(w),
+                    residual.map(|r| io.input(r)),
+                    g.seg(*segments),
+                    io.output(*out),
+                )
+            }
+            Op::ConvTranspose1d { x, input_snake, w: wid, bias, stride, in_segments, out_segments, out } => {
+                conv::conv_transpose1d(
+                    io.input(*x),
+                    g.desc(*x).cols,
+                    input_snake.map(|s| (w(s.alpha), w(s.beta))),
+                    w(*wid),
+                    g.desc(*out).cols,
+                    *stride,
+                    bias.map(w),
+                    g.seg(*in_segments),
+                    g.seg(*out_segments),
+                    io.output(*out),
+                )
+            }
             Op::SnakeBeta { x, alpha, beta, out } => {
                 conv::snake_beta(io.input(*x), w(*alpha), w(*beta), io.output(*out))
             }
