@@ -21,6 +21,14 @@
 //!   in f64 on both).
 //! - element-wise ops: 1e-6 (expf vs Rust's exp, FMA contraction: a few ulp).
 //! - prepend_row, drop_first_row: 0 (copies).
+//! - conv1d, conv_transpose1d (implicit GEMMs on tensor cores), without the fused
+//!   SnakeBeta and with fp16-representable x and w: 1e-5, the linear case (exact
+//!   products, f32 sums in another order). With the fused SnakeBeta: 3e-3, the
+//!   linear bound for raw f32 operands: the activated input is rounded to fp16
+//!   (2^-11 relative) on the GPU, and its sin (__sinf) differs from the CPU's
+//!   by ~1e-6 absolute before that rounding.
+//! - snake_beta, quick_gelu: 1e-6 (element-wise, a few ulp).
+//! - patchify, prepend_weight_row, first_rows: 0 (copies).
 //!
 //! Without a usable CUDA device the GPU half prints `SKIPPED` (to the real
 //! stderr, visible in `cargo test` output) and returns; the CPU half of every
@@ -31,7 +39,8 @@ mod common;
 use common::{cuda_or_skip, loud, max_abs, rel_l2};
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend, WeightSet};
 use lova_fast::graph::{
-    AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, TensorId, TensorKind, WeightId, scalar_slot,
+    AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, Snake, TensorId, TensorKind, WeightId,
+    scalar_slot,
 };
 use lova_fast::sampler::rng::fill_normal;
 use lova_fast::tensor::{HostTensor, transpose};
@@ -393,6 +402,160 @@ fn sampler_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
     }
 }
 
+/// One conv case: channels, sequence lengths, kernel/dilation (or stride), and
+/// whether the input is activated (fused SnakeBeta) and a residual added.
+struct ConvShape {
+    cin: usize,
+    cout: usize,
+    lens: &'static [usize],
+    kernel: usize,
+    dilation: usize,
+    snake: bool,
+    residual: bool,
+}
+
+fn snake_params(c: &mut Case, rng: &mut Rng, channels: usize) -> Snake {
+    // Log-scale parameters around 0, as trained ones are: alpha ~ frequency, beta ~ 1 / amplitude.
+    Snake {
+        alpha: c.weight(vec![channels], rng.vec(channels, -0.7, 0.7)),
+        beta: c.weight(vec![channels], rng.vec(channels, -0.7, 0.7)),
+    }
+}
+
+fn conv_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    let shapes = [
+        // A latent of length 1 through the first conv (64 -> C).
+        ConvShape { cin: 64, cout: 128, lens: &[1], kernel: 7, dilation: 1, snake: false, residual: false },
+        // Lengths that are no multiple of the 128-row tile, C_out no multiple of 64.
+        ConvShape { cin: 32, cout: 48, lens: &[200], kernel: 7, dilation: 3, snake: true, residual: true },
+        // Three sequences in one batch, sharing tiles; dilation 9 reaches past short sequences.
+        ConvShape { cin: 40, cout: 64, lens: &[130, 1, 77], kernel: 7, dilation: 9, snake: true, residual: true },
+        ConvShape { cin: 40, cout: 64, lens: &[130, 1, 77], kernel: 7, dilation: 9, snake: false, residual: true },
+        // The residual unit's 1x1 conv.
+        ConvShape { cin: 128, cout: 128, lens: &[300], kernel: 1, dilation: 1, snake: true, residual: true },
+        ConvShape { cin: 128, cout: 128, lens: &[257, 3], kernel: 1, dilation: 1, snake: false, residual: false },
+        // K = 21, no multiple of 8: the element-wise weight load.
+        ConvShape { cin: 3, cout: 5, lens: &[9, 4], kernel: 7, dilation: 1, snake: false, residual: true },
+        ConvShape { cin: 3, cout: 5, lens: &[9, 4], kernel: 7, dilation: 3, snake: true, residual: false },
+        // The largest channel counts (the widest block), on a short length.
+        ConvShape { cin: 2048, cout: 1024, lens: &[5], kernel: 7, dilation: 1, snake: true, residual: false },
+        ConvShape { cin: 1024, cout: 1024, lens: &[6], kernel: 7, dilation: 9, snake: false, residual: true },
+        // The final conv: 128 -> 2 channels.
+        ConvShape { cin: 128, cout: 2, lens: &[257], kernel: 7, dilation: 1, snake: true, residual: false },
+    ];
+    for sh in shapes {
+        let seg = Segments::from_lengths(sh.lens.iter().copied());
+        let rows = seg.total();
+        let exact = !sh.snake;
+        let label = format!(
+            "{}->{} k{} d{} L{:?}{}{}",
+            sh.cin,
+            sh.cout,
+            sh.kernel,
+            sh.dilation,
+            sh.lens,
+            if sh.snake { " +snake" } else { " fp16-exact" },
+            if sh.residual { " +residual" } else { "" }
+        );
+        let mut c = Case::new("conv1d", label, if exact { 1e-5 } else { 3e-3 });
+        let k = sh.kernel * sh.cin;
+        let scale = 1.0 / (k as f32).sqrt();
+        let x = c.input("x", rows, sh.cin, rng.vec_f16(rows * sh.cin, -2.0, 2.0));
+        let input_snake = sh.snake.then(|| snake_params(&mut c, rng, sh.cin));
+        let w = c.weight(vec![sh.cout, k], rng.vec_f16(sh.cout * k, -scale, scale));
+        let bias = Some(c.weight(vec![sh.cout], rng.vec(sh.cout, -0.5, 0.5)));
+        let residual = sh.residual.then(|| c.input("residual", rows, sh.cout, rng.vec(rows * sh.cout, -1.0, 1.0)));
+        let segments = c.graph.add_segments(seg.clone());
+        let out = c.output("out", rows, sh.cout);
+        let padding = sh.dilation * (sh.kernel - 1) / 2;
+        c.graph.push(Op::Conv1d {
+            x,
+            input_snake,
+            w,
+            bias,
+            kernel: sh.kernel,
+            dilation: sh.dilation,
+            padding,
+            residual,
+            segments,
+            out,
+        });
+        cases.push(c);
+    }
+    // Transposed convs: (C_in, C_out, stride, lengths, snake).
+    let transposed: [(usize, usize, usize, &[usize], bool); 6] = [
+        (16, 24, 2, &[1, 7], true),
+        (128, 128, 2, &[70], false),
+        (64, 32, 4, &[33], false),
+        (64, 32, 4, &[1, 40, 2], true),
+        (256, 128, 8, &[17, 2], true),
+        (2048, 1024, 8, &[3], false),
+    ];
+    for (cin, cout, stride, lens, snake) in transposed {
+        let (si, so) =
+            (Segments::from_lengths(lens.iter().copied()), Segments::from_lengths(lens.iter().map(|l| l * stride)));
+        let label = format!("{cin}->{cout} s{stride} L{lens:?}{}", if snake { " +snake" } else { " fp16-exact" });
+        let mut c = Case::new("conv_transpose1d", label, if snake { 3e-3 } else { 1e-5 });
+        let scale = 1.0 / ((2 * cin) as f32).sqrt();
+        let x = c.input("x", si.total(), cin, rng.vec_f16(si.total() * cin, -2.0, 2.0));
+        let input_snake = snake.then(|| snake_params(&mut c, rng, cin));
+        let w = c.weight(vec![stride, cout, 2 * cin], rng.vec_f16(stride * cout * 2 * cin, -scale, scale));
+        let bias = Some(c.weight(vec![cout], rng.vec(cout, -0.5, 0.5)));
+        let in_segments = c.graph.add_segments(si.clone());
+        let out_segments = c.graph.add_segments(so.clone());
+        let out = c.output("out", so.total(), cout);
+        c.graph.push(Op::ConvTranspose1d { x, input_snake, w, bias, stride, in_segments, out_segments, out });
+        cases.push(c);
+    }
+    for (rows, cols) in [(1, 1), (37, 130)] {
+        let mut c = Case::new("snake_beta", format!("[{rows}, {cols}]"), 1e-6);
+        let x = c.input("x", rows, cols, rng.vec(rows * cols, -4.0, 4.0));
+        let s = snake_params(&mut c, rng, cols);
+        let out = c.output("out", rows, cols);
+        c.graph.push(Op::SnakeBeta { x, alpha: s.alpha, beta: s.beta, out });
+        cases.push(c);
+    }
+}
+
+fn vision_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    // (images, channels, size, patch): CLIP-L's 224 / 14 on a few images, a size that
+    // is no multiple of the patch (the rest is dropped), one-pixel patches.
+    for (n, channels, size, patch) in [(3, 3, 224, 14), (2, 3, 28, 14), (1, 2, 7, 3), (2, 1, 4, 1)] {
+        let grid = size / patch;
+        let mut c = Case::new("patchify", format!("{n} x {channels}x{size}x{size} patch {patch}"), 0.0);
+        let images = c.input("images", n, channels * size * size, rng.vec(n * channels * size * size, -2.0, 2.0));
+        let out = c.output("patches", n * grid * grid, channels * patch * patch);
+        c.graph.push(Op::Patchify { images, channels, size, patch, out });
+        cases.push(c);
+    }
+    for (lens, cols) in [(&[1usize][..], 3usize), (&[256, 256, 256], 1024), (&[0, 5, 2], 7)] {
+        let rest_seg = Segments::from_lengths(lens.iter().copied());
+        let out_seg = Segments::from_lengths(lens.iter().map(|l| l + 1));
+        let mut c = Case::new("prepend_weight_row", format!("rows {lens:?} cols {cols}"), 0.0);
+        let row = c.weight(vec![cols], rng.vec(cols, -1.0, 1.0));
+        let rest = c.input("rest", rest_seg.total(), cols, rng.vec(rest_seg.total() * cols, -1.0, 1.0));
+        let rest_segments = c.graph.add_segments(rest_seg.clone());
+        let out_segments = c.graph.add_segments(out_seg.clone());
+        let out = c.output("out", out_seg.total(), cols);
+        c.graph.push(Op::PrependWeightRow { row, rest, rest_segments, out_segments, out });
+        cases.push(c);
+
+        let mut c = Case::new("first_rows", format!("rows {lens:?} + 1 cols {cols}"), 0.0);
+        let x = c.input("x", out_seg.total(), cols, rng.vec(out_seg.total() * cols, -1.0, 1.0));
+        let segments = c.graph.add_segments(out_seg.clone());
+        let out = c.output("out", out_seg.count(), cols);
+        c.graph.push(Op::FirstRows { x, segments, out });
+        cases.push(c);
+    }
+    for (rows, cols) in [(1, 1), (3, 333), (514, 4096)] {
+        let mut c = Case::new("quick_gelu", format!("[{rows}, {cols}]"), 1e-6);
+        let x = c.input("x", rows, cols, rng.vec(rows * cols, -12.0, 12.0));
+        let out = c.output("out", rows, cols);
+        c.graph.push(Op::QuickGelu { x, out });
+        cases.push(c);
+    }
+}
+
 fn all_cases() -> Vec<Case> {
     let mut rng = Rng(0x5eed);
     let mut cases = Vec::new();
@@ -402,6 +565,8 @@ fn all_cases() -> Vec<Case> {
     elementwise_cases(&mut rng, &mut cases);
     attention_cases(&mut rng, &mut cases);
     sampler_cases(&mut rng, &mut cases);
+    conv_cases(&mut rng, &mut cases);
+    vision_cases(&mut rng, &mut cases);
     cases
 }
 
@@ -420,6 +585,13 @@ const CUDA_OPS: &[&str] = &[
     "cfg_expand",
     "cfg_denoise",
     "dpmpp_3m_update",
+    "conv1d",
+    "conv_transpose1d",
+    "snake_beta",
+    "patchify",
+    "prepend_weight_row",
+    "quick_gelu",
+    "first_rows",
 ];
 
 #[test]

@@ -22,7 +22,9 @@
 //! compiled by NVRTC for the device (cached on disk, see `compile`).
 
 pub mod compile;
+mod conv;
 mod gemm;
+mod vision;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -785,7 +787,10 @@ impl Backend for CudaBackend {
                     ],
                 )?;
             }
-            // Ops added to the graph after this backend (VAE, CLIP) are a later issue.
+            Op::Conv1d { .. } | Op::ConvTranspose1d { .. } | Op::SnakeBeta { .. } => self.run_conv_op(op, ctx, &ptr)?,
+            Op::Patchify { .. } | Op::PrependWeightRow { .. } | Op::QuickGelu { .. } | Op::FirstRows { .. } => {
+                self.run_vision_op(op, ctx, &ptr)?
+            }
             #[allow(unreachable_patterns)]
             other => return Err(Error::UnsupportedOp { backend: "CUDA", op: other.name() }),
         }
