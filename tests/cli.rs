@@ -229,3 +229,57 @@ fn missing_output_folder_fails_before_sampling() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && stderr.contains("does not exist"), "{stderr}");
 }
+
+/// `--vae-chunk` decodes in windows with the receptive field as context: the WAV is
+/// the whole decode's (f32 samples; chunked and whole agree to f32 rounding, see
+/// tests/vae_reference.rs), and the summary shows the smaller planned arena.
+#[test]
+fn vae_chunk_gives_the_same_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = fixture_paths();
+    let mut runs = Vec::new();
+    for chunk in [None, Some("0.2")] {
+        let out = dir.path().join(format!("{}.wav", chunk.unwrap_or("whole")));
+        let mut args = vec![
+            "infer",
+            s(&p.features),
+            "--checkpoint",
+            s(&p.checkpoint),
+            "--config",
+            s(&p.config),
+            "-o",
+            s(&out),
+            "--float",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        ];
+        if let Some(c) = chunk {
+            args.extend(["--vae-chunk", c]);
+        }
+        let o = lova_fast(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        let planned: f64 = stderr
+            .split("MiB planned")
+            .next()
+            .and_then(|h| h.rsplit('(').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no planned VAE memory in: {stderr}"));
+        let samples: Vec<f32> = hound::WavReader::open(&out).unwrap().samples::<f32>().map(|x| x.unwrap()).collect();
+        runs.push((planned, samples));
+    }
+    let (whole, chunked) = (&runs[0], &runs[1]);
+    assert!(chunked.0 < whole.0, "chunked plan {} MiB, whole {} MiB", chunked.0, whole.0);
+    let err = rel_l2(&chunked.1, &whole.1);
+    assert!(err <= 1e-6, "{err:e}");
+}
+
+#[test]
+fn vae_chunk_must_be_positive() {
+    let p = fixture_paths();
+    expect_failure(&p, &["--vae-chunk", "0"], &["--vae-chunk must be a positive number of seconds"]);
+}

@@ -10,10 +10,11 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lova_fast::audio::{SampleFormat, samples_for_seconds, trim_and_normalise, write_wav};
-use lova_fast::backend::{Backend, CpuBackend};
+use lova_fast::backend::Backend;
 use lova_fast::config::LovaConfig;
 use lova_fast::error::ensure_finite;
-use lova_fast::models::clip::{ClipVision, open_clip};
+use lova_fast::models::clip::{CLIP_BATCH, ClipVision, open_clip};
+use lova_fast::models::vae::{planned_arena_bytes, receptive_field};
 use lova_fast::models::{Dit, VaeDecoder};
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
 use lova_fast::tensor::HostTensor;
@@ -21,10 +22,6 @@ use lova_fast::video::{VIDEO_EXTENSIONS, VideoReader, ffmpeg, image_files, prepr
 use lova_fast::weights::{SafetensorsFile, read_single_tensor, write_tensors_atomically};
 
 use super::{Device, WeightArgs, WithBackend, check_output_path, set_threads, with_device};
-
-/// Frames per CLIP call: the graph is planned per call and its memory grows
-/// with the batch.
-const CLIP_CHUNK: usize = 16;
 
 #[derive(Args)]
 pub struct InferArgs {
@@ -117,7 +114,13 @@ pub struct InferArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Where to run the DiT and sampler (CLIP and the VAE run on the CPU for now).
+    /// Decode the audio with the VAE in windows of this many seconds (each with the
+    /// decoder's receptive field of context on both sides, so the audio is the same)
+    /// instead of the whole clip at once: less device memory, for smaller cards.
+    #[arg(long, value_name = "SECONDS")]
+    pub vae_chunk: Option<f64>,
+
+    /// Where to run CLIP, the DiT with the sampler, and the VAE (all on one device).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
 
@@ -215,6 +218,8 @@ struct Timings {
     sampling_s: f64,
     vae_s: f64,
     write_s: f64,
+    /// Device memory planned for the VAE decode's activations (the arena), bytes.
+    vae_arena_bytes: usize,
 }
 
 #[derive(serde::Serialize)]
@@ -263,6 +268,11 @@ pub fn run(args: InferArgs) -> Result<()> {
     {
         bail!("--seconds must be a positive number of seconds, got {s}");
     }
+    if let Some(s) = args.vae_chunk
+        && !(s.is_finite() && s > 0.0)
+    {
+        bail!("--vae-chunk must be a positive number of seconds, got {s}");
+    }
     for (flag, value) in [("--fps", args.fps), ("--sample-fps", args.sample_fps)] {
         if let Some(f) = value
             && !(f.is_finite() && f > 0.0)
@@ -299,12 +309,12 @@ struct InferJob {
 impl WithBackend for InferJob {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let InferJob { args, config, settings, planned, started } = self;
-        // The DiT and sampler run on `backend`; CLIP and the VAE run on the CPU
-        // until the CUDA backend has their kernels.
+        // CLIP, the DiT with the sampler, and the VAE all run on `backend`: a clip
+        // goes from frames to waveform on one device.
         let model = args.weights.load(&backend, false)?;
-        let vae = if args.no_audio { None } else { Some(args.weights.load_vae(&CpuBackend)?) };
+        let vae = if args.no_audio { None } else { Some(args.weights.load_vae(&backend)?) };
         let needs_clip = planned.iter().any(|p| p.reader.is_some());
-        let clip = if needs_clip { Some(load_clip(&args, &CpuBackend, &config)?) } else { None };
+        let clip = if needs_clip { Some(load_clip(&args, &backend, &config)?) } else { None };
         let load_s = started.elapsed().as_secs_f64();
 
         let bars = MultiProgress::with_draw_target(if args.quiet {
@@ -337,8 +347,8 @@ impl WithBackend for InferJob {
 struct Networks<'a, B: Backend> {
     backend: &'a B,
     dit: &'a Dit<B>,
-    vae: Option<&'a VaeDecoder<CpuBackend>>,
-    clip: Option<&'a ClipVision<CpuBackend>>,
+    vae: Option<&'a VaeDecoder<B>>,
+    clip: Option<&'a ClipVision<B>>,
 }
 
 fn load_clip<B: Backend>(args: &InferArgs, backend: &B, config: &LovaConfig) -> Result<ClipVision<B>> {
@@ -439,7 +449,7 @@ fn run_one<B: Backend>(
         (Some(f), _) => f,
         (None, Some(mut reader)) => {
             let clip = nets.clip.expect("loaded for video input");
-            let (decode, clip_time, f) = encode_video(&mut reader, clip, &CpuBackend, bars)?;
+            let (decode, clip_time, f) = encode_video(&mut reader, clip, nets.backend, bars)?;
             t.decode_s = decode.as_secs_f64();
             t.clip_s = clip_time.as_secs_f64();
             f
@@ -504,10 +514,15 @@ fn run_one<B: Backend>(
     }
     let samples = samples_for_seconds(p.seconds, config.sample_rate);
     if let (Some(path), Some(vae)) = (&p.outputs.wav, nets.vae) {
+        let window = vae_chunk_frames(args, config).map_or(p.latent_len, |c| c + 2 * receptive_field(&vae.config));
+        t.vae_arena_bytes = planned_arena_bytes(&vae.config, &[window.min(p.latent_len)])?;
         let vae_started = Instant::now();
         let spinner = bars.add(ProgressBar::new_spinner().with_message("decoding audio with the VAE"));
         spinner.enable_steady_tick(Duration::from_millis(200));
-        let audio = vae.decode(&CpuBackend, std::slice::from_ref(&latents))?.remove(0);
+        let audio = match vae_chunk_frames(args, config) {
+            Some(chunk) => vae.decode_chunked(nets.backend, &latents, chunk)?,
+            None => vae.decode(nets.backend, std::slice::from_ref(&latents))?.remove(0),
+        };
         spinner.finish_and_clear();
         t.vae_s = vae_started.elapsed().as_secs_f64();
         let w = Instant::now();
@@ -532,8 +547,17 @@ fn run_one<B: Backend>(
     })
 }
 
-/// Decodes, preprocesses and encodes a video's frames in chunks; returns the
-/// decoding (+ preprocessing) time, the CLIP time and the features `[N, out]`.
+/// Latent frames per VAE window for `--vae-chunk` (None: the whole clip at once).
+fn vae_chunk_frames(args: &InferArgs, config: &LovaConfig) -> Option<usize> {
+    args.vae_chunk.map(|s| config.latent_len_for_seconds(s).max(1))
+}
+
+/// Decodes, preprocesses and encodes a video's frames in batches of up to
+/// `CLIP_BATCH`, with one CLIP graph planned for the whole video. Frame decoding
+/// and CLIP preprocessing (resize, crop, normalise, on the CPU) run on a thread
+/// one batch ahead, overlapped with the CLIP run of the previous batch on the
+/// backend. Returns the decoding (+ preprocessing) time on that thread, the CLIP
+/// time (waiting for a batch excluded) and the features `[N, out]`.
 fn encode_video<B: Backend>(
     reader: &mut VideoReader,
     clip: &ClipVision<B>,
@@ -542,33 +566,59 @@ fn encode_video<B: Backend>(
 ) -> Result<(Duration, Duration, HostTensor)> {
     let n = reader.frames();
     let size = clip.config.image_size;
+    let batch = n.clamp(1, CLIP_BATCH);
     let decode_bar = bar(bars, n, "decoding {bar:40} {pos}/{len} frames [{elapsed_precise}]");
     let clip_bar = bar(bars, n, "CLIP     {bar:40} {pos}/{len} frames [{elapsed_precise} < {eta_precise}]");
-    let (mut decode, mut clip_time) = (Duration::ZERO, Duration::ZERO);
+    let mut clip_time = Duration::ZERO;
     let mut features = Vec::with_capacity(n * clip.config.output_dim);
-    let mut chunk = Vec::with_capacity(CLIP_CHUNK);
-    loop {
-        let started = Instant::now();
-        let frame = reader.next_frame()?;
-        let done = frame.is_none();
-        chunk.extend(frame);
-        decode_bar.set_position(decode_bar.position() + u64::from(!done));
-        if chunk.len() == CLIP_CHUNK || (done && !chunk.is_empty()) {
-            let pixels = preprocess_batch(size, &chunk);
-            decode += started.elapsed();
+    let mut encoder = clip.encoder(backend, batch)?;
+    // One batch in the channel and one being prepared: the decoder runs one batch ahead.
+    let (send, receive) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(1);
+    let decode = std::thread::scope(|scope| -> Result<Duration> {
+        let producer = scope.spawn(|| -> Result<Duration> {
+            let mut decode = Duration::ZERO;
+            let mut chunk = Vec::with_capacity(batch);
+            loop {
+                let started = Instant::now();
+                let frame = reader.next_frame()?;
+                let done = frame.is_none();
+                chunk.extend(frame);
+                decode_bar.set_position(decode_bar.position() + u64::from(!done));
+                let full = chunk.len() == batch || (done && !chunk.is_empty());
+                let pixels = full.then(|| preprocess_batch(size, &chunk));
+                decode += started.elapsed();
+                if let Some(pixels) = pixels {
+                    if send.send((chunk.len(), pixels)).is_err() {
+                        break; // the consumer stopped on an error, which it reports
+                    }
+                    chunk.clear();
+                }
+                if done {
+                    break;
+                }
+            }
+            drop(send);
+            Ok(decode)
+        });
+        let mut encoded = Ok(());
+        for (count, pixels) in receive.iter() {
             let clip_started = Instant::now();
-            let images = HostTensor::new(vec![chunk.len(), 3, size, size], pixels);
-            features.extend(clip.encode(backend, &images)?.data);
+            match encoder.encode(&pixels) {
+                Ok(f) => features.extend(f),
+                Err(e) => {
+                    encoded = Err(e);
+                    break;
+                }
+            }
             clip_time += clip_started.elapsed();
-            clip_bar.inc(chunk.len() as u64);
-            chunk.clear();
-        } else {
-            decode += started.elapsed();
+            clip_bar.inc(count as u64);
         }
-        if done {
-            break;
-        }
-    }
+        // Dropping the receiver unblocks the decoder if CLIP stopped early.
+        drop(receive);
+        let decode = producer.join().map_err(|_| anyhow::anyhow!("the frame decoding thread panicked"))?;
+        encoded?;
+        decode
+    })?;
     decode_bar.finish_and_clear();
     clip_bar.finish_and_clear();
     let out = clip.config.output_dim;
@@ -588,8 +638,13 @@ fn print_report<B: Backend>(r: &Report, backend: &B) {
         backend.name()
     );
     eprintln!(
-        "  decode {:.2} s | CLIP {:.2} s | sampling {:.2} s | VAE {:.2} s | write {:.3} s",
-        t.decode_s, t.clip_s, t.sampling_s, t.vae_s, t.write_s
+        "  decode {:.2} s | CLIP {:.2} s | sampling {:.2} s | VAE {:.2} s ({:.0} MiB planned) | write {:.3} s",
+        t.decode_s,
+        t.clip_s,
+        t.sampling_s,
+        t.vae_s,
+        t.vae_arena_bytes as f64 / (1u64 << 20) as f64,
+        t.write_s
     );
     for o in &r.outputs {
         eprintln!("  wrote {o}");

@@ -8,6 +8,7 @@ use clap::Args;
 
 use lova_fast::config::LovaConfig;
 use lova_fast::engine;
+use lova_fast::models::vae;
 use lova_fast::weights::SafetensorsFile;
 
 #[derive(Args)]
@@ -60,9 +61,31 @@ pub fn run(args: InfoArgs) -> Result<()> {
             ),
             Err(e) => println!("  config: unreadable ({e})"),
         }
+        if let Ok(c) = LovaConfig::from_json_str(text) {
+            print_vae_memory(&c);
+        }
     }
     if let Some(clip) = file.user_metadata("clip_config") {
         println!("  clip image tower: {clip}");
     }
     Ok(())
+}
+
+/// The device memory a VAE decode plans (activations, from the graph planner)
+/// plus its weights (fp16 matrices, f32 vectors, as on CUDA), for a few lengths.
+fn print_vae_memory(c: &LovaConfig) {
+    let weights = vae::weight_bytes_fp16(&c.vae_decoder);
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    for seconds in [10.0, 30.0, 139.0] {
+        let t = c.latent_len_for_seconds(seconds);
+        match vae::planned_arena_bytes(&c.vae_decoder, &[t]) {
+            Ok(arena) => println!(
+                "  VAE decode of {seconds:.0} s (T' {t}): {:.2} GiB = arena {:.2} GiB + weights {:.2} GiB",
+                gib(arena + weights),
+                gib(arena),
+                gib(weights)
+            ),
+            Err(e) => println!("  VAE decode memory: unknown ({e})"),
+        }
+    }
 }

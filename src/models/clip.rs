@@ -354,14 +354,12 @@ impl<B: Backend> ClipVision<B> {
         linear(g, "features", cls, ids.proj_t, None, c.output_dim, None)
     }
 
-    /// Encodes a batch of preprocessed images `[n, 3, S, S]` into features
-    /// `[n, output_dim]`, planning a graph for this batch size. Wrong shapes
-    /// and non-finite pixels are errors.
-    ///
-    /// Memory grows with n (the MLP activation alone is `n * tokens * 4W` floats,
-    /// ~1 GB for 240 ViT-L frames): callers with many frames encode them in chunks.
+    /// Encodes preprocessed images `[n, 3, S, S]` into features `[n, output_dim]`,
+    /// `CLIP_BATCH` images per graph run (one graph planned once for
+    /// `min(n, CLIP_BATCH)` images, reused for every batch). Wrong shapes and
+    /// non-finite pixels are errors.
     pub fn encode(&self, backend: &B, images: &HostTensor) -> Result<HostTensor> {
-        let (s, out_dim) = (self.config.image_size, self.config.output_dim);
+        let s = self.config.image_size;
         let n = match images.shape.as_slice() {
             &[n, CHANNELS, h, w] if h == s && w == s && n > 0 => n,
             other => {
@@ -370,15 +368,78 @@ impl<B: Backend> ClipVision<B> {
                 )));
             }
         };
-        ensure_finite("CLIP input images", &images.data)?;
+        let mut encoder = self.encoder(backend, n.min(CLIP_BATCH))?;
+        let mut features = Vec::with_capacity(n * self.config.output_dim);
+        for batch in images.data.chunks(encoder.batch * encoder.image_len) {
+            features.extend(encoder.encode(batch)?);
+        }
+        Ok(HostTensor::new(vec![n, self.config.output_dim], features))
+    }
+
+    /// A planned graph for up to `batch` images, to encode many batches without
+    /// planning or allocating again (see `ClipEncoder::encode`).
+    ///
+    /// Memory grows with the batch (the MLP activation alone is `batch * tokens * 4W`
+    /// floats, ~270 MB for 64 ViT-L images).
+    pub fn encoder<'w>(&'w self, backend: &'w B, batch: usize) -> Result<ClipEncoder<'w, B>> {
+        if batch == 0 {
+            return Err(Error::InvalidInput("a CLIP batch must hold at least one image".into()));
+        }
+        let s = self.config.image_size;
+        let image_len = CHANNELS * s * s;
         let mut g = Graph::new();
-        let input = g.input("images", n, CHANNELS * s * s);
-        let features = self.build(&mut g, input, n);
+        let input = g.input("images", batch, image_len);
+        let features = self.build(&mut g, input, batch);
         g.mark_output(features);
-        let mut exec = Executor::new(backend, self.weights(), g)?;
-        exec.write(input, &images.data)?;
-        exec.run()?;
-        Ok(HostTensor::new(vec![n, out_dim], exec.read(features)?))
+        let exec = Executor::new(backend, self.weights(), g)?;
+        Ok(ClipEncoder { exec, input, features, batch, image_len, staging: Vec::new() })
+    }
+}
+
+/// Images per graph run of `ClipVision::encode` (and `lova-fast infer`): large
+/// enough to fill a GPU with ViT-L GEMMs (64 x 257 = 16448 rows), small enough
+/// that the activations stay under ~1 GB.
+pub const CLIP_BATCH: usize = 64;
+
+/// One planned CLIP graph for `batch` images (`ClipVision::encoder`).
+pub struct ClipEncoder<'w, B: Backend> {
+    exec: Executor<'w, B>,
+    input: TensorId,
+    features: TensorId,
+    /// Images per run.
+    pub batch: usize,
+    /// Values per preprocessed image (3 * S * S).
+    pub image_len: usize,
+    staging: Vec<f32>,
+}
+
+impl<B: Backend> ClipEncoder<'_, B> {
+    /// Encodes 1..=batch preprocessed images (`n * 3 * S * S` values, CHW each) into
+    /// their features (`n * output_dim` values). A short batch is padded with
+    /// zero images, whose features are dropped.
+    pub fn encode(&mut self, pixels: &[f32]) -> Result<Vec<f32>> {
+        let n = pixels.len() / self.image_len;
+        if n == 0 || n > self.batch || pixels.len() != n * self.image_len {
+            return Err(Error::InvalidInput(format!(
+                "{} pixel values are not 1 to {} images of {} values",
+                pixels.len(),
+                self.batch,
+                self.image_len
+            )));
+        }
+        ensure_finite("CLIP input images", pixels)?;
+        if n == self.batch {
+            self.exec.write(self.input, pixels)?;
+        } else {
+            self.staging.clear();
+            self.staging.extend_from_slice(pixels);
+            self.staging.resize(self.batch * self.image_len, 0.0);
+            self.exec.write(self.input, &self.staging)?;
+        }
+        self.exec.run()?;
+        let mut out = self.exec.read(self.features)?;
+        out.truncate(n * (out.len() / self.batch));
+        Ok(out)
     }
 }
 
@@ -468,6 +529,26 @@ mod tests {
         let f = clip.encode(&CpuBackend, &images).unwrap();
         assert_eq!(f.shape, [2, 5]);
         assert!(f.data.iter().all(|v| v.is_finite()));
+    }
+
+    /// A planned encoder reused over batches, the last one short (zero-padded), gives
+    /// each image the features it gets alone: images never mix.
+    #[test]
+    fn encoder_batches_equal_single_images() {
+        let cfg = ClipVisionConfig { width: 64, layers: 2, heads: 1, patch: 4, image_size: 8, output_dim: 5 };
+        let clip = ClipVision::load(&CpuBackend, &RandomWeights { seed: 3 }, "", &cfg).unwrap();
+        let images: Vec<f32> = (0..5 * 192).map(|i| (i as f32 * 0.61).sin()).collect();
+        let mut encoder = clip.encoder(&CpuBackend, 2).unwrap();
+        let batched: Vec<f32> = images.chunks(2 * 192).flat_map(|b| encoder.encode(b).unwrap()).collect();
+        assert_eq!(batched.len(), 5 * 5);
+        for (i, image) in images.chunks(192).enumerate() {
+            let alone = clip.encode(&CpuBackend, &HostTensor::new(vec![1, 3, 8, 8], image.to_vec())).unwrap();
+            for (a, b) in alone.data.iter().zip(&batched[i * 5..(i + 1) * 5]) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "image {i}: {a} vs {b}");
+            }
+        }
+        assert!(encoder.encode(&images[..3 * 192]).is_err(), "more images than the batch");
+        assert!(encoder.encode(&images[..100]).is_err(), "not whole images");
     }
 
     #[test]
