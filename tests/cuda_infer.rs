@@ -12,10 +12,21 @@
 //!   error of v (1e-2 at most) enters scaled by |c_out| <= 1, plus what earlier
 //!   steps carried into x; the DPM++ update itself adds nothing measurable.
 //!
-//! Two checks are `#[ignore]`d because they need the full-size model (about
-//! 1 B random parameters): `tools/device-check.sh` runs them with `--ignored`
-//! on a GPU machine. They print the relative error of the latents after 10
-//! steps of a 10 s clip (CUDA vs CPU) and the time of one sampler step.
+//! - the tiny VAE and CLIP on CUDA vs the PyTorch reference fixtures: 1e-2 (the
+//!   fp16-path bound of lova-model.md section 8; the CPU path meets 1e-4). The
+//!   VAE's fp16 operands are its weights and its SnakeBeta-activated conv inputs.
+//! - `infer VIDEO --device cuda` vs `--device cpu` (tiny CLIP + tiny model, 3
+//!   steps): CLIP features 1e-2 (the bound above, one network), audio 5e-2 (the
+//!   features' and the sampler's fp16 errors (2e-2 for the latents above),
+//!   then the VAE's own 1e-2, summed with margin; the WAV is f32, its
+//!   normalisation divides both by their own peak, a common scale).
+//!
+//! Four checks are `#[ignore]`d because they need full-size models (about 1 B
+//! random parameters): `tools/device-check.sh` runs them with `--ignored` on a
+//! GPU machine. They print the relative error of the latents after 10 steps of
+//! a 10 s clip (CUDA vs CPU), the time of one sampler step, the SNR of a 10 s
+//! full-size VAE decode (CUDA vs CPU), and the times of a 30 s VAE decode and
+//! of CLIP ViT-L/14 on 240 frames (measurements, no assertion on time).
 
 mod common;
 
@@ -23,10 +34,12 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Instant;
 
-use common::{cuda_or_skip, fixture, load, loud, lova_fast, max_abs, rel_l2, s};
-use lova_fast::backend::{CpuBackend, CudaBackend};
+use common::{cuda_or_skip, fixture, load, loud, lova_fast, max_abs, ok, rel_l2, s};
+use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
 use lova_fast::config::LovaConfig;
-use lova_fast::models::Dit;
+use lova_fast::models::clip::{CLIP_VIT_L14, ClipVision, open_clip};
+use lova_fast::models::vae::{VaeTensorKind, original_tensor};
+use lova_fast::models::{Dit, VaeDecoder};
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling, sample};
 use lova_fast::tensor::HostTensor;
 use lova_fast::weights::{RandomWeights, SafetensorsFile, TensorSource};
@@ -206,4 +219,190 @@ fn full_size_cuda_step_timing() {
             ms * 150.0 / 1e3
         ));
     }
+}
+
+fn tiny_vae<B: Backend>(backend: &B) -> VaeDecoder<B> {
+    let config = LovaConfig::from_file(&fixture("tiny/model_config.json")).unwrap();
+    let file = SafetensorsFile::open(&fixture("tiny/checkpoint.safetensors")).unwrap();
+    VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, &mut |spec| original_tensor(&file, spec))
+        .unwrap()
+}
+
+#[test]
+fn cuda_vae_matches_the_reference_fixtures() {
+    let Some(cuda) = cuda_or_skip("cuda_vae_matches_the_reference_fixtures") else { return };
+    let vae = tiny_vae(&cuda);
+    let cases = "tiny/vae_cases.safetensors";
+    let (za, zb) = (load(cases, "a.latents"), load(cases, "b.latents"));
+    let audio = vae.decode(&cuda, &[za.clone(), zb]).unwrap();
+    for (p, got) in ["a", "b"].iter().zip(&audio) {
+        let want = load(cases, &format!("{p}.audio"));
+        let err = rel_l2(&got.data, &want.data);
+        loud(&format!("cuda VAE case {p} {:?}: rel L2 {err:.2e} vs the PyTorch reference", want.shape));
+        assert!(err <= 1e-2, "{p}: {err:e}");
+    }
+    // Chunked decoding on the GPU: the same audio (same kernels on the same values).
+    let whole = &audio[0];
+    let chunked = vae.decode_chunked(&cuda, &za, 2).unwrap();
+    let err = rel_l2(&chunked.data, &whole.data);
+    loud(&format!("cuda VAE case a, chunks of 2 latent frames vs whole: rel L2 {err:.2e}"));
+    assert!(err <= 1e-6, "{err:e}");
+}
+
+#[test]
+fn cuda_clip_matches_the_reference_fixtures() {
+    let Some(cuda) = cuda_or_skip("cuda_clip_matches_the_reference_fixtures") else { return };
+    let file = SafetensorsFile::open(&fixture("clip/openai.safetensors")).unwrap();
+    let (cfg, ckpt) = open_clip(&file).unwrap();
+    let clip = ClipVision::load(&cuda, &ckpt, "", &cfg).unwrap();
+    let got = clip.encode(&cuda, &load("clip/cases.safetensors", "images")).unwrap();
+    let want = load("clip/cases.safetensors", "features");
+    let err = rel_l2(&got.data, &want.data);
+    loud(&format!("cuda CLIP (tiny): rel L2 {err:.2e} vs the PyTorch reference"));
+    assert!(err <= 1e-2, "{err:e}");
+}
+
+#[test]
+fn cuda_infer_on_a_video_matches_cpu() {
+    let Some(cuda) = cuda_or_skip("cuda_infer_on_a_video_matches_cpu") else { return };
+    drop(cuda);
+    if let Err(e) = lova_fast::video::ffmpeg::check_tools() {
+        loud(&format!("cuda_infer_on_a_video_matches_cpu: not applicable, this machine has no FFmpeg ({e})"));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = dir.path().join("engine.safetensors");
+    ok(&lova_fast(&[
+        "convert",
+        "--checkpoint",
+        s(&fixture("tiny/checkpoint.safetensors")),
+        "--config",
+        s(&fixture("tiny/model_config.json")),
+        "--clip",
+        s(&fixture("clip/openai.safetensors")),
+        "-o",
+        s(&engine),
+    ]));
+    let video = fixture("video/h264_29.97fps.mp4");
+    let mut runs = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let wav = dir.path().join(format!("{device}.wav"));
+        let features = dir.path().join(format!("{device}.features.safetensors"));
+        let stderr = ok(&lova_fast(&[
+            "infer",
+            s(&video),
+            "--weights",
+            s(&engine),
+            "-o",
+            s(&wav),
+            "--save-features",
+            s(&features),
+            "--float",
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--device",
+            device,
+        ]));
+        loud(&format!("infer video --device {device}: {}", stderr.trim()));
+        let f = SafetensorsFile::open(&features).unwrap().tensor_any_shape("features").unwrap();
+        let audio: Vec<f32> = hound::WavReader::open(&wav).unwrap().samples::<f32>().map(|x| x.unwrap()).collect();
+        runs.push((f, audio));
+    }
+    let (cpu, gpu) = (&runs[0], &runs[1]);
+    let f_err = rel_l2(&gpu.0.data, &cpu.0.data);
+    let a_err = rel_l2(&gpu.1, &cpu.1);
+    loud(&format!(
+        "infer video, tiny model, 3 steps: cuda vs cpu: CLIP features rel L2 {f_err:.2e}, audio rel L2 {a_err:.2e}"
+    ));
+    assert!(f_err <= 1e-2, "features: {f_err:e}");
+    assert!(a_err <= 5e-2, "audio: {a_err:e}");
+}
+
+/// Full-size decoder weights, random, scaled like a trained network's (each conv's
+/// weights with standard deviation 1 / sqrt(fan-in), so activations stay O(1)
+/// through the 16 convs of each block instead of growing by ~3x per conv).
+fn full_size_vae<B: Backend>(backend: &B, config: &LovaConfig) -> VaeDecoder<B> {
+    let random = RandomWeights { seed: 5 };
+    VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, &mut |spec| {
+        let mut t = random.tensor(&spec.key, &spec.engine_shape())?;
+        let fan_in = match spec.kind {
+            VaeTensorKind::Conv { cin, kernel, .. } => kernel * cin,
+            VaeTensorKind::ConvTranspose { cin, .. } => 2 * cin,
+            VaeTensorKind::Vector(_) => return Ok(t),
+        };
+        // RandomWeights are uniform in [-0.05, 0.05): standard deviation 0.05 / sqrt(3).
+        let scale = 3f32.sqrt() / (0.05 * (fan_in as f32).sqrt());
+        t.data.iter_mut().for_each(|v| *v *= scale);
+        Ok(t)
+    })
+    .unwrap()
+}
+
+fn random_latents(config: &LovaConfig, seconds: f64) -> HostTensor {
+    let t = config.latent_len_for_seconds(seconds);
+    let mut z = RandomWeights { seed: 6 }.tensor("latents", &[config.dit.io_channels, t]).unwrap();
+    // Uniform in [-1, 1) after the latent scale, as sampled latents roughly are.
+    let scale = 20.0 / config.latent_scale as f32;
+    z.data.iter_mut().for_each(|v| *v *= scale);
+    z
+}
+
+#[test]
+#[ignore = "full-size VAE on CPU and GPU: run with --ignored on a GPU machine (tools/device-check.sh)"]
+fn full_size_vae_10_s_cuda_vs_cpu_snr() {
+    let Some(cuda) = cuda_or_skip("full_size_vae_10_s_cuda_vs_cpu_snr") else { return };
+    let config = LovaConfig::released();
+    let z = random_latents(&config, 10.0);
+    let t = Instant::now();
+    let cpu = full_size_vae(&CpuBackend, &config).decode(&CpuBackend, std::slice::from_ref(&z)).unwrap().remove(0);
+    let cpu_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let gpu = full_size_vae(&cuda, &config).decode(&cuda, std::slice::from_ref(&z)).unwrap().remove(0);
+    let gpu_s = t.elapsed().as_secs_f64();
+    let err = rel_l2(&gpu.data, &cpu.data);
+    let snr_db = -20.0 * err.log10();
+    loud(&format!(
+        "full-size VAE, 10 s clip (T' {}, random weights): cuda vs cpu SNR {snr_db:.1} dB (rel L2 {err:.2e}, \
+         max abs {:.2e}; cpu {cpu_s:.1} s, cuda {gpu_s:.2} s incl. load and first-use setup)",
+        z.shape[1],
+        max_abs(&gpu.data, &cpu.data)
+    ));
+    // fp16 operands in 33 convs in sequence, each ~4e-4 relative: 30 dB (3e-2) is a loose bound.
+    assert!(snr_db >= 30.0, "SNR {snr_db:.1} dB");
+}
+
+#[test]
+#[ignore = "measurement on a GPU machine: run with --ignored (tools/device-check.sh)"]
+fn measure_vae_30_s_and_clip_240_frames_on_cuda() {
+    let Some(cuda) = cuda_or_skip("measure_vae_30_s_and_clip_240_frames_on_cuda") else { return };
+    let config = LovaConfig::released();
+    let vae = full_size_vae(&cuda, &config);
+    let z = random_latents(&config, 30.0);
+    vae.decode(&cuda, std::slice::from_ref(&z)).unwrap(); // first use: kernels, arena
+    let t = Instant::now();
+    let audio = vae.decode(&cuda, std::slice::from_ref(&z)).unwrap();
+    let vae_s = t.elapsed().as_secs_f64();
+    assert!(audio[0].data.iter().all(|v| v.is_finite()));
+    loud(&format!(
+        "measurement: full-size VAE decode of 30 s (T' {}, {} samples) on CUDA: {vae_s:.3} s \
+         (incl. graph planning, arena allocation and the copies)",
+        z.shape[1], audio[0].shape[1]
+    ));
+
+    let clip = ClipVision::load(&cuda, &RandomWeights { seed: 7 }, "", &CLIP_VIT_L14).unwrap();
+    let s = CLIP_VIT_L14.image_size;
+    let frames = 240;
+    let images = RandomWeights { seed: 8 }.tensor("images", &[frames, 3, s, s]).unwrap();
+    clip.encode(&cuda, &images).unwrap();
+    let t = Instant::now();
+    let features = clip.encode(&cuda, &images).unwrap();
+    let clip_s = t.elapsed().as_secs_f64();
+    assert_eq!(features.shape, [frames, CLIP_VIT_L14.output_dim]);
+    loud(&format!(
+        "measurement: CLIP ViT-L/14 on {frames} frames on CUDA: {clip_s:.3} s ({:.1} frames/s, batches of 64, \
+         incl. graph planning and arena allocation)",
+        frames as f64 / clip_s
+    ));
 }

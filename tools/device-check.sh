@@ -8,11 +8,15 @@
 # /tmp/lova-device-check):
 #   1. GPU name, driver and CUDA versions (nvidia-smi; the backend prints its own view)
 #   2. lova-fast kernels --check for the GPU's architecture (NVRTC, registers, spills)
-#   3. backend_ops: every CUDA op against its CPU twin (table of errors)
-#   4. cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model)
-#   5. cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps:
+#   3. backend_ops: every CUDA op against its CPU twin (table of errors), the
+#      VAE's conv kernels and CLIP's ops included
+#   4. cuda_infer: DiT, VAE and CLIP vs the PyTorch fixtures, infer --device cuda
+#      vs cpu on features and on a video (tiny models, the whole pipeline on the GPU)
+#   5. cuda_infer --ignored full_size: full-size random weights, 10 s clip, 10 steps:
 #      latents CUDA vs CPU, and the time of one sampler step (10 s and 30 s clips)
-# and prints a summary; exit status 1 if any part failed. About 2-4 minutes.
+#   6. cuda_infer --ignored VAE/CLIP: the SNR of a full-size 10 s VAE decode (CUDA
+#      vs CPU), and the times of a 30 s VAE decode and of CLIP on 240 frames
+# and prints a summary; exit status 1 if any part failed. About 3-5 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -83,11 +87,12 @@ cat "$OUT/machine.txt"
 
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
 arch=${arch:+sm_$arch}
-# Limits add up to 570 s, inside a 10-minute remote command.
-step kernels-check 60 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
-step backend-ops 120 "$BIN/backend_ops" --nocapture --test-threads=1
-step cuda-infer 120 "$BIN/cuda_infer" --nocapture --test-threads=1
-step full-size 270 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1
+# Limits add up to 580 s, inside a 10-minute remote command.
+step kernels-check 50 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
+step backend-ops 100 "$BIN/backend_ops" --nocapture --test-threads=1
+step cuda-infer 100 "$BIN/cuda_infer" --nocapture --test-threads=1
+step full-size 190 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1 full_size_latents full_size_cuda_step
+step vae-clip 140 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1 full_size_vae measure_vae
 
 echo
 echo "== kernels"
@@ -99,6 +104,9 @@ echo
 echo "== end to end"
 grep -h -E "running on|SKIPPED|rel L2|ms/step|max abs|--device|test result|panicked|FAIL" \
     "$OUT/cuda-infer.log" "$OUT/full-size.log" | head -60
+echo
+echo "== VAE and CLIP (full size)"
+grep -h -E "SNR|measurement:|SKIPPED|test result|panicked|FAIL" "$OUT/vae-clip.log" | head -20
 echo
 echo "== summary (logs in $OUT)"
 cat "$SUMMARY"
