@@ -494,6 +494,8 @@ fn run_one<B: Backend>(
     }
     sampling_bar.finish_and_clear();
     let latents = sampling.latents()?.remove(0);
+    // Free the sampler's arena before the VAE plans its own (device memory).
+    drop(sampling);
     t.sampling_s = sampling_started.elapsed().as_secs_f64();
 
     let mut write = Duration::ZERO;
