@@ -600,9 +600,9 @@ fn print_report<B: Backend>(r: &Report, backend: &B) {
         t.decode_s, t.clip_s, t.sampling_s, t.vae_s, t.write_s
     );
     eprintln!(
-        "  sampling: {} steps of {:.3} TFLOP, {:.1} ms/step, {:.2} TFLOP/s",
+        "  sampling: {} steps of {:.1} GFLOP, {:.1} ms/step, {:.3} TFLOP/s",
         r.steps,
-        t.step_flops as f64 * 1e-12,
+        t.step_flops as f64 * 1e-9,
         t.sampling_s * 1e3 / r.steps.max(1) as f64,
         t.sampling_tflops
     );
