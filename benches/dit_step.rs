@@ -69,7 +69,7 @@ fn steps(c: &mut Criterion) {
     }
     // The tiny fixture's trained-shape checkpoint (its weights are random too, but fixed).
     let config = common::tiny_config();
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let dir = common::fixtures().join("tiny");
     let ckpt = SafetensorsFile::open(&dir.join("checkpoint.safetensors")).expect("tiny checkpoint");
     let dit = Dit::load(&CpuBackend, &ckpt, &config.dit, DIT_PREFIX).expect("tiny model");
     for s in SECONDS {

@@ -44,6 +44,15 @@ pub fn cuda(bench: &str) -> Option<CudaBackend> {
     }
 }
 
+/// The test fixtures; `LOVA_FIXTURES` overrides the folder, for bench binaries
+/// copied to another machine (tools/device-check.sh).
+pub fn fixtures() -> std::path::PathBuf {
+    match std::env::var_os("LOVA_FIXTURES") {
+        Some(dir) => dir.into(),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
+}
+
 pub fn tiny_config() -> LovaConfig {
     LovaConfig::from_json_str(TINY_CONFIG).expect("the tiny config is valid")
 }
