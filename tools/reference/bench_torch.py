@@ -281,6 +281,8 @@ def main() -> None:
     ap.add_argument("--seconds", default="10,30,60", help="clip lengths, comma-separated")
     ap.add_argument("--compile-seconds", help="clip lengths to also time with torch.compile (each compiles "
                     "anew; default: all; 'none' to skip)")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode, e.g. reduce-overhead (CUDA graphs) or max-autotune")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--lova-fast", default=os.environ.get("LOVA_FAST_BIN"), help="lova-fast binary")
@@ -337,7 +339,7 @@ def main() -> None:
         compiled_ms = None
         if s in compile_seconds:
             try:
-                compiled = torch.compile(make_step(dit, k, dtype), dynamic=False)
+                compiled = torch.compile(make_step(dit, k, dtype), dynamic=False, mode=args.compile_mode)
                 c_started = time.perf_counter()
                 with torch.inference_mode():
                     compiled(*inputs)
