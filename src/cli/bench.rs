@@ -13,6 +13,7 @@ use clap::Args;
 use lova_fast::backend::Backend;
 use lova_fast::config::{LovaConfig, RELEASED_CONFIG_JSON};
 use lova_fast::engine::{Model, WeightSource};
+use lova_fast::models::ClipVisionConfig;
 use lova_fast::models::Dit;
 use lova_fast::models::clip::CLIP_VIT_L14;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
@@ -54,8 +55,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Only write an engine file of random weights (DiT, VAE, CLIP ViT-L/14) for
-    /// the config, to measure start-up from a file with `--weights`, and exit.
+    /// Only write an engine file of random weights (DiT, VAE, and CLIP ViT-L/14, or a
+    /// one-block CLIP for configs whose video tokens are not 768-d) for the config,
+    /// to measure start-up from a file with `--weights`, and exit.
     #[arg(long, value_name = "ENGINE.safetensors", conflicts_with = "weights")]
     pub make_engine: Option<PathBuf>,
 }
@@ -123,9 +125,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(out) = &args.make_engine {
         super::check_output_path(out)?;
         let started = Instant::now();
-        lova_fast::engine::write_random_engine(out, &config, &config_json, &CLIP_VIT_L14)?;
+        // ViT-L/14 where it fits the DiT (the released config), else a one-block CLIP as the demo's.
+        let clip = if config.dit.cond_token_dim == CLIP_VIT_L14.output_dim {
+            CLIP_VIT_L14
+        } else {
+            ClipVisionConfig {
+                width: 64,
+                layers: 1,
+                heads: 1,
+                patch: 32,
+                image_size: 224,
+                output_dim: config.dit.cond_token_dim,
+            }
+        };
+        lova_fast::engine::write_random_engine(out, &config, &config_json, &clip)?;
         eprintln!("wrote {} (random weights) in {:.1} s", out.display(), started.elapsed().as_secs_f64());
         return Ok(());
+    }
+    // Check every length before loading anything (an engine file carries its own config).
+    let config = match &args.weights {
+        Some(path) => lova_fast::engine::open_engine_file(path)?.1,
+        None => config,
+    };
+    for &seconds in &args.seconds {
+        let (frames, latent_len) = clip_lengths(&config, seconds);
+        config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;
     }
     let device = args.device;
     with_device(device, BenchJob { args, config })
@@ -183,9 +207,7 @@ fn bench_clip<B: Backend>(
     args: &BenchArgs,
     mut startup: Option<&mut Startup>,
 ) -> Result<ClipResult> {
-    let frames = (seconds * config.fps).ceil() as usize;
-    let latent_len = config.latent_len_for_seconds(seconds);
-    config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;
+    let (frames, latent_len) = clip_lengths(config, seconds);
     let features = RandomWeights { seed: 2 }.tensor("features", &[frames, config.dit.cond_token_dim])?;
     let requests =
         [Request { features, latent_len, cfg_scale: 5.0, noise: RequestNoise { seed: 1, initial: None, steps: None } }];
@@ -239,6 +261,11 @@ fn bench_clip<B: Backend>(
         weights_bytes: 0,
         device_memory_used_bytes: used,
     })
+}
+
+/// Video frames at the model's fps (N = ceil(D * fps), as for a video) and latent frames T'.
+fn clip_lengths(config: &LovaConfig, seconds: f64) -> (usize, usize) {
+    ((seconds * config.fps).ceil() as usize, config.latent_len_for_seconds(seconds))
 }
 
 fn mib(bytes: usize) -> f64 {

@@ -357,15 +357,18 @@ def main() -> None:
             "torch_eager_ms": eager_ms, "torch_compile_ms": compiled_ms,
             "torch_peak_mib": peak, "torch_finite": finite,
             "step_flops": lf["step_flops"] if lf else None,
+            "lova_fast_mib": (lf["weights_bytes"] + lf["arena_bytes"]) / 2**20 if lf else None,
         })
         print(f"{s:g} s: eager {eager_ms:.2f} ms" + (f", peak {peak:.0f} MiB" if peak else "")
               + ("" if finite else " (NON-FINITE output: weights too large for the dtype)"), flush=True)
 
     print()
     print(f"one sampler step (DiT cond + uncond, CFG, DPM++ 3M SDE) on {card}; median ms; "
-          f"ratio = PyTorch time / lova-fast time (> 1: lova-fast is faster)")
+          f"ratio = PyTorch time / lova-fast time (> 1: lova-fast is faster); "
+          f"MiB: lova-fast weights + arena, PyTorch peak allocated (eager)")
     header = (f"{'seconds':>7} | {'tokens':>6} | {'lova-fast ms':>12} | {'torch eager ms':>14} | "
-              f"{'torch compile ms':>16} | {'ratio eager':>11} | {'ratio compile':>13}")
+              f"{'torch compile ms':>16} | {'ratio eager':>11} | {'ratio compile':>13} | "
+              f"{'lova-fast MiB':>13} | {'torch MiB':>9}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -373,7 +376,8 @@ def main() -> None:
         ratio_e = r["torch_eager_ms"] / lf if lf else None
         ratio_c = r["torch_compile_ms"] / lf if lf and r["torch_compile_ms"] else None
         print(f"{r['seconds']:>7g} | {r['tokens']:>6} | {fmt(lf):>12} | {fmt(r['torch_eager_ms']):>14} | "
-              f"{fmt(r['torch_compile_ms']):>16} | {fmt(ratio_e):>11} | {fmt(ratio_c):>13}")
+              f"{fmt(r['torch_compile_ms']):>16} | {fmt(ratio_e):>11} | {fmt(ratio_c):>13} | "
+              f"{fmt(r['lova_fast_mib'], '.0f'):>13} | {fmt(r['torch_peak_mib'], '.0f'):>9}")
     if lova:
         print(f"lova-fast: {lova['device']}; start-up {lova['startup']['total_s']:.2f} s")
     if args.json:
