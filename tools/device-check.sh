@@ -170,7 +170,7 @@ export BIN OUT
 step kernels kernels-check 60 20 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
 step ops backend-ops 120 30 "$BIN/backend_ops" --nocapture --test-threads=1
 step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1
-step bench bench 180 60 compare --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
+step bench bench 180 60 compare --check --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
 step startup startup 120 60 startup
 step criterion crit-dit-step 90 40 criterion_bench dit_step
 step criterion crit-clip 60 20 criterion_bench clip_encode
@@ -200,7 +200,7 @@ if show bench || show startup || show torch-compile; then
     echo
     echo "== speed on ${CARD:-the GPU} (one sampler step = DiT cond + uncond, CFG, DPM++ update)"
     for f in bench torch-compile; do
-        show $f && grep -v -E "^(lova-fast: /|DiT: )" "$OUT/$f.log" | grep -E -A12 "^lova-fast bench on|^one sampler step|compile took|failed|NON-FINITE|Error|error" | head -40
+        show $f && grep -v -E "^(lova-fast: /|DiT: )" "$OUT/$f.log" | grep -E -A12 "^check:|^lova-fast bench on|^one sampler step|compile took|failed|NON-FINITE|Error|error" | head -40
     done
     show startup && grep -E "start-up|wrote|error" "$OUT/startup.log"
 fi
