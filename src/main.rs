@@ -26,6 +26,7 @@ use clap::{Parser, Subcommand};
                   lova-fast infer clip.mp4 --weights lova.safetensors -o clip.wav --mux clip.with-audio.mp4\n  \
                   lova-fast infer videos/ --weights lova.safetensors --steps 100 --seed 1 --json\n  \
                   lova-fast infer frames/ --fps 25 --weights lova.safetensors\n  \
+                  lova-fast bench --seconds 10,30,60\n  \
                   lova-fast demo"
 )]
 struct Cli {
