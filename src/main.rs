@@ -26,6 +26,7 @@ use clap::{Parser, Subcommand};
                   lova-fast infer clip.mp4 --weights lova.safetensors -o clip.wav --mux clip.with-audio.mp4\n  \
                   lova-fast infer videos/ --weights lova.safetensors --steps 100 --seed 1 --json\n  \
                   lova-fast infer frames/ --fps 25 --weights lova.safetensors\n  \
+                  lova-fast bench --seconds 10,30,60\n  \
                   lova-fast demo"
 )]
 struct Cli {
@@ -45,6 +46,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Describe a weight file: components, parameter counts, dtypes, config.
     Info(cli::info::InfoArgs),
+    /// Measure this machine: sampler step latency, TFLOP/s, memory and start-up for 10/30/60 s clips.
+    Bench(cli::bench::BenchArgs),
     /// List the embedded CUDA kernels; with --check, compile them with NVRTC (no GPU needed).
     Kernels(cli::kernels::KernelsArgs),
 }
@@ -53,6 +56,7 @@ enum Command {
 const EXIT_NO_FFMPEG: u8 = 3;
 
 fn main() -> ExitCode {
+    cli::PROCESS_START.get_or_init(std::time::Instant::now);
     let result = match Cli::parse().command {
         Command::Infer(args) => cli::infer::run(*args),
         Command::Decode(args) => cli::decode::run(args),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Info(args) => cli::info::run(args),
         Command::Demo(args) => cli::demo::run(args),
         Command::Kernels(args) => cli::kernels::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -97,6 +97,15 @@ fn mux_features_and_json_summary() {
     for stage in ["decode_s", "clip_s", "sampling_s", "vae_s", "write_s"] {
         assert!(one[stage].is_number(), "{stage} missing: {summary}");
     }
+    // The sampling stage's achieved rate: step FLOP x steps / sampling time.
+    let (flops, tflops, sampling_s) = (
+        one["step_flops"].as_f64().unwrap(),
+        one["sampling_tflops"].as_f64().unwrap(),
+        one["sampling_s"].as_f64().unwrap(),
+    );
+    let steps = one["steps"].as_f64().unwrap();
+    assert!(flops > 0.0 && sampling_s > 0.0, "{summary}");
+    assert!((tflops - flops * steps / sampling_s * 1e-12).abs() <= 1e-9 * tflops.max(1e-9), "{summary}");
     let f = lova_fast::weights::SafetensorsFile::open(&features).unwrap();
     assert_eq!(f.shape("features"), Some(vec![32, 128]));
     // The saved features give the same audio as the video.

@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# The CUDA checks, on a GPU machine that has the NVIDIA driver and the CUDA
-# libraries but no Rust. Build the binaries elsewhere first
-# (tools/build-device-bin.sh -> tools/device-bin/), bring the working tree and
-# tools/device-bin/ to the GPU machine, then run this from anywhere.
+# The CUDA checks and benchmarks, on a GPU machine that has the NVIDIA driver
+# and the CUDA libraries (and PyTorch, for the comparison) but no Rust. Build the
+# binaries elsewhere first (tools/build-device-bin.sh -> tools/device-bin/),
+# bring the working tree and tools/device-bin/ to the GPU machine, then run
 #
-# Runs, each with its own time limit, logging to $OUT (default
-# /tmp/lova-device-check):
-#   1. GPU name, driver and CUDA versions (nvidia-smi; the backend prints its own view)
-#   2. lova-fast kernels --check for the GPU's architecture (NVRTC, registers, spills)
-#   3. backend_ops: every CUDA op against its CPU twin (table of errors), the
-#      VAE's conv kernels and CLIP's ops included
-#   4. cuda_infer: DiT, VAE and CLIP vs the PyTorch fixtures, infer --device cuda
-#      vs cpu on features and on a video (tiny models, the whole pipeline on the GPU)
-#   5. cuda_infer --ignored full_size: full-size random weights, 10 s clip, 10 steps:
-#      latents CUDA vs CPU, and the time of one sampler step (10 s and 30 s clips)
-#   6. cuda_infer --ignored VAE/CLIP: the SNR of a full-size 10 s VAE decode (CUDA
-#      vs CPU), and the times of a 30 s VAE decode and of CLIP on 240 frames
-# and prints a summary; exit status 1 if any part failed. About 3-5 minutes.
+#   tools/device-check.sh [PART...]        (default: all, in this order)
+#
+# Parts, most important first; logs in $OUT (default /tmp/lova-device-check):
+#   kernels    lova-fast kernels --check for the GPU's architecture (NVRTC, registers, spills)
+#   ops        backend_ops: every CUDA op against its CPU twin (table of errors)
+#   infer      cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model)
+#   bench      one sampler step for 10/30/60 s clips: lova-fast bench (latency, TFLOP/s,
+#              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py)
+#   startup    writes a full-size random engine file, then lova-fast bench --weights:
+#              process start to first step with the file in the page cache
+#   criterion  the criterion benches with short measurement times: dit_step (10/30/60 s),
+#              clip_encode (240 frames), vae_decode (30 s), end_to_end (30 s)
+#   compile    bench_torch.py with torch.compile for a 30 s clip (compiling takes a while)
+#   vae-clip   cuda_infer --ignored: the SNR of a full-size 10 s VAE decode (CUDA vs CPU),
+#              and the times of a 30 s VAE decode and of CLIP on 240 frames
+#   full-size  cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps, latents
+#              CUDA vs CPU, and the step time for 10 s and 30 s clips
+# Groups: `checks` = kernels ops infer vae-clip full-size; `speed` = bench startup criterion compile.
+#
+# Everything shares one time budget, BUDGET seconds (default 540, inside a
+# 10-minute remote command): a part starts only if enough is left, else it is
+# reported as skipped with the command that runs it alone. Prints the figures
+# and a summary; exit status 1 if any part failed. On an H100: kernels to bench
+# take about 3-4 minutes, all parts about 10.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,7 +37,28 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
-for b in lova-fast backend_ops cuda_infer; do
+ALL_PARTS="kernels ops infer bench startup criterion vae-clip compile full-size"
+parts=""
+for a in "${@:-all}"; do
+    case $a in
+        all) parts="$parts $ALL_PARTS" ;;
+        checks) parts="$parts kernels ops infer vae-clip full-size" ;;
+        speed) parts="$parts bench startup criterion compile" ;;
+        kernels | ops | infer | bench | startup | criterion | vae-clip | compile | full-size) parts="$parts $a" ;;
+        *)
+            echo "unknown part $a (parts: $ALL_PARTS; groups: all checks speed)" >&2
+            exit 2
+            ;;
+    esac
+done
+wanted() { [[ " $parts " == *" $1 "* ]]; }
+BUDGET=${BUDGET:-540}
+
+need=(lova-fast)
+wanted ops && need+=(backend_ops)
+{ wanted infer || wanted full-size || wanted vae-clip; } && need+=(cuda_infer)
+wanted criterion && need+=(dit_step clip_encode vae_decode end_to_end)
+for b in "${need[@]}"; do
     if [ ! -x "$BIN/$b" ]; then
         echo "missing $BIN/$b: run tools/build-device-bin.sh on the build machine first" >&2
         exit 2
@@ -57,16 +89,30 @@ export LOVA_FIXTURES=$ROOT/tests/fixtures
 export LOVA_FAST_BIN=$BIN/lova-fast
 export LOVA_FAST_CACHE_DIR=$OUT/kernel-cache
 
+# step PART NAME LIMIT MIN_SECONDS COMMAND...: runs COMMAND if PART was asked
+# for and at least MIN_SECONDS of the budget are left, for at most LIMIT seconds
+# (or what is left), logging to $OUT/NAME.log.
 step() {
-    local name=$1 limit=$2
-    shift 2
+    local part=$1 name=$2 limit=$3 min=$4
+    shift 4
+    wanted "$part" || return 0
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt "$min" ]; then
+        printf '%-16s %-40s %4ss\n' "$name" "skipped (budget: ${left}s left)" 0 | tee -a "$SUMMARY"
+        echo "                 run it alone: tools/device-check.sh $part" | tee -a "$SUMMARY"
+        return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    # Through bash so that COMMAND may be one of the (exported) functions below.
+    timeout "$limit" bash -c '"$@"' "$name" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     local verdict=ok
     [ $rc -ne 0 ] && verdict="FAILED (exit $rc$([ $rc -eq 124 ] && echo ', timed out'))"
     # On a GPU machine a skipped GPU test is a failure: the libraries were not found.
     [ $rc -eq 0 ] && grep -q "SKIPPED" "$OUT/$name.log" && verdict="FAILED (SKIPPED: CUDA not usable)"
+    # A benchmark that fell back to the CPU measured the wrong thing.
+    [ $rc -eq 0 ] && grep -q "no usable GPU" "$OUT/$name.log" && verdict="FAILED (ran on the CPU: CUDA not usable)"
     printf '%-16s %-40s %4ss\n' "$name" "$verdict" "$((SECONDS - start))" | tee -a "$SUMMARY"
     return 0
 }
@@ -76,6 +122,8 @@ step() {
     nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
     nvidia-smi 2>&1 | grep -m1 "CUDA Version"
     ldd --version 2>&1 | head -1
+    nproc 2>&1 | sed 's/^/CPU cores: /'
+    python3 -c 'import torch; print("PyTorch", torch.__version__, "CUDA", torch.version.cuda)' 2>&1 | tail -1
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     for lib in libcuda.so.1 libnvrtc.so.13 libnvrtc.so.12 libcublasLt.so.13 libcublasLt.so.12; do
         found=$(ldconfig -p 2>/dev/null | grep -m1 "$lib" | awk '{print $NF}')
@@ -84,30 +132,92 @@ step() {
     done
 } >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+echo "parts:$parts; budget ${BUDGET}s"
 
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
 arch=${arch:+sm_$arch}
-# Limits add up to 580 s, inside a 10-minute remote command.
-step kernels-check 50 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
-step backend-ops 100 "$BIN/backend_ops" --nocapture --test-threads=1
-step cuda-infer 100 "$BIN/cuda_infer" --nocapture --test-threads=1
-step full-size 190 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1 full_size_latents full_size_cuda_step
-step vae-clip 140 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1 full_size_vae measure_vae
 
+# The PyTorch comparison runs lova-fast bench itself; without PyTorch, lova-fast alone.
+compare() {
+    if python3 -c 'import torch' >/dev/null 2>&1; then
+        python3 tools/reference/bench_torch.py --device cuda --lova-fast "$BIN/lova-fast" "$@"
+    else
+        echo "PyTorch not importable: lova-fast figures only"
+        "$BIN/lova-fast" bench --device cuda --seconds 10,30,60 --steps 20
+    fi
+}
+# Start-up with an engine file in the page cache: a full-size random engine
+# (~3 GB, outside $OUT so that it does not come back), read once, then measured.
+startup() {
+    local dir=${TMPDIR:-/tmp}/lova-startup engine
+    engine=$dir/random-vl30.safetensors
+    mkdir -p "$dir" && "$BIN/lova-fast" bench --make-engine "$engine" || return 1
+    cat "$engine" >/dev/null
+    "$BIN/lova-fast" bench --device cuda --weights "$engine" --seconds 30 --steps 10
+    local rc=$?
+    rm -rf "$dir"
+    return $rc
+}
+criterion_bench() {
+    # Criterion's own reports go outside $OUT; --noplot skips the plots.
+    CRITERION_HOME=${TMPDIR:-/tmp}/lova-criterion "$BIN/$1" --bench --noplot \
+        --warm-up-time 1 --measurement-time 2 --sample-size 10
+}
+
+export -f compare startup criterion_bench
+export BIN OUT
+
+# Limits in seconds; the last number is the least budget a part needs to start.
+step kernels kernels-check 60 20 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
+step ops backend-ops 120 30 "$BIN/backend_ops" --nocapture --test-threads=1
+step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1
+step bench bench 180 60 compare --check --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
+step startup startup 120 60 startup
+step criterion crit-dit-step 90 40 criterion_bench dit_step
+step criterion crit-clip 60 20 criterion_bench clip_encode
+step criterion crit-vae 60 20 criterion_bench vae_decode
+step criterion crit-end-to-end 120 40 criterion_bench end_to_end
+step compile torch-compile 240 90 compare --seconds 30 --compile-seconds 30 --iters 20 --json "$OUT/compile.json"
+step vae-clip vae-clip 140 60 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1 full_size_vae measure_vae
+step full-size full-size 270 120 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1 full_size_latents full_size_cuda_step
+
+show() { [ -s "$OUT/$1.log" ]; }
+if show kernels-check; then
+    echo
+    echo "== kernels"
+    cat "$OUT/kernels-check.log"
+fi
+if show backend-ops; then
+    echo
+    echo "== op tests"
+    grep -v -E "^(test |running [0-9]+ test|$)" "$OUT/backend-ops.log" | head -100
+fi
+if show cuda-infer || show full-size; then
+    echo
+    echo "== end to end"
+    grep -h -E "running on|SKIPPED|rel L2|ms/step|max abs|--device|test result|panicked|FAIL" \
+        "$OUT/cuda-infer.log" "$OUT/full-size.log" 2>/dev/null | head -60
+fi
+if show vae-clip; then
+    echo
+    echo "== VAE and CLIP (full size)"
+    grep -h -E "SNR|measurement:|SKIPPED|test result|panicked|FAIL" "$OUT/vae-clip.log" | head -20
+fi
+if show bench || show startup || show torch-compile; then
+    echo
+    echo "== speed on ${CARD:-the GPU} (one sampler step = DiT cond + uncond, CFG, DPM++ update)"
+    for f in bench torch-compile; do
+        show $f && grep -v -E "^(lova-fast: /|DiT: )" "$OUT/$f.log" | grep -E -A12 "^check:|^lova-fast bench on|^one sampler step|compile took|failed|NON-FINITE|Error|error" | head -40
+    done
+    show startup && grep -E "start-up|wrote|error" "$OUT/startup.log"
+fi
+if ls "$OUT"/crit-*.log >/dev/null 2>&1; then
+    echo
+    echo "== criterion (short runs: 10 samples, 2 s each)"
+    grep -h -E "time:|note:|no usable GPU|CUDA backend on|one run:|TFLOP/s|^[a-z_]+/(cuda|cpu)/|panicked|error" "$OUT"/crit-*.log | head -60
+fi
 echo
-echo "== kernels"
-cat "$OUT/kernels-check.log"
-echo
-echo "== op tests"
-grep -v -E "^(test |running [0-9]+ test|$)" "$OUT/backend-ops.log" | head -100
-echo
-echo "== end to end"
-grep -h -E "running on|SKIPPED|rel L2|ms/step|max abs|--device|test result|panicked|FAIL" \
-    "$OUT/cuda-infer.log" "$OUT/full-size.log" | head -60
-echo
-echo "== VAE and CLIP (full size)"
-grep -h -E "SNR|measurement:|SKIPPED|test result|panicked|FAIL" "$OUT/vae-clip.log" | head -20
-echo
-echo "== summary (logs in $OUT)"
+echo "== summary on ${CARD:-?} (logs in $OUT)"
 cat "$SUMMARY"
 ! grep -q FAILED "$SUMMARY"

@@ -41,6 +41,21 @@ pub trait Backend: Sync {
     ) -> Result<bool> {
         Ok(false)
     }
+
+    /// Waits until all work enqueued so far is done, so that a host clock
+    /// measures it (the CPU backend runs every op before returning).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bytes of device memory `weight` occupies.
+    fn weight_bytes(&self, weight: &Self::Weight) -> usize;
+
+    /// Bytes in use on the whole device (this process, others and the driver),
+    /// when the backend can tell (`cuMemGetInfo` on CUDA; None on the CPU).
+    fn device_memory_used(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Everything an op needs to find its operands.

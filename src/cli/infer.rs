@@ -220,6 +220,10 @@ struct Timings {
     write_s: f64,
     /// Device memory planned for the VAE decode's activations (the arena), bytes.
     vae_arena_bytes: usize,
+    /// Matrix-product FLOP of one sampler step (DiT on cond + uncond).
+    step_flops: u64,
+    /// Achieved rate of the sampling stage: step FLOP x steps / sampling time.
+    sampling_tflops: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -231,6 +235,7 @@ struct Report {
     audio_samples: usize,
     latent_frames: usize,
     seed: u64,
+    steps: usize,
     #[serde(flatten)]
     timings: Timings,
 }
@@ -494,9 +499,11 @@ fn run_one<B: Backend>(
     }
     sampling_bar.finish_and_clear();
     let latents = sampling.latents()?.remove(0);
+    t.sampling_s = sampling_started.elapsed().as_secs_f64();
+    t.step_flops = sampling.step_flops();
     // Free the sampler's arena before the VAE plans its own (device memory).
     drop(sampling);
-    t.sampling_s = sampling_started.elapsed().as_secs_f64();
+    t.sampling_tflops = tflops_per_s(t.step_flops as f64 * settings.steps as f64, t.sampling_s);
 
     let mut write = Duration::ZERO;
     if let Some(path) = &p.outputs.latents {
@@ -545,6 +552,7 @@ fn run_one<B: Backend>(
         audio_samples: if p.outputs.wav.is_some() { samples } else { 0 },
         latent_frames: p.latent_len,
         seed,
+        steps: settings.steps,
         timings: t,
     })
 }
@@ -648,6 +656,13 @@ fn print_report<B: Backend>(r: &Report, backend: &B) {
         t.vae_arena_bytes as f64 / (1u64 << 20) as f64,
         t.write_s
     );
+    eprintln!(
+        "  sampling: {} steps of {:.1} GFLOP, {:.1} ms/step, {:.3} TFLOP/s",
+        r.steps,
+        t.step_flops as f64 * 1e-9,
+        t.sampling_s * 1e3 / r.steps.max(1) as f64,
+        t.sampling_tflops
+    );
     for o in &r.outputs {
         eprintln!("  wrote {o}");
     }
@@ -658,4 +673,9 @@ fn random_seed() -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     // Keep seeds short enough to retype.
     (nanos ^ (std::process::id() as u64).rotate_left(32)) % 1_000_000_000
+}
+
+/// `flop` done in `seconds`, in TFLOP/s (0 when nothing was timed).
+fn tflops_per_s(flop: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 { flop / seconds * 1e-12 } else { 0.0 }
 }

@@ -1,5 +1,6 @@
 //! Subcommands of the `lova-fast` binary, and the pieces they share.
 
+pub mod bench;
 pub mod convert;
 pub mod decode;
 pub mod demo;
@@ -119,6 +120,14 @@ pub fn check_output_path(path: &Path) -> Result<()> {
         bail!("cannot write {}: it is a folder", path.display());
     }
     Ok(())
+}
+
+/// When `main` started (set first thing in `main`), for start-up times.
+pub static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Time since `main` started.
+pub fn process_age() -> std::time::Duration {
+    PROCESS_START.get_or_init(std::time::Instant::now).elapsed()
 }
 
 pub fn set_threads(threads: Option<usize>) -> Result<()> {

@@ -8,6 +8,7 @@
 //! FlashAttention's `cu_seqlens`: no padding anywhere.
 
 mod executor;
+mod flops;
 mod ir;
 mod planner;
 

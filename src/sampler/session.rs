@@ -253,6 +253,12 @@ impl<'a, B: Backend> Sampling<'a, B> {
         self.exec.arena_bytes()
     }
 
+    /// Matrix-product FLOP of one step (DiT on cond + uncond; see `Graph::flops`),
+    /// to turn a measured step time into achieved TFLOP/s.
+    pub fn step_flops(&self) -> u64 {
+        self.exec.graph().flops()
+    }
+
     /// Runs the next step; false when all steps were already done.
     pub fn step(&mut self) -> Result<bool> {
         let i = self.done;

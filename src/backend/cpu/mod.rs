@@ -47,6 +47,10 @@ impl Backend for CpuBackend {
         Ok(tensor.clone())
     }
 
+    fn weight_bytes(&self, weight: &HostTensor) -> usize {
+        weight.len() * std::mem::size_of::<f32>()
+    }
+
     fn write(&self, buffer: &mut Vec<f32>, offset: usize, data: &[f32]) -> Result<()> {
         buffer[offset..offset + data.len()].copy_from_slice(data);
         Ok(())

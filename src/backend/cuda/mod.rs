@@ -419,6 +419,18 @@ impl Backend for CudaBackend {
         Ok(CudaWeight { shape: tensor.shape.clone(), f16, f32 })
     }
 
+    fn weight_bytes(&self, weight: &CudaWeight) -> usize {
+        weight.f16.as_ref().map_or(0, |w| w.len() * 2) + weight.f32.as_ref().map_or(0, |w| w.len() * 4)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
+
+    fn device_memory_used(&self) -> Option<usize> {
+        self.ctx.mem_get_info().ok().map(|(free, total)| total.saturating_sub(free))
+    }
+
     fn write(&self, buffer: &mut CudaArena, offset: usize, data: &[f32]) -> Result<()> {
         if offset + data.len() > buffer.data.len() {
             return Err(Error::InvalidInput(format!(

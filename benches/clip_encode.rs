@@ -1,0 +1,59 @@
+//! CLIP image features for the 240 frames of a 30 s clip (8 fps), in batches of
+//! `CLIP_BATCH` frames through one planned graph as `infer` encodes them, from
+//! preprocessed frames (no video decoding):
+//! - on CUDA: ViT-L/14 at full size with random weights;
+//! - on the CPU, or when the CUDA backend cannot run CLIP yet (it then says
+//!   so): a one-block CLIP of width 64 (the demo's), on the CPU.
+//!
+//! `cargo bench --bench clip_encode`
+
+mod common;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use lova_fast::backend::{Backend, CpuBackend};
+use lova_fast::models::ClipVision;
+use lova_fast::models::clip::CLIP_VIT_L14;
+use lova_fast::tensor::HostTensor;
+use lova_fast::weights::{RandomWeights, TensorSource};
+
+const FRAMES: usize = 240;
+
+fn images(n: usize, size: usize) -> HostTensor {
+    RandomWeights { seed: 5 }.tensor("images", &[n, 3, size, size]).expect("images")
+}
+
+fn encode_all<B: Backend>(backend: &B, clip: &ClipVision<B>, frames: &HostTensor) -> lova_fast::Result<usize> {
+    let rows = clip.encode(backend, frames)?.shape[0];
+    backend.synchronize()?;
+    Ok(rows)
+}
+
+fn bench_clip<B: Backend>(c: &mut Criterion, name: &str, backend: &B, clip: &ClipVision<B>) {
+    let frames = images(FRAMES, clip.config.image_size);
+    c.bench_function(name, |b| b.iter(|| encode_all(backend, clip, &frames).expect("CLIP")));
+}
+
+fn clip(c: &mut Criterion) {
+    if let Some(cuda) = common::cuda("clip_encode") {
+        let clip = common::random_clip(&cuda, &CLIP_VIT_L14);
+        let probe = clip.encode(&cuda, &images(1, CLIP_VIT_L14.image_size));
+        if !common::unsupported(&probe) {
+            probe.expect("CLIP on CUDA");
+            bench_clip(c, "clip_encode/cuda/vit_l14_240_frames", &cuda, &clip);
+            return;
+        }
+        eprintln!(
+            "clip_encode: note: {}; measuring the tiny CLIP on the CPU instead",
+            probe.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+    }
+    let clip = common::random_clip(&CpuBackend, &common::tiny_clip(&common::tiny_config()));
+    bench_clip(c, "clip_encode/cpu/tiny_240_frames", &CpuBackend, &clip);
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = clip
+}
+criterion_main!(benches);

@@ -1,0 +1,326 @@
+//! `lova-fast bench`: measures this machine. Runs sampler steps (DiT on cond +
+//! uncond, CFG, DPM++ update) for clips of the given lengths, on the full-size
+//! model with random weights (no weight file needed) or on an engine file, and
+//! prints per-step latency, achieved TFLOP/s, memory and start-up time.
+//! `tools/reference/bench_torch.py` runs it to compare with PyTorch.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use lova_fast::backend::Backend;
+use lova_fast::config::{LovaConfig, RELEASED_CONFIG_JSON};
+use lova_fast::engine::{Model, WeightSource};
+use lova_fast::models::ClipVisionConfig;
+use lova_fast::models::Dit;
+use lova_fast::models::clip::CLIP_VIT_L14;
+use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
+use lova_fast::weights::{RandomWeights, TensorSource};
+
+use super::{Device, WithBackend, set_threads, with_device};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Engine file to measure (start-up then includes reading it) [default: random weights].
+    #[arg(long, value_name = "ENGINE.safetensors", conflicts_with = "config")]
+    pub weights: Option<PathBuf>,
+
+    /// LoVA-format model_config.json of the random-weight model [default: the released vl30 config].
+    #[arg(long, value_name = "CONFIG.json")]
+    pub config: Option<PathBuf>,
+
+    /// Clip lengths in seconds, comma-separated (video at the model's fps, audio as long).
+    #[arg(long, value_delimiter = ',', default_value = "10,30,60")]
+    pub seconds: Vec<f64>,
+
+    /// Timed sampler steps per clip length (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+
+    /// Untimed steps first (kernel loading, caches, graph capture).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+
+    /// Where to run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Print the results as JSON on stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only write an engine file of random weights (DiT, VAE, and CLIP ViT-L/14, or a
+    /// one-block CLIP for configs whose video tokens are not 768-d) for the config,
+    /// to measure start-up from a file with `--weights`, and exit.
+    #[arg(long, value_name = "ENGINE.safetensors", conflicts_with = "weights")]
+    pub make_engine: Option<PathBuf>,
+}
+
+/// Where the time to the first step went.
+#[derive(Debug, Default, serde::Serialize)]
+struct Startup {
+    /// From `main` to the end of the first (synchronised) step of the first clip.
+    total_s: f64,
+    /// Opening the device (CUDA: context, kernels from the cache or NVRTC, cuBLASLt).
+    backend_s: f64,
+    /// Reading (or, for random weights, generating) and uploading the DiT weights.
+    weights_s: f64,
+    /// Planning the step graph and allocating its arena.
+    plan_s: f64,
+    first_step_s: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ClipResult {
+    seconds: f64,
+    frames: usize,
+    latent_frames: usize,
+    /// Transformer tokens per sequence (T' + 1 with the prepended timestep token).
+    tokens: usize,
+    /// Matrix-product FLOP of one step (cond + uncond).
+    step_flops: u64,
+    warmup_steps: usize,
+    timed_steps: usize,
+    step_ms_median: f64,
+    step_ms_mean: f64,
+    step_ms_min: f64,
+    step_ms_max: f64,
+    /// step_flops / median step time.
+    tflops: f64,
+    arena_bytes: usize,
+    weights_bytes: usize,
+    /// Device memory in use after the steps (whole device, driver included; CUDA only).
+    device_memory_used_bytes: Option<usize>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct BenchReport {
+    device: String,
+    weights: String,
+    startup: Startup,
+    clips: Vec<ClipResult>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    if args.seconds.is_empty() || args.seconds.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        bail!("--seconds must be positive numbers of seconds, e.g. --seconds 10,30,60");
+    }
+    set_threads(args.threads)?;
+    let (config, config_json) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            (LovaConfig::from_json_str(&text).with_context(|| format!("{}", path.display()))?, text)
+        }
+        None => (LovaConfig::released(), RELEASED_CONFIG_JSON.to_string()),
+    };
+    if let Some(out) = &args.make_engine {
+        super::check_output_path(out)?;
+        let started = Instant::now();
+        // ViT-L/14 where it fits the DiT (the released config), else a one-block CLIP as the demo's.
+        let clip = if config.dit.cond_token_dim == CLIP_VIT_L14.output_dim {
+            CLIP_VIT_L14
+        } else {
+            ClipVisionConfig {
+                width: 64,
+                layers: 1,
+                heads: 1,
+                patch: 32,
+                image_size: 224,
+                output_dim: config.dit.cond_token_dim,
+            }
+        };
+        lova_fast::engine::write_random_engine(out, &config, &config_json, &clip)?;
+        eprintln!("wrote {} (random weights) in {:.1} s", out.display(), started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    // Check every length before loading anything (an engine file carries its own config).
+    let config = match &args.weights {
+        Some(path) => lova_fast::engine::open_engine_file(path)?.1,
+        None => config,
+    };
+    for &seconds in &args.seconds {
+        let (frames, latent_len) = clip_lengths(&config, seconds);
+        config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;
+    }
+    let device = args.device;
+    with_device(device, BenchJob { args, config })
+}
+
+struct BenchJob {
+    args: BenchArgs,
+    config: LovaConfig,
+}
+
+impl WithBackend for BenchJob {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let BenchJob { args, config } = self;
+        let mut startup = Startup { backend_s: super::process_age().as_secs_f64(), ..Default::default() };
+        let loaded = Instant::now();
+        let (config, dit, weights) = match &args.weights {
+            Some(path) => {
+                let model = Model::load(&backend, &WeightSource::Engine(path), false)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                (model.config, model.dit, path.display().to_string())
+            }
+            None => {
+                let random = RandomWeights { seed: 1 };
+                let dit = Dit::load(&backend, &random, &config.dit, "")?;
+                let name = args.config.as_ref().map_or("the released vl30 config".into(), |p| p.display().to_string());
+                (config, dit, format!("{} of {name}", random.describe()))
+            }
+        };
+        backend.synchronize()?;
+        startup.weights_s = loaded.elapsed().as_secs_f64();
+        let weights_bytes: usize = dit.weights().iter().map(|w| backend.weight_bytes(w)).sum();
+
+        let mut clips = Vec::new();
+        for (i, &seconds) in args.seconds.iter().enumerate() {
+            let result = bench_clip(&backend, &config, &dit, seconds, &args, (i == 0).then_some(&mut startup))?;
+            clips.push(ClipResult { weights_bytes, ..result });
+        }
+        let report = BenchReport { device: backend.name(), weights, startup, clips };
+        let table = format_table(&report);
+        if args.json {
+            eprint!("{table}");
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{table}");
+        }
+        Ok(())
+    }
+}
+
+fn bench_clip<B: Backend>(
+    backend: &B,
+    config: &LovaConfig,
+    dit: &Dit<B>,
+    seconds: f64,
+    args: &BenchArgs,
+    mut startup: Option<&mut Startup>,
+) -> Result<ClipResult> {
+    let (frames, latent_len) = clip_lengths(config, seconds);
+    let features = RandomWeights { seed: 2 }.tensor("features", &[frames, config.dit.cond_token_dim])?;
+    let requests =
+        [Request { features, latent_len, cfg_scale: 5.0, noise: RequestNoise { seed: 1, initial: None, steps: None } }];
+    let settings = SamplerSettings { steps: args.warmup + args.steps, ..Default::default() };
+
+    let planned = Instant::now();
+    let mut sampling = Sampling::new(backend, dit, &requests, &settings)?;
+    backend.synchronize()?;
+    let plan_s = planned.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(args.steps);
+    for i in 0..settings.steps {
+        let started = Instant::now();
+        sampling.step()?;
+        backend.synchronize()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if i >= args.warmup {
+            times.push(elapsed);
+        }
+        if i == 0
+            && let Some(s) = startup.as_deref_mut()
+        {
+            s.plan_s = plan_s;
+            s.first_step_s = elapsed;
+            s.total_s = super::process_age().as_secs_f64();
+        }
+    }
+    // Reading the latents checks that the random model stayed finite.
+    sampling.latents().with_context(|| format!("a {seconds} s clip"))?;
+    let used = backend.device_memory_used();
+    times.sort_by(f64::total_cmp);
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let step_flops = sampling.step_flops();
+    Ok(ClipResult {
+        seconds,
+        frames,
+        latent_frames: latent_len,
+        tokens: config.dit.transformer_len(latent_len),
+        step_flops,
+        warmup_steps: args.warmup,
+        timed_steps: times.len(),
+        step_ms_median: median * 1e3,
+        step_ms_mean: times.iter().sum::<f64>() / times.len() as f64 * 1e3,
+        step_ms_min: times[0] * 1e3,
+        step_ms_max: times[times.len() - 1] * 1e3,
+        tflops: step_flops as f64 / median * 1e-12,
+        arena_bytes: sampling.arena_bytes(),
+        weights_bytes: 0,
+        device_memory_used_bytes: used,
+    })
+}
+
+/// Video frames at the model's fps (N = ceil(D * fps), as for a video) and latent frames T'.
+fn clip_lengths(config: &LovaConfig, seconds: f64) -> (usize, usize) {
+    ((seconds * config.fps).ceil() as usize, config.latent_len_for_seconds(seconds))
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+fn format_table(r: &BenchReport) -> String {
+    let s = &r.startup;
+    let mut out = format!(
+        "lova-fast bench on {}\nweights: {}\nstart-up: {:.2} s from process start to the end of the first step \
+         (device {:.2} s, weights {:.2} s, plan {:.3} s, first step {:.3} s)\n",
+        r.device, r.weights, s.total_s, s.backend_s, s.weights_s, s.plan_s, s.first_step_s
+    );
+    out += "sampler step = DiT on cond + uncond (batch of 2), CFG, DPM++ 3M SDE update; median of the timed steps\n";
+    out += &format!(
+        "{:>8} {:>7} {:>7} {:>7} {:>11} {:>10} {:>9} {:>9} {:>9} {:>10} {:>12}\n",
+        "seconds",
+        "frames",
+        "latent",
+        "tokens",
+        "GFLOP/step",
+        "median ms",
+        "min ms",
+        "max ms",
+        "TFLOP/s",
+        "arena MiB",
+        "device MiB"
+    );
+    for c in &r.clips {
+        let used = c.device_memory_used_bytes.map_or("-".to_string(), |b| format!("{:.0}", mib(b)));
+        out += &format!(
+            "{:>8} {:>7} {:>7} {:>7} {:>11.1} {:>10.2} {:>9.2} {:>9.2} {:>9.3} {:>10.1} {:>12}\n",
+            c.seconds,
+            c.frames,
+            c.latent_frames,
+            c.tokens,
+            c.step_flops as f64 * 1e-9,
+            c.step_ms_median,
+            c.step_ms_min,
+            c.step_ms_max,
+            c.tflops,
+            mib(c.arena_bytes),
+            used
+        );
+    }
+    if let Some(c) = r.clips.first() {
+        out += &format!(
+            "weights on the device: {:.0} MiB; memory of a clip = weights + arena{}\n",
+            mib(c.weights_bytes),
+            if c.device_memory_used_bytes.is_some() {
+                "; device MiB = whole device in use after the steps (cuMemGetInfo: context, GEMM scratch, other processes)"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}
