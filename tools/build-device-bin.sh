@@ -5,6 +5,7 @@
 #   lova-fast      the CLI (cargo build --release)
 #   backend_ops    tests/backend_ops.rs (every CUDA op vs its CPU twin)
 #   cuda_infer     tests/cuda_infer.rs (fixtures, CLI, full-size error and timing)
+#   step_execution tests/step_execution.rs (no allocation in the step loop, CUDA graph capture)
 # The binaries are linked against this machine's glibc; the script prints the
 # newest glibc symbol version they need, to compare with the GPU machine's.
 set -euo pipefail
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 cargo build --release
 # The test binaries' file names carry a hash; cargo prints them as JSON.
 mapfile -t tests < <(cargo test --release --no-run --message-format=json \
-    --test backend_ops --test cuda_infer 2>/dev/null |
+    --test backend_ops --test cuda_infer --test step_execution 2>/dev/null |
     python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)

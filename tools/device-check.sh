@@ -10,7 +10,9 @@
 #   2. lova-fast kernels --check for the GPU's architecture (NVRTC, registers, spills)
 #   3. backend_ops: every CUDA op against its CPU twin (table of errors)
 #   4. cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model)
-#   5. cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps:
+#   5. step_execution: no device allocation in the step loop, a captured CUDA
+#      graph step gives the latents of plain launches
+#   6. cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps:
 #      latents CUDA vs CPU, and the time of one sampler step (10 s and 30 s clips)
 # and prints a summary; exit status 1 if any part failed. About 2-4 minutes.
 set -uo pipefail
@@ -22,7 +24,7 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
-for b in lova-fast backend_ops cuda_infer; do
+for b in lova-fast backend_ops cuda_infer step_execution; do
     if [ ! -x "$BIN/$b" ]; then
         echo "missing $BIN/$b: run tools/build-device-bin.sh on the build machine first" >&2
         exit 2
@@ -87,7 +89,8 @@ arch=${arch:+sm_$arch}
 step kernels-check 60 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
 step backend-ops 120 "$BIN/backend_ops" --nocapture --test-threads=1
 step cuda-infer 120 "$BIN/cuda_infer" --nocapture --test-threads=1
-step full-size 270 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1
+step step-execution 30 "$BIN/step_execution" --nocapture --test-threads=1
+step full-size 240 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1
 
 echo
 echo "== kernels"
@@ -97,8 +100,8 @@ echo "== op tests"
 grep -v -E "^(test |running [0-9]+ test|$)" "$OUT/backend-ops.log" | head -100
 echo
 echo "== end to end"
-grep -h -E "running on|SKIPPED|rel L2|ms/step|max abs|--device|test result|panicked|FAIL" \
-    "$OUT/cuda-infer.log" "$OUT/full-size.log" | head -60
+grep -h -E "running on|SKIPPED|rel L2|ms/step|max abs|--device|allocation|test result|panicked|FAIL" \
+    "$OUT/cuda-infer.log" "$OUT/step-execution.log" "$OUT/full-size.log" | head -60
 echo
 echo "== summary (logs in $OUT)"
 cat "$SUMMARY"
