@@ -314,7 +314,10 @@ impl CudaBackend {
     fn table(&self, arena: &mut CudaArena, values: Vec<u32>) -> Result<CUdeviceptr> {
         if !arena.tables.contains_key(&values) {
             // Only when `prepare` did not know the table (a graph bug): counted,
-            // and it makes a capture fail (no allocation or pageable copy inside one).
+            // and never inside a capture (no allocation or pageable copy there).
+            if capture::is_capturing(&self.stream)? {
+                return Err(Error::Cuda("a constant table was not prepared before the capture".into()));
+            }
             let dev = self.stream.clone_htod(&values).map_err(driver_err("uploading a constant table"))?;
             self.count_allocation();
             arena.tables.insert(values.clone(), dev);
