@@ -226,7 +226,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         for &c in cross_kv.iter().chain([&timestep.embed]).chain(&timestep.modulation) {
             g.mark_state(c);
         }
-        let step_ops = g.ops.len()..;
+        let constants_end = g.ops.len();
 
         // The step: this step's rows of the timestep tables, one per DiT sequence.
         let select = |g: &mut Graph, table: TensorId| {
@@ -254,7 +254,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
             out: denoised,
         });
         g.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars });
-        let step_ops = step_ops.start..g.ops.len();
+        let step_ops = constants_end..g.ops.len();
         let mut exec = Executor::new(backend, dit.weights(), g)?;
 
         // Conditional features, then zeros for the unconditional branch.
@@ -263,7 +263,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         exec.write(features, &f)?;
         let ts: Vec<f32> = sigmas[..settings.steps].iter().map(|&s| VScalings::at(s).t as f32).collect();
         exec.write(t_table, &ts)?;
-        exec.run_ops(0..step_ops.start)?;
+        exec.run_ops(0..constants_end)?;
 
         let mut x0 = Vec::with_capacity(rows * io);
         for r in requests {
