@@ -307,6 +307,16 @@ impl<B: Backend> Dit<B> {
         let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
         let latent_rows = batch.latent_rows();
         let token_rows = g.seg(token_seg).total();
+        // A graph-construction bug, not a user error.
+        let adaln = c.global_cond_type == GlobalCondType::AdaLn;
+        assert!(
+            cond.cross_kv.len() == ids.blocks.len()
+                && cond.modulation.len() == if adaln { ids.blocks.len() } else { 0 },
+            "DiT conditioning for {} blocks has {} K/V and {} modulation tables",
+            ids.blocks.len(),
+            cond.cross_kv.len(),
+            cond.modulation.len()
+        );
 
         // Audio tokens: x + preprocess_conv(x), project_in, (prepend te), PE_z.
         let xp = plain_linear(g, "preprocessed", x, ids.preprocess_conv, io, Some(x));
