@@ -152,6 +152,8 @@ fn the_step_loop_allocates_nothing_on_cuda() {
     }
 }
 
+/// 8 steps: with capture on, step 0 is the plain warm-up, step 1 is captured
+/// (and launched), steps 2..7 are replays.
 fn sample_cuda(cuda: &CudaBackend, dit: &Dit<CudaBackend>, requests: &[Request], capture: bool) -> Vec<HostTensor> {
     cuda.set_graph_capture(capture);
     let settings = settings(8, 1.0);

@@ -45,7 +45,8 @@ pub trait Backend: Sync {
     /// Runs ops `ops` of `ctx.graph`, a part the caller runs again and again
     /// with the same tensors (a sampler step; only values in the arena change
     /// between calls). A backend may record the launches once and replay them
-    /// (the CUDA backend captures a CUDA graph). Default: runs the ops.
+    /// (the CUDA backend captures a CUDA graph on the second call, after a
+    /// plain warm-up). Default: runs the ops.
     fn run_repeated(&self, ops: Range<usize>, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         let graph = ctx.graph;
         for op in &graph.ops[ops] {

@@ -110,7 +110,7 @@ impl<'w, B: Backend> Executor<'w, B> {
 
     /// Runs ops `ops`, a part of the graph the caller runs many times with the
     /// same tensors (only the values the host writes between runs change): the
-    /// backend may record the part on the first call and replay the record
+    /// backend may record the part once and replay the record
     /// afterwards (`Backend::run_repeated`).
     pub fn run_repeated(&mut self, ops: Range<usize>) -> Result<()> {
         self.check_range(&ops)?;

@@ -1,8 +1,12 @@
 //! One CUDA graph per repeated part of a graph (a sampler step: the DiT on
 //! cond + uncond, CFG and the DPM++ update). The first `run_repeated` of an op
-//! range records its launches on the backend's stream into a CUDA graph
-//! (stream capture), launches it, and keeps it in the arena; later calls
-//! replay it with one launch instead of hundreds.
+//! range runs it with plain launches, as a warm-up: whatever the libraries
+//! initialise on first use (cuBLASLt's kernels, lazily loaded modules) happens
+//! outside a capture, as PyTorch's CUDA-graph guide also advises. The second
+//! call records its launches on the backend's stream into a CUDA graph (stream
+//! capture), launches it, and keeps it in the arena; later calls replay it with
+//! one launch instead of hundreds. (A warm-up cannot be a dry run: a step
+//! updates the sampler state in place.)
 //!
 //! A replay is valid because nothing a captured launch refers to moves or
 //! changes shape: tensors sit at fixed arena offsets, the fp16 scratch and the
@@ -19,7 +23,7 @@
 //! `LOVA_CUDA_GRAPHS=0` (or `CudaBackend::set_graph_capture(false)`) turns
 //! capture off, to compare the two.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -41,6 +45,8 @@ pub fn enabled_by_env() -> bool {
 #[derive(Default)]
 pub struct Recordings {
     graphs: HashMap<(usize, usize), CudaGraph>,
+    /// Op ranges that ran once with plain launches (the warm-up).
+    warmed_up: HashSet<(usize, usize)>,
     /// Why capture failed for this arena, once it has.
     failure: Option<String>,
 }
@@ -69,7 +75,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Replays the graph captured for `ops`, capturing it first if needed.
+    /// Replays the graph captured for `ops`; the first call warms up, the second captures.
     pub(super) fn run_captured(&self, ops: Range<usize>, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
@@ -77,6 +83,9 @@ impl CudaBackend {
         let key = (ops.start, ops.end);
         if let Some(graph) = ctx.arena.recordings.graphs.get(&key) {
             return graph.launch().map_err(driver_err("launching a captured CUDA graph"));
+        }
+        if ctx.arena.recordings.warmed_up.insert(key) {
+            return self.run_plain(ops, ctx);
         }
         match self.capture(ops.clone(), ctx) {
             Ok(graph) => {

@@ -490,9 +490,10 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    /// The first call for `ops` captures their launches as a CUDA graph and
-    /// launches it; later calls replay it (`capture`). Plain launches when
-    /// capture is off or failed once for this arena.
+    /// The first call for `ops` runs them plainly (warm-up), the second
+    /// captures their launches as a CUDA graph and launches it, later calls
+    /// replay it (`capture`). Plain launches when capture is off or failed
+    /// once for this arena.
     fn run_repeated(&self, ops: Range<usize>, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
         if self.graph_capture() && !ctx.arena.recordings.failed() {
