@@ -9,9 +9,13 @@
 // - dpmpp_3m_update: x = a x + b den + c d1 + d d2 + e z; d2 = d1; d1 = den,
 //                    in place; a zero coefficient skips its term (the history
 //                    and noise buffers may hold stale or unset values then)
+// - select_step_row: out[r, :] = table[step, :] for every row r, step = the
+//                    STEP scalar (the row of a per-request constant table,
+//                    e.g. timestep embeddings, that this step reads; clamped
+//                    to the table, a kernel cannot report an error)
 //
 // Scalar slots (src/graph/ir.rs, scalar_slot): 0 c_in, 1 c_skip, 2 c_out,
-// 3 x, 4 denoised, 5 d1, 6 d2, 7 noise.
+// 3 x, 4 denoised, 5 d1, 6 d2, 7 noise, 8 step (an integer stored as f32).
 // Layout: contiguous f32; x_offsets int32 [count + 1] cumulative rows of x,
 // cfg f32 [count].
 // Launch: 1-D grid-stride, 256 threads per block, any grid size.
@@ -66,6 +70,17 @@ extern "C" __global__ void dpmpp_3m_update(float* __restrict__ x, const float* _
         x[i] = acc;
         d2[i] = d1[i];
         d1[i] = den;
+    }
+}
+
+extern "C" __global__ void select_step_row(const float* __restrict__ table, int table_rows,
+                                           const float* __restrict__ scalars, float* __restrict__ out,
+                                           long long rows, long long cols) {
+    // fmaxf turns a NaN step into 0; the host writes exact integers.
+    float s = fminf(fmaxf(scalars[8], 0.0f), (float)(table_rows - 1));
+    const float* row = table + (long long)s * cols;
+    GRID_STRIDE(i, rows * cols) {
+        out[i] = row[i % cols];
     }
 }
 

@@ -400,6 +400,19 @@ fn sampler_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         c.graph.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars: sc });
         cases.push(c);
     }
+    // (table rows, cols, output rows, step): the first, a middle and the last row of a table.
+    for (table_rows, cols, rows, step) in [(1, 128, 1, 0), (7, 33, 5, 3), (150, 1536, 2, 149)] {
+        // A copy: exact.
+        let mut c =
+            Case::new("select_step_row", format!("table [{table_rows}, {cols}] step {step} -> {rows} rows"), 0.0);
+        let table = c.input("table", table_rows, cols, rng.vec(table_rows * cols, -3.0, 3.0));
+        let mut sc = scalars(rng, false);
+        sc[scalar_slot::STEP] = step as f32;
+        let sc = c.input("scalars", 1, scalar_slot::COUNT, sc);
+        let out = c.output("out", rows, cols);
+        c.graph.push(Op::SelectStepRow { table, scalars: sc, out });
+        cases.push(c);
+    }
 }
 
 /// The tolerance of a GEMM with exact (fp16-representable) operands and a K-long
@@ -599,6 +612,7 @@ const CUDA_OPS: &[&str] = &[
     "prepend_weight_row",
     "quick_gelu",
     "first_rows",
+    "select_step_row",
 ];
 
 #[test]
@@ -612,6 +626,21 @@ fn every_op_has_cases_and_they_run_on_the_cpu() {
         assert_eq!(c.graph.ops[0].name(), c.op, "{}", c.label);
         let out = run_case(&CpuBackend, c).unwrap_or_else(|e| panic!("{} {}: {e}", c.op, c.label));
         assert!(out.iter().all(|v| v.is_finite()), "{} {}: non-finite CPU output", c.op, c.label);
+    }
+}
+
+#[test]
+fn a_step_outside_the_table_is_an_error_on_the_cpu() {
+    for step in [2.0, -1.0, 0.5, f32::NAN] {
+        let mut c = Case::new("select_step_row", String::new(), 0.0);
+        let table = c.input("table", 2, 3, vec![1.0; 6]);
+        let mut sc = vec![0.0; scalar_slot::COUNT];
+        sc[scalar_slot::STEP] = step;
+        let sc = c.input("scalars", 1, scalar_slot::COUNT, sc);
+        let out = c.output("out", 1, 3);
+        c.graph.push(Op::SelectStepRow { table, scalars: sc, out });
+        let err = run_case(&CpuBackend, &c).expect_err("out-of-table step").to_string();
+        assert!(err.contains("step index"), "{err}");
     }
 }
 

@@ -8,7 +8,9 @@
 #
 # Parts, most important first; logs in $OUT (default /tmp/lova-device-check):
 #   kernels    lova-fast kernels --check for the GPU's architecture (NVRTC, registers, spills)
-#   ops        backend_ops: every CUDA op against its CPU twin (table of errors)
+#   ops        backend_ops: every CUDA op against its CPU twin (table of errors);
+#              step_execution: no device allocation in the step loop, and a captured
+#              CUDA graph step gives the latents of plain launches
 #   infer      cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model)
 #   bench      one sampler step for 10/30/60 s clips: lova-fast bench (latency, TFLOP/s,
 #              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py)
@@ -55,7 +57,7 @@ wanted() { [[ " $parts " == *" $1 "* ]]; }
 BUDGET=${BUDGET:-540}
 
 need=(lova-fast)
-wanted ops && need+=(backend_ops)
+wanted ops && need+=(backend_ops step_execution)
 { wanted infer || wanted full-size || wanted vae-clip; } && need+=(cuda_infer)
 wanted criterion && need+=(dit_step clip_encode vae_decode end_to_end)
 for b in "${need[@]}"; do
@@ -171,6 +173,7 @@ export BIN OUT
 # Limits in seconds; the last number is the least budget a part needs to start.
 step kernels kernels-check 60 20 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
 step ops backend-ops 120 30 "$BIN/backend_ops" --nocapture --test-threads=1
+step ops step-execution 30 10 "$BIN/step_execution" --nocapture --test-threads=1
 step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1
 step bench bench 180 60 compare --check --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
 step startup startup 120 60 startup
@@ -192,6 +195,11 @@ if show backend-ops; then
     echo
     echo "== op tests"
     grep -v -E "^(test |running [0-9]+ test|$)" "$OUT/backend-ops.log" | head -100
+fi
+if show step-execution; then
+    echo
+    echo "== step execution (allocations, CUDA graph capture)"
+    grep -v -E "^(running [0-9]+ test|$)" "$OUT/step-execution.log" | head -30
 fi
 if show cuda-infer || show full-size; then
     echo

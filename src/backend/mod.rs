@@ -5,6 +5,8 @@
 pub mod cpu;
 pub mod cuda;
 
+use std::ops::Range;
+
 use crate::error::Result;
 use crate::graph::{ArenaPlan, Graph, Op, WeightId};
 use crate::tensor::HostTensor;
@@ -25,6 +27,33 @@ pub trait Backend: Sync {
     fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Runs one op; its tensors live in `ctx.arena` at the offsets of `ctx.plan`.
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()>;
+
+    /// Device allocations this backend has made so far (arenas, and on a GPU
+    /// also weights, scratch buffers, constant tables, library workspaces).
+    /// A run of a prepared graph must not change it: the executor's tests
+    /// read it before and after a sampling loop.
+    fn device_allocations(&self) -> u64;
+
+    /// Called once when an executor is made, after `alloc`: allocates and
+    /// uploads whatever the graph needs on the device besides its arena
+    /// (scratch buffers, constant tables, library plans), so that runs allocate
+    /// nothing. Default: nothing to do.
+    fn prepare(&self, _ctx: &mut OpContext<'_, Self>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Runs ops `ops` of `ctx.graph`, a part the caller runs again and again
+    /// with the same tensors (a sampler step; only values in the arena change
+    /// between calls). A backend may record the launches once and replay them
+    /// (the CUDA backend captures a CUDA graph on the second call, after a
+    /// plain warm-up). Default: runs the ops.
+    fn run_repeated(&self, ops: Range<usize>, ctx: &mut OpContext<'_, Self>) -> Result<()> {
+        let graph = ctx.graph;
+        for op in &graph.ops[ops] {
+            self.run_op(op, ctx)?;
+        }
+        Ok(())
+    }
 
     /// Writes the seeded noise of one request and `stream` (`sampler::rng`),
     /// token-major `[latent_len, channels]`, into `buffer` at `offset`, on the

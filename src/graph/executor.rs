@@ -1,6 +1,14 @@
-//! Runs a planned graph on a backend. The arena is allocated once when the
-//! executor is made; `run` only launches ops, so a sampler can run the same
-//! step graph 150 times without allocating.
+//! Runs a planned graph on a backend. Everything the graph needs on the device
+//! (the arena, and whatever the backend needs besides, see `Backend::prepare`)
+//! is allocated when the executor is made; runs only launch ops, so a sampler
+//! can run the same step 150 times without allocating.
+//!
+//! A graph may have parts that run at different rates: `run_ops` runs a range
+//! of its ops (e.g. per-request constants, once), `run_repeated` a range the
+//! caller runs again and again with the same tensors (a sampler step), which a
+//! backend may record once and replay (CUDA graphs).
+
+use std::ops::Range;
 
 use super::ir::{Graph, TensorId, TensorKind};
 use super::planner::ArenaPlan;
@@ -18,7 +26,8 @@ pub struct Executor<'w, B: Backend> {
 impl<'w, B: Backend> Executor<'w, B> {
     pub fn new(backend: &'w B, weights: &'w [B::Weight], graph: Graph) -> Result<Self> {
         let plan = ArenaPlan::plan(&graph)?;
-        let arena = backend.alloc(plan.size)?;
+        let mut arena = backend.alloc(plan.size)?;
+        backend.prepare(&mut OpContext { graph: &graph, plan: &plan, arena: &mut arena, weights })?;
         Ok(Executor { backend, weights, graph, plan, arena })
     }
 
@@ -84,10 +93,37 @@ impl<'w, B: Backend> Executor<'w, B> {
         Ok(out)
     }
 
+    /// Runs every op of the graph.
     pub fn run(&mut self) -> Result<()> {
+        self.run_ops(0..self.graph.ops.len())
+    }
+
+    /// Runs ops `ops` of the graph, one after the other.
+    pub fn run_ops(&mut self, ops: Range<usize>) -> Result<()> {
+        self.check_range(&ops)?;
         let mut ctx = OpContext { graph: &self.graph, plan: &self.plan, arena: &mut self.arena, weights: self.weights };
-        for op in &self.graph.ops {
+        for op in &self.graph.ops[ops] {
             self.backend.run_op(op, &mut ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Runs ops `ops`, a part of the graph the caller runs many times with the
+    /// same tensors (only the values the host writes between runs change): the
+    /// backend may record the part once and replay the record
+    /// afterwards (`Backend::run_repeated`).
+    pub fn run_repeated(&mut self, ops: Range<usize>) -> Result<()> {
+        self.check_range(&ops)?;
+        let mut ctx = OpContext { graph: &self.graph, plan: &self.plan, arena: &mut self.arena, weights: self.weights };
+        self.backend.run_repeated(ops, &mut ctx)
+    }
+
+    fn check_range(&self, ops: &Range<usize>) -> Result<()> {
+        if ops.start > ops.end || ops.end > self.graph.ops.len() {
+            return Err(Error::InvalidInput(format!(
+                "ops {ops:?} are not a part of a graph of {} ops",
+                self.graph.ops.len()
+            )));
         }
         Ok(())
     }

@@ -41,6 +41,7 @@ impl Graph {
             | Op::CfgExpand { .. }
             | Op::CfgDenoise { .. }
             | Op::Dpmpp3mUpdate { .. }
+            | Op::SelectStepRow { .. }
             | Op::SnakeBeta { .. }
             | Op::Patchify { .. }
             | Op::PrependWeightRow { .. }

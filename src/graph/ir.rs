@@ -21,7 +21,8 @@ pub struct SegmentsId(pub usize);
 pub enum TensorKind {
     /// Written by the host before a run; kept for the whole run.
     Input,
-    /// Kept across runs (sampler state); the host writes it once, ops update it in place.
+    /// Kept across runs: sampler state the host writes once and ops update in
+    /// place, or per-request constants that ops of a once-run part of the graph write.
     State,
     /// Produced and consumed inside a run; shares arena space with other temporaries.
     Temp,
@@ -125,7 +126,10 @@ pub mod scalar_slot {
     pub const D1: usize = 5;
     pub const D2: usize = 6;
     pub const NOISE: usize = 7;
-    pub const COUNT: usize = 8;
+    /// The step index, as an f32 (exact below 2^24): which row of the per-request
+    /// tables (`Op::SelectStepRow`) this step reads.
+    pub const STEP: usize = 8;
+    pub const COUNT: usize = 9;
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +201,12 @@ pub enum Op {
     /// `x = a*x + b*denoised + c*d1 + d*d2 + e*noise; d2 = d1; d1 = denoised`
     /// with the coefficients from `scalars`.
     Dpmpp3mUpdate { x: TensorId, denoised: TensorId, d1: TensorId, d2: TensorId, noise: TensorId, scalars: TensorId },
+    /// Sampler: every row of `out` is row `step` of `table`, with `step` read from
+    /// `scalars[STEP]` on the device, so that one (captured) step graph serves every
+    /// step of a schedule whose per-step values were computed once into `table`
+    /// (e.g. the timestep embeddings). A step outside the table is an error on the
+    /// CPU and clamped to the last row on the GPU (a kernel cannot fail).
+    SelectStepRow { table: TensorId, scalars: TensorId, out: TensorId },
     /// VAE: stride-1 convolution over each sequence of `segments` (token-major
     /// `[L, C_in]` -> `[L, C_out]`, zero padding per sequence), `w` `[C_out, K * C_in]`
     /// tap-major, plus bias and an optional residual. With `input_snake`, SnakeBeta
@@ -266,6 +276,7 @@ impl Op {
             CfgExpand { x, scalars, .. } => vec![*x, *scalars],
             CfgDenoise { v, x, scalars, .. } => vec![*v, *x, *scalars],
             Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => vec![*x, *denoised, *d1, *d2, *noise, *scalars],
+            SelectStepRow { table, scalars, .. } => vec![*table, *scalars],
             Conv1d { x, residual, .. } => [Some(*x), *residual].into_iter().flatten().collect(),
             ConvTranspose1d { x, .. } | SnakeBeta { x, .. } => vec![*x],
             Patchify { images, .. } => vec![*images],
@@ -291,6 +302,7 @@ impl Op {
             | Attention { out, .. }
             | CfgExpand { out, .. }
             | CfgDenoise { out, .. }
+            | SelectStepRow { out, .. }
             | Conv1d { out, .. }
             | ConvTranspose1d { out, .. }
             | SnakeBeta { out, .. } => vec![*out],
@@ -317,6 +329,7 @@ impl Op {
             CfgExpand { .. } => "cfg_expand",
             CfgDenoise { .. } => "cfg_denoise",
             Dpmpp3mUpdate { .. } => "dpmpp_3m_update",
+            SelectStepRow { .. } => "select_step_row",
             Conv1d { .. } => "conv1d",
             ConvTranspose1d { .. } => "conv_transpose1d",
             SnakeBeta { .. } => "snake_beta",
@@ -371,6 +384,15 @@ impl Graph {
     pub fn mark_output(&mut self, t: TensorId) {
         if self.tensors[t.0].kind == TensorKind::Temp {
             self.tensors[t.0].kind = TensorKind::Output;
+        }
+    }
+
+    /// Marks a temporary as state: it keeps its value across runs, so that one
+    /// part of the graph (run once) can compute what another part (run many
+    /// times) reads, e.g. per-request constants of a sampling loop.
+    pub fn mark_state(&mut self, t: TensorId) {
+        if matches!(self.tensors[t.0].kind, TensorKind::Temp | TensorKind::Output) {
+            self.tensors[t.0].kind = TensorKind::State;
         }
     }
 

@@ -223,32 +223,61 @@ impl<B: Backend> Dit<B> {
         Ok(())
     }
 
-    /// Adds the DiT forward to `g`.
+    /// Adds the DiT forward to `g`: the conditioning (`build_timestep`,
+    /// `build_cross_kv`) and the denoiser pass (`build_denoiser`) in one go.
     ///
     /// Inputs: `x` `[sum T', io_channels]` (already scaled by c_in), `t` `[B, 1]`,
     /// `features` `[sum N, cond_token_dim]` (zero rows for unconditional sequences).
     /// Returns the v-prediction `[sum T', io_channels]`.
     pub fn build(&self, g: &mut Graph, batch: &DitBatch, x: TensorId, t: TensorId, features: TensorId) -> TensorId {
+        let timestep = self.build_timestep(g, t);
+        let cross_kv = self.build_cross_kv(g, batch, features);
+        let conditioning = DitConditioning { timestep: timestep.embed, modulation: timestep.modulation, cross_kv };
+        self.build_denoiser(g, batch, x, &conditioning)
+    }
+
+    /// Everything that depends only on the timestep, one row per row of `t`
+    /// (`[R, 1]`): for a sampler, the rows of a whole schedule, computed once.
+    pub fn build_timestep(&self, g: &mut Graph, t: TensorId) -> TimestepTables {
         let c = &self.config;
         let ids = &self.ids;
-        let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
-        let b = batch.len();
-        let latent_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.latent_len)));
-        let token_seg =
-            g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| c.transformer_len(s.latent_len))));
-        let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
-        let (latent_rows, context_rows) = (batch.latent_rows(), batch.context_rows());
-        let token_rows = g.seg(token_seg).total();
-
-        // Timestep embedding: Fourier features -> Linear -> SiLU -> Linear.
-        let feat = g.temp("timestep_features", b, TIMESTEP_FEATURES);
+        let e = c.embed_dim;
+        let rows = g.desc(t).rows;
+        // Fourier features -> Linear -> SiLU -> Linear.
+        let feat = g.temp("timestep_features", rows, TIMESTEP_FEATURES);
         g.push(Op::TimestepFeatures { t, w: ids.timestep_features, out: feat });
         let te_hidden = linear(g, "timestep_hidden", feat, &ids.timestep_embed[0], e, None);
         let te_hidden = silu(g, te_hidden);
-        let te = linear(g, "timestep_embed", te_hidden, &ids.timestep_embed[1], e, None);
+        let embed = linear(g, "timestep_embed", te_hidden, &ids.timestep_embed[1], e, None);
+        // adaLN: each block's scale/shift/gate table is a linear map of SiLU(te).
+        let modulation = match c.global_cond_type {
+            GlobalCondType::AdaLn => {
+                let te_act = silu(g, embed);
+                ids.blocks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, block)| {
+                        block.modulation.map(|w| plain_linear(g, format!("l{i}.modulation"), te_act, w, 6 * e, None))
+                    })
+                    .collect()
+            }
+            GlobalCondType::Prepend => Vec::new(),
+        };
+        TimestepTables { embed, modulation }
+    }
 
-        // Video tokens: MLP without biases, then PE_c. (Unconditional sequences
-        // arrive as zero features, so their context is exactly the PE_c rows.)
+    /// Each block's cross-attention keys and values `[sum N, 2 * cond_token_dim]`
+    /// of the video tokens: `to_kv(to_cond_embed(features) + PE_c)`. They depend
+    /// only on the request, not on the step. (Unconditional sequences arrive as
+    /// zero features; the MLP has no biases, so their tokens are exactly the PE_c
+    /// rows: their K/V depend only on N.)
+    pub fn build_cross_kv(&self, g: &mut Graph, batch: &DitBatch, features: TensorId) -> Vec<TensorId> {
+        let c = &self.config;
+        let ids = &self.ids;
+        let cd = c.cond_token_dim;
+        let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
+        let context_rows = batch.context_rows();
+        // Video tokens: MLP without biases, then PE_c.
         let ch = plain_linear(g, "cond_hidden", features, ids.cond_embed[0], cd, None);
         let ch = silu(g, ch);
         let ctx = plain_linear(g, "cond_tokens", ch, ids.cond_embed[1], cd, None);
@@ -260,6 +289,34 @@ impl<B: Backend> Dit<B> {
             segments: context_seg,
             out: context,
         });
+        (0..ids.blocks.len())
+            .map(|i| plain_linear(g, format!("l{i}.cross_kv"), context, ids.blocks[i].to_kv, 2 * cd, None))
+            .collect()
+    }
+
+    /// One denoiser pass over the audio tokens `x` `[sum T', io_channels]`
+    /// (already scaled by c_in) given the batch's conditioning, whose rows
+    /// (timestep, modulation) are one per sequence. Returns v `[sum T', io_channels]`.
+    pub fn build_denoiser(&self, g: &mut Graph, batch: &DitBatch, x: TensorId, cond: &DitConditioning) -> TensorId {
+        let c = &self.config;
+        let ids = &self.ids;
+        let (e, io) = (c.embed_dim, c.io_channels);
+        let latent_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.latent_len)));
+        let token_seg =
+            g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| c.transformer_len(s.latent_len))));
+        let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
+        let latent_rows = batch.latent_rows();
+        let token_rows = g.seg(token_seg).total();
+        // A graph-construction bug, not a user error.
+        let adaln = c.global_cond_type == GlobalCondType::AdaLn;
+        assert!(
+            cond.cross_kv.len() == ids.blocks.len()
+                && cond.modulation.len() == if adaln { ids.blocks.len() } else { 0 },
+            "DiT conditioning for {} blocks has {} K/V and {} modulation tables",
+            ids.blocks.len(),
+            cond.cross_kv.len(),
+            cond.modulation.len()
+        );
 
         // Audio tokens: x + preprocess_conv(x), project_in, (prepend te), PE_z.
         let xp = plain_linear(g, "preprocessed", x, ids.preprocess_conv, io, Some(x));
@@ -268,7 +325,7 @@ impl<B: Backend> Dit<B> {
             GlobalCondType::Prepend => {
                 let h = g.temp("tokens", token_rows, e);
                 g.push(Op::PrependRow {
-                    first: te,
+                    first: cond.timestep,
                     rest: audio,
                     rest_segments: latent_seg,
                     out_segments: token_seg,
@@ -287,14 +344,10 @@ impl<B: Backend> Dit<B> {
             out: h,
         });
 
-        // adaLN conditions LayerNorms on SiLU(te).
-        let te_act = match c.global_cond_type {
-            GlobalCondType::AdaLn => Some(silu(g, te)),
-            GlobalCondType::Prepend => None,
-        };
         let seqs = Segs { tokens: token_seg, context: context_seg };
         for (i, block) in ids.blocks.iter().enumerate() {
-            h = self.block(g, i, block, h, context, te_act, &seqs);
+            let layer = LayerConditioning { modulation: cond.modulation.get(i).copied(), cross_kv: cond.cross_kv[i] };
+            h = self.block(g, i, block, h, layer, &seqs);
         }
 
         let out_tokens = plain_linear(g, "project_out", h, ids.project_out, io, None);
@@ -309,15 +362,13 @@ impl<B: Backend> Dit<B> {
         plain_linear(g, "v", out_latent, ids.postprocess_conv, io, Some(out_latent))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         g: &mut Graph,
         i: usize,
         ids: &BlockIds,
         h: TensorId,
-        context: TensorId,
-        te_act: Option<TensorId>,
+        layer: LayerConditioning,
         seqs: &Segs,
     ) -> TensorId {
         let c = &self.config;
@@ -326,10 +377,7 @@ impl<B: Backend> Dit<B> {
         let heads = c.num_heads;
         let scale = (HEAD_DIM as f32).powf(-0.5);
         // adaLN: one [B, 6E] table per block: scale/shift/gate for self-attn, then for FF.
-        let table = match (ids.modulation, te_act) {
-            (Some(w), Some(te)) => Some(plain_linear(g, format!("l{i}.modulation"), te, w, 6 * e, None)),
-            _ => None,
-        };
+        let table = layer.modulation.filter(|_| ids.modulation.is_some());
         let modulation = |k: usize| {
             table.map(|table| AdaLnModulation {
                 table,
@@ -378,7 +426,7 @@ impl<B: Backend> Dit<B> {
         // Cross-attention to the video tokens (grouped-query, no RoPE, never modulated).
         let n = layer_norm(g, format!("l{i}.cross_norm"), h, &ids.cross_norm, None);
         let q = plain_linear(g, format!("l{i}.cross_q"), n, ids.to_q, e, None);
-        let kv = plain_linear(g, format!("l{i}.cross_kv"), context, ids.to_kv, 2 * cd, None);
+        let kv = layer.cross_kv;
         let attn = g.temp(format!("l{i}.cross_attn"), rows, e);
         g.push(Op::Attention {
             q: ColumnSlice { tensor: q, offset: 0, width: e },
@@ -461,6 +509,32 @@ impl<B: Backend> Dit<B> {
             })
             .collect())
     }
+}
+
+/// The conditioning of one denoiser pass over a batch (see `Dit::build_denoiser`).
+#[derive(Debug, Clone)]
+pub struct DitConditioning {
+    /// Timestep embedding te `[B, embed_dim]`, one row per sequence.
+    pub timestep: TensorId,
+    /// adaLN configs: each block's scale/shift/gate table `[B, 6 * embed_dim]`; empty otherwise.
+    pub modulation: Vec<TensorId>,
+    /// Each block's cross-attention K/V `[sum N, 2 * cond_token_dim]` (`Dit::build_cross_kv`).
+    pub cross_kv: Vec<TensorId>,
+}
+
+/// What depends only on the timestep, one row per timestep (`Dit::build_timestep`).
+#[derive(Debug, Clone)]
+pub struct TimestepTables {
+    /// te `[R, embed_dim]`.
+    pub embed: TensorId,
+    /// adaLN configs: each block's scale/shift/gate table `[R, 6 * embed_dim]`; empty otherwise.
+    pub modulation: Vec<TensorId>,
+}
+
+#[derive(Clone, Copy)]
+struct LayerConditioning {
+    modulation: Option<TensorId>,
+    cross_kv: TensorId,
 }
 
 struct Segs {

@@ -6,5 +6,5 @@ pub mod dit;
 pub mod vae;
 
 pub use clip::{ClipVision, ClipVisionConfig};
-pub use dit::{Dit, DitBatch, DitSequence};
+pub use dit::{Dit, DitBatch, DitConditioning, DitSequence, TimestepTables};
 pub use vae::VaeDecoder;

@@ -1,12 +1,28 @@
 //! The sampling loop over a batch of requests.
 //!
-//! One step graph serves all steps: the DiT batch holds every request twice
-//! (all cond sequences, then all uncond ones), followed by the CFG/denoise op and
-//! the fused DPM++ update, which works in place on the state tensors x, d1, d2.
-//! Per step the host only writes a few scalars (computed in f64), the timestep
-//! and, when the step adds noise, the noise; the arena is planned once.
-//! All requests advance in lock-step on the same schedule; each has its own
-//! length, video features, CFG scale and seed.
+//! One graph, planned once into one arena, has two parts:
+//! - the request constants, run once by `Sampling::new`: everything that does
+//!   not change across steps, written into state tensors: each block's
+//!   cross-attention K/V of the video tokens (cond: from the request's features
+//!   through `to_cond_embed` + PE_c; uncond: from zero features, i.e. from the
+//!   PE_c rows alone, which depend only on N), and the timestep embedding (and,
+//!   for adaLN configs, each block's modulation table) of every step of the
+//!   schedule, one row per step;
+//! - the step, run by `Sampling::step` (and captured as one CUDA graph on a
+//!   GPU, see `Backend::run_repeated`): `SelectStepRow` picks this step's rows
+//!   of the timestep tables, the DiT runs on all cond sequences then all uncond
+//!   ones, then the CFG/denoise op and the fused DPM++ update, which works in
+//!   place on the state tensors x, d1, d2.
+//!
+//! Per step the host only writes a few scalars (computed in f64, including the
+//! step index that `SelectStepRow` reads on the device) and, when the step adds
+//! noise, the noise. All requests advance in lock-step on the same schedule
+//! (one `SamplerSettings` per batch), so the timestep tables are shared by all
+//! requests and the step index is the same for all; each request has its own
+//! length, video features, CFG scale and seed. (Requests with schedules of
+//! different lengths would need one table block per request and a per-request
+//! step index, e.g. a row offset table; the engine batches only requests with
+//! the same settings.)
 
 use super::dpmpp::Dpmpp3mSde;
 use super::rng::fill_normal;
@@ -15,7 +31,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result, ensure_finite};
 use crate::graph::scalar_slot as slot;
 use crate::graph::{Executor, Graph, Op, Segments, TensorId, TensorKind};
-use crate::models::{Dit, DitBatch, DitSequence};
+use crate::models::{Dit, DitBatch, DitConditioning, DitSequence};
 use crate::tensor::HostTensor;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +56,10 @@ impl SamplerSettings {
         let bad = |what: &str| Err(Error::InvalidInput(what.to_string()));
         if self.steps == 0 {
             return bad("--steps must be at least 1");
+        }
+        // The step graph reads the step index as an f32 (`scalar_slot::STEP`).
+        if self.steps > 1 << 24 {
+            return bad("--steps must be at most 16777216");
         }
         if !(self.sigma_min > 0.0 && self.sigma_max.is_finite() && self.sigma_min <= self.sigma_max) {
             return bad("sigmas must satisfy 0 < sigma-min <= sigma-max < infinity");
@@ -154,12 +174,12 @@ pub struct Sampling<'a, B: Backend> {
     done: usize,
     noise_buf: Vec<f32>,
     noise_scratch: Vec<f32>,
-    t_buf: Vec<f32>,
+    /// The ops of one step (the request constants come before them).
+    step_ops: std::ops::Range<usize>,
 }
 
 struct StepTensors {
     scalars: TensorId,
-    t: TensorId,
     noise: TensorId,
     x: TensorId,
 }
@@ -190,18 +210,39 @@ impl<'a, B: Backend> Sampling<'a, B> {
         let latent_seg = Segments::from_lengths(requests.iter().map(|r| r.latent_len));
         let rows = latent_seg.total();
 
-        // The step graph.
+        let sigmas = settings.sigmas();
         let mut g = Graph::new();
         let scalars = g.input("step_scalars", 1, slot::COUNT);
-        let t = g.input("t", batch.len(), 1);
+        let t_table = g.input("schedule_t", settings.steps, 1);
         let features = g.input("features", batch.context_rows(), cd);
         let noise = g.input("noise", rows, io);
         let x = g.tensor("x", rows, io, TensorKind::State);
         let d1 = g.tensor("denoised_1", rows, io, TensorKind::State);
         let d2 = g.tensor("denoised_2", rows, io, TensorKind::State);
+
+        // Request constants.
+        let cross_kv = dit.build_cross_kv(&mut g, &batch, features);
+        let timestep = dit.build_timestep(&mut g, t_table);
+        for &c in cross_kv.iter().chain([&timestep.embed]).chain(&timestep.modulation) {
+            g.mark_state(c);
+        }
+        let constants_end = g.ops.len();
+
+        // The step: this step's rows of the timestep tables, one per DiT sequence.
+        let select = |g: &mut Graph, table: TensorId| {
+            let d = g.desc(table).clone();
+            let out = g.temp(format!("{}.step", d.name), batch.len(), d.cols);
+            g.push(Op::SelectStepRow { table, scalars, out });
+            out
+        };
+        let conditioning = DitConditioning {
+            timestep: select(&mut g, timestep.embed),
+            modulation: timestep.modulation.iter().map(|&m| select(&mut g, m)).collect(),
+            cross_kv,
+        };
         let x_in = g.temp("x_in", 2 * rows, io);
         g.push(Op::CfgExpand { x, scalars, out: x_in });
-        let v = dit.build(&mut g, &batch, x_in, t, features);
+        let v = dit.build_denoiser(&mut g, &batch, x_in, &conditioning);
         let x_segments = g.add_segments(latent_seg.clone());
         let denoised = g.temp("denoised", rows, io);
         g.push(Op::CfgDenoise {
@@ -213,14 +254,17 @@ impl<'a, B: Backend> Sampling<'a, B> {
             out: denoised,
         });
         g.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars });
+        let step_ops = constants_end..g.ops.len();
         let mut exec = Executor::new(backend, dit.weights(), g)?;
 
         // Conditional features, then zeros for the unconditional branch.
         let mut f: Vec<f32> = requests.iter().flat_map(|r| r.features.data.iter().copied()).collect();
         f.resize(batch.context_rows() * cd, 0.0);
         exec.write(features, &f)?;
+        let ts: Vec<f32> = sigmas[..settings.steps].iter().map(|&s| VScalings::at(s).t as f32).collect();
+        exec.write(t_table, &ts)?;
+        exec.run_ops(0..constants_end)?;
 
-        let sigmas = settings.sigmas();
         let mut x0 = Vec::with_capacity(rows * io);
         for r in requests {
             r.noise.append_token_major(0, io, r.latent_len, &mut Vec::new(), &mut x0)?;
@@ -234,13 +278,13 @@ impl<'a, B: Backend> Sampling<'a, B> {
             io_channels: io,
             latent_seg,
             exec,
-            tensors: StepTensors { scalars, t, noise, x },
+            tensors: StepTensors { scalars, noise, x },
+            step_ops,
             sigmas,
             history: Dpmpp3mSde::new(),
             done: 0,
             noise_buf: Vec::with_capacity(rows * io),
             noise_scratch: Vec::new(),
-            t_buf: vec![0.0; batch.len()],
         })
     }
 
@@ -254,9 +298,11 @@ impl<'a, B: Backend> Sampling<'a, B> {
     }
 
     /// Matrix-product FLOP of one step (DiT on cond + uncond; see `Graph::flops`),
-    /// to turn a measured step time into achieved TFLOP/s.
+    /// to turn a measured step time into achieved TFLOP/s. Only the step's ops
+    /// count: the request constants are computed once, before the first step.
     pub fn step_flops(&self) -> u64 {
-        self.exec.graph().flops()
+        let g = self.exec.graph();
+        g.ops[self.step_ops.clone()].iter().map(|op| g.op_flops(op)).sum()
     }
 
     /// Runs the next step; false when all steps were already done.
@@ -277,9 +323,8 @@ impl<'a, B: Backend> Sampling<'a, B> {
         step_scalars[slot::D1] = k.d1 as f32;
         step_scalars[slot::D2] = k.d2 as f32;
         step_scalars[slot::NOISE] = k.noise as f32;
+        step_scalars[slot::STEP] = i as f32;
         self.exec.write(self.tensors.scalars, &step_scalars)?;
-        self.t_buf.fill(s.t as f32);
-        self.exec.write(self.tensors.t, &self.t_buf)?;
         if k.noise != 0.0 && !self.noise_on_device(i + 1)? {
             self.noise_buf.clear();
             for r in self.requests {
@@ -287,7 +332,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
             }
             self.exec.write(self.tensors.noise, &self.noise_buf)?;
         }
-        self.exec.run()?;
+        self.exec.run_repeated(self.step_ops.clone())?;
         self.done += 1;
         Ok(true)
     }

@@ -21,6 +21,14 @@ use crate::tensor::HostTensor;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
 
+thread_local! {
+    /// Arenas allocated by this thread. Counted per thread because the CPU
+    /// backend is a unit value every caller makes anew, and an executor
+    /// allocates its arena on the thread that makes it: concurrent tests do
+    /// not see each other's allocations.
+    static ARENA_ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend
@@ -40,7 +48,14 @@ impl Backend for CpuBackend {
         v.try_reserve_exact(len)
             .map_err(|_| Error::InvalidInput(format!("cannot allocate {} MiB for the arena", (len * 4) >> 20)))?;
         v.resize(len, 0.0);
+        ARENA_ALLOCATIONS.with(|n| n.set(n.get() + 1));
         Ok(v)
+    }
+
+    /// Arenas allocated so far by the calling thread (weights are host tensors,
+    /// shared, not counted).
+    fn device_allocations(&self) -> u64 {
+        ARENA_ALLOCATIONS.with(|n| n.get())
     }
 
     fn upload_weight(&self, tensor: &HostTensor) -> Result<HostTensor> {
@@ -184,6 +199,16 @@ impl Backend for CpuBackend {
                 io.input(*noise),
                 io.input(*scalars),
             ),
+            Op::SelectStepRow { table, scalars, out } => {
+                let (td, od) = (g.desc(*table), g.desc(*out));
+                if td.cols != od.cols || g.desc(*scalars).len() <= crate::graph::scalar_slot::STEP {
+                    return Err(Error::InvalidInput(format!(
+                        "graph bug: select_step_row from `{}` ({} columns) into `{}` ({} columns), or no step scalar",
+                        td.name, td.cols, od.name, od.cols
+                    )));
+                }
+                sampler_ops::select_step_row(io.input(*table), td.rows, io.input(*scalars), io.output(*out))?
+            }
             Op::Conv1d { x, input_snake, w: wid, bias, kernel, dilation, padding, residual, segments, out } => {
                 conv::conv1d(
                     io.input(*x),

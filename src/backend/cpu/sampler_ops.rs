@@ -1,8 +1,10 @@
-//! The sampler's element-wise ops: CFG input expansion, CFG + v-denoiser, and
-//! the DPM++ 3M SDE update with coefficients prepared on the host in f64.
+//! The sampler's element-wise ops: CFG input expansion, CFG + v-denoiser, the
+//! DPM++ 3M SDE update with coefficients prepared on the host in f64, and the
+//! per-step row of a table of per-request constants.
 
 use rayon::prelude::*;
 
+use crate::error::{Error, Result};
 use crate::graph::Segments;
 use crate::graph::scalar_slot as slot;
 
@@ -68,4 +70,20 @@ pub fn dpmpp_3m_update(
         *d2 = *d1;
         *d1 = den;
     });
+}
+
+/// Every row of `out` is row `scalars[STEP]` of `table` (`[table_rows, cols]`,
+/// `cols` = width of `out`'s rows).
+pub fn select_step_row(table: &[f32], table_rows: usize, scalars: &[f32], out: &mut [f32]) -> Result<()> {
+    let step = scalars[slot::STEP];
+    if !(step >= 0.0 && step.fract() == 0.0 && (step as usize) < table_rows) {
+        return Err(Error::InvalidInput(format!("step index {step} is not a row of a table of {table_rows} steps")));
+    }
+    if table.is_empty() {
+        return Ok(());
+    }
+    let cols = table.len() / table_rows;
+    let row = &table[step as usize * cols..(step as usize + 1) * cols];
+    out.chunks_exact_mut(cols).for_each(|o| o.copy_from_slice(row));
+    Ok(())
 }

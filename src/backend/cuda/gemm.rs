@@ -197,6 +197,17 @@ impl Gemm {
         Ok(Plan { desc, w, x, out, algo, fused_bias })
     }
 
+    /// Makes (and keeps) the plan of a GEMM shape ahead of its first run, so
+    /// that runs only look plans up (`Backend::prepare`).
+    pub fn prepare(&self, m: usize, n: usize, k: usize, bias: bool, residual: bool) -> Result<()> {
+        let key = GemmKey { m, n, k, bias, residual };
+        let mut plans = self.plans.lock().map_err(|_| Error::Cuda("GEMM plan cache poisoned".into()))?;
+        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(key) {
+            e.insert(self.plan(key)?);
+        }
+        Ok(())
+    }
+
     /// Enqueues the GEMM on the stream. Returns true when the bias still has to
     /// be added (no fused-bias algorithm for this shape).
     pub fn run(&self, a: &GemmArgs) -> Result<bool> {

@@ -20,14 +20,23 @@
 //!
 //! All work is enqueued on one stream; `read` waits for it. Kernels are
 //! compiled by NVRTC for the device (cached on disk, see `compile`).
+//!
+//! Memory: weights are uploaded once; everything a graph needs besides them
+//! (its arena, the fp16 GEMM scratch, constant tables) is allocated when its
+//! executor is made (`Backend::prepare`), so a run allocates nothing, which
+//! is also what lets a sampler step be captured as a CUDA graph (`capture`).
+//! Every device allocation is counted (`Backend::device_allocations`).
 
+mod capture;
 pub mod compile;
 mod conv;
 mod gemm;
 mod vision;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
@@ -37,7 +46,7 @@ use rayon::prelude::*;
 
 use super::{Backend, OpContext};
 use crate::error::{Error, Result};
-use crate::graph::{ColumnSlice, Op, Segments, TensorId, WeightId};
+use crate::graph::{ColumnSlice, Op, Segments, TensorId, WeightId, scalar_slot};
 use crate::tensor::HostTensor;
 use gemm::{Gemm, GemmArgs};
 
@@ -106,16 +115,22 @@ pub struct CudaBackend {
     functions: HashMap<String, CudaFunction>,
     gemm: Gemm,
     info: DeviceInfo,
+    /// Device allocations so far (arenas, weights, scratch, tables, workspace).
+    allocations: AtomicU64,
+    /// Whether `run_repeated` captures CUDA graphs (`capture::ENV_SWITCH`).
+    graph_capture: AtomicBool,
 }
 
 /// The arena of one executor, plus what its graph needs on the device besides
-/// tensors: the fp16 scratch of GEMM inputs and small constant tables (segment
-/// offsets, CFG scales), uploaded on first use and kept, so repeated runs of
-/// the same graph upload nothing but their inputs.
+/// tensors: the fp16 scratch of GEMM inputs (sized to the graph's largest
+/// Linear input), small constant tables (segment offsets, CFG scales), all
+/// made by `prepare` before the first run, and the CUDA graphs captured from
+/// its repeated parts (they hold this arena's addresses, so they live with it).
 pub struct CudaArena {
     data: CudaSlice<f32>,
     half: Option<CudaSlice<u16>>,
     tables: HashMap<Vec<u32>, CudaSlice<u32>>,
+    recordings: capture::Recordings,
 }
 
 /// A weight on the device. The upload sees only a shape, not the op that will
@@ -229,7 +244,31 @@ impl CudaBackend {
             }
         }
         let gemm = Gemm::new(stream.clone())?;
-        Ok(CudaBackend { ctx, stream, functions, gemm, info })
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            functions,
+            gemm,
+            info,
+            // The cuBLASLt workspace.
+            allocations: AtomicU64::new(1),
+            graph_capture: AtomicBool::new(capture::enabled_by_env()),
+        })
+    }
+
+    /// Turns CUDA-graph capture of repeated graph parts on or off (default:
+    /// on unless `LOVA_CUDA_GRAPHS=0`). Arenas that already hold a captured
+    /// graph keep replaying it while capture is on.
+    pub fn set_graph_capture(&self, on: bool) {
+        self.graph_capture.store(on, Ordering::Relaxed);
+    }
+
+    pub fn graph_capture(&self) -> bool {
+        self.graph_capture.load(Ordering::Relaxed)
+    }
+
+    fn count_allocation(&self) {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -276,7 +315,13 @@ impl CudaBackend {
     /// A constant table in device memory, uploaded once per arena.
     fn table(&self, arena: &mut CudaArena, values: Vec<u32>) -> Result<CUdeviceptr> {
         if !arena.tables.contains_key(&values) {
+            // Only when `prepare` did not know the table (a graph bug): counted,
+            // and never inside a capture (no allocation or pageable copy there).
+            if capture::is_capturing(&self.stream)? {
+                return Err(Error::Cuda("a constant table was not prepared before the capture".into()));
+            }
             let dev = self.stream.clone_htod(&values).map_err(driver_err("uploading a constant table"))?;
+            self.count_allocation();
             arena.tables.insert(values.clone(), dev);
         }
         let (ptr, _) = arena.tables[&values].device_ptr(&self.stream);
@@ -338,8 +383,16 @@ impl CudaBackend {
         let bias_ptr = bias.map(|b| self.weight_f32(ctx.weights, b, n, "bias")).transpose()?;
         let arena = &mut *ctx.arena;
         if m * k > 0 && arena.half.as_ref().is_none_or(|h| h.len() < m * k) {
-            // Grows to the largest GEMM input of the graph during the first run, then stays.
+            // `prepare` sizes the scratch to the graph's largest Linear input, so
+            // this is reached only by a Linear it did not see; never inside a capture.
+            if capture::is_capturing(&self.stream)? {
+                return Err(Error::Cuda(format!(
+                    "linear `{}` needs a larger fp16 GEMM scratch than was prepared",
+                    g.desc(out).name
+                )));
+            }
             let buf = self.stream.alloc_zeros::<u16>(m * k).map_err(driver_err("allocating the fp16 GEMM scratch"))?;
+            self.count_allocation();
             arena.half = Some(buf);
         }
         let half = arena.half.as_ref().map(|h| h.device_ptr(&self.stream).0).unwrap_or(0);
@@ -395,7 +448,61 @@ impl Backend for CudaBackend {
         let data = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| {
             Error::Cuda(format!("cannot allocate {} MiB of device memory for the arena: {e:?}", (len * 4) >> 20))
         })?;
-        Ok(CudaArena { data, half: None, tables: HashMap::new() })
+        self.count_allocation();
+        Ok(CudaArena { data, half: None, tables: HashMap::new(), recordings: capture::Recordings::default() })
+    }
+
+    fn device_allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
+    }
+
+    /// Allocates the fp16 GEMM scratch for the largest Linear input, uploads
+    /// every segment table and CFG-scale table, and makes the cuBLASLt plan of
+    /// every GEMM shape: after this, no op of the graph allocates or uploads.
+    fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        let g = ctx.graph;
+        let mut largest_input = 0;
+        for op in &g.ops {
+            match op {
+                Op::Linear { x, bias, residual, out, .. } => {
+                    let (m, k, n) = (g.desc(*x).rows, g.desc(*x).cols, g.desc(*out).cols);
+                    largest_input = largest_input.max(m * k);
+                    if m > 0 && n > 0 && k > 0 {
+                        self.gemm.prepare(m, n, k, bias.is_some(), residual.is_some())?;
+                    }
+                }
+                Op::CfgDenoise { cfg_scales, .. } => {
+                    self.table(ctx.arena, cfg_scales.iter().map(|s| s.to_bits()).collect())?;
+                }
+                _ => {}
+            }
+        }
+        for s in &g.segments {
+            self.offsets(ctx.arena, s)?;
+        }
+        if largest_input > 0 && ctx.arena.half.as_ref().is_none_or(|h| h.len() < largest_input) {
+            let buf = self
+                .stream
+                .alloc_zeros::<u16>(largest_input)
+                .map_err(driver_err("allocating the fp16 GEMM scratch"))?;
+            self.count_allocation();
+            ctx.arena.half = Some(buf);
+        }
+        Ok(())
+    }
+
+    /// The first call for `ops` runs them plainly (warm-up), the second
+    /// captures their launches as a CUDA graph and launches it, later calls
+    /// replay it (`capture`). Plain launches when capture is off or failed
+    /// once for this arena.
+    fn run_repeated(&self, ops: Range<usize>, ctx: &mut OpContext<'_, Self>) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        if self.graph_capture() && !ctx.arena.recordings.failed() {
+            self.run_captured(ops, ctx)
+        } else {
+            self.run_plain(ops, ctx)
+        }
     }
 
     fn upload_weight(&self, tensor: &HostTensor) -> Result<CudaWeight> {
@@ -405,14 +512,18 @@ impl Backend for CudaBackend {
         let f16 = if tensor.shape.len() >= 2 {
             let mut bits: Vec<u16> = tensor.data.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
             bits.resize(n, 0);
-            Some(self.stream.clone_htod(&bits).map_err(driver_err("uploading a weight"))?)
+            let dev = self.stream.clone_htod(&bits).map_err(driver_err("uploading a weight"))?;
+            self.count_allocation();
+            Some(dev)
         } else {
             None
         };
         let f32 = if tensor.shape.iter().filter(|&&d| d > 1).count() <= 1 {
             let mut v = tensor.data.clone();
             v.resize(n, 0.0);
-            Some(self.stream.clone_htod(&v).map_err(driver_err("uploading a weight"))?)
+            let dev = self.stream.clone_htod(&v).map_err(driver_err("uploading a weight"))?;
+            self.count_allocation();
+            Some(dev)
         } else {
             None
         };
@@ -802,6 +913,28 @@ impl Backend for CudaBackend {
             Op::Conv1d { .. } | Op::ConvTranspose1d { .. } | Op::SnakeBeta { .. } => self.run_conv_op(op, ctx, &ptr)?,
             Op::Patchify { .. } | Op::PrependWeightRow { .. } | Op::QuickGelu { .. } | Op::FirstRows { .. } => {
                 self.run_vision_op(op, ctx, &ptr)?
+            }
+            Op::SelectStepRow { table, scalars, out } => {
+                if cols(*table) != cols(*out) || rows(*table) == 0 || len(*scalars) <= scalar_slot::STEP {
+                    return Err(Error::InvalidInput(format!(
+                        "select_step_row: `{}` must be a non-empty table as wide as `{}`",
+                        g.desc(*table).name,
+                        g.desc(*out).name
+                    )));
+                }
+                // select_step_row(table, table_rows, scalars, out, rows, cols)
+                self.launch_elementwise(
+                    "select_step_row",
+                    len(*out),
+                    &[
+                        Arg::Ptr(ptr(*table)),
+                        Arg::I32(rows(*table) as i32),
+                        Arg::Ptr(ptr(*scalars)),
+                        Arg::Ptr(ptr(*out)),
+                        Arg::I64(rows(*out) as i64),
+                        Arg::I64(cols(*out) as i64),
+                    ],
+                )?;
             }
             #[allow(unreachable_patterns)]
             other => return Err(Error::UnsupportedOp { backend: "CUDA", op: other.name() }),
