@@ -12,6 +12,9 @@
 #   4. cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model)
 #   5. cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps:
 #      latents CUDA vs CPU, and the time of one sampler step (10 s and 30 s clips)
+#   6. attention_bench: the attention kernel alone at the DiT and CLIP shapes,
+#      TFLOP/s next to the card's dense fp16 peak, and attention's share of a
+#      30 s DiT step (with the step time of 5)
 # and prints a summary; exit status 1 if any part failed. About 2-4 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +25,7 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
-for b in lova-fast backend_ops cuda_infer; do
+for b in lova-fast backend_ops cuda_infer attention_bench; do
     if [ ! -x "$BIN/$b" ]; then
         echo "missing $BIN/$b: run tools/build-device-bin.sh on the build machine first" >&2
         exit 2
@@ -83,11 +86,28 @@ cat "$OUT/machine.txt"
 
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
 arch=${arch:+sm_$arch}
-# Limits add up to 570 s, inside a 10-minute remote command.
-step kernels-check 60 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
+# Limits add up to 585 s, inside a 10-minute remote command.
+step kernels-check 45 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
 step backend-ops 120 "$BIN/backend_ops" --nocapture --test-threads=1
-step cuda-infer 120 "$BIN/cuda_infer" --nocapture --test-threads=1
+step cuda-infer 105 "$BIN/cuda_infer" --nocapture --test-threads=1
 step full-size 270 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1
+# --bench: a criterion binary run without it only smoke-tests each benchmark.
+step attention-bench 45 "$BIN/attention_bench" --bench
+
+# Dense (no sparsity) fp16 tensor-core peak in TFLOP/s, from NVIDIA's data sheets
+# (they quote the sparse figure, twice these): H100 SXM 989, H100 PCIe 756,
+# H100 NVL 835, H200 SXM 989, H200 NVL 835, A100 312, L40S 362, L4 121.
+# The kernel uses mma.sync (Ampere-style); on Hopper only wgmma reaches the peak.
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+case "$gpu" in
+    *H100*NVL* | *H200*NVL*) peak=835 ;;
+    *H100*PCIe*) peak=756 ;;
+    *H100* | *H200* | *GH200*) peak=989 ;;
+    *A100*) peak=312 ;;
+    *L40S*) peak=362 ;;
+    *L4*) peak=121 ;;
+    *) peak="" ;;
+esac
 
 echo
 echo "== kernels"
@@ -99,6 +119,24 @@ echo
 echo "== end to end"
 grep -h -E "running on|SKIPPED|rel L2|ms/step|max abs|--device|test result|panicked|FAIL" \
     "$OUT/cuda-infer.log" "$OUT/full-size.log" | head -60
+echo
+echo "== attention kernel"
+grep -E "^attention .*TFLOP/s" "$OUT/attention-bench.log" | while read -r line; do
+    tflops=$(sed -n 's/.* \([0-9.]*\) TFLOP\/s.*/\1/p' <<<"$line")
+    if [ -n "$tflops" ] && [ -n "$peak" ]; then
+        pct=$(awk -v a="$tflops" -v p="$peak" 'BEGIN { printf "%.0f", 100 * a / p }')
+        echo "$line (dense fp16 peak of $gpu: $peak TFLOP/s; $pct%)"
+    else
+        echo "$line (dense fp16 peak of ${gpu:-this GPU}: ${peak:-not in the table})"
+    fi
+done
+step_ms=$(grep -h -o "30 s clip .*: [0-9.]* ms/step" "$OUT/full-size.log" | grep -o "[0-9.]* ms/step" | head -1 | cut -d' ' -f1)
+grep -h "^attention per DiT step" "$OUT/attention-bench.log"
+attn_ms=$(grep -h "^attention per DiT step" "$OUT/attention-bench.log" | grep -o "[0-9.]* ms$" | cut -d' ' -f1)
+if [ -n "$step_ms" ] && [ -n "$attn_ms" ]; then
+    awk -v a="$attn_ms" -v s="$step_ms" \
+        'BEGIN { printf "attention share of a 30 s DiT step: %.3f of %.1f ms = %.1f%% (target <= 15%%)\n", a, s, 100 * a / s }'
+fi
 echo
 echo "== summary (logs in $OUT)"
 cat "$SUMMARY"
