@@ -11,7 +11,9 @@
 // + r[d] sin, angle = position * inv_freq[d], half = rotary_dim / 2. The angle is
 // formed exactly (two floats, fmaf) and reduced mod 2 pi in f32 before __sincosf
 // (absolute error ~1e-6, far below the fp16 rounding of the rotated values that
-// follows); the CPU uses f64.
+// follows); the CPU uses f64. For each 64-row tile of q or k the block first
+// fills a shared table of (cos, sin) for its 64 positions x half frequencies
+// (8 angles per thread), then the loader rotates with it.
 //
 // Layout: q, k, v point at the first column of their head block inside a
 // row-major f32 matrix (ld q_ld / k_ld / v_ld floats per row); head j is columns
@@ -20,7 +22,8 @@
 // int32 [count + 1] cumulative numbers of 64-query tiles (ceil(q_len / 64)).
 // Needs (checked by the launcher, src/backend/cuda/attention.rs): q, k, v 16-byte
 // aligned, lds multiples of 4 (float4 loads), rotary_dim a multiple of 8 and
-// <= 64, out 8-byte aligned with an even out_ld.
+// <= 32 (the angle table holds 16 frequencies), out 8-byte aligned with an even
+// out_ld.
 //
 // Launch: grid (total query tiles, heads), 128 threads (4 warps). Block
 // (x, h) finds its sequence b by binary search in tile_starts, so a packed batch
@@ -32,20 +35,26 @@
 // step, the full head (64 dims) at once. Q, K, V tiles are read as f32 (float4),
 // rotated in f32, rounded to fp16 and stored in shared memory with rows padded to
 // 72 halves (144 bytes: the 8 rows an ldmatrix phase reads fall on distinct
-// banks). Each warp keeps its Q fragments in registers (16), S = Q K^T for 64
-// keys in 32 f32 registers, O in 32 f32 registers, and the running max and sum
-// of its two rows per thread; P goes from the S accumulators straight into the
-// A fragments of the P V mma (FA2's register reuse), no T x T matrix anywhere.
+// banks). Per key tile each warp loads its Q fragments (16 registers) from shared
+// memory with ldmatrix and handles the 64 keys in two halves of 32, each with its
+// own online-softmax update: S = Q K^T for 32 keys in 16 f32 registers, O in 32
+// f32 registers, and the running max and sum of its two rows per thread; P goes
+// from the S accumulators straight into the A fragments of the P V mma (FA2's
+// register reuse), no T x T matrix anywhere.
 // Keys beyond the sequence get score -inf; rows of a partial tile are zero in
 // shared memory (so 0 * garbage never makes NaN); query rows beyond the sequence
 // are computed on zeros and not written. A sequence with no keys gives zeros
 // (like the CPU's empty GEMM).
 //
-// Resources: static shared memory 3 * 64 * 72 * 2 B = 27,648 B (under the 48 KB
-// that needs no opt-in); registers capped at 128 by __launch_bounds__(128, 4)
-// (ptxas: see `lova-fast kernels --check`, 0 spills required). Occupancy: 4
-// blocks = 16 warps per SM, limited by registers (4 * 128 threads * 128 regs =
-// 64 K regs); shared memory would allow 8 (H100: 228 KB) or 5 (A100: 164 KB).
+// Resources: static shared memory 3 * 64 * 72 * 2 B (Q, K, V) + 64 * 16 * 8 B
+// (angles) = 35,840 B (under the 48 KB that needs no opt-in); registers capped
+// at 128 by __launch_bounds__(128, 4) (ptxas, NVRTC 13.5: 127 for sm_80, 123 for
+// sm_90, 0 spills; see `lova-fast kernels --check`). Occupancy: 4 blocks = 16
+// warps per SM, limited by registers (4 * 128 threads * 128 regs = 64 K regs);
+// shared memory allows 4 on an A100 (4 * 35 KiB of 164 KB) and 6 on an H100
+// (228 KB). The register cap is tight: the S halves, the Q fragments reloaded
+// per tile, 4 (not 8) rows in flight in the loader and the row indices
+// recomputed after the loop are what keep ptxas from spilling.
 // Why 64 x 64: a 30 s clip has 647 tokens: 11 query tiles x 24 heads x 2 = 528
 // blocks = exactly one wave of 4 blocks on 132 SMs; 128-query tiles would need 2
 // waves of which the second is nearly empty, and 8 warps x 16 rows or 32 rows per
@@ -54,12 +63,14 @@
 // registers (f32 -> fp16 conversion and RoPE make cp.async impossible), with no
 // double buffering; latency is hidden by the 4 resident blocks. Converting and
 // rotating K once per (query tile, head) repeats work that a pre-pass (or the
-// QKV GEMM epilogue) writing fp16 K/V once could avoid.
+// QKV GEMM epilogue) writing fp16 K/V once could avoid. mma.sync cannot reach
+// an H100's dense peak (only wgmma can); expect well under the 50% target there.
 
 #define FA_HEAD_DIM 64
 #define FA_BLOCK_M 64
 #define FA_BLOCK_N 64
 #define FA_SUB_N 32 /* keys per online-softmax update */
+#define FA_MAX_ROPE_FREQS 16 /* rotary_dim <= 32 */
 #define FA_WARPS 4
 #define FA_THREADS (FA_WARPS * 32)
 #define FA_LDS 72 /* shared-memory row stride in halves: 64 + 8 padding */
@@ -114,13 +125,32 @@ __device__ __forceinline__ void rope_sincos(int position, float freq, float* s, 
     __sincosf(r + lo, s, c);
 }
 
+// cos and sin of (pos0 + r) * inv_freq[f] for the 64 rows r of a tile and the
+// half = rotary_dim / 2 <= 16 frequencies f, as table[r * 16 + f] = (cos, sin):
+// 8 angles per thread, where rotating in the loader would take 32 (every thread
+// of a row computes the angles of its own 4 dims, both halves of a pair the
+// same ones).
+__device__ __forceinline__ void fill_rope_table(float2* __restrict__ table, int pos0,
+                                                const float* __restrict__ inv_freq, int half) {
+#pragma unroll 4  // all 8 made ptxas spill at the 128-register cap
+    for (int i = 0; i < FA_BLOCK_N * FA_MAX_ROPE_FREQS / FA_THREADS; i++) {
+        const int e = threadIdx.x + i * FA_THREADS;
+        const int r = e / FA_MAX_ROPE_FREQS, f = e % FA_MAX_ROPE_FREQS;
+        if (f < half) {
+            float s, c;
+            rope_sincos(pos0 + r, __ldg(inv_freq + f), &s, &c);
+            table[e] = make_float2(c, s);
+        }
+    }
+}
+
 // Loads rows [0, rows) of a 64-row tile (row-major f32, `ld` floats per row,
 // starting at the head's column 0) into `dst` ([64][FA_LDS] fp16), rotating the
-// first rotary_dim dims (RoPE at position pos0 + row) when inv_freq is set;
-// rows >= rows are zero. Thread t handles dims 4 (t % 16) .. +3 of rows
+// first rotary_dim dims with the angles of `rope` (fill_rope_table) when
+// `rotate`; rows >= rows are zero. Thread t handles dims 4 (t % 16) .. +3 of rows
 // t / 16 + 8 i: a half-warp reads one 256-byte row.
-__device__ __forceinline__ void load_tile(const float* __restrict__ src, int ld, int rows, int pos0,
-                                          const float* __restrict__ inv_freq, int rotary_dim,
+__device__ __forceinline__ void load_tile(const float* __restrict__ src, int ld, int rows, bool rotate,
+                                          const float2* __restrict__ rope, int rotary_dim,
                                           unsigned short* __restrict__ dst) {
     const int c = (threadIdx.x & 15) * 4;
     const int half = rotary_dim / 2;
@@ -131,21 +161,19 @@ __device__ __forceinline__ void load_tile(const float* __restrict__ src, int ld,
         if (r < rows) {
             const float* row = src + (long long)r * ld;
             x = *reinterpret_cast<const float4*>(row + c);
-            if (inv_freq != nullptr && c < rotary_dim) {
+            if (rotate && c < rotary_dim) {
                 // The partner dims are 4 aligned floats too (half is a multiple of 4).
                 const bool first = c < half;
                 const int f0 = first ? c : c - half;
                 const float4 y = *reinterpret_cast<const float4*>(row + (first ? c + half : c - half));
+                // (cos, sin) of frequencies f0, f0 + 1 and f0 + 2, f0 + 3: 16-byte aligned (f0 % 4 == 0).
+                const float4 a = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0);
+                const float4 b = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0 + 2);
                 const float sign = first ? -1.0f : 1.0f;  // first half: x cos - y sin; second: x cos + y sin
-                float s, co;
-                rope_sincos(pos0 + r, __ldg(inv_freq + f0 + 0), &s, &co);
-                x.x = fmaf(x.x, co, sign * y.x * s);
-                rope_sincos(pos0 + r, __ldg(inv_freq + f0 + 1), &s, &co);
-                x.y = fmaf(x.y, co, sign * y.y * s);
-                rope_sincos(pos0 + r, __ldg(inv_freq + f0 + 2), &s, &co);
-                x.z = fmaf(x.z, co, sign * y.z * s);
-                rope_sincos(pos0 + r, __ldg(inv_freq + f0 + 3), &s, &co);
-                x.w = fmaf(x.w, co, sign * y.w * s);
+                x.x = fmaf(x.x, a.x, sign * y.x * a.y);
+                x.y = fmaf(x.y, a.z, sign * y.y * a.w);
+                x.z = fmaf(x.z, b.x, sign * y.z * b.y);
+                x.w = fmaf(x.w, b.z, sign * y.w * b.w);
             }
         }
         uint2 packed = make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
@@ -171,6 +199,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     __shared__ __align__(16) unsigned short qs[FA_BLOCK_M * FA_LDS];
     __shared__ __align__(16) unsigned short ks[FA_BLOCK_N * FA_LDS];
     __shared__ __align__(16) unsigned short vs[FA_BLOCK_N * FA_LDS];
+    __shared__ __align__(16) float2 rope_cs[FA_BLOCK_N * FA_MAX_ROPE_FREQS];
 
     // Which sequence: the largest b with tile_starts[b] <= blockIdx.x
     // (invariant tile_starts[lo] <= x < tile_starts[hi]; empty sequences have no tiles).
@@ -190,8 +219,14 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, tig = lane & 3;  // mma groupID and thread-in-group
 
-    load_tile(q + (long long)(q_start + q0) * q_ld + h * FA_HEAD_DIM, q_ld, min(FA_BLOCK_M, q_len - q0), q0,
-              inv_freq, rotary_dim, qs);
+    // RoPE angles: uniform over the block, so the extra barriers below are too.
+    const bool rope = inv_freq != nullptr && rotary_dim > 0;
+    if (rope) {
+        fill_rope_table(rope_cs, q0, inv_freq, rotary_dim / 2);
+        __syncthreads();
+    }
+    load_tile(q + (long long)(q_start + q0) * q_ld + h * FA_HEAD_DIM, q_ld, min(FA_BLOCK_M, q_len - q0), rope, rope_cs,
+              rotary_dim, qs);
     __syncthreads();
 
     const float scale_log2 = scale * 1.4426950408889634f;  // softmax in base 2: exp(x) = exp2(x log2 e)
@@ -205,9 +240,13 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     const float* vbase = v + (long long)kv_start * v_ld + kvh * FA_HEAD_DIM;
     for (int j0 = 0; j0 < kv_len; j0 += FA_BLOCK_N) {
         const int tile_keys = min(FA_BLOCK_N, kv_len - j0);
-        __syncthreads();  // every warp is done with the previous K/V tile
-        load_tile(kbase + (long long)j0 * k_ld, k_ld, tile_keys, j0, inv_freq, rotary_dim, ks);
-        load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, 0, nullptr, 0, vs);
+        __syncthreads();  // every warp is done with the previous K/V tile (and the loader with the angles)
+        if (rope) {
+            fill_rope_table(rope_cs, j0, inv_freq, rotary_dim / 2);
+            __syncthreads();
+        }
+        load_tile(kbase + (long long)j0 * k_ld, k_ld, tile_keys, rope, rope_cs, rotary_dim, ks);
+        load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_cs, 0, vs);
         __syncthreads();
 
         // A fragments of this warp's 16 query rows, 4 k-steps of 16 dims:

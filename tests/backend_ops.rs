@@ -297,7 +297,7 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         self_attn(3, &[1293], 32),
         self_attn(2, &[3000], 32),
         self_attn(2, &[1, 2, 63, 0, 64, 65, 257, 31], 32),
-        self_attn(2, &[40], 64),
+        self_attn(2, &[40, 129], 16),
         // Cross-attention: kv lengths unlike q lengths, grouped-query heads (24 over 12 as in the DiT).
         cross(4, 2, &[5, 130], &[3, 80]),
         cross(24, 12, &[218, 218], &[80, 80]),
@@ -305,11 +305,12 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         cross(2, 1, &[9], &[1]),
         cross(4, 1, &[3], &[700]),
         cross(4, 2, &[1, 64, 65, 300, 2], &[5, 1, 130, 64, 70]),
-        // Other head dims and a rotary_dim that is no multiple of 8: the f32 kernel.
+        // Other head dims, a rotary_dim that is no multiple of 8 or over 32: the f32 kernel.
         AttentionShape { heads: 3, kv_heads: 3, head_dim: 33, q_lens: &[31, 2], kv_lens: None, rotary_dim: 16 },
         AttentionShape { heads: 2, kv_heads: 2, head_dim: 128, q_lens: &[40], kv_lens: None, rotary_dim: 128 },
         AttentionShape { heads: 4, kv_heads: 2, head_dim: 8, q_lens: &[3, 130], kv_lens: Some(&[5, 2]), rotary_dim: 0 },
         AttentionShape { heads: 2, kv_heads: 2, head_dim: 64, q_lens: &[40, 3], kv_lens: None, rotary_dim: 20 },
+        AttentionShape { heads: 2, kv_heads: 2, head_dim: 64, q_lens: &[40], kv_lens: None, rotary_dim: 64 },
     ];
     for s in shapes {
         let hd = s.head_dim;

@@ -5,7 +5,7 @@
 //!   is every attention of the models (DiT self- and cross-attention, CLIP);
 //! - `attention_f32` (kernels/attention.cu): the f32 CUDA-core fallback for any
 //!   other head_dim up to 128 (op tests use some), for a RoPE whose rotary_dim
-//!   is not a multiple of 8, and for operands not aligned for float4 loads
+//!   is over 32 or not a multiple of 8, and for operands not aligned for float4 loads
 //!   (the arena aligns every tensor, so only odd column offsets or widths).
 
 use cudarc::driver::LaunchConfig;
@@ -19,6 +19,8 @@ use crate::graph::{ColumnSlice, Op, Segments, TensorId};
 pub const FLASH_HEAD_DIM: usize = 64;
 const FLASH_BLOCK_M: usize = 64;
 const FLASH_THREADS: u32 = 128;
+/// kernels/flash_attention.cu: its table of RoPE angles holds 16 frequencies.
+const FLASH_MAX_ROTARY_DIM: usize = 32;
 /// kernels/attention.cu: queries per block, keys per shared-memory tile, largest head_dim.
 const F32_QUERIES_PER_BLOCK: usize = 16;
 const F32_KEYS_PER_TILE: usize = 32;
@@ -36,7 +38,7 @@ pub enum AttentionKernel {
 /// The kernel choice from the shape alone; `flash_operands_aligned` adds the
 /// pointer and stride conditions at launch.
 pub fn attention_kernel(head_dim: usize, rotary_dim: Option<usize>) -> AttentionKernel {
-    if head_dim == FLASH_HEAD_DIM && rotary_dim.is_none_or(|r| r.is_multiple_of(8) && r <= FLASH_HEAD_DIM) {
+    if head_dim == FLASH_HEAD_DIM && rotary_dim.is_none_or(|r| r.is_multiple_of(8) && r <= FLASH_MAX_ROTARY_DIM) {
         AttentionKernel::Flash
     } else {
         AttentionKernel::F32
@@ -143,7 +145,7 @@ impl CudaBackend {
             let cfg = LaunchConfig {
                 grid_dim: (total_tiles as u32, heads as u32, 1),
                 block_dim: (FLASH_THREADS, 1, 1),
-                shared_mem_bytes: 0, // static: 27,648 bytes
+                shared_mem_bytes: 0, // static: 35,840 bytes
             };
             // flash_attention_hd64(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count,
             //                      heads, kv_heads, scale, inv_freq, rotary_dim, out, out_ld)
@@ -219,11 +221,12 @@ mod tests {
         // DiT self-attention (RoPE on 32 dims), DiT cross-attention and CLIP (no RoPE).
         assert_eq!(attention_kernel(64, Some(32)), AttentionKernel::Flash);
         assert_eq!(attention_kernel(64, None), AttentionKernel::Flash);
-        assert_eq!(attention_kernel(64, Some(64)), AttentionKernel::Flash);
+        assert_eq!(attention_kernel(64, Some(16)), AttentionKernel::Flash);
         // The f32 fallback: other head dims, a rotary_dim whose halves are not whole float4s.
         assert_eq!(attention_kernel(33, None), AttentionKernel::F32);
         assert_eq!(attention_kernel(128, Some(128)), AttentionKernel::F32);
         assert_eq!(attention_kernel(64, Some(20)), AttentionKernel::F32);
+        assert_eq!(attention_kernel(64, Some(64)), AttentionKernel::F32, "more angles than the kernel's table");
     }
 
     #[test]
