@@ -293,7 +293,7 @@ pub fn check_report(arches: &[String]) -> Result<(String, usize)> {
         let _ = writeln!(out, "\n{arch}");
         let _ = writeln!(
             out,
-            "  {:<14} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}",
+            "  {:<20} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}",
             "file", "kernel", "regs", "smem (B)", "stack", "spill st (B)", "spill ld (B)"
         );
         for (file, result) in check_all(arch) {
@@ -302,7 +302,7 @@ pub fn check_report(arches: &[String]) -> Result<(String, usize)> {
                     for k in kernels {
                         let _ = writeln!(
                             out,
-                            "  {:<14} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}{}",
+                            "  {:<20} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}{}",
                             format!("{file}.cu"),
                             k.name,
                             k.registers,
