@@ -6,7 +6,8 @@
 #   backend_ops    tests/backend_ops.rs (every CUDA op vs its CPU twin)
 #   cuda_infer     tests/cuda_infer.rs (fixtures, CLI, full-size error and timing)
 #   step_execution tests/step_execution.rs (no allocation in the step loop, CUDA graph capture)
-#   dit_step, clip_encode, vae_decode, end_to_end   the criterion benches (benches/)
+#   attention, dit_step, clip_encode, vae_decode, end_to_end   the criterion benches (benches/;
+#                  attention: the attention kernel alone, TFLOP/s)
 # Binaries are stripped of debug symbols to stay well inside the 64 MiB a GPU
 # session may carry. They are linked against this machine's glibc; the script
 # prints the newest glibc symbol version they need, to compare with the GPU machine's.
@@ -25,7 +26,7 @@ for line in sys.stdin:
 mapfile -t tests < <(cargo test --release --no-run --message-format=json \
     --test backend_ops --test cuda_infer --test step_execution 2>/dev/null | list_executables)
 mapfile -t benches < <(cargo bench --no-run --message-format=json \
-    --bench dit_step --bench clip_encode --bench vae_decode --bench end_to_end 2>/dev/null | list_executables)
+    --bench attention --bench dit_step --bench clip_encode --bench vae_decode --bench end_to_end 2>/dev/null | list_executables)
 
 rm -rf tools/device-bin
 mkdir -p tools/device-bin

@@ -11,6 +11,9 @@
 #   ops        backend_ops: every CUDA op against its CPU twin (table of errors);
 #              step_execution: no device allocation in the step loop, and a captured
 #              CUDA graph step gives the latents of plain launches
+#   attention  the attention kernel alone (criterion bench) at the DiT and CLIP shapes:
+#              TFLOP/s next to the card's dense fp16 peak, and attention's share of a
+#              30 s DiT step (with the step time of `full-size`, when that part ran)
 #   infer      cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model)
 #   bench      one sampler step for 10/30/60 s clips: lova-fast bench (latency, TFLOP/s,
 #              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py)
@@ -23,7 +26,7 @@
 #              and the times of a 30 s VAE decode and of CLIP on 240 frames
 #   full-size  cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps, latents
 #              CUDA vs CPU, and the step time for 10 s and 30 s clips
-# Groups: `checks` = kernels ops infer vae-clip full-size; `speed` = bench startup criterion compile.
+# Groups: `checks` = kernels ops attention infer vae-clip full-size; `speed` = bench startup criterion compile.
 #
 # Everything shares one time budget, BUDGET seconds (default 540, inside a
 # 10-minute remote command): a part starts only if enough is left, else it is
@@ -39,14 +42,14 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
-ALL_PARTS="kernels ops infer bench startup criterion vae-clip compile full-size"
+ALL_PARTS="kernels ops attention infer bench startup criterion vae-clip compile full-size"
 parts=""
 for a in "${@:-all}"; do
     case $a in
         all) parts="$parts $ALL_PARTS" ;;
-        checks) parts="$parts kernels ops infer vae-clip full-size" ;;
+        checks) parts="$parts kernels ops attention infer vae-clip full-size" ;;
         speed) parts="$parts bench startup criterion compile" ;;
-        kernels | ops | infer | bench | startup | criterion | vae-clip | compile | full-size) parts="$parts $a" ;;
+        kernels | ops | attention | infer | bench | startup | criterion | vae-clip | compile | full-size) parts="$parts $a" ;;
         *)
             echo "unknown part $a (parts: $ALL_PARTS; groups: all checks speed)" >&2
             exit 2
@@ -59,6 +62,7 @@ BUDGET=${BUDGET:-540}
 need=(lova-fast)
 wanted ops && need+=(backend_ops step_execution)
 { wanted infer || wanted full-size || wanted vae-clip; } && need+=(cuda_infer)
+wanted attention && need+=(attention)
 wanted criterion && need+=(dit_step clip_encode vae_decode end_to_end)
 for b in "${need[@]}"; do
     if [ ! -x "$BIN/$b" ]; then
@@ -174,6 +178,8 @@ export BIN OUT
 step kernels kernels-check 60 20 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
 step ops backend-ops 120 30 "$BIN/backend_ops" --nocapture --test-threads=1
 step ops step-execution 30 10 "$BIN/step_execution" --nocapture --test-threads=1
+# --bench: a criterion binary run without it only smoke-tests each benchmark.
+step attention attention-bench 45 20 "$BIN/attention" --bench --noplot
 step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1
 step bench bench 180 60 compare --check --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
 step startup startup 120 60 startup
@@ -186,6 +192,20 @@ step vae-clip vae-clip 140 60 "$BIN/cuda_infer" --ignored --nocapture --test-thr
 step full-size full-size 270 120 "$BIN/cuda_infer" --ignored --nocapture --test-threads=1 full_size_latents full_size_cuda_step
 
 show() { [ -s "$OUT/$1.log" ]; }
+
+# Dense (no sparsity) fp16 tensor-core peak in TFLOP/s, from NVIDIA's data sheets
+# (they quote the sparse figure, twice these): H100 SXM 989, H100 PCIe 756,
+# H100 NVL 835, H200 SXM 989, H200 NVL 835, A100 312, L40S 362, L4 121.
+# The kernel uses mma.sync (Ampere-style); on Hopper only wgmma reaches the peak.
+case "$CARD" in
+    *H100*NVL* | *H200*NVL*) peak=835 ;;
+    *H100*PCIe*) peak=756 ;;
+    *H100* | *H200* | *GH200*) peak=989 ;;
+    *A100*) peak=312 ;;
+    *L40S*) peak=362 ;;
+    *L4*) peak=121 ;;
+    *) peak="" ;;
+esac
 if show kernels-check; then
     echo
     echo "== kernels"
@@ -200,6 +220,26 @@ if show step-execution; then
     echo
     echo "== step execution (allocations, CUDA graph capture)"
     grep -v -E "^(running [0-9]+ test|$)" "$OUT/step-execution.log" | head -30
+fi
+if show attention-bench; then
+    echo
+    echo "== attention kernel"
+    grep -E "^attention .*TFLOP/s" "$OUT/attention-bench.log" | while read -r line; do
+        tflops=$(sed -n 's/.* \([0-9.]*\) TFLOP\/s.*/\1/p' <<<"$line")
+        if [ -n "$tflops" ] && [ -n "$peak" ]; then
+            pct=$(awk -v a="$tflops" -v p="$peak" 'BEGIN { printf "%.0f", 100 * a / p }')
+            echo "$line (dense fp16 peak of $CARD: $peak TFLOP/s; $pct%)"
+        else
+            echo "$line (dense fp16 peak of ${CARD:-this GPU}: ${peak:-not in the table})"
+        fi
+    done
+    grep -h "^attention per DiT step" "$OUT/attention-bench.log"
+    step_ms=$(grep -h -o "30 s clip .*: [0-9.]* ms/step" "$OUT/full-size.log" 2>/dev/null | grep -o "[0-9.]* ms/step" | head -1 | cut -d' ' -f1)
+    attn_ms=$(grep -h "^attention per DiT step" "$OUT/attention-bench.log" | grep -o "[0-9.]* ms$" | cut -d' ' -f1)
+    if [ -n "$step_ms" ] && [ -n "$attn_ms" ]; then
+        awk -v a="$attn_ms" -v s="$step_ms" \
+            'BEGIN { printf "attention share of a 30 s DiT step: %.3f of %.1f ms = %.1f%% (target <= 15%%)\n", a, s, 100 * a / s }'
+    fi
 fi
 if show cuda-infer || show full-size; then
     echo

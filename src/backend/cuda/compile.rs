@@ -293,7 +293,7 @@ pub fn check_report(arches: &[String]) -> Result<(String, usize)> {
         let _ = writeln!(out, "\n{arch}");
         let _ = writeln!(
             out,
-            "  {:<14} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}",
+            "  {:<20} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}",
             "file", "kernel", "regs", "smem (B)", "stack", "spill st (B)", "spill ld (B)"
         );
         for (file, result) in check_all(arch) {
@@ -302,7 +302,7 @@ pub fn check_report(arches: &[String]) -> Result<(String, usize)> {
                     for k in kernels {
                         let _ = writeln!(
                             out,
-                            "  {:<14} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}{}",
+                            "  {:<20} {:<22} {:>5} {:>10} {:>7} {:>12} {:>11}{}",
                             format!("{file}.cu"),
                             k.name,
                             k.registers,
@@ -324,7 +324,8 @@ pub fn check_report(arches: &[String]) -> Result<(String, usize)> {
     let _ = writeln!(
         out,
         "\nsmem is static shared memory; attention_f32 also takes dynamic shared memory at launch:\n\
-         (32 (head_dim + 1) + 48 head_dim + 128) floats, 20.6 KiB at head_dim 64, 40.6 KiB at 128."
+         (32 (head_dim + 1) + 48 head_dim + 128) floats, 20.6 KiB at head_dim 64, 40.6 KiB at 128.\n\
+         flash_attention_hd64 (128 threads) is capped at 128 registers for 4 blocks (16 warps) per SM."
     );
     Ok((out, failures))
 }

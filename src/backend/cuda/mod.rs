@@ -27,6 +27,7 @@
 //! is also what lets a sampler step be captured as a CUDA graph (`capture`).
 //! Every device allocation is counted (`Backend::device_allocations`).
 
+pub mod attention;
 mod capture;
 pub mod compile;
 mod conv;
@@ -46,15 +47,11 @@ use rayon::prelude::*;
 
 use super::{Backend, OpContext};
 use crate::error::{Error, Result};
-use crate::graph::{ColumnSlice, Op, Segments, TensorId, WeightId, scalar_slot};
+use crate::graph::{Op, Segments, TensorId, WeightId, scalar_slot};
 use crate::tensor::HostTensor;
 use gemm::{Gemm, GemmArgs};
 
 const ELEMENTWISE_THREADS: u32 = 256;
-/// Attention kernel constants (kernels/attention.cu).
-const ATTENTION_QUERIES_PER_BLOCK: usize = 16;
-const ATTENTION_KEYS_PER_TILE: usize = 32;
-const ATTENTION_MAX_HEAD_DIM: usize = 128;
 
 fn driver_err(what: impl std::fmt::Display) -> impl Fn(DriverError) -> Error {
     move |e| Error::Cuda(format!("{what}: {e:?}"))
@@ -457,7 +454,7 @@ impl Backend for CudaBackend {
     }
 
     /// Allocates the fp16 GEMM scratch for the largest Linear input, uploads
-    /// every segment table and CFG-scale table, and makes the cuBLASLt plan of
+    /// every segment table, CFG-scale table and attention tile table, and makes the cuBLASLt plan of
     /// every GEMM shape: after this, no op of the graph allocates or uploads.
     fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
@@ -474,6 +471,10 @@ impl Backend for CudaBackend {
                 }
                 Op::CfgDenoise { cfg_scales, .. } => {
                     self.table(ctx.arena, cfg_scales.iter().map(|s| s.to_bits()).collect())?;
+                }
+                // The flash kernel's query-tile table (`attention::tile_starts`).
+                Op::Attention { q_segments, .. } => {
+                    self.table(ctx.arena, attention::tile_starts(g.seg(*q_segments)))?;
                 }
                 _ => {}
             }
@@ -787,77 +788,7 @@ impl Backend for CudaBackend {
                     ],
                 )?;
             }
-            Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } => {
-                let (qs, ks) = (g.seg(*q_segments), g.seg(*kv_segments));
-                let hd = *head_dim;
-                let name = &g.desc(*out).name;
-                if hd == 0 || hd > ATTENTION_MAX_HEAD_DIM {
-                    return Err(Error::InvalidInput(format!(
-                        "attention `{name}`: head_dim {hd} is not supported on CUDA (1..={ATTENTION_MAX_HEAD_DIM})"
-                    )));
-                }
-                if *kv_heads == 0 || heads % kv_heads != 0 || qs.count() != ks.count() {
-                    return Err(Error::InvalidInput(format!(
-                        "attention `{name}`: {heads} query heads cannot share {kv_heads} kv heads, \
-                         or query and key batches differ"
-                    )));
-                }
-                let slice_ok = |s: &ColumnSlice, h: usize| s.offset + h * hd <= cols(s.tensor);
-                if !slice_ok(q, *heads) || !slice_ok(k, *kv_heads) || !slice_ok(v, *kv_heads) {
-                    return Err(Error::InvalidInput(format!("attention `{name}`: a head slice exceeds its tensor")));
-                }
-                let (inv_freq, rotary_dim) = match rope {
-                    Some(r) => {
-                        if r.rotary_dim % 2 != 0 || r.rotary_dim > hd {
-                            return Err(Error::InvalidInput(format!(
-                                "attention `{name}`: rotary_dim {} must be even and at most {hd}",
-                                r.rotary_dim
-                            )));
-                        }
-                        (self.weight_f32(ctx.weights, r.inv_freq, r.rotary_dim / 2, "RoPE inv_freq")?, r.rotary_dim)
-                    }
-                    None => (0, 0),
-                };
-                let max_q = qs.lengths().max().unwrap_or(0);
-                if max_q == 0 || qs.count() == 0 {
-                    return Ok(());
-                }
-                let (qo, ko) = (self.offsets(ctx.arena, qs)?, self.offsets(ctx.arena, ks)?);
-                let col_ptr = |s: &ColumnSlice| ptr(s.tensor) + (s.offset * std::mem::size_of::<f32>()) as CUdeviceptr;
-                let smem_floats = ATTENTION_KEYS_PER_TILE * (hd + 1)
-                    + ATTENTION_KEYS_PER_TILE * hd
-                    + ATTENTION_QUERIES_PER_BLOCK * hd
-                    + 4 * 32;
-                let cfg = LaunchConfig {
-                    grid_dim: (max_q.div_ceil(ATTENTION_QUERIES_PER_BLOCK) as u32, *heads as u32, qs.count() as u32),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: (smem_floats * std::mem::size_of::<f32>()) as u32,
-                };
-                // attention_f32(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, heads, kv_heads,
-                //               head_dim, scale, inv_freq, rotary_dim, out, out_ld)
-                self.launch(
-                    "attention_f32",
-                    cfg,
-                    &[
-                        Arg::Ptr(col_ptr(q)),
-                        Arg::I32(cols(q.tensor) as i32),
-                        Arg::Ptr(col_ptr(k)),
-                        Arg::I32(cols(k.tensor) as i32),
-                        Arg::Ptr(col_ptr(v)),
-                        Arg::I32(cols(v.tensor) as i32),
-                        Arg::Ptr(qo),
-                        Arg::Ptr(ko),
-                        Arg::I32(*heads as i32),
-                        Arg::I32(*kv_heads as i32),
-                        Arg::I32(hd as i32),
-                        Arg::F32(*scale),
-                        Arg::Ptr(inv_freq),
-                        Arg::I32(rotary_dim as i32),
-                        Arg::Ptr(ptr(*out)),
-                        Arg::I32(cols(*out) as i32),
-                    ],
-                )?;
-            }
+            Op::Attention { .. } => self.run_attention(op, ctx, &ptr)?,
             Op::CfgExpand { x, scalars, out } => {
                 if len(*out) != 2 * len(*x) {
                     return Err(Error::InvalidInput("cfg_expand: the output must hold x twice".into()));

@@ -1,0 +1,368 @@
+// flash_attention.cu: fused non-causal attention for head_dim 64 in the style
+// of FlashAttention-2, on tensor cores (mma.sync m16n8k16, fp16 operands, f32
+// accumulation), over a packed batch of variable-length sequences, with
+// grouped-query heads and RoPE applied on load. Same semantics as
+// attention.cu (the f32 kernel kept for other head dims) and the CPU twin
+// src/backend/cpu/attention.rs:
+//   out[i, h] = softmax_j(scale * q_i . k_j) v_j  over the keys j of i's sequence,
+// query head h reading kv head h / (heads / kv_heads). RoPE (inv_freq not null)
+// rotates the first rotary_dim dims of q and k at position = row index within
+// the sequence: v[d] = r[d] cos - r[d + half] sin, v[d + half] = r[d + half] cos
+// + r[d] sin, angle = position * inv_freq[d], half = rotary_dim / 2. The angle is
+// formed exactly (two floats, fmaf) and reduced mod 2 pi in f32 before __sincosf
+// (absolute error ~1e-6, far below the fp16 rounding of the rotated values that
+// follows); the CPU uses f64. For each 64-row tile of q or k the block first
+// fills a shared table of (cos, sin) for its 64 positions x half frequencies
+// (8 angles per thread), then the loader rotates with it.
+//
+// Layout: q, k, v point at the first column of their head block inside a
+// row-major f32 matrix (ld q_ld / k_ld / v_ld floats per row); head j is columns
+// j*64..j*64+63. out is [rows, heads*64] f32, row stride out_ld. q_offsets /
+// kv_offsets: int32 [count + 1] cumulative rows of each sequence. tile_starts:
+// int32 [count + 1] cumulative numbers of 64-query tiles (ceil(q_len / 64)).
+// Needs (checked by the launcher, src/backend/cuda/attention.rs): q, k, v 16-byte
+// aligned, lds multiples of 4 (float4 loads), rotary_dim a multiple of 8 and
+// <= 32 (the angle table holds 16 frequencies), out 8-byte aligned with an even
+// out_ld.
+//
+// Launch: grid (total query tiles, heads), 128 threads (4 warps). Block
+// (x, h) finds its sequence b by binary search in tile_starts, so a packed batch
+// of any number of sequences and lengths needs no padding and no idle blocks
+// (and grid.y/z never see the sequence count); consecutive blocks are the query
+// tiles of one (sequence, head), which then share K/V in L2.
+//
+// Tiles: 64 queries per block (each warp owns 16 rows = one mma M), 64 keys per
+// step, the full head (64 dims) at once. Q, K, V tiles are read as f32 (float4),
+// rotated in f32, rounded to fp16 and stored in shared memory with rows padded to
+// 72 halves (144 bytes: the 8 rows an ldmatrix phase reads fall on distinct
+// banks). Per key tile each warp loads its Q fragments (16 registers) from shared
+// memory with ldmatrix and handles the 64 keys in two halves of 32, each with its
+// own online-softmax update: S = Q K^T for 32 keys in 16 f32 registers, O in 32
+// f32 registers, and the running max and sum of its two rows per thread; P goes
+// from the S accumulators straight into the A fragments of the P V mma (FA2's
+// register reuse), no T x T matrix anywhere.
+// Keys beyond the sequence get score -inf; rows of a partial tile are zero in
+// shared memory (so 0 * garbage never makes NaN); query rows beyond the sequence
+// are computed on zeros and not written. A sequence with no keys gives zeros
+// (like the CPU's empty GEMM).
+//
+// Resources: static shared memory 3 * 64 * 72 * 2 B (Q, K, V) + 64 * 16 * 8 B
+// (angles) = 35,840 B (under the 48 KB that needs no opt-in); registers capped
+// at 128 by __launch_bounds__(128, 4) (ptxas, NVRTC 13.5: 127 for sm_80, 123 for
+// sm_90, 0 spills; see `lova-fast kernels --check`). Occupancy: 4 blocks = 16
+// warps per SM, limited by registers (4 * 128 threads * 128 regs = 64 K regs);
+// shared memory allows 4 on an A100 (4 * 35 KiB of 164 KB) and 6 on an H100
+// (228 KB). The register cap is tight: the S halves, the Q fragments reloaded
+// per tile, 4 (not 8) rows in flight in the loader and the row indices
+// recomputed after the loop are what keep ptxas from spilling.
+// Why 64 x 64: a 30 s clip has 647 tokens: 11 query tiles x 24 heads x 2 = 528
+// blocks = exactly one wave of 4 blocks on 132 SMs; 128-query tiles would need 2
+// waves of which the second is nearly empty, and 8 warps x 16 rows or 32 rows per
+// warp would need more registers than 4 blocks per SM allow.
+// Honest limits (todo - measure on a GPU): the K/V tile is loaded through
+// registers (f32 -> fp16 conversion and RoPE make cp.async impossible), with no
+// double buffering; latency is hidden by the 4 resident blocks. Converting and
+// rotating K once per (query tile, head) repeats work that a pre-pass (or the
+// QKV GEMM epilogue) writing fp16 K/V once could avoid. mma.sync cannot reach
+// an H100's dense peak (only wgmma can); expect well under the 50% target there.
+
+#define FA_HEAD_DIM 64
+#define FA_BLOCK_M 64
+#define FA_BLOCK_N 64
+#define FA_SUB_N 32 /* keys per online-softmax update */
+#define FA_MAX_ROPE_FREQS 16 /* rotary_dim <= 32 */
+#define FA_WARPS 4
+#define FA_THREADS (FA_WARPS * 32)
+#define FA_LDS 72 /* shared-memory row stride in halves: 64 + 8 padding */
+#define FA_NEG_INF __int_as_float(0xff800000)
+
+// Two floats as one fp16x2 register, `lo` in the low half (the lower column).
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+    unsigned r;
+    // cvt.rn.f16x2.f32 d, a, b puts a in the upper half and b in the lower.
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// Four 8x8 fp16 matrices; lane l gives the row address of row l % 8 of matrix l / 8.
+// Lane t receives, of each matrix, row t / 4, columns 2 (t % 4) and 2 (t % 4) + 1.
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// As ldmatrix_x4, transposed: lane t receives rows 2 (t % 4) and 2 (t % 4) + 1 of column t / 4.
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// d += a (16x16, row-major fragment) * b (16x8, column fragment), f32 accumulators.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// sin and cos of position * freq. The product is split exactly into hi + lo
+// (fmaf), reduced by a two-part 2 pi (Cody-Waite) to |r| <= pi, then __sincosf
+// (absolute error ~2^-21 on [-pi, pi]).
+__device__ __forceinline__ void rope_sincos(int position, float freq, float* s, float* c) {
+    float p = (float)position;  // exact: positions < 2^24
+    float hi = p * freq;
+    float lo = fmaf(p, freq, -hi);
+    float k = rintf(hi * 0.159154943091895336f);
+    float r = fmaf(-k, 6.28318548202514648f, hi);  // float(2 pi)
+    r = fmaf(-k, -1.74845553e-7f, r);             // 2 pi - float(2 pi)
+    __sincosf(r + lo, s, c);
+}
+
+// cos and sin of (pos0 + r) * inv_freq[f] for the 64 rows r of a tile and the
+// half = rotary_dim / 2 <= 16 frequencies f, as table[r * 16 + f] = (cos, sin):
+// 8 angles per thread, where rotating in the loader would take 32 (every thread
+// of a row computes the angles of its own 4 dims, both halves of a pair the
+// same ones).
+__device__ __forceinline__ void fill_rope_table(float2* __restrict__ table, int pos0,
+                                                const float* __restrict__ inv_freq, int half) {
+#pragma unroll 4  // all 8 made ptxas spill at the 128-register cap
+    for (int i = 0; i < FA_BLOCK_N * FA_MAX_ROPE_FREQS / FA_THREADS; i++) {
+        const int e = threadIdx.x + i * FA_THREADS;
+        const int r = e / FA_MAX_ROPE_FREQS, f = e % FA_MAX_ROPE_FREQS;
+        if (f < half) {
+            float s, c;
+            rope_sincos(pos0 + r, __ldg(inv_freq + f), &s, &c);
+            table[e] = make_float2(c, s);
+        }
+    }
+}
+
+// Loads rows [0, rows) of a 64-row tile (row-major f32, `ld` floats per row,
+// starting at the head's column 0) into `dst` ([64][FA_LDS] fp16), rotating the
+// first rotary_dim dims with the angles of `rope` (fill_rope_table) when
+// `rotate`; rows >= rows are zero. Thread t handles dims 4 (t % 16) .. +3 of rows
+// t / 16 + 8 i: a half-warp reads one 256-byte row.
+__device__ __forceinline__ void load_tile(const float* __restrict__ src, int ld, int rows, bool rotate,
+                                          const float2* __restrict__ rope, int rotary_dim,
+                                          unsigned short* __restrict__ dst) {
+    const int c = (threadIdx.x & 15) * 4;
+    const int half = rotary_dim / 2;
+#pragma unroll 4  // 4 rows in flight per thread; all 8 made ptxas spill (sm_90) at the 128-register cap
+    for (int i = 0; i < FA_BLOCK_M / (FA_THREADS / 16); i++) {
+        const int r = (threadIdx.x >> 4) + i * (FA_THREADS / 16);
+        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < rows) {
+            const float* row = src + (long long)r * ld;
+            x = *reinterpret_cast<const float4*>(row + c);
+            if (rotate && c < rotary_dim) {
+                // The partner dims are 4 aligned floats too (half is a multiple of 4).
+                const bool first = c < half;
+                const int f0 = first ? c : c - half;
+                const float4 y = *reinterpret_cast<const float4*>(row + (first ? c + half : c - half));
+                // (cos, sin) of frequencies f0, f0 + 1 and f0 + 2, f0 + 3: 16-byte aligned (f0 % 4 == 0).
+                const float4 a = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0);
+                const float4 b = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0 + 2);
+                const float sign = first ? -1.0f : 1.0f;  // first half: x cos - y sin; second: x cos + y sin
+                x.x = fmaf(x.x, a.x, sign * y.x * a.y);
+                x.y = fmaf(x.y, a.z, sign * y.y * a.w);
+                x.z = fmaf(x.z, b.x, sign * y.z * b.y);
+                x.w = fmaf(x.w, b.z, sign * y.w * b.w);
+            }
+        }
+        uint2 packed = make_uint2(pack_half2(x.x, x.y), pack_half2(x.z, x.w));
+        *reinterpret_cast<uint2*>(dst + r * FA_LDS + c) = packed;  // 8-byte aligned: c % 4 == 0, 144-byte rows
+    }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64(
+    const float* __restrict__ q, int q_ld, const float* __restrict__ k, int k_ld, const float* __restrict__ v, int v_ld,
+    const int* __restrict__ q_offsets, const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts,
+    int count, int heads, int kv_heads, float scale, const float* __restrict__ inv_freq, int rotary_dim,
+    float* __restrict__ out, int out_ld) {
+    __shared__ __align__(16) unsigned short qs[FA_BLOCK_M * FA_LDS];
+    __shared__ __align__(16) unsigned short ks[FA_BLOCK_N * FA_LDS];
+    __shared__ __align__(16) unsigned short vs[FA_BLOCK_N * FA_LDS];
+    __shared__ __align__(16) float2 rope_cs[FA_BLOCK_N * FA_MAX_ROPE_FREQS];
+
+    // Which sequence: the largest b with tile_starts[b] <= blockIdx.x
+    // (invariant tile_starts[lo] <= x < tile_starts[hi]; empty sequences have no tiles).
+    const int x = blockIdx.x;
+    int lo = 0, hi = count;
+    while (hi - lo > 1) {
+        int mid = (lo + hi) >> 1;
+        if (tile_starts[mid] <= x) lo = mid; else hi = mid;
+    }
+    const int b = lo;
+    const int h = blockIdx.y;
+    const int kvh = h / (heads / kv_heads);
+    const int q_start = q_offsets[b], q_len = q_offsets[b + 1] - q_start;
+    const int kv_start = kv_offsets[b], kv_len = kv_offsets[b + 1] - kv_start;
+    const int q0 = (x - tile_starts[b]) * FA_BLOCK_M;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tig = lane & 3;  // mma groupID and thread-in-group
+
+    // RoPE angles: uniform over the block, so the extra barriers below are too.
+    const bool rope = inv_freq != nullptr && rotary_dim > 0;
+    if (rope) {
+        fill_rope_table(rope_cs, q0, inv_freq, rotary_dim / 2);
+        __syncthreads();
+    }
+    load_tile(q + (long long)(q_start + q0) * q_ld + h * FA_HEAD_DIM, q_ld, min(FA_BLOCK_M, q_len - q0), rope, rope_cs,
+              rotary_dim, qs);
+    __syncthreads();
+
+    const float scale_log2 = scale * 1.4426950408889634f;  // softmax in base 2: exp(x) = exp2(x log2 e)
+    float m_run[2] = {FA_NEG_INF, FA_NEG_INF};  // running max (base-2 scaled) of rows g and g + 8
+    float l_run[2] = {0.0f, 0.0f};              // this thread's part of the running sum of those rows
+    float o[8][4];                              // O: dim tile dt, [row g: dims 8 dt + 2 tig, +1; row g + 8: same]
+#pragma unroll
+    for (int dt = 0; dt < 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+
+    const float* kbase = k + (long long)kv_start * k_ld + kvh * FA_HEAD_DIM;
+    const float* vbase = v + (long long)kv_start * v_ld + kvh * FA_HEAD_DIM;
+    for (int j0 = 0; j0 < kv_len; j0 += FA_BLOCK_N) {
+        const int tile_keys = min(FA_BLOCK_N, kv_len - j0);
+        __syncthreads();  // every warp is done with the previous K/V tile (and the loader with the angles)
+        if (rope) {
+            fill_rope_table(rope_cs, j0, inv_freq, rotary_dim / 2);
+            __syncthreads();
+        }
+        load_tile(kbase + (long long)j0 * k_ld, k_ld, tile_keys, rope, rope_cs, rotary_dim, ks);
+        load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_cs, 0, vs);
+        __syncthreads();
+
+        // A fragments of this warp's 16 query rows, 4 k-steps of 16 dims:
+        // ldmatrix matrix m = lane / 8 is rows (m & 1) * 8.., dims (m >> 1) * 8.. of the k-step, giving
+        // a[0] (row g, dims 2 tig..), a[1] (row g + 8), a[2] (row g, dims 8 + 2 tig..), a[3] (row g + 8, dims 8 + ..).
+        unsigned qf[4][4];
+        {
+            const int row = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            const int col = (lane >> 4) * 8;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) ldmatrix_x4(qf[kk], smem_addr(qs + row * FA_LDS + kk * 16 + col));
+        }
+
+        // The 64 keys of the tile in two halves of 32 (FA_SUB_N), each with its own online-softmax
+        // update: S for 32 keys is 16 registers, which keeps the kernel within 128 registers.
+#pragma unroll
+        for (int sub = 0; sub < FA_BLOCK_N / FA_SUB_N; sub++) {
+            // S = Q K^T: n-tile nt is keys sub * 32 + 8 nt .. + 7. B fragment (k = dim, n = key):
+            // b0 = K[key][dims 16 kk + 2 tig, +1] for key = sub * 32 + 8 nt + g, b1 = the same 8 dims
+            // later, i.e. rows of ks read without transposition. ldmatrix matrix m is those 8 keys,
+            // dims 32 p + 8 m..: r[0], r[1] = b0, b1 of k-step 2p; r[2], r[3] = b0, b1 of k-step 2p + 1.
+            float s[4][4];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+                const int key = sub * FA_SUB_N + nt * 8 + (lane & 7);
+#pragma unroll
+                for (int p = 0; p < 2; p++) {
+                    unsigned kb[4];
+                    ldmatrix_x4(kb, smem_addr(ks + key * FA_LDS + p * 32 + (lane >> 3) * 8));
+                    mma_16816(s[nt], qf[2 * p], kb[0], kb[1]);
+                    mma_16816(s[nt], qf[2 * p + 1], kb[2], kb[3]);
+                }
+            }
+
+            // Online softmax. s[nt][0..1] are row g, keys sub * 32 + 8 nt + 2 tig, +1; s[nt][2..3] row g + 8.
+            float m_new[2] = {m_run[0], m_run[1]};
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = sub * FA_SUB_N + nt * 8 + tig * 2 + (e & 1);
+                    float val = key < tile_keys ? s[nt][e] * scale_log2 : FA_NEG_INF;
+                    s[nt][e] = val;
+                    m_new[e >> 1] = fmaxf(m_new[e >> 1], val);
+                }
+            }
+            float corr[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                // The four threads of a quad hold the 32 keys of a row. Key j0 is valid and comes
+                // first, so m_new is finite from the first half on (later halves may be all masked).
+                m_new[r] = quad_max(m_new[r]);
+                corr[r] = exp2f(m_run[r] - m_new[r]);  // 0 on the first half-tile (m_run = -inf)
+                m_run[r] = m_new[r];
+                l_run[r] *= corr[r];
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float p = exp2f(s[nt][e] - m_new[e >> 1]);  // masked keys: exp2(-inf) = 0
+                    s[nt][e] = p;
+                    l_run[e >> 1] += p;
+                }
+            }
+#pragma unroll
+            for (int dt = 0; dt < 8; dt++) {
+                o[dt][0] *= corr[0];
+                o[dt][1] *= corr[0];
+                o[dt][2] *= corr[1];
+                o[dt][3] *= corr[1];
+            }
+
+            // O += P V over 2 k-steps of 16 keys. A fragment of k-step kk from the S accumulators of
+            // n-tiles 2 kk (keys 2 tig.. of the k-step) and 2 kk + 1 (keys 8 + 2 tig..):
+            // a[0] = row g, a[1] = row g + 8, a[2] = row g 8 keys later, a[3] = row g + 8 8 keys later.
+            // B fragment (k = key, n = dim): b0 = V[keys 2 tig, +1 of the k-step][dim 8 dt + g], b1 = 8
+            // keys later; two rows of vs per register, hence ldmatrix .trans. Matrix m = lane / 8 is
+            // keys (m & 1) * 8.. of the k-step, dims 16 p + (m >> 1) * 8..: r[0], r[1] = b0, b1 of dim
+            // tile 2p, r[2], r[3] = b0, b1 of dim tile 2p + 1.
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++) {
+                unsigned pa[4];
+                pa[0] = pack_half2(s[2 * kk][0], s[2 * kk][1]);
+                pa[1] = pack_half2(s[2 * kk][2], s[2 * kk][3]);
+                pa[2] = pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[3] = pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+                const int key = sub * FA_SUB_N + kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+                for (int p = 0; p < 4; p++) {
+                    unsigned vb[4];
+                    ldmatrix_x4_trans(vb, smem_addr(vs + key * FA_LDS + p * 16 + (lane >> 4) * 8));
+                    mma_16816(o[2 * p], pa, vb[0], vb[1]);
+                    mma_16816(o[2 * p + 1], pa, vb[2], vb[3]);
+                }
+            }
+        }
+    }
+
+    // Normalise and write rows g and g + 8 of this warp (the quad's partial sums first).
+    // Rows are recomputed from the sequence index here rather than kept live through the loop.
+    const int row_in_seq = (x - tile_starts[b]) * FA_BLOCK_M + warp * 16 + g;
+    const int row_end = q_offsets[b + 1];
+    float* obase = out + (long long)blockIdx.y * FA_HEAD_DIM + tig * 2;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const float l = quad_sum(l_run[r]);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // no keys: zeros, like the CPU
+        const int qrow = q_offsets[b] + row_in_seq + r * 8;
+        if (qrow < row_end) {
+            float* orow = obase + (long long)qrow * out_ld;
+#pragma unroll
+            for (int dt = 0; dt < 8; dt++) {
+                *reinterpret_cast<float2*>(orow + dt * 8) = make_float2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+            }
+        }
+    }
+}

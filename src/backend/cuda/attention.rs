@@ -1,0 +1,249 @@
+//! `Op::Attention` on CUDA. Two kernels, one semantics (the CPU twin
+//! `backend::cpu::attention`):
+//! - `flash_attention_hd64` (kernels/flash_attention.cu): the fused tensor-core
+//!   kernel (fp16 operands, f32 accumulation and softmax) for head_dim 64, which
+//!   is every attention of the models (DiT self- and cross-attention, CLIP);
+//! - `attention_f32` (kernels/attention.cu): the f32 CUDA-core fallback for any
+//!   other head_dim up to 128 (op tests use some), for a RoPE whose rotary_dim
+//!   is over 32 or not a multiple of 8, and for operands not aligned for float4 loads
+//!   (the arena aligns every tensor, so only odd column offsets or widths).
+
+use cudarc::driver::LaunchConfig;
+use cudarc::driver::sys::CUdeviceptr;
+
+use super::{Arg, CudaBackend, OpContext};
+use crate::error::{Error, Result};
+use crate::graph::{ColumnSlice, Op, Segments, TensorId};
+
+/// kernels/flash_attention.cu: head_dim, queries per block, threads per block.
+pub const FLASH_HEAD_DIM: usize = 64;
+const FLASH_BLOCK_M: usize = 64;
+const FLASH_THREADS: u32 = 128;
+/// kernels/flash_attention.cu: its table of RoPE angles holds 16 frequencies.
+const FLASH_MAX_ROTARY_DIM: usize = 32;
+/// kernels/attention.cu: queries per block, keys per shared-memory tile, largest head_dim.
+const F32_QUERIES_PER_BLOCK: usize = 16;
+const F32_KEYS_PER_TILE: usize = 32;
+pub const F32_MAX_HEAD_DIM: usize = 128;
+/// The largest grid.y of a launch (heads go there).
+const MAX_GRID_Y: usize = 65535;
+
+/// Which kernel an attention with these parameters runs on (for logs, benches and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    Flash,
+    F32,
+}
+
+/// The kernel choice from the shape alone; `flash_operands_aligned` adds the
+/// pointer and stride conditions at launch.
+pub fn attention_kernel(head_dim: usize, rotary_dim: Option<usize>) -> AttentionKernel {
+    if head_dim == FLASH_HEAD_DIM && rotary_dim.is_none_or(|r| r.is_multiple_of(8) && r <= FLASH_MAX_ROTARY_DIM) {
+        AttentionKernel::Flash
+    } else {
+        AttentionKernel::F32
+    }
+}
+
+/// `ceil(len / 64)` query tiles per sequence, cumulative: block x of the flash
+/// kernel belongs to the sequence b with `starts[b] <= x < starts[b + 1]`.
+/// Uploaded by `prepare` with the graph's other tables, so a run uploads nothing.
+pub(super) fn tile_starts(seg: &Segments) -> Vec<u32> {
+    let mut starts = vec![0u32];
+    let mut total = 0usize;
+    for len in seg.lengths() {
+        total += len.div_ceil(FLASH_BLOCK_M);
+        // A grid has at most 2^31 - 1 blocks in x; the launch refuses more (checked there).
+        starts.push(total.min(u32::MAX as usize) as u32);
+    }
+    starts
+}
+
+/// The flash kernel reads q, k, v as float4 (16-byte aligned rows) and writes float2.
+fn flash_operands_aligned(pointers: &[CUdeviceptr], lds: &[usize], out: CUdeviceptr, out_ld: usize) -> bool {
+    pointers.iter().all(|p| p.is_multiple_of(16))
+        && lds.iter().all(|ld| ld.is_multiple_of(4))
+        && out.is_multiple_of(8)
+        && out_ld.is_multiple_of(2)
+}
+
+impl CudaBackend {
+    /// Validates and launches one `Op::Attention` (see the module doc for the kernel choice).
+    pub(super) fn run_attention(
+        &self,
+        op: &Op,
+        ctx: &mut OpContext<'_, Self>,
+        ptr: &dyn Fn(TensorId) -> CUdeviceptr,
+    ) -> Result<()> {
+        let Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } = op else {
+            return Err(Error::InvalidInput(format!("run_attention called with {}", op.name())));
+        };
+        let g = ctx.graph;
+        let cols = |t: TensorId| g.desc(t).cols;
+        let rows = |t: TensorId| g.desc(t).rows;
+        let (qs, ks) = (g.seg(*q_segments), g.seg(*kv_segments));
+        let (hd, heads, kv_heads) = (*head_dim, *heads, *kv_heads);
+        let name = &g.desc(*out).name;
+        if hd == 0 || hd > F32_MAX_HEAD_DIM {
+            return Err(Error::InvalidInput(format!(
+                "attention `{name}`: head_dim {hd} is not supported on CUDA (1..={F32_MAX_HEAD_DIM})"
+            )));
+        }
+        if kv_heads == 0 || heads % kv_heads != 0 || qs.count() != ks.count() {
+            return Err(Error::InvalidInput(format!(
+                "attention `{name}`: {heads} query heads cannot share {kv_heads} kv heads, \
+                 or query and key batches differ"
+            )));
+        }
+        let slice_ok = |s: &ColumnSlice, h: usize, rows_needed: usize| {
+            s.offset + h * hd <= cols(s.tensor) && rows(s.tensor) >= rows_needed
+        };
+        if !slice_ok(q, heads, qs.total()) || !slice_ok(k, kv_heads, ks.total()) || !slice_ok(v, kv_heads, ks.total()) {
+            return Err(Error::InvalidInput(format!(
+                "attention `{name}`: a head slice exceeds its tensor, or a tensor has fewer rows than its segments"
+            )));
+        }
+        if cols(*out) != heads * hd || rows(*out) < qs.total() {
+            return Err(Error::InvalidInput(format!(
+                "attention `{name}`: the output must be [{}, {}]",
+                qs.total(),
+                heads * hd
+            )));
+        }
+        if heads > MAX_GRID_Y {
+            return Err(Error::Limit(format!("attention `{name}`: {heads} heads exceed a grid of {MAX_GRID_Y}")));
+        }
+        let (inv_freq, rotary_dim) = match rope {
+            Some(r) => {
+                if r.rotary_dim % 2 != 0 || r.rotary_dim > hd {
+                    return Err(Error::InvalidInput(format!(
+                        "attention `{name}`: rotary_dim {} must be even and at most {hd}",
+                        r.rotary_dim
+                    )));
+                }
+                (self.weight_f32(ctx.weights, r.inv_freq, r.rotary_dim / 2, "RoPE inv_freq")?, r.rotary_dim)
+            }
+            None => (0, 0),
+        };
+        let max_q = qs.lengths().max().unwrap_or(0);
+        if max_q == 0 || qs.count() == 0 || heads == 0 {
+            return Ok(());
+        }
+        let (qo, ko) = (self.offsets(ctx.arena, qs)?, self.offsets(ctx.arena, ks)?);
+        let col_ptr = |s: &ColumnSlice| ptr(s.tensor) + (s.offset * std::mem::size_of::<f32>()) as CUdeviceptr;
+        let (qp, kp, vp, op_) = (col_ptr(q), col_ptr(k), col_ptr(v), ptr(*out));
+        let (q_ld, k_ld, v_ld, out_ld) = (cols(q.tensor), cols(k.tensor), cols(v.tensor), cols(*out));
+        let lds = [q_ld, k_ld, v_ld, out_ld];
+        if lds.iter().any(|&ld| ld > i32::MAX as usize) {
+            return Err(Error::Limit(format!("attention `{name}`: a row of more than 2^31 values")));
+        }
+        let flash = attention_kernel(hd, rope.map(|r| r.rotary_dim)) == AttentionKernel::Flash
+            && flash_operands_aligned(&[qp, kp, vp], &[q_ld, k_ld, v_ld], op_, out_ld);
+        if flash {
+            let starts = tile_starts(qs);
+            let total_tiles = starts.last().copied().unwrap_or(0) as usize;
+            if total_tiles > i32::MAX as usize {
+                return Err(Error::Limit(format!("attention `{name}`: {total_tiles} query tiles exceed a grid")));
+            }
+            let starts = self.table(ctx.arena, starts)?;
+            let cfg = LaunchConfig {
+                grid_dim: (total_tiles as u32, heads as u32, 1),
+                block_dim: (FLASH_THREADS, 1, 1),
+                shared_mem_bytes: 0, // static: 35,840 bytes
+            };
+            // flash_attention_hd64(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count,
+            //                      heads, kv_heads, scale, inv_freq, rotary_dim, out, out_ld)
+            return self.launch(
+                "flash_attention_hd64",
+                cfg,
+                &[
+                    Arg::Ptr(qp),
+                    Arg::I32(q_ld as i32),
+                    Arg::Ptr(kp),
+                    Arg::I32(k_ld as i32),
+                    Arg::Ptr(vp),
+                    Arg::I32(v_ld as i32),
+                    Arg::Ptr(qo),
+                    Arg::Ptr(ko),
+                    Arg::Ptr(starts),
+                    Arg::I32(qs.count() as i32),
+                    Arg::I32(heads as i32),
+                    Arg::I32(kv_heads as i32),
+                    Arg::F32(*scale),
+                    Arg::Ptr(inv_freq),
+                    Arg::I32(rotary_dim as i32),
+                    Arg::Ptr(op_),
+                    Arg::I32(out_ld as i32),
+                ],
+            );
+        }
+        if qs.count() > MAX_GRID_Y {
+            return Err(Error::Limit(format!(
+                "attention `{name}`: {} sequences exceed a grid of {MAX_GRID_Y} (f32 kernel, head_dim {hd})",
+                qs.count()
+            )));
+        }
+        let smem_floats = F32_KEYS_PER_TILE * (hd + 1) + F32_KEYS_PER_TILE * hd + F32_QUERIES_PER_BLOCK * hd + 4 * 32;
+        let cfg = LaunchConfig {
+            grid_dim: (max_q.div_ceil(F32_QUERIES_PER_BLOCK) as u32, heads as u32, qs.count() as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: (smem_floats * std::mem::size_of::<f32>()) as u32,
+        };
+        // attention_f32(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, heads, kv_heads,
+        //               head_dim, scale, inv_freq, rotary_dim, out, out_ld)
+        self.launch(
+            "attention_f32",
+            cfg,
+            &[
+                Arg::Ptr(qp),
+                Arg::I32(q_ld as i32),
+                Arg::Ptr(kp),
+                Arg::I32(k_ld as i32),
+                Arg::Ptr(vp),
+                Arg::I32(v_ld as i32),
+                Arg::Ptr(qo),
+                Arg::Ptr(ko),
+                Arg::I32(heads as i32),
+                Arg::I32(kv_heads as i32),
+                Arg::I32(hd as i32),
+                Arg::F32(*scale),
+                Arg::Ptr(inv_freq),
+                Arg::I32(rotary_dim as i32),
+                Arg::Ptr(op_),
+                Arg::I32(out_ld as i32),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_models_attentions_take_the_flash_kernel() {
+        // DiT self-attention (RoPE on 32 dims), DiT cross-attention and CLIP (no RoPE).
+        assert_eq!(attention_kernel(64, Some(32)), AttentionKernel::Flash);
+        assert_eq!(attention_kernel(64, None), AttentionKernel::Flash);
+        assert_eq!(attention_kernel(64, Some(16)), AttentionKernel::Flash);
+        // The f32 fallback: other head dims, a rotary_dim whose halves are not whole float4s.
+        assert_eq!(attention_kernel(33, None), AttentionKernel::F32);
+        assert_eq!(attention_kernel(128, Some(128)), AttentionKernel::F32);
+        assert_eq!(attention_kernel(64, Some(20)), AttentionKernel::F32);
+        assert_eq!(attention_kernel(64, Some(64)), AttentionKernel::F32, "more angles than the kernel's table");
+    }
+
+    #[test]
+    fn query_tiles_map_blocks_to_sequences() {
+        let seg = Segments::from_lengths([1, 64, 65, 0, 3000]);
+        assert_eq!(tile_starts(&seg), vec![0, 1, 2, 4, 4, 4 + 47]);
+    }
+
+    #[test]
+    fn misaligned_operands_fall_back() {
+        assert!(flash_operands_aligned(&[0, 256, 4096], &[4608, 64], 512, 1536));
+        assert!(!flash_operands_aligned(&[4], &[64], 0, 64), "a pointer 4 bytes off a float4");
+        assert!(!flash_operands_aligned(&[0], &[66], 0, 64), "rows of 66 floats misalign every other row");
+        assert!(!flash_operands_aligned(&[0], &[64], 4, 64), "output not float2-aligned");
+    }
+}
