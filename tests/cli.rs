@@ -230,16 +230,20 @@ fn missing_output_folder_fails_before_sampling() {
     assert!(!o.status.success() && stderr.contains("does not exist"), "{stderr}");
 }
 
-/// `--vae-chunk` decodes in windows with the receptive field as context: the WAV is
-/// the whole decode's (f32 samples; chunked and whole agree to f32 rounding, see
+/// `--vae-chunk` decodes in windows with the receptive field as context, and so
+/// does a `--vae-memory` budget the whole decode would exceed: the WAV is the
+/// whole decode's (f32 samples; chunked and whole agree to f32 rounding, see
 /// tests/vae_reference.rs), and the summary shows the smaller planned arena.
 #[test]
 fn vae_chunk_gives_the_same_audio() {
     let dir = tempfile::tempdir().unwrap();
     let p = fixture_paths();
     let mut runs = Vec::new();
-    for chunk in [None, Some("0.2")] {
-        let out = dir.path().join(format!("{}.wav", chunk.unwrap_or("whole")));
+    // The tiny fixture's whole decode plans 5 MiB; a 4 MiB budget forces windows.
+    for (name, chunking) in
+        [("whole", None), ("chunk", Some(["--vae-chunk", "0.2"])), ("budget", Some(["--vae-memory", "0.004"]))]
+    {
+        let out = dir.path().join(format!("{name}.wav"));
         let mut args = vec![
             "infer",
             s(&p.features),
@@ -257,8 +261,8 @@ fn vae_chunk_gives_the_same_audio() {
             "--device",
             "cpu",
         ];
-        if let Some(c) = chunk {
-            args.extend(["--vae-chunk", c]);
+        if let Some(c) = chunking {
+            args.extend(c);
         }
         let o = lova_fast(&args);
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -272,14 +276,18 @@ fn vae_chunk_gives_the_same_audio() {
         let samples: Vec<f32> = hound::WavReader::open(&out).unwrap().samples::<f32>().map(|x| x.unwrap()).collect();
         runs.push((planned, samples));
     }
-    let (whole, chunked) = (&runs[0], &runs[1]);
-    assert!(chunked.0 < whole.0, "chunked plan {} MiB, whole {} MiB", chunked.0, whole.0);
-    let err = rel_l2(&chunked.1, &whole.1);
-    assert!(err <= 1e-6, "{err:e}");
+    let whole = &runs[0];
+    for (name, chunked) in ["--vae-chunk", "--vae-memory"].iter().zip(&runs[1..]) {
+        assert!(chunked.0 < whole.0, "{name}: chunked plan {} MiB, whole {} MiB", chunked.0, whole.0);
+        assert!(chunked.0 <= 4.1 || *name == "--vae-chunk", "{name}: plan {} MiB over the budget", chunked.0);
+        let err = rel_l2(&chunked.1, &whole.1);
+        assert!(err <= 1e-6, "{name}: {err:e}");
+    }
 }
 
 #[test]
 fn vae_chunk_must_be_positive() {
     let p = fixture_paths();
     expect_failure(&p, &["--vae-chunk", "0"], &["--vae-chunk must be a positive number of seconds"]);
+    expect_failure(&p, &["--vae-memory", "0"], &["--vae-memory must be a positive number of GiB"]);
 }

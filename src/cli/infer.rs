@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lova_fast::audio::{SampleFormat, samples_for_seconds, trim_and_normalise, write_wav};
 use lova_fast::backend::Backend;
-use lova_fast::config::LovaConfig;
+use lova_fast::config::{LovaConfig, VaeDecoderConfig};
 use lova_fast::error::ensure_finite;
 use lova_fast::models::clip::{CLIP_BATCH, ClipVision, open_clip};
 use lova_fast::models::vae::{planned_arena_bytes, receptive_field};
@@ -119,6 +119,12 @@ pub struct InferArgs {
     /// instead of the whole clip at once: less device memory, for smaller cards.
     #[arg(long, value_name = "SECONDS")]
     pub vae_chunk: Option<f64>,
+
+    /// Device memory the VAE decode may plan for its activations, in GiB. A clip
+    /// whose whole decode would plan more is decoded in windows that fit (same
+    /// audio, see --vae-chunk); a 139 s clip plans ~8.8 GiB at once.
+    #[arg(long, value_name = "GIB", default_value_t = 1.5)]
+    pub vae_memory: f64,
 
     /// Where to run CLIP, the DiT with the sampler, and the VAE (all on one device).
     #[arg(long, value_enum, default_value = "auto")]
@@ -277,6 +283,9 @@ pub fn run(args: InferArgs) -> Result<()> {
         && !(s.is_finite() && s > 0.0)
     {
         bail!("--vae-chunk must be a positive number of seconds, got {s}");
+    }
+    if !(args.vae_memory.is_finite() && args.vae_memory > 0.0) {
+        bail!("--vae-memory must be a positive number of GiB, got {}", args.vae_memory);
     }
     for (flag, value) in [("--fps", args.fps), ("--sample-fps", args.sample_fps)] {
         if let Some(f) = value
@@ -523,12 +532,13 @@ fn run_one<B: Backend>(
     }
     let samples = samples_for_seconds(p.seconds, config.sample_rate);
     if let (Some(path), Some(vae)) = (&p.outputs.wav, nets.vae) {
-        let window = vae_chunk_frames(args, config).map_or(p.latent_len, |c| c + 2 * receptive_field(&vae.config));
+        let chunk = vae_chunk_frames(args, config, &vae.config, p.latent_len)?;
+        let window = chunk.map_or(p.latent_len, |c| c + 2 * receptive_field(&vae.config));
         t.vae_arena_bytes = planned_arena_bytes(&vae.config, &[window.min(p.latent_len)])?;
         let vae_started = Instant::now();
         let spinner = bars.add(ProgressBar::new_spinner().with_message("decoding audio with the VAE"));
         spinner.enable_steady_tick(Duration::from_millis(200));
-        let audio = match vae_chunk_frames(args, config) {
+        let audio = match chunk {
             Some(chunk) => vae.decode_chunked(nets.backend, &latents, chunk)?,
             None => vae.decode(nets.backend, std::slice::from_ref(&latents))?.remove(0),
         };
@@ -557,9 +567,35 @@ fn run_one<B: Backend>(
     })
 }
 
-/// Latent frames per VAE window for `--vae-chunk` (None: the whole clip at once).
-fn vae_chunk_frames(args: &InferArgs, config: &LovaConfig) -> Option<usize> {
-    args.vae_chunk.map(|s| config.latent_len_for_seconds(s).max(1))
+/// Latent frames per VAE window (None: the whole clip at once): `--vae-chunk` when
+/// given; else the whole clip when its planned arena fits `--vae-memory`, else the
+/// largest window (chunk + context on both sides) that fits, so that long clips
+/// decode on small cards, and next to the resident DiT and CLIP weights, by default.
+fn vae_chunk_frames(
+    args: &InferArgs,
+    config: &LovaConfig,
+    vae: &VaeDecoderConfig,
+    latent_len: usize,
+) -> lova_fast::Result<Option<usize>> {
+    if let Some(s) = args.vae_chunk {
+        return Ok(Some(config.latent_len_for_seconds(s).max(1)));
+    }
+    let budget = (args.vae_memory * (1u64 << 30) as f64) as usize;
+    let whole = planned_arena_bytes(vae, &[latent_len])?;
+    if whole <= budget {
+        return Ok(None);
+    }
+    // The arena grows about linearly with the window: start from that estimate
+    // and shrink until the plan fits. A chunk keeps at least 2 * context frames,
+    // so that the context decoded twice at most doubles the work: a budget too
+    // small for that is exceeded rather than met at any cost.
+    let context = receptive_field(vae);
+    let smallest = 4 * context;
+    let mut window = (budget / whole.div_ceil(latent_len)).clamp(smallest.min(latent_len), latent_len);
+    while window > smallest && planned_arena_bytes(vae, &[window])? > budget {
+        window = (window * 15 / 16).max(smallest);
+    }
+    Ok(Some(window.saturating_sub(2 * context).max(1)))
 }
 
 /// Decodes, preprocesses and encodes a video's frames in batches of up to
