@@ -21,10 +21,12 @@
 //! All work is enqueued on one stream; `read` waits for it. Kernels are
 //! compiled by NVRTC for the device (cached on disk, see `compile`).
 //!
-//! Memory: weights are uploaded once; everything a graph needs besides them
-//! (its arena, the fp16 GEMM scratch, constant tables) is allocated when its
-//! executor is made (`Backend::prepare`), so a run allocates nothing, which
-//! is also what lets a sampler step be captured as a CUDA graph (`capture`).
+//! Memory: weights are uploaded once (those the source stores as fp16, as an
+//! engine file does, straight from its mmap: `upload_weight_from`); everything
+//! a graph needs besides them (its arena, the fp16 GEMM scratch, constant
+//! tables) is allocated when its executor is made (`Backend::prepare`), so a
+//! run allocates nothing, which is also what lets a sampler step be captured
+//! as a CUDA graph (`capture`).
 //! Every device allocation is counted (`Backend::device_allocations`).
 
 pub mod attention;
