@@ -128,9 +128,7 @@ pub fn load_vae<B: Backend>(backend: &B, source: &WeightSource) -> Result<VaeDec
     match source {
         WeightSource::Engine(path) => {
             let (file, config) = open_engine_file(path)?;
-            let fetch =
-                &mut |spec: &vae::VaeTensorSpec| file.tensor(&format!("{VAE_KEYS}{}", spec.key), &spec.engine_shape());
-            VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)
+            VaeDecoder::load_stored(backend, &config.vae_decoder, config.latent_scale, &file, VAE_KEYS)
         }
         WeightSource::Original { checkpoint, config } => {
             let file = SafetensorsFile::open(checkpoint)?;

@@ -73,6 +73,21 @@ fn both_layouts_serve_every_listed_tensor_with_the_same_values() {
     }
 }
 
+/// The OpenAI layout is the file's own: its fp16 tensors are served as stored
+/// (the bits of the values `tensor` gives). Hugging Face tensors are rebuilt
+/// (renamed, transposed, concatenated), so never.
+#[test]
+fn only_the_openai_layout_serves_stored_fp16_bits() {
+    let (openai, hf) = (open("openai.safetensors"), open("hf.safetensors"));
+    let ((_, a), (_, b)) = (open_clip(&openai).unwrap(), open_clip(&hf).unwrap());
+    for (key, shape) in clip_tensor_list(&TINY) {
+        let bits = a.tensor_f16(&key, &shape).unwrap().unwrap_or_else(|| panic!("{key}: the fixture is fp16"));
+        let values: Vec<f32> = bits.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+        assert_eq!(values, a.tensor(&key, &shape).unwrap().data, "{key}");
+        assert_eq!(b.tensor_f16(&key, &shape).unwrap(), None, "{key}");
+    }
+}
+
 #[test]
 fn a_batch_equals_its_images_encoded_alone() {
     let file = open("openai.safetensors");

@@ -34,7 +34,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Instant;
 
-use common::{cuda_or_skip, fixture, load, loud, lova_fast, max_abs, ok, rel_l2, s};
+use common::{Watched, cuda_or_skip, fixture, load, loud, lova_fast, max_abs, ok, rel_l2, s};
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
 use lova_fast::config::LovaConfig;
 use lova_fast::models::clip::{CLIP_VIT_L14, ClipVision, open_clip};
@@ -405,4 +405,108 @@ fn measure_vae_30_s_and_clip_240_frames_on_cuda() {
          incl. graph planning and arena allocation)",
         frames as f64 / clip_s
     ));
+}
+
+/// Asserts that two weight lists hold the same bits on the device, copy by copy.
+fn assert_same_device_bits(
+    cuda: &CudaBackend,
+    what: &str,
+    a: &[lova_fast::backend::cuda::CudaWeight],
+    b: &[lova_fast::backend::cuda::CudaWeight],
+) {
+    assert_eq!(a.len(), b.len(), "{what}: weight count");
+    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+        assert_eq!(a.shape, b.shape, "{what} weight {i}");
+        let (a, b) = (cuda.weight_to_host(a).unwrap(), cuda.weight_to_host(b).unwrap());
+        assert_eq!(a.f16, b.f16, "{what} weight {i}: fp16 copy");
+        // Bits, not values: NaN == NaN and -0.0 != 0.0 here.
+        let bits = |v: Option<Vec<f32>>| v.map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>());
+        assert_eq!(bits(a.f32), bits(b.f32), "{what} weight {i}: f32 copy");
+    }
+}
+
+/// The tiny model converted to an engine file (fp16 matrices) and loaded on
+/// CUDA: fp16-stored tensors are copied from the file as stored (every DiT and
+/// VAE tensor; the CLIP tower's but its patch embedding, reshaped, and `proj`,
+/// transposed), and every weight holds the same device bits as when loaded
+/// through f32 (fp16 -> f32 -> fp16 is exact); DiT and VAE fp16 copies hold
+/// exactly the file's bits.
+#[test]
+fn cuda_engine_weights_are_uploaded_as_stored() {
+    let Some(cuda) = cuda_or_skip("cuda_engine_weights_are_uploaded_as_stored") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.safetensors");
+    let config_json = std::fs::read_to_string(fixture("tiny/model_config.json")).unwrap();
+    let config = LovaConfig::from_json_str(&config_json).unwrap();
+    let (ckpt, clip) = (fixture("tiny/checkpoint.safetensors"), fixture("clip/hf.safetensors"));
+    lova_fast::engine::convert(&ckpt, Some(&clip), &config, &config_json, &path, &mut |_, _| {}).unwrap();
+    let (file, _) = lova_fast::engine::open_engine_file(&path).unwrap();
+    let (direct, via_f32) = (Watched::new(&file, true), Watched::new(&file, false));
+
+    let dit_direct = Dit::load(&cuda, &direct, &config.dit, "dit.").unwrap();
+    let dit_f32 = Dit::load(&cuda, &via_f32, &config.dit, "dit.").unwrap();
+    assert_same_device_bits(&cuda, "dit", dit_direct.weights(), dit_f32.weights());
+    let list = lova_fast::models::dit::tensor_list(&config.dit);
+    let mut fp16 = 0;
+    for ((key, shape), w) in list.iter().zip(dit_direct.weights()) {
+        if let Some(bits) = file.tensor_f16(&format!("dit.{key}"), shape).unwrap() {
+            assert_eq!(cuda.weight_to_host(w).unwrap().f16.as_deref(), Some(&*bits), "dit.{key}");
+            fp16 += 1;
+        }
+    }
+    assert!(fp16 > 0, "the engine file stores DiT matrices as fp16");
+
+    let (scale, vae_cfg) = (config.latent_scale, &config.vae_decoder);
+    let vae_direct = VaeDecoder::load_stored(&cuda, vae_cfg, scale, &direct, "vae.").unwrap();
+    let vae_f32 = VaeDecoder::load_stored(&cuda, vae_cfg, scale, &via_f32, "vae.").unwrap();
+    assert_same_device_bits(&cuda, "vae", vae_direct.weights(), vae_f32.weights());
+    for (spec, w) in lova_fast::models::vae::tensor_specs(vae_cfg).iter().zip(vae_direct.weights()) {
+        if let Some(bits) = file.tensor_f16(&format!("vae.{}", spec.key), &spec.engine_shape()).unwrap() {
+            assert_eq!(cuda.weight_to_host(w).unwrap().f16.as_deref(), Some(&*bits), "vae.{}", spec.key);
+        }
+    }
+
+    let clip_file = SafetensorsFile::open(&clip).unwrap();
+    let (clip_cfg, _) = open_clip(&clip_file).unwrap();
+    let clip_direct = ClipVision::load(&cuda, &direct, "clip.", &clip_cfg).unwrap();
+    let clip_f32 = ClipVision::load(&cuda, &via_f32, "clip.", &clip_cfg).unwrap();
+    assert_same_device_bits(&cuda, "clip", clip_direct.weights(), clip_f32.weights());
+
+    // Only the two rearranged CLIP tensors went through f32 on the direct path.
+    assert_eq!(*direct.read_as_f32.borrow(), ["clip.visual.conv1.weight", "clip.visual.proj"]);
+    assert!(via_f32.read_as_f32.borrow().len() > 2);
+}
+
+/// `[n, 1]` and `[1, n]` stored as fp16 get both device copies on the direct
+/// path too (see `CudaWeight`), the same as through f32; a matrix gets only fp16.
+#[test]
+fn cuda_fp16_vectors_get_both_copies_when_uploaded_as_stored() {
+    let Some(cuda) = cuda_or_skip("cuda_fp16_vectors_get_both_copies_when_uploaded_as_stored") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.safetensors");
+    let shapes = [vec![1, 5], vec![5, 1], vec![2, 3], vec![0, 4]];
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n: usize = s.iter().product();
+            (0..n).flat_map(|j| half::f16::from_f32(i as f32 - 0.37 * j as f32).to_le_bytes()).collect()
+        })
+        .collect();
+    let names = ["row", "column", "matrix", "empty"];
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = names
+        .iter()
+        .zip(&shapes)
+        .zip(&data)
+        .map(|((n, s), d)| (*n, safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let file = SafetensorsFile::open(&path).unwrap();
+    for (name, shape) in names.iter().zip(&shapes) {
+        let direct = cuda.upload_weight_from(&file, name, shape).unwrap();
+        let via_f32 = cuda.upload_weight(&file.tensor(name, shape).unwrap()).unwrap();
+        let vector = shape.iter().filter(|&&d| d > 1).count() <= 1;
+        assert_eq!((direct.has_f16(), direct.has_f32()), (true, vector), "{name}");
+        assert_same_device_bits(&cuda, name, &[direct], &[via_f32]);
+    }
 }

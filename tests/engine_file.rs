@@ -6,8 +6,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{failed, fixture, lova_fast, ok, rel_l2, s};
-use lova_fast::weights::SafetensorsFile;
+use common::{Watched, failed, fixture, lova_fast, ok, rel_l2, s};
+use lova_fast::backend::{Backend, CpuBackend, OpContext};
+use lova_fast::engine::{CLIP_KEYS, DIT_KEYS, VAE_KEYS, WeightSource, load_clip, load_vae, open_engine_file};
+use lova_fast::graph::Op;
+use lova_fast::models::clip::ClipVision;
+use lova_fast::models::{Dit, VaeDecoder, dit, vae};
+use lova_fast::tensor::HostTensor;
+use lova_fast::weights::{SafetensorsFile, TensorSource};
 
 fn convert(dir: &Path, checkpoint: &Path, config: &Path) -> (Output, PathBuf) {
     convert_with_clip(dir, checkpoint, config, &fixture("clip/hf.safetensors"))
@@ -209,4 +215,104 @@ fn truncated_or_foreign_engine_files_are_refused() {
         &["not a lova-fast engine file"],
     );
     assert!(!wav.exists());
+}
+
+/// A backend that records how each weight arrived, with the CUDA backend's
+/// policy (`Backend::upload_weight_from`): a tensor of rank >= 2 that the
+/// source stores as fp16 is taken as its stored bits, anything else through
+/// f32. It runs nothing: it checks which tensors the loaders let take the
+/// direct path, on a machine without a GPU.
+struct UploadRecorder;
+
+#[derive(Debug)]
+enum Arrived {
+    StoredFp16 { shape: Vec<usize>, bits: Vec<u16> },
+    ViaF32(HostTensor),
+}
+
+impl Backend for UploadRecorder {
+    type Buffer = ();
+    type Weight = Arrived;
+
+    fn name(&self) -> String {
+        "upload recorder".into()
+    }
+    fn alloc(&self, _len: usize) -> lova_fast::Result<()> {
+        Ok(())
+    }
+    fn upload_weight(&self, tensor: &HostTensor) -> lova_fast::Result<Arrived> {
+        Ok(Arrived::ViaF32(tensor.clone()))
+    }
+    fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> lova_fast::Result<Arrived> {
+        if shape.len() >= 2
+            && let Some(bits) = source.tensor_f16(key, shape)?
+        {
+            return Ok(Arrived::StoredFp16 { shape: shape.to_vec(), bits: bits.into_owned() });
+        }
+        self.upload_weight(&source.tensor(key, shape)?)
+    }
+    fn write(&self, _buffer: &mut (), _offset: usize, _data: &[f32]) -> lova_fast::Result<()> {
+        Ok(())
+    }
+    fn read(&self, _buffer: &(), _offset: usize, _out: &mut [f32]) -> lova_fast::Result<()> {
+        Err(lova_fast::Error::InvalidInput("the upload recorder holds no data".into()))
+    }
+    fn run_op(&self, _op: &Op, _ctx: &mut OpContext<'_, Self>) -> lova_fast::Result<()> {
+        Err(lova_fast::Error::InvalidInput("the upload recorder runs no op".into()))
+    }
+    fn device_allocations(&self) -> u64 {
+        0
+    }
+    fn weight_bytes(&self, _weight: &Arrived) -> usize {
+        0
+    }
+}
+
+/// Compares what the recorder received with the CPU backend's f32 weights of
+/// the same model: a tensor taken as stored must be the very tensor the model
+/// uses (not one the loader would have reshaped or transposed). Returns how
+/// many weights arrived as stored fp16.
+fn assert_same_weights(what: &str, recorded: &[Arrived], cpu: &[HostTensor]) -> usize {
+    assert_eq!(recorded.len(), cpu.len(), "{what}: weight count");
+    let mut stored = 0;
+    for (i, (r, c)) in recorded.iter().zip(cpu).enumerate() {
+        match r {
+            Arrived::StoredFp16 { shape, bits } => {
+                let values: Vec<f32> = bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+                assert_eq!((shape, &values), (&c.shape, &c.data), "{what} weight {i}");
+                stored += 1;
+            }
+            Arrived::ViaF32(t) => assert_eq!(t, c, "{what} weight {i}"),
+        }
+    }
+    stored
+}
+
+#[test]
+fn engine_tensors_used_as_stored_take_the_fp16_path_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_engine(dir.path());
+    let (file, config) = open_engine_file(&path).unwrap();
+    let watched = Watched::new(&file, true);
+
+    let dit = Dit::load(&UploadRecorder, &watched, &config.dit, DIT_KEYS).unwrap();
+    let cpu_dit = Dit::load(&CpuBackend, &file, &config.dit, DIT_KEYS).unwrap();
+    let stored = assert_same_weights("dit", dit.weights(), cpu_dit.weights());
+    // Every matrix but the f32 timestep Fourier weights.
+    let matrices = dit::tensor_list(&config.dit).iter().filter(|(_, s)| s.len() >= 2).count();
+    assert_eq!(stored, matrices - 1);
+
+    let (scale, vae_cfg) = (config.latent_scale, &config.vae_decoder);
+    let vae = VaeDecoder::load_stored(&UploadRecorder, vae_cfg, scale, &watched, VAE_KEYS).unwrap();
+    let cpu_vae = load_vae(&CpuBackend, &WeightSource::Engine(&path)).unwrap();
+    let stored = assert_same_weights("vae", vae.weights(), cpu_vae.weights());
+    assert_eq!(stored, vae::tensor_specs(vae_cfg).iter().filter(|s| s.engine_shape().len() >= 2).count());
+
+    let clip_cfg = load_clip(&CpuBackend, &file).unwrap().expect("the engine file has CLIP").config;
+    let clip = ClipVision::load(&UploadRecorder, &watched, CLIP_KEYS, &clip_cfg).unwrap();
+    let cpu_clip = load_clip(&CpuBackend, &file).unwrap().unwrap();
+    assert_same_weights("clip", clip.weights(), cpu_clip.weights());
+
+    // The only fp16-stored tensors read through f32: the two the CLIP loader rearranges.
+    assert_eq!(*watched.read_as_f32.borrow(), ["clip.visual.conv1.weight", "clip.visual.proj"]);
 }

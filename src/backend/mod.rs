@@ -10,6 +10,7 @@ use std::ops::Range;
 use crate::error::Result;
 use crate::graph::{ArenaPlan, Graph, Op, WeightId};
 use crate::tensor::HostTensor;
+use crate::weights::TensorSource;
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
@@ -23,6 +24,14 @@ pub trait Backend: Sync {
     fn name(&self) -> String;
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
     fn upload_weight(&self, tensor: &HostTensor) -> Result<Self::Weight>;
+    /// Uploads the tensor `key` of `source`, with `TensorSource::tensor`'s
+    /// shape check, exactly as `upload_weight` of what `tensor` returns would.
+    /// A backend may read the stored bits itself instead (the CUDA backend
+    /// copies fp16 tensors from the file to the device with no f32 round trip,
+    /// `TensorSource::tensor_f16`). Default: `tensor`, then `upload_weight`.
+    fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<Self::Weight> {
+        self.upload_weight(&source.tensor(key, shape)?)
+    }
     fn write(&self, buffer: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()>;
     fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Runs one op; its tensors live in `ctx.arena` at the offsets of `ctx.plan`.
@@ -110,6 +119,20 @@ impl<B: Backend> Default for WeightSet<B> {
 impl<B: Backend> WeightSet<B> {
     pub fn push(&mut self, backend: &B, key: &str, tensor: &HostTensor) -> Result<WeightId> {
         self.weights.push(backend.upload_weight(tensor)?);
+        self.keys.push(key.to_string());
+        Ok(WeightId(self.weights.len() - 1))
+    }
+
+    /// Uploads the tensor `key` of `source` unchanged (`Backend::upload_weight_from`):
+    /// for tensors the loader uses as stored; one it transforms first goes to `push`.
+    pub fn push_from(
+        &mut self,
+        backend: &B,
+        source: &dyn TensorSource,
+        key: &str,
+        shape: &[usize],
+    ) -> Result<WeightId> {
+        self.weights.push(backend.upload_weight_from(source, key, shape)?);
         self.keys.push(key.to_string());
         Ok(WeightId(self.weights.len() - 1))
     }

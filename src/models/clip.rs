@@ -224,9 +224,10 @@ impl<B: Backend> Loader<'_, B> {
         Ok((full, t))
     }
 
+    /// A tensor used as stored (the backend may copy its stored bits directly);
+    /// one that is rearranged first goes through `fetch` and `WeightSet::push`.
     fn get(&mut self, key: &str, shape: &[usize]) -> Result<WeightId> {
-        let (full, t) = self.fetch(key, shape)?;
-        self.set.push(self.backend, &full, &t)
+        self.set.push_from(self.backend, self.source, &format!("{}{key}", self.prefix), shape)
     }
 
     fn linear(&mut self, key: &str, out: usize, inp: usize) -> Result<LinearIds> {

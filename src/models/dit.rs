@@ -181,11 +181,8 @@ impl<B: Backend> Dit<B> {
     /// checkpoint, `dit.` in an engine file); tensors it does not use are ignored.
     pub fn load(backend: &B, source: &dyn TensorSource, config: &DitConfig, prefix: &str) -> Result<Self> {
         let mut set = WeightSet::default();
-        let mut take = |key: &str, shape: &[usize]| {
-            let full = format!("{prefix}{key}");
-            let t = source.tensor(&full, shape)?;
-            set.push(backend, &full, &t)
-        };
+        // Every DiT tensor is used as stored: each may take the backend's direct path.
+        let mut take = |key: &str, shape: &[usize]| set.push_from(backend, source, &format!("{prefix}{key}"), shape);
         let ids = Describer { take: &mut take }.describe(config)?;
         Ok(Dit { config: config.clone(), weights: set, ids })
     }

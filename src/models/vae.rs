@@ -14,7 +14,7 @@ use crate::config::VaeDecoderConfig;
 use crate::error::{Error, Result, ensure_finite};
 use crate::graph::{ArenaPlan, Executor, Graph, Op, Segments, SegmentsId, Snake, TensorId, WeightId};
 use crate::tensor::HostTensor;
-use crate::weights::SafetensorsFile;
+use crate::weights::{SafetensorsFile, TensorSource};
 
 /// Key prefix of the decoder inside the original LoVA checkpoint.
 pub const ORIGINAL_PREFIX: &str = "pretransform.model.";
@@ -301,18 +301,15 @@ pub struct VaeDecoder<B: Backend> {
 
 impl<B: Backend> VaeDecoder<B> {
     /// Loads every tensor of `tensor_specs` through `fetch`, which returns it in the
-    /// engine layout (from an engine file, or `original_tensor` for a checkpoint).
+    /// engine layout (`original_tensor` for a checkpoint, or any other source).
     pub fn load(
         backend: &B,
         config: &VaeDecoderConfig,
         latent_scale: f64,
         fetch: &mut dyn FnMut(&VaeTensorSpec) -> Result<HostTensor>,
     ) -> Result<Self> {
-        check_config(config)?;
-        let mut weights = WeightSet::default();
-        let mut ids = HashMap::new();
-        for spec in tensor_specs(config) {
-            let t = fetch(&spec)?;
+        Self::load_with(config, latent_scale, &mut |spec, weights| {
+            let t = fetch(spec)?;
             if t.shape != spec.engine_shape() {
                 return Err(Error::ShapeMismatch {
                     key: spec.key.clone(),
@@ -321,7 +318,38 @@ impl<B: Backend> VaeDecoder<B> {
                     found: t.shape,
                 });
             }
-            ids.insert(spec.key.clone(), (weights.push(backend, &spec.key, &t)?, t.shape));
+            weights.push(backend, &spec.key, &t)
+        })
+    }
+
+    /// Loads every tensor of `tensor_specs` from `source` under the keys
+    /// `{prefix}{spec.key}`, already in the engine layout (an engine file):
+    /// used as stored, so each may take the backend's direct path
+    /// (`Backend::upload_weight_from`).
+    pub fn load_stored(
+        backend: &B,
+        config: &VaeDecoderConfig,
+        latent_scale: f64,
+        source: &dyn TensorSource,
+        prefix: &str,
+    ) -> Result<Self> {
+        Self::load_with(config, latent_scale, &mut |spec, weights| {
+            weights.push_from(backend, source, &format!("{prefix}{}", spec.key), &spec.engine_shape())
+        })
+    }
+
+    /// `take` uploads the tensor of one spec, with its engine shape, into the set.
+    fn load_with(
+        config: &VaeDecoderConfig,
+        latent_scale: f64,
+        take: &mut dyn FnMut(&VaeTensorSpec, &mut WeightSet<B>) -> Result<WeightId>,
+    ) -> Result<Self> {
+        check_config(config)?;
+        let mut weights = WeightSet::default();
+        let mut ids = HashMap::new();
+        for spec in tensor_specs(config) {
+            let id = take(&spec, &mut weights)?;
+            ids.insert(spec.key.clone(), (id, spec.engine_shape()));
         }
         Ok(VaeDecoder { config: config.clone(), latent_scale: latent_scale as f32, weights, ids })
     }

@@ -12,6 +12,8 @@ pub use safetensors_file::SafetensorsFile;
 pub use streaming_writer::{StoredDtype, StreamingWriter, TensorEntry};
 pub use tensor_file::{read_single_tensor, write_tensors_atomically};
 
+use std::borrow::Cow;
+
 use crate::error::Result;
 use crate::tensor::HostTensor;
 
@@ -21,6 +23,16 @@ pub trait TensorSource {
     fn describe(&self) -> String;
     /// The tensor `key` in f32; an error names the key when it is missing or has another shape.
     fn tensor(&self, key: &str, shape: &[usize]) -> Result<HostTensor>;
+
+    /// The tensor `key` as its stored fp16 bits, when the source stores it as
+    /// fp16 unchanged, so that a backend holding fp16 weights can copy them to
+    /// the device without an f32 round trip (`Backend::upload_weight_from`).
+    /// `None` when it is stored otherwise (the caller then uses `tensor`).
+    /// Errors are those `tensor` would give. Default: always `None`, right for
+    /// any source that computes or transforms its tensors.
+    fn tensor_f16(&self, _key: &str, _shape: &[usize]) -> Result<Option<Cow<'_, [u16]>>> {
+        Ok(None)
+    }
 }
 
 impl TensorSource for SafetensorsFile {
@@ -30,5 +42,9 @@ impl TensorSource for SafetensorsFile {
 
     fn tensor(&self, key: &str, shape: &[usize]) -> Result<HostTensor> {
         SafetensorsFile::tensor(self, key, shape)
+    }
+
+    fn tensor_f16(&self, key: &str, shape: &[usize]) -> Result<Option<Cow<'_, [u16]>>> {
+        SafetensorsFile::tensor_f16(self, key, shape)
     }
 }

@@ -1,12 +1,14 @@
 //! A memory-mapped safetensors file. Only the JSON header is parsed at open;
 //! a tensor's bytes are read (and converted to f32) when it is fetched, so
-//! tensors the engine does not use cost nothing.
+//! tensors the engine does not use cost nothing. fp16 tensors can also be
+//! fetched as their stored bits, for backends that keep fp16 weights.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
@@ -90,19 +92,43 @@ impl SafetensorsFile {
     /// The tensor `key` in f32, refusing any shape other than `expected`.
     pub fn tensor(&self, key: &str, expected: &[usize]) -> Result<HostTensor> {
         let t = self.tensor_any_shape(key)?;
-        if t.shape != expected {
+        self.check_shape(key, expected, &t.shape)?;
+        Ok(t)
+    }
+
+    /// The tensor `key` as its stored fp16 bits (no conversion; a copy only
+    /// when its bytes are not 2-byte aligned in the file, which safetensors
+    /// does not promise), refusing any shape other than `expected`; `None` when
+    /// it is stored as another dtype. Errors are exactly those of `tensor`.
+    pub fn tensor_f16(&self, key: &str, expected: &[usize]) -> Result<Option<Cow<'_, [u16]>>> {
+        let (info, bytes) = self.stored(key)?;
+        self.check_shape(key, expected, &info.shape)?;
+        if info.dtype != Dtype::F16 {
+            return Ok(None);
+        }
+        let aligned =
+            if cfg!(target_endian = "little") { bytemuck::try_cast_slice::<u8, u16>(bytes).ok() } else { None };
+        Ok(Some(match aligned {
+            Some(bits) => Cow::Borrowed(bits),
+            None => Cow::Owned(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()),
+        }))
+    }
+
+    fn check_shape(&self, key: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+        if found != expected {
             return Err(Error::ShapeMismatch {
                 key: key.into(),
                 file: self.path.display().to_string(),
                 expected: expected.to_vec(),
-                found: t.shape,
+                found: found.to_vec(),
             });
         }
-        Ok(t)
+        Ok(())
     }
 
-    /// The tensor `key` in f32, whatever its shape.
-    pub fn tensor_any_shape(&self, key: &str) -> Result<HostTensor> {
+    /// The header entry and the stored bytes of `key`, checked: present, of a
+    /// dtype the engine reads, and with as many bytes as its shape says.
+    fn stored(&self, key: &str) -> Result<(&TensorInfo, &[u8])> {
         let file = self.path.display().to_string();
         let info =
             self.metadata.info(key).ok_or_else(|| Error::MissingTensor { key: key.into(), file: file.clone() })?;
@@ -122,6 +148,12 @@ impl SafetensorsFile {
                 reason: format!("tensor `{key}` has {} bytes for {count} elements", bytes.len()),
             });
         }
+        Ok((info, bytes))
+    }
+
+    /// The tensor `key` in f32, whatever its shape.
+    pub fn tensor_any_shape(&self, key: &str) -> Result<HostTensor> {
+        let (info, bytes) = self.stored(key)?;
         // Bytes are little-endian and, in general, not aligned for f32 in the mmap.
         let data: Vec<f32> = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
@@ -179,6 +211,63 @@ mod tests {
         assert!(e.contains("`nope`") && e.contains("missing"), "{e}");
         let e = f.tensor("ints", &[2]).unwrap_err().to_string();
         assert!(e.contains("`ints`") && e.contains("I64"), "{e}");
+    }
+
+    #[test]
+    fn f16_tensors_are_read_as_their_stored_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        // Normal, negative, zero, negative zero, subnormal, largest finite, infinity, NaN.
+        let bits: [u16; 8] = [0x3e00, 0xc080, 0x0000, 0x8000, 0x0001, 0x7bff, 0x7c00, 0x7e01];
+        let f16b: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let f32b: Vec<u8> = bits.iter().flat_map(|&b| half::f16::from_bits(b).to_f32().to_le_bytes()).collect();
+        let bf16b: Vec<u8> = [1.5f32, 2.0].iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        let path = write(
+            dir.path(),
+            &[
+                ("h", Dtype::F16, vec![2, 4], f16b),
+                ("s", Dtype::F32, vec![2, 4], f32b),
+                ("b", Dtype::BF16, vec![1, 2], bf16b),
+                ("ints", Dtype::I64, vec![2], vec![0; 16]),
+            ],
+        );
+        let f = SafetensorsFile::open(&path).unwrap();
+        let got = f.tensor_f16("h", &[2, 4]).unwrap().expect("an fp16 tensor");
+        assert_eq!(*got, bits);
+        // safetensors pads its header to 8 bytes: the bits are borrowed from the mmap.
+        assert!(matches!(got, Cow::Borrowed(_)));
+        assert_eq!(f.tensor_f16("s", &[2, 4]).unwrap(), None);
+        assert_eq!(f.tensor_f16("b", &[1, 2]).unwrap(), None);
+        // Every error is the one `tensor` gives, whatever the stored dtype.
+        for (key, shape) in [("h", &[4, 2][..]), ("h", &[8]), ("s", &[8]), ("nope", &[1]), ("ints", &[2])] {
+            let want = f.tensor(key, shape).unwrap_err().to_string();
+            let got = f.tensor_f16(key, shape).unwrap_err().to_string();
+            assert_eq!(got, want, "{key} {shape:?}");
+        }
+        let e = f.tensor_f16("h", &[4, 2]).unwrap_err().to_string();
+        assert!(e.contains("`h`") && e.contains("[2, 4]") && e.contains("[4, 2]"), "{e}");
+    }
+
+    #[test]
+    fn f16_tensors_at_odd_offsets_are_copied() {
+        // A header padded so that the data starts at an odd offset in the file
+        // (safetensors' writer never does this, other writers may).
+        let dir = tempfile::tempdir().unwrap();
+        let bits: [u16; 3] = [0x3c00, 0x8001, 0x7bff];
+        let mut header = r#"{"w":{"dtype":"F16","shape":[3,1],"data_offsets":[0,6]}}"#.to_string();
+        while (8 + header.len()).is_multiple_of(2) {
+            header.push(' ');
+        }
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(bits.iter().flat_map(|b| b.to_le_bytes()));
+        let path = dir.path().join("odd.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let f = SafetensorsFile::open(&path).unwrap();
+        let got = f.tensor_f16("w", &[3, 1]).unwrap().expect("an fp16 tensor");
+        assert!(matches!(got, Cow::Owned(_)));
+        assert_eq!(*got, bits);
+        let as_f32: Vec<f32> = bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+        assert_eq!(f.tensor("w", &[3, 1]).unwrap().data, as_f32);
     }
 
     #[test]

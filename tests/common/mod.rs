@@ -93,3 +93,35 @@ pub fn cuda_or_skip(test: &str) -> Option<lova_fast::backend::CudaBackend> {
         }
     }
 }
+
+/// The engine file seen through `tensor`/`tensor_f16`, with the fp16 fast path
+/// on or off (off: every tensor takes the f32 path, as before the fast path
+/// existed), recording the fp16-stored keys read through `tensor` (in f32).
+pub struct Watched<'a> {
+    file: &'a SafetensorsFile,
+    fp16_reads: bool,
+    pub read_as_f32: std::cell::RefCell<Vec<String>>,
+}
+
+impl<'a> Watched<'a> {
+    pub fn new(file: &'a SafetensorsFile, fp16_reads: bool) -> Self {
+        Watched { file, fp16_reads, read_as_f32: Default::default() }
+    }
+}
+
+impl lova_fast::weights::TensorSource for Watched<'_> {
+    fn describe(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    fn tensor(&self, key: &str, shape: &[usize]) -> lova_fast::Result<HostTensor> {
+        if self.file.dtype_name(key).as_deref() == Some("F16") {
+            self.read_as_f32.borrow_mut().push(key.to_string());
+        }
+        self.file.tensor(key, shape)
+    }
+
+    fn tensor_f16(&self, key: &str, shape: &[usize]) -> lova_fast::Result<Option<std::borrow::Cow<'_, [u16]>>> {
+        if self.fp16_reads { self.file.tensor_f16(key, shape) } else { Ok(None) }
+    }
+}

@@ -17,6 +17,7 @@ use super::{Backend, OpContext};
 use crate::error::{Error, Result};
 use crate::graph::{ColumnSlice, Op};
 use crate::tensor::HostTensor;
+use crate::weights::TensorSource;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
@@ -60,6 +61,11 @@ impl Backend for CpuBackend {
 
     fn upload_weight(&self, tensor: &HostTensor) -> Result<HostTensor> {
         Ok(tensor.clone())
+    }
+
+    /// The f32 tensor as `tensor` returns it, kept rather than copied.
+    fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<HostTensor> {
+        source.tensor(key, shape)
     }
 
     fn weight_bytes(&self, weight: &HostTensor) -> usize {

@@ -21,10 +21,12 @@
 //! All work is enqueued on one stream; `read` waits for it. Kernels are
 //! compiled by NVRTC for the device (cached on disk, see `compile`).
 //!
-//! Memory: weights are uploaded once; everything a graph needs besides them
-//! (its arena, the fp16 GEMM scratch, constant tables) is allocated when its
-//! executor is made (`Backend::prepare`), so a run allocates nothing, which
-//! is also what lets a sampler step be captured as a CUDA graph (`capture`).
+//! Memory: weights are uploaded once (those the source stores as fp16, as an
+//! engine file does, straight from its mmap: `upload_weight_from`); everything
+//! a graph needs besides them (its arena, the fp16 GEMM scratch, constant
+//! tables) is allocated when its executor is made (`Backend::prepare`), so a
+//! run allocates nothing, which is also what lets a sampler step be captured
+//! as a CUDA graph (`capture`).
 //! Every device allocation is counted (`Backend::device_allocations`).
 
 pub mod attention;
@@ -41,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
 };
 use rayon::prelude::*;
 
@@ -49,6 +51,7 @@ use super::{Backend, OpContext};
 use crate::error::{Error, Result};
 use crate::graph::{Op, Segments, TensorId, WeightId, scalar_slot};
 use crate::tensor::HostTensor;
+use crate::weights::TensorSource;
 use gemm::{Gemm, GemmArgs};
 
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -157,6 +160,19 @@ impl CudaWeight {
     pub fn has_f32(&self) -> bool {
         self.f32.is_some()
     }
+    /// Whether a tensor of `shape` gets an f32 copy: at most one dimension larger than 1.
+    fn wants_f32(shape: &[usize]) -> bool {
+        shape.iter().filter(|&&d| d > 1).count() <= 1
+    }
+}
+
+/// A weight's device copies, read back to the host (`CudaBackend::weight_to_host`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightCopies {
+    /// The fp16 bits, for a weight of two or more dimensions.
+    pub f16: Option<Vec<u16>>,
+    /// The f32 values, for a weight with at most one dimension larger than 1.
+    pub f32: Option<Vec<f32>>,
 }
 
 /// A kernel argument (pointers are passed as 64-bit device addresses).
@@ -270,6 +286,19 @@ impl CudaBackend {
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// The device copies of `weight` read back, each `weight.len()` long: lets
+    /// tests compare weights uploaded different ways.
+    pub fn weight_to_host(&self, weight: &CudaWeight) -> Result<WeightCopies> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        let n = weight.len();
+        let read = |what| driver_err(format!("reading back the {what} copy of a weight"));
+        let f16 = weight.f16.as_ref().map(|d| self.stream.clone_dtoh(d).map_err(read("fp16"))).transpose()?;
+        let f32 = weight.f32.as_ref().map(|d| self.stream.clone_dtoh(d).map_err(read("f32"))).transpose()?;
+        self.synchronize()?;
+        // Drop the one padding element of an empty tensor.
+        Ok(WeightCopies { f16: f16.map(|v| v[..n].to_vec()), f32: f32.map(|v| v[..n].to_vec()) })
     }
 
     /// Waits until all enqueued work is done (for timing).
@@ -432,6 +461,25 @@ fn check_operands(op: &Op, ctx: &OpContext<'_, CudaBackend>) -> Result<()> {
     Ok(())
 }
 
+impl CudaBackend {
+    /// Makes a weight of `shape` from its fp16 and/or f32 copies (host slices of
+    /// `shape`'s element count), one allocation and one copy each.
+    fn upload_copies(&self, shape: &[usize], f16: Option<&[u16]>, f32: Option<&[f32]>) -> Result<CudaWeight> {
+        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
+        let f16 = f16.map(|bits| self.upload_padded(bits)).transpose()?;
+        let f32 = f32.map(|values| self.upload_padded(values)).transpose()?;
+        Ok(CudaWeight { shape: shape.to_vec(), f16, f32 })
+    }
+
+    fn upload_padded<T: DeviceRepr + Default>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        // Empty tensors still get one element: a zero-size allocation is an error.
+        let dev = if data.is_empty() { self.stream.clone_htod(&[T::default()]) } else { self.stream.clone_htod(data) }
+            .map_err(driver_err("uploading a weight"))?;
+        self.count_allocation();
+        Ok(dev)
+    }
+}
+
 impl Backend for CudaBackend {
     type Buffer = CudaArena;
     type Weight = CudaWeight;
@@ -507,28 +555,27 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, tensor: &HostTensor) -> Result<CudaWeight> {
-        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
-        // Empty tensors still get one element: a zero-size allocation is an error.
-        let n = tensor.data.len().max(1);
-        let f16 = if tensor.shape.len() >= 2 {
-            let mut bits: Vec<u16> = tensor.data.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
-            bits.resize(n, 0);
-            let dev = self.stream.clone_htod(&bits).map_err(driver_err("uploading a weight"))?;
-            self.count_allocation();
-            Some(dev)
-        } else {
-            None
-        };
-        let f32 = if tensor.shape.iter().filter(|&&d| d > 1).count() <= 1 {
-            let mut v = tensor.data.clone();
-            v.resize(n, 0.0);
-            let dev = self.stream.clone_htod(&v).map_err(driver_err("uploading a weight"))?;
-            self.count_allocation();
-            Some(dev)
-        } else {
-            None
-        };
-        Ok(CudaWeight { shape: tensor.shape.clone(), f16, f32 })
+        let f16 = (tensor.shape.len() >= 2)
+            .then(|| tensor.data.par_iter().map(|&v| half::f16::from_f32(v).to_bits()).collect::<Vec<u16>>());
+        let f32 = CudaWeight::wants_f32(&tensor.shape).then_some(tensor.data.as_slice());
+        self.upload_copies(&tensor.shape, f16.as_deref(), f32)
+    }
+
+    /// A tensor the source stores as fp16 goes from the file (the mmap) to the
+    /// device in one copy: no f32 tensor, no conversion. The stored fp16 values
+    /// are exactly what `upload_weight` would make of them (fp16 -> f32 -> fp16
+    /// is exact), so both paths give the same device bits. Anything else (an
+    /// f32-stored tensor, a vector) takes `upload_weight`.
+    fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<CudaWeight> {
+        if shape.len() >= 2
+            && let Some(bits) = source.tensor_f16(key, shape)?
+        {
+            // `[n, 1]`, `[1, n]`: the f32 copy too, from the same bits (tiny).
+            let f32 = CudaWeight::wants_f32(shape)
+                .then(|| bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect::<Vec<f32>>());
+            return self.upload_copies(shape, Some(&bits), f32.as_deref());
+        }
+        self.upload_weight(&source.tensor(key, shape)?)
     }
 
     fn weight_bytes(&self, weight: &CudaWeight) -> usize {

@@ -8,6 +8,7 @@
 //! stores `proj` [W, out] for `x @ proj`. Both are rebuilt when fetched, so a
 //! converter or a model reads one layout and never learns there were two.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use super::ClipVisionConfig;
@@ -196,6 +197,15 @@ impl TensorSource for ClipCheckpoint<'_> {
         match source {
             None => Err(Error::MissingTensor { key: key.into(), file: self.describe() }),
             Some(source) => self.hugging_face_tensor(source, key, shape),
+        }
+    }
+
+    /// The OpenAI layout is the file's own: its fp16 tensors can be read as
+    /// stored. Hugging Face tensors are renamed, transposed or concatenated: never.
+    fn tensor_f16(&self, key: &str, shape: &[usize]) -> Result<Option<Cow<'_, [u16]>>> {
+        match self.layout {
+            ClipLayout::OpenAi => self.file.tensor_f16(key, shape),
+            ClipLayout::HuggingFace => Ok(None),
         }
     }
 }
