@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
                   transformer that generates a soundtrack exactly as long as the video, in one pass.\n\n\
                   It decodes the video with FFmpeg (which must be installed), samples frames at the \
                   model's 8 fps, encodes them with CLIP, runs the denoiser (DiT + DPM++ 3M SDE with \
-                  classifier-free guidance) on an NVIDIA GPU (CUDA) or the CPU, decodes with the VAE \
-                  on the CPU, and writes a WAV file (optionally muxed back into the video).\n\n\
+                  classifier-free guidance), decodes with the VAE (all three on one NVIDIA GPU with \
+                  CUDA, or on the CPU), and writes a WAV file (optionally muxed back into the video).\n\n\
                   Typical use: `lova-fast convert` once, then `lova-fast infer --weights`. \
                   `lova-fast demo` runs the whole pipeline on a tiny random model.\n\n\
                   Exit codes: 0 success, 1 error (bad input, model or output), 2 bad command line, \
