@@ -59,14 +59,7 @@ pub fn tiny_config() -> LovaConfig {
 
 /// A CLIP image tower to go with the tiny model (as `lova-fast demo` uses): one block of width 64.
 pub fn tiny_clip(config: &LovaConfig) -> ClipVisionConfig {
-    ClipVisionConfig {
-        width: 64,
-        layers: 1,
-        heads: 1,
-        patch: 32,
-        image_size: 224,
-        output_dim: config.dit.cond_token_dim,
-    }
+    ClipVisionConfig::tiny(config.dit.cond_token_dim)
 }
 
 /// The DiT with random weights (uniform, small enough to stay finite through the blocks).

@@ -129,14 +129,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let clip = if config.dit.cond_token_dim == CLIP_VIT_L14.output_dim {
             CLIP_VIT_L14
         } else {
-            ClipVisionConfig {
-                width: 64,
-                layers: 1,
-                heads: 1,
-                patch: 32,
-                image_size: 224,
-                output_dim: config.dit.cond_token_dim,
-            }
+            ClipVisionConfig::tiny(config.dit.cond_token_dim)
         };
         lova_fast::engine::write_random_engine(out, &config, &config_json, &clip)?;
         eprintln!("wrote {} (random weights) in {:.1} s", out.display(), started.elapsed().as_secs_f64());

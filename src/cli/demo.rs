@@ -38,14 +38,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     let engine = dir.join("tiny-random.safetensors");
     let config = LovaConfig::from_json_str(TINY_CONFIG)?;
-    let clip = ClipVisionConfig {
-        width: 64,
-        layers: 1,
-        heads: 1,
-        patch: 32,
-        image_size: 224,
-        output_dim: config.dit.cond_token_dim,
-    };
+    let clip = ClipVisionConfig::tiny(config.dit.cond_token_dim);
     lova_fast::engine::write_random_engine(&engine, &config, TINY_CONFIG, &clip)?;
     let video = dir.join("testsrc.mp4");
     let status = Command::new(ffmpeg::find_tool("ffmpeg")?)

@@ -45,6 +45,12 @@ pub const CLIP_VIT_L14: ClipVisionConfig =
     ClipVisionConfig { width: 1024, layers: 24, heads: 16, patch: 14, image_size: 224, output_dim: 768 };
 
 impl ClipVisionConfig {
+    /// A one-block image tower of width 64 with `output_dim` features, for the
+    /// demo and the benchmarks' tiny pipeline (random weights, nothing learned).
+    pub fn tiny(output_dim: usize) -> Self {
+        ClipVisionConfig { width: 64, layers: 1, heads: 1, patch: 32, image_size: 224, output_dim }
+    }
+
     /// Patches per side.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch
