@@ -120,6 +120,16 @@ fn decode_reproduces_the_audio_of_infer() {
     let decoded = dir.path().join("decoded.wav");
     ok(&lova_fast(&["decode", s(&lat), "--weights", s(&engine), "-o", s(&decoded)]));
     assert_eq!(std::fs::read(&wav).unwrap(), std::fs::read(&decoded).unwrap());
+
+    // A --vae-memory budget under the whole decode's plan (5 MiB here) decodes in
+    // windows with the receptive field as context: the same audio (chunked and
+    // whole agree to f32 rounding, which 16-bit samples do not show).
+    let windowed = dir.path().join("windowed.wav");
+    let o = lova_fast(&["decode", s(&lat), "--weights", s(&engine), "-o", s(&windowed), "--vae-memory", "0.004"]);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("(4 MiB planned)") || stderr.contains("(3 MiB planned)"), "{stderr}");
+    assert_eq!(wav_samples(&wav).1, wav_samples(&windowed).1);
 }
 
 #[test]

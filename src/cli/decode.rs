@@ -7,10 +7,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use lova_fast::audio::{SampleFormat, samples_for_seconds, trim_and_normalise, write_wav};
-use lova_fast::backend::CpuBackend;
+use lova_fast::backend::Backend;
+use lova_fast::config::LovaConfig;
+use lova_fast::models::vae::{planned_arena_bytes, receptive_field};
+use lova_fast::tensor::HostTensor;
 use lova_fast::weights::{SafetensorsFile, read_single_tensor};
 
-use super::{WeightArgs, check_output_path};
+use super::{Device, VaeWindowArgs, WeightArgs, WithBackend, check_output_path, with_device};
 
 #[derive(Args)]
 pub struct DecodeArgs {
@@ -31,10 +34,18 @@ pub struct DecodeArgs {
     /// Write 32-bit float samples instead of 16-bit PCM.
     #[arg(long)]
     pub float: bool,
+
+    #[command(flatten)]
+    pub vae_windows: VaeWindowArgs,
+
+    /// Where to run the VAE.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
 }
 
 pub fn run(args: DecodeArgs) -> Result<()> {
     check_output_path(&args.output)?;
+    args.vae_windows.validate()?;
     let config = args.weights.config()?;
     let latents = read_single_tensor(&args.latents, "latents", None)
         .with_context(|| format!("reading latents from {}", args.latents.display()))?;
@@ -54,22 +65,45 @@ pub fn run(args: DecodeArgs) -> Result<()> {
         None => full,
     };
 
-    let started = Instant::now();
-    // The VAE runs on the CPU until the CUDA backend has its convolution kernels.
-    let vae = args.weights.load_vae(&CpuBackend)?;
-    let loaded = Instant::now();
-    let audio = vae.decode(&CpuBackend, &[latents])?.remove(0);
-    let audio = trim_and_normalise(&audio, samples_for_seconds(seconds, config.sample_rate));
-    let decoded = Instant::now();
-    let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
-    write_wav(&args.output, &audio, config.sample_rate, format)?;
-    eprintln!(
-        "load {:.2} s | VAE {:.2} s | wrote {} ({seconds:.2} s, {} channels, {} Hz)",
-        (loaded - started).as_secs_f64(),
-        (decoded - loaded).as_secs_f64(),
-        args.output.display(),
-        audio.shape[0],
-        config.sample_rate
-    );
-    Ok(())
+    let device = args.device;
+    with_device(device, DecodeJob { args, config, latents, seconds })
+}
+
+struct DecodeJob {
+    args: DecodeArgs,
+    config: LovaConfig,
+    latents: HostTensor,
+    seconds: f64,
+}
+
+impl WithBackend for DecodeJob {
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let DecodeJob { args, config, latents, seconds } = self;
+        let started = Instant::now();
+        let vae = args.weights.load_vae(&backend)?;
+        let loaded = Instant::now();
+        let latent_len = latents.shape[1];
+        let chunk = args.vae_windows.chunk_frames(&config, latent_len)?;
+        let window = chunk.map_or(latent_len, |c| (c + 2 * receptive_field(&vae.config)).min(latent_len));
+        let planned = planned_arena_bytes(&vae.config, &[window])?;
+        let audio = match chunk {
+            Some(chunk) => vae.decode_chunked(&backend, &latents, chunk)?,
+            None => vae.decode(&backend, &[latents])?.remove(0),
+        };
+        let audio = trim_and_normalise(&audio, samples_for_seconds(seconds, config.sample_rate));
+        let decoded = Instant::now();
+        let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
+        write_wav(&args.output, &audio, config.sample_rate, format)?;
+        eprintln!(
+            "{} | load {:.2} s | VAE {:.2} s ({:.0} MiB planned) | wrote {} ({seconds:.2} s, {} channels, {} Hz)",
+            backend.name(),
+            (loaded - started).as_secs_f64(),
+            (decoded - loaded).as_secs_f64(),
+            planned as f64 / (1u64 << 20) as f64,
+            args.output.display(),
+            audio.shape[0],
+            config.sample_rate
+        );
+        Ok(())
+    }
 }

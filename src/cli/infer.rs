@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lova_fast::audio::{SampleFormat, samples_for_seconds, trim_and_normalise, write_wav};
 use lova_fast::backend::Backend;
-use lova_fast::config::{LovaConfig, VaeDecoderConfig};
+use lova_fast::config::LovaConfig;
 use lova_fast::error::ensure_finite;
 use lova_fast::models::clip::{CLIP_BATCH, ClipVision, open_clip};
 use lova_fast::models::vae::{planned_arena_bytes, receptive_field};
@@ -21,7 +21,7 @@ use lova_fast::tensor::HostTensor;
 use lova_fast::video::{VIDEO_EXTENSIONS, VideoReader, ffmpeg, image_files, preprocess_batch};
 use lova_fast::weights::{SafetensorsFile, read_single_tensor, write_tensors_atomically};
 
-use super::{Device, WeightArgs, WithBackend, check_output_path, set_threads, with_device};
+use super::{Device, VaeWindowArgs, WeightArgs, WithBackend, check_output_path, set_threads, with_device};
 
 #[derive(Args)]
 pub struct InferArgs {
@@ -114,17 +114,8 @@ pub struct InferArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Decode the audio with the VAE in windows of this many seconds (each with the
-    /// decoder's receptive field of context on both sides, so the audio is the same)
-    /// instead of the whole clip at once: less device memory, for smaller cards.
-    #[arg(long, value_name = "SECONDS")]
-    pub vae_chunk: Option<f64>,
-
-    /// Device memory the VAE decode may plan for its activations, in GiB. A clip
-    /// whose whole decode would plan more is decoded in windows that fit (same
-    /// audio, see --vae-chunk); a 139 s clip plans ~8.8 GiB at once.
-    #[arg(long, value_name = "GIB", default_value_t = 1.5)]
-    pub vae_memory: f64,
+    #[command(flatten)]
+    pub vae_windows: VaeWindowArgs,
 
     /// Where to run CLIP, the DiT with the sampler, and the VAE (all on one device).
     #[arg(long, value_enum, default_value = "auto")]
@@ -279,14 +270,7 @@ pub fn run(args: InferArgs) -> Result<()> {
     {
         bail!("--seconds must be a positive number of seconds, got {s}");
     }
-    if let Some(s) = args.vae_chunk
-        && !(s.is_finite() && s > 0.0)
-    {
-        bail!("--vae-chunk must be a positive number of seconds, got {s}");
-    }
-    if !(args.vae_memory.is_finite() && args.vae_memory > 0.0) {
-        bail!("--vae-memory must be a positive number of GiB, got {}", args.vae_memory);
-    }
+    args.vae_windows.validate()?;
     for (flag, value) in [("--fps", args.fps), ("--sample-fps", args.sample_fps)] {
         if let Some(f) = value
             && !(f.is_finite() && f > 0.0)
@@ -532,7 +516,7 @@ fn run_one<B: Backend>(
     }
     let samples = samples_for_seconds(p.seconds, config.sample_rate);
     if let (Some(path), Some(vae)) = (&p.outputs.wav, nets.vae) {
-        let chunk = vae_chunk_frames(args, config, &vae.config, p.latent_len)?;
+        let chunk = args.vae_windows.chunk_frames(config, p.latent_len)?;
         let window = chunk.map_or(p.latent_len, |c| c + 2 * receptive_field(&vae.config));
         t.vae_arena_bytes = planned_arena_bytes(&vae.config, &[window.min(p.latent_len)])?;
         let vae_started = Instant::now();
@@ -565,37 +549,6 @@ fn run_one<B: Backend>(
         steps: settings.steps,
         timings: t,
     })
-}
-
-/// Latent frames per VAE window (None: the whole clip at once): `--vae-chunk` when
-/// given; else the whole clip when its planned arena fits `--vae-memory`, else the
-/// largest window (chunk + context on both sides) that fits, so that long clips
-/// decode on small cards, and next to the resident DiT and CLIP weights, by default.
-fn vae_chunk_frames(
-    args: &InferArgs,
-    config: &LovaConfig,
-    vae: &VaeDecoderConfig,
-    latent_len: usize,
-) -> lova_fast::Result<Option<usize>> {
-    if let Some(s) = args.vae_chunk {
-        return Ok(Some(config.latent_len_for_seconds(s).max(1)));
-    }
-    let budget = (args.vae_memory * (1u64 << 30) as f64) as usize;
-    let whole = planned_arena_bytes(vae, &[latent_len])?;
-    if whole <= budget {
-        return Ok(None);
-    }
-    // The arena grows about linearly with the window: start from that estimate
-    // and shrink until the plan fits. A chunk keeps at least 2 * context frames,
-    // so that the context decoded twice at most doubles the work: a budget too
-    // small for that is exceeded rather than met at any cost.
-    let context = receptive_field(vae);
-    let smallest = 4 * context;
-    let mut window = (budget / whole.div_ceil(latent_len)).clamp(smallest.min(latent_len), latent_len);
-    while window > smallest && planned_arena_bytes(vae, &[window])? > budget {
-        window = (window * 15 / 16).max(smallest);
-    }
-    Ok(Some(window.saturating_sub(2 * context).max(1)))
 }
 
 /// Decodes, preprocesses and encodes a video's frames in batches of up to

@@ -77,6 +77,46 @@ impl WeightArgs {
     }
 }
 
+/// How the VAE decode splits a long clip (`infer`, `decode`).
+#[derive(Args)]
+pub struct VaeWindowArgs {
+    /// Decode the audio with the VAE in windows of this many seconds (each with the
+    /// decoder's receptive field of context on both sides, so the audio is the same)
+    /// instead of as --vae-memory decides.
+    #[arg(long, value_name = "SECONDS")]
+    pub vae_chunk: Option<f64>,
+
+    /// Device memory the VAE decode may plan for its activations, in GiB. A clip
+    /// whose whole decode would plan more is decoded in windows that fit (same
+    /// audio, see --vae-chunk); a 139 s clip plans ~8.8 GiB at once.
+    #[arg(long, value_name = "GIB", default_value_t = 1.5)]
+    pub vae_memory: f64,
+}
+
+impl VaeWindowArgs {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(s) = self.vae_chunk
+            && !(s.is_finite() && s > 0.0)
+        {
+            bail!("--vae-chunk must be a positive number of seconds, got {s}");
+        }
+        if !(self.vae_memory.is_finite() && self.vae_memory > 0.0) {
+            bail!("--vae-memory must be a positive number of GiB, got {}", self.vae_memory);
+        }
+        Ok(())
+    }
+
+    /// Latent frames per VAE window for a clip of `latent_len` frames (None: the
+    /// whole clip at once): `--vae-chunk` when given, else what fits `--vae-memory`.
+    pub fn chunk_frames(&self, config: &LovaConfig, latent_len: usize) -> Result<Option<usize>> {
+        if let Some(s) = self.vae_chunk {
+            return Ok(Some(config.latent_len_for_seconds(s).max(1)));
+        }
+        let budget = (self.vae_memory * (1u64 << 30) as f64) as usize;
+        Ok(lova_fast::models::vae::chunk_for_budget(&config.vae_decoder, latent_len, budget)?)
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Device {
     /// CUDA when a usable GPU is found, else the CPU (with a notice).

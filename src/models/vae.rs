@@ -477,6 +477,27 @@ pub fn receptive_field(cfg: &VaeDecoderConfig) -> usize {
     total.ceil() as usize
 }
 
+/// Latent frames per window of `VaeDecoder::decode_chunked` for a clip of
+/// `latent_len` frames whose decode may plan at most `budget_bytes` of arena
+/// (None: the whole clip at once fits). The arena grows about linearly with the
+/// window: start from that estimate and shrink until the plan fits. A chunk keeps
+/// at least 2 * context frames, so that the context decoded twice at most
+/// doubles the work: a budget too small for that is exceeded rather than met at
+/// any cost.
+pub fn chunk_for_budget(cfg: &VaeDecoderConfig, latent_len: usize, budget_bytes: usize) -> Result<Option<usize>> {
+    let whole = planned_arena_bytes(cfg, &[latent_len])?;
+    if whole <= budget_bytes || latent_len == 0 {
+        return Ok(None);
+    }
+    let context = receptive_field(cfg);
+    let smallest = 4 * context;
+    let mut window = (budget_bytes / whole.div_ceil(latent_len)).clamp(smallest.min(latent_len), latent_len);
+    while window > smallest && planned_arena_bytes(cfg, &[window])? > budget_bytes {
+        window = (window * 15 / 16).max(smallest);
+    }
+    Ok(Some(window.saturating_sub(2 * context).max(1)))
+}
+
 /// Device memory a decode of clips of `latent_lens` frames plans for its arena,
 /// in bytes (f32 activations), computed from the config alone (no weights).
 pub fn planned_arena_bytes(cfg: &VaeDecoderConfig, latent_lens: &[usize]) -> Result<usize> {
