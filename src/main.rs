@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
     after_help = "Examples:\n  \
                   lova-fast convert --checkpoint LOVA.safetensors --clip CLIP-ViT-L-14.safetensors -o lova.safetensors\n  \
                   lova-fast infer clip.mp4 --weights lova.safetensors -o clip.wav --mux clip.with-audio.mp4\n  \
-                  lova-fast infer videos/ --weights lova.safetensors --steps 100 --seed 1 --json\n  \
+                  lova-fast infer videos/ --weights lova.safetensors --steps 100 --seed 1 --batch 8 --json\n  \
                   lova-fast infer frames/ --fps 25 --weights lova.safetensors\n  \
                   lova-fast bench --seconds 10,30,60\n  \
                   lova-fast demo"

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixture, load, lova_fast, rel_l2, s};
+use common::{failed, fixture, load, lova_fast, ok, rel_l2, s};
 use lova_fast::weights::SafetensorsFile;
 use safetensors::tensor::TensorView;
 
@@ -131,6 +131,10 @@ fn help_explains_the_options() {
     for option in ["--checkpoint", "--save-latents", "--steps", "--cfg", "--seed", "--eta", "--init-noise", "--seconds"]
     {
         assert!(text.contains(option), "--help lacks {option}");
+    }
+    // --batch warns that the sampler's memory grows with it.
+    for words in ["--batch", "arena", "grows with the batch"] {
+        assert!(text.contains(words), "--help lacks {words:?}");
     }
 }
 
@@ -290,4 +294,97 @@ fn vae_chunk_must_be_positive() {
     let p = fixture_paths();
     expect_failure(&p, &["--vae-chunk", "0"], &["--vae-chunk must be a positive number of seconds"]);
     expect_failure(&p, &["--vae-memory", "0"], &["--vae-memory must be a positive number of GiB"]);
+}
+
+/// Features files of the tiny fixture's first `frames` frames, one per length, in `dir`.
+fn clips_of_lengths(dir: &Path, lengths: &[usize]) -> Vec<PathBuf> {
+    let full = load("tiny/features.safetensors", "features");
+    let width = full.shape[1];
+    lengths
+        .iter()
+        .map(|&n| {
+            let path = dir.join(format!("clip{n}.safetensors"));
+            let t = lova_fast::tensor::HostTensor::new(vec![n, width], full.data[..n * width].to_vec());
+            lova_fast::weights::write_tensors_atomically(&path, &[("features", &t)], None).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// `infer INPUTS...` on the tiny fixture (f32 WAVs next to the inputs, seed 5);
+/// returns the JSON summary.
+fn infer_wavs(inputs: &[&Path], extra: &[&str]) -> serde_json::Value {
+    let p = fixture_paths();
+    let mut args = vec!["infer"];
+    args.extend(inputs.iter().map(|i| s(i)));
+    args.extend(["--checkpoint", s(&p.checkpoint), "--config", s(&p.config)]);
+    args.extend(["--float", "--steps", "3", "--seed", "5", "--device", "cpu", "--json", "--quiet"]);
+    args.extend(extra);
+    let o = lova_fast(&args);
+    ok(&o);
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+/// `--batch N` samples up to N inputs in one sampler run (clips of different
+/// lengths packed together); each input's audio is byte for byte the audio it
+/// gets alone (f32 samples, so any difference in the latents would show), for a
+/// group of all inputs and for a group of 2 followed by a group of 1.
+#[test]
+fn batched_inputs_give_the_audio_they_get_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = clips_of_lengths(dir.path(), &[16, 11, 5]);
+    let wav = |input: &PathBuf| input.with_extension("wav");
+    let mut alone = Vec::new();
+    let mut latent_frames = Vec::new();
+    for input in &inputs {
+        let summary = infer_wavs(&[input], &[]);
+        latent_frames.push(summary["inputs"][0]["latent_frames"].as_u64().unwrap());
+        alone.push(std::fs::read(wav(input)).unwrap());
+        std::fs::remove_file(wav(input)).unwrap();
+    }
+    assert!(latent_frames[0] > latent_frames[1] && latent_frames[1] > latent_frames[2], "{latent_frames:?}");
+
+    let paths: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    for (batch, groups_of_inputs) in [("3", vec![0, 0, 0]), ("2", vec![0, 0, 1])] {
+        let summary = infer_wavs(&paths, &["--batch", batch]);
+        for (input, want) in inputs.iter().zip(&alone) {
+            let got = std::fs::read(wav(input)).unwrap();
+            assert!(got == *want, "--batch {batch}: {} differs from its run alone", input.display());
+            std::fs::remove_file(wav(input)).unwrap();
+        }
+        // One report per input, in order, each naming its sampler run.
+        let reports = summary["inputs"].as_array().expect("inputs");
+        assert_eq!(reports.len(), inputs.len(), "{summary}");
+        for ((r, input), frames) in reports.iter().zip(&inputs).zip(&latent_frames) {
+            assert_eq!(r["input"], s(input));
+            assert_eq!(r["seed"], 5, "--seed is every input's seed");
+            assert_eq!(r["latent_frames"].as_u64(), Some(*frames));
+        }
+        let got: Vec<u64> = reports.iter().map(|r| r["sampling_group"].as_u64().unwrap()).collect();
+        assert_eq!(got, groups_of_inputs, "--batch {batch}");
+        // Each group's run: its inputs, its latent frames, its time shared by its reports.
+        let groups = summary["sampling_groups"].as_array().expect("sampling_groups");
+        assert_eq!(groups.len(), *groups_of_inputs.last().unwrap() as usize + 1, "{summary}");
+        for (g, group) in groups.iter().enumerate() {
+            let members: Vec<&serde_json::Value> =
+                reports.iter().filter(|r| r["sampling_group"].as_u64() == Some(g as u64)).collect();
+            let names: Vec<&serde_json::Value> = members.iter().map(|r| &r["input"]).collect();
+            assert_eq!(group["inputs"].as_array().unwrap().iter().collect::<Vec<_>>(), names);
+            let frames: u64 = members.iter().map(|r| r["latent_frames"].as_u64().unwrap()).sum();
+            assert_eq!(group["latent_frames"].as_u64(), Some(frames));
+            assert!(group["sampling_arena_bytes"].as_u64().unwrap() > 0, "{group}");
+            for r in members {
+                assert_eq!(r["sampling_s"], group["sampling_s"]);
+                assert_eq!(r["step_flops"], group["step_flops"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_must_hold_at_least_one_input() {
+    let p = fixture_paths();
+    let o = lova_fast(&["infer", s(&p.features), "--checkpoint", s(&p.checkpoint), "--batch", "0"]);
+    failed(&o, &["--batch", "at least 1"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
 }

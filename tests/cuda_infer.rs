@@ -145,6 +145,58 @@ fn cuda_infer_matches_cpu_on_the_tiny_fixture() {
     assert!(err <= 2e-2, "{err:e}");
 }
 
+/// `infer A B C --batch 3 --device cuda` vs each input alone on CUDA (tiny model,
+/// features files of 16, 11 and 5 frames, f32 WAVs). On the CPU the two are equal
+/// byte for byte (tests/cli.rs); on CUDA the GEMMs of a packed batch have more
+/// rows and cuBLASLt may pick another algorithm (another f32 summation order), so
+/// the bound is the triangle inequality over the two runs' bound against the CPU
+/// (5e-2 each for the audio, see the top of this file): 1e-1. The measured error,
+/// and whether the WAVs are identical, are printed.
+#[test]
+fn cuda_batched_inputs_match_inputs_alone() {
+    let Some(cuda) = cuda_or_skip("cuda_batched_inputs_match_inputs_alone") else { return };
+    drop(cuda);
+    let dir = tempfile::tempdir().unwrap();
+    let full = load("tiny/features.safetensors", "features");
+    let width = full.shape[1];
+    let inputs: Vec<std::path::PathBuf> = [16, 11, 5]
+        .iter()
+        .map(|&n| {
+            let path = dir.path().join(format!("clip{n}.safetensors"));
+            let t = HostTensor::new(vec![n, width], full.data[..n * width].to_vec());
+            lova_fast::weights::write_tensors_atomically(&path, &[("features", &t)], None).unwrap();
+            path
+        })
+        .collect();
+    let (checkpoint, config) = (fixture("tiny/checkpoint.safetensors"), fixture("tiny/model_config.json"));
+    let infer = |inputs: &[&Path], batch: &str| {
+        let mut args = vec!["infer"];
+        args.extend(inputs.iter().map(|i| s(i)));
+        args.extend(["--checkpoint", s(&checkpoint), "--config", s(&config)]);
+        args.extend(["--float", "--steps", "8", "--seed", "11", "--device", "cuda", "--quiet", "--batch", batch]);
+        ok(&lova_fast(&args));
+    };
+    let audio = |input: &Path| -> Vec<f32> {
+        hound::WavReader::open(input.with_extension("wav")).unwrap().samples::<f32>().map(|x| x.unwrap()).collect()
+    };
+    let mut alone = Vec::new();
+    for input in &inputs {
+        infer(&[input], "1");
+        alone.push(audio(input));
+    }
+    infer(&inputs.iter().map(|i| i.as_path()).collect::<Vec<_>>(), "3");
+    for (input, want) in inputs.iter().zip(&alone) {
+        let got = audio(input);
+        let err = rel_l2(&got, want);
+        loud(&format!(
+            "cuda --batch 3 vs alone, {}: audio rel L2 {err:.2e}, identical: {}",
+            input.file_name().unwrap().to_string_lossy(),
+            got == *want
+        ));
+        assert!(err <= 1e-1, "{}: {err:e}", input.display());
+    }
+}
+
 /// The released config at full size with random weights, a 10 s clip.
 fn full_size_request(config: &LovaConfig, frames: usize) -> Request {
     let features =

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{fixture, lova_fast, ok, s};
+use common::{failed, fixture, lova_fast, ok, s};
 
 fn require_ffmpeg() {
     if let Err(e) = lova_fast::video::ffmpeg::check_tools() {
@@ -227,4 +227,50 @@ fn demo_runs_the_whole_pipeline() {
     assert!(stderr.contains("RANDOM weights"), "{stderr}");
     assert_eq!(wav(&dir.path().join("testsrc.wav")).1.len(), 2 * 132300);
     assert!(dir.path().join("testsrc.with-audio.mp4").is_file());
+}
+
+/// `--batch` with videos of different lengths: each WAV is byte for byte the one
+/// the video gets alone. A video that fails while it is decoded stops the run as
+/// without `--batch`: the inputs before it get their outputs, it and the ones
+/// after it none.
+#[test]
+fn batched_videos_give_the_audio_they_get_alone() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine(dir.path());
+    let videos: Vec<PathBuf> =
+        ["h264_29.97fps.mp4", "h264_0.5s.mp4", "vp9_24fps.webm"].iter().map(|n| copy_video(dir.path(), n)).collect();
+    let wav_of = |video: &PathBuf| video.with_extension("wav");
+    let infer = |inputs: &[&PathBuf], extra: &[&str]| {
+        let mut args = vec!["infer", "--weights", s(&engine)];
+        args.extend(inputs.iter().map(|v| s(v)));
+        lova_fast(&[&args[..], extra, FAST].concat())
+    };
+    let mut alone = Vec::new();
+    for video in &videos {
+        ok(&infer(&[video], &[]));
+        alone.push(std::fs::read(wav_of(video)).unwrap());
+        std::fs::remove_file(wav_of(video)).unwrap();
+    }
+    ok(&infer(&videos.iter().collect::<Vec<_>>(), &["--batch", "3"]));
+    for (video, want) in videos.iter().zip(&alone) {
+        assert!(std::fs::read(wav_of(video)).unwrap() == *want, "{} differs from its run alone", video.display());
+        std::fs::remove_file(wav_of(video)).unwrap();
+    }
+
+    // Decoding fails on a folder of frames with a broken image, the second input of a group of 3.
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for i in 0..10u8 {
+        image::RgbImage::from_pixel(40, 30, image::Rgb([i * 20, 100, 200]))
+            .save(frames.join(format!("{i:03}.png")))
+            .unwrap();
+    }
+    std::fs::write(frames.join("005.png"), b"not a PNG").unwrap();
+    let o = infer(&[&videos[1], &frames, &videos[2]], &["--batch", "3", "--fps", "5"]);
+    failed(&o, &["005.png", "cannot read the image"]);
+    assert!(std::fs::read(wav_of(&videos[1])).unwrap() == alone[1], "the input before the failure is finished");
+    for not_made in [dir.path().join("frames.wav"), wav_of(&videos[2])] {
+        assert!(!not_made.exists(), "{} written", not_made.display());
+    }
 }

@@ -14,7 +14,8 @@
 #   attention  the attention kernel alone (criterion bench) at the DiT and CLIP shapes:
 #              TFLOP/s next to the card's dense fp16 peak, and attention's share of a
 #              30 s DiT step (with the step time of `full-size`, when that part ran)
-#   infer      cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model)
+#   infer      cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model),
+#              infer --batch 3 vs each input alone on CUDA
 #   bench      one sampler step for 10/30/60 s clips: lova-fast bench (latency, TFLOP/s,
 #              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py)
 #   startup    writes a full-size random engine file, then lova-fast bench --weights:

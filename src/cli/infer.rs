@@ -1,5 +1,10 @@
 //! `lova-fast infer`: video (or CLIP features) -> CLIP -> sampler -> VAE -> WAV,
 //! optionally muxed back into the video.
+//!
+//! Inputs run in groups of `--batch` (1 by default), each input through three
+//! stages: `prepare_input` (decode + CLIP, or read the features; its sampler
+//! request), `sample_group` (one sampler run for the whole group, its requests
+//! packed into one batch), `finish_clip` (VAE, WAV, mux, latents, summary).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +122,15 @@ pub struct InferArgs {
     #[command(flatten)]
     pub vae_windows: VaeWindowArgs,
 
+    /// Sample up to N inputs together, in one sampler run (one packed batch through
+    /// the DiT): fuller GPU matrix products for short clips. Each input keeps its seed
+    /// and gets the audio it gets alone (the same bits on the CPU; on CUDA the larger
+    /// matrix products may round differently). Decoding, CLIP and the VAE still run
+    /// one input at a time. The DiT's arena (device memory for its activations) grows
+    /// with the batch, about as the sum of its clips' lengths.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_batch)]
+    pub batch: usize,
+
     /// Where to run CLIP, the DiT with the sampler, and the VAE (all on one device).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
@@ -208,6 +222,17 @@ struct Planned {
     outputs: Outputs,
 }
 
+/// `--batch`: a whole number of inputs, at least 1.
+fn parse_batch(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("the batch must hold at least 1 input".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a number of inputs: {e}")),
+    }
+}
+
+/// One input's stage times. The sampling fields are those of the sampler run the
+/// input was part of, shared by every input of its group (`--batch`).
 #[derive(Default, serde::Serialize)]
 struct Timings {
     decode_s: f64,
@@ -217,7 +242,7 @@ struct Timings {
     write_s: f64,
     /// Device memory planned for the VAE decode's activations (the arena), bytes.
     vae_arena_bytes: usize,
-    /// Matrix-product FLOP of one sampler step (DiT on cond + uncond).
+    /// Matrix-product FLOP of one sampler step (DiT on cond + uncond, whole group).
     step_flops: u64,
     /// Achieved rate of the sampling stage: step FLOP x steps / sampling time.
     sampling_tflops: f64,
@@ -233,8 +258,25 @@ struct Report {
     latent_frames: usize,
     seed: u64,
     steps: usize,
+    /// Index of the sampler run (in the summary's `sampling_groups`) that made this clip.
+    sampling_group: usize,
     #[serde(flatten)]
     timings: Timings,
+}
+
+/// One sampler run over a group of inputs (one input without `--batch`): its
+/// time and rate belong to the whole group.
+#[derive(serde::Serialize)]
+struct GroupReport {
+    inputs: Vec<String>,
+    /// Latent frames sampled, all inputs together.
+    latent_frames: usize,
+    sampling_s: f64,
+    /// Matrix-product FLOP of one sampler step over the whole group.
+    step_flops: u64,
+    sampling_tflops: f64,
+    /// Device memory planned for the DiT's activations (the arena), bytes.
+    sampling_arena_bytes: usize,
 }
 
 pub fn run(args: InferArgs) -> Result<()> {
@@ -321,20 +363,42 @@ impl WithBackend for InferJob {
             ProgressDrawTarget::stderr()
         });
         let networks = Networks { backend: &backend, dit: &model.dit, vae: vae.as_ref(), clip: clip.as_ref() };
-        let mut reports = Vec::new();
-        for p in planned {
-            let report = run_one(&args, &config, &networks, &settings, &bars, p)?;
-            if !args.quiet {
-                print_report(&report, &backend);
+        let stages = Stages { args: &args, config: &config, nets: &networks, settings: &settings, bars: &bars };
+        let (mut reports, mut groups) = (Vec::new(), Vec::new());
+        let mut queue = planned.into_iter();
+        while queue.len() > 0 {
+            // An input that fails before sampling stops the run, as it does one
+            // input at a time: the inputs before it still get their outputs.
+            let (group, failure) = stages.prepare_group(queue.by_ref().take(args.batch));
+            if !group.clips.is_empty() {
+                let sampled = stages.sample_group(&group)?;
+                if !args.quiet && group.clips.len() > 1 {
+                    print_group(&sampled.report, settings.steps);
+                }
+                for (clip, latents) in group.clips.into_iter().zip(sampled.latents) {
+                    let report = stages.finish_clip(clip, latents, &sampled.report, groups.len())?;
+                    if !args.quiet {
+                        print_report(&report, sampled.report.inputs.len(), &backend);
+                    }
+                    reports.push(report);
+                }
+                groups.push(sampled.report);
             }
-            reports.push(report);
+            if let Some(e) = failure {
+                return Err(e);
+            }
         }
         if !args.quiet {
             eprintln!("load {load_s:.2} s, total {:.2} s", started.elapsed().as_secs_f64());
         }
         if args.json {
-            let summary =
-                serde_json::json!({ "load_s": load_s, "total_s": started.elapsed().as_secs_f64(), "inputs": reports });
+            let summary = serde_json::json!({
+                "load_s": load_s,
+                "total_s": started.elapsed().as_secs_f64(),
+                "batch": args.batch,
+                "sampling_groups": groups,
+                "inputs": reports,
+            });
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Ok(())
@@ -433,122 +497,206 @@ fn bar(bars: &MultiProgress, len: usize, template: &str) -> ProgressBar {
         .with_style(ProgressStyle::with_template(template).expect("valid progress template"))
 }
 
-fn run_one<B: Backend>(
-    args: &InferArgs,
-    config: &LovaConfig,
-    nets: &Networks<B>,
-    settings: &SamplerSettings,
-    bars: &MultiProgress,
-    p: Planned,
-) -> Result<Report> {
-    let name = p.input.path().display().to_string();
-    let mut t = Timings::default();
-    let features = match (p.features, p.reader) {
-        (Some(f), _) => f,
-        (None, Some(mut reader)) => {
-            let clip = nets.clip.expect("loaded for video input");
-            let (decode, clip_time, f) = encode_video(&mut reader, clip, nets.backend, bars)?;
-            t.decode_s = decode.as_secs_f64();
-            t.clip_s = clip_time.as_secs_f64();
-            f
-        }
-        (None, None) => unreachable!("every input has frames or features"),
-    };
-    if let Some(path) = &p.outputs.features {
-        write_tensors_atomically(path, &[("features", &features)], None)?;
-    }
-    let initial = match &args.init_noise {
-        Some(path) => {
-            let noise = read_single_tensor(path, "noise", None)
-                .with_context(|| format!("reading initial noise from {}", path.display()))?;
-            if noise.shape != [config.dit.io_channels, p.latent_len] {
-                bail!(
-                    "{}: tensor `noise` has shape {:?}, expected [{}, {}] for a {:.3} s clip",
-                    path.display(),
-                    noise.shape,
-                    config.dit.io_channels,
-                    p.latent_len,
-                    p.seconds
-                );
+/// What the stages of an input need: the options, the networks and the progress bars.
+struct Stages<'a, B: Backend> {
+    args: &'a InferArgs,
+    config: &'a LovaConfig,
+    nets: &'a Networks<'a, B>,
+    settings: &'a SamplerSettings,
+    bars: &'a MultiProgress,
+}
+
+/// One input between its preparation and its outputs: what its results need
+/// besides the latents.
+struct Clip {
+    input: Input,
+    outputs: Outputs,
+    frames: usize,
+    seconds: f64,
+    latent_len: usize,
+    seed: u64,
+    timings: Timings,
+}
+
+/// Inputs prepared to be sampled together: `requests[i]` is `clips[i]`'s.
+#[derive(Default)]
+struct Group {
+    requests: Vec<Request>,
+    clips: Vec<Clip>,
+}
+
+/// A group's latents (one per request, in order) and its sampler run.
+struct SampledGroup {
+    latents: Vec<HostTensor>,
+    report: GroupReport,
+}
+
+impl<B: Backend> Stages<'_, B> {
+    /// Prepares `planned` in order until one fails: the group of those before it,
+    /// and the error.
+    fn prepare_group(&self, planned: impl Iterator<Item = Planned>) -> (Group, Option<anyhow::Error>) {
+        let mut group = Group::default();
+        for p in planned {
+            match self.prepare_input(p) {
+                Ok((request, clip)) => {
+                    group.requests.push(request);
+                    group.clips.push(clip);
+                }
+                Err(e) => return (group, Some(e)),
             }
-            Some(noise)
         }
-        None => None,
-    };
-    let seed = args.seed.unwrap_or_else(random_seed);
-
-    let sampling_started = Instant::now();
-    let requests = [Request {
-        features,
-        latent_len: p.latent_len,
-        cfg_scale: args.cfg,
-        noise: RequestNoise { seed, initial, steps: None },
-    }];
-    let mut sampling = Sampling::new(nets.backend, nets.dit, &requests, settings)?;
-    let sampling_bar =
-        bar(bars, settings.steps, "sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]");
-    while sampling.step()? {
-        sampling_bar.set_position(sampling.steps_done() as u64);
+        (group, None)
     }
-    sampling_bar.finish_and_clear();
-    let latents = sampling.latents()?.remove(0);
-    t.sampling_s = sampling_started.elapsed().as_secs_f64();
-    t.step_flops = sampling.step_flops();
-    // Free the sampler's arena before the VAE plans its own (device memory).
-    drop(sampling);
-    t.sampling_tflops = tflops_per_s(t.step_flops as f64 * settings.steps as f64, t.sampling_s);
 
-    let mut write = Duration::ZERO;
-    if let Some(path) = &p.outputs.latents {
-        let w = Instant::now();
-        let metadata: HashMap<String, String> = [
-            ("seed", seed.to_string()),
-            ("steps", settings.steps.to_string()),
-            ("cfg", args.cfg.to_string()),
-            ("eta", settings.eta.to_string()),
-            ("seconds", p.seconds.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        write_tensors_atomically(path, &[("latents", &latents)], Some(metadata))?;
-        write += w.elapsed();
-    }
-    let samples = samples_for_seconds(p.seconds, config.sample_rate);
-    if let (Some(path), Some(vae)) = (&p.outputs.wav, nets.vae) {
-        let chunk = args.vae_windows.chunk_frames(config, p.latent_len)?;
-        let window = chunk.map_or(p.latent_len, |c| c + 2 * receptive_field(&vae.config));
-        t.vae_arena_bytes = planned_arena_bytes(&vae.config, &[window.min(p.latent_len)])?;
-        let vae_started = Instant::now();
-        let spinner = bars.add(ProgressBar::new_spinner().with_message("decoding audio with the VAE"));
-        spinner.enable_steady_tick(Duration::from_millis(200));
-        let audio = match chunk {
-            Some(chunk) => vae.decode_chunked(nets.backend, &latents, chunk)?,
-            None => vae.decode(nets.backend, std::slice::from_ref(&latents))?.remove(0),
+    /// Decodes and CLIP-encodes a video (or takes a features file's features), and
+    /// makes its sampler request: the length, the CFG scale, the seed (`--seed`, the
+    /// same for every input, or a random one per input) or `--init-noise`.
+    fn prepare_input(&self, p: Planned) -> Result<(Request, Clip)> {
+        let (args, config) = (self.args, self.config);
+        let mut timings = Timings::default();
+        let features = match (p.features, p.reader) {
+            (Some(f), _) => f,
+            (None, Some(mut reader)) => {
+                let clip = self.nets.clip.expect("loaded for video input");
+                let (decode, clip_time, f) = encode_video(&mut reader, clip, self.nets.backend, self.bars)?;
+                timings.decode_s = decode.as_secs_f64();
+                timings.clip_s = clip_time.as_secs_f64();
+                f
+            }
+            (None, None) => unreachable!("every input has frames or features"),
         };
-        spinner.finish_and_clear();
-        t.vae_s = vae_started.elapsed().as_secs_f64();
-        let w = Instant::now();
-        let audio = trim_and_normalise(&audio, samples);
-        let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
-        write_wav(path, &audio, config.sample_rate, format)?;
-        if let Some(mux) = &p.outputs.mux {
-            lova_fast::video::mux::mux_audio(p.input.path(), path, mux)?;
+        if let Some(path) = &p.outputs.features {
+            write_tensors_atomically(path, &[("features", &features)], None)?;
         }
-        write += w.elapsed();
+        let initial = match &args.init_noise {
+            Some(path) => {
+                let noise = read_single_tensor(path, "noise", None)
+                    .with_context(|| format!("reading initial noise from {}", path.display()))?;
+                if noise.shape != [config.dit.io_channels, p.latent_len] {
+                    bail!(
+                        "{}: tensor `noise` has shape {:?}, expected [{}, {}] for a {:.3} s clip",
+                        path.display(),
+                        noise.shape,
+                        config.dit.io_channels,
+                        p.latent_len,
+                        p.seconds
+                    );
+                }
+                Some(noise)
+            }
+            None => None,
+        };
+        let seed = args.seed.unwrap_or_else(random_seed);
+        let request = Request {
+            features,
+            latent_len: p.latent_len,
+            cfg_scale: args.cfg,
+            noise: RequestNoise { seed, initial, steps: None },
+        };
+        let clip = Clip {
+            input: p.input,
+            outputs: p.outputs,
+            frames: p.frames,
+            seconds: p.seconds,
+            latent_len: p.latent_len,
+            seed,
+            timings,
+        };
+        Ok((request, clip))
     }
-    t.write_s = write.as_secs_f64();
-    Ok(Report {
-        input: name,
-        outputs: p.outputs.all().map(|o| o.display().to_string()).collect(),
-        frames: p.frames,
-        seconds: p.seconds,
-        audio_samples: if p.outputs.wav.is_some() { samples } else { 0 },
-        latent_frames: p.latent_len,
-        seed,
-        steps: settings.steps,
-        timings: t,
-    })
+
+    /// Samples a group's requests together in one sampler run (one progress bar).
+    fn sample_group(&self, group: &Group) -> Result<SampledGroup> {
+        let requests = &group.requests;
+        let steps = self.settings.steps;
+        let started = Instant::now();
+        let mut sampling = Sampling::new(self.nets.backend, self.nets.dit, requests, self.settings)?;
+        let sampling_bar =
+            bar(self.bars, steps, "sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}");
+        if requests.len() > 1 {
+            sampling_bar.set_message(format!("({} inputs together)", requests.len()));
+        }
+        while sampling.step()? {
+            sampling_bar.set_position(sampling.steps_done() as u64);
+        }
+        sampling_bar.finish_and_clear();
+        let latents = sampling.latents()?;
+        let sampling_s = started.elapsed().as_secs_f64();
+        let (step_flops, sampling_arena_bytes) = (sampling.step_flops(), sampling.arena_bytes());
+        // Free the sampler's arena before the VAE plans its own (device memory).
+        drop(sampling);
+        let report = GroupReport {
+            inputs: group.clips.iter().map(|c| c.input.path().display().to_string()).collect(),
+            latent_frames: requests.iter().map(|r| r.latent_len).sum(),
+            sampling_s,
+            step_flops,
+            sampling_tflops: tflops_per_s(step_flops as f64 * steps as f64, sampling_s),
+            sampling_arena_bytes,
+        };
+        Ok(SampledGroup { latents, report })
+    }
+
+    /// Writes a clip's latents, decodes its audio with the VAE, writes the WAV
+    /// (and muxes it); `group` is the sampler run that made `latents`.
+    fn finish_clip(&self, clip: Clip, latents: HostTensor, group: &GroupReport, group_index: usize) -> Result<Report> {
+        let (args, config, nets, settings) = (self.args, self.config, self.nets, self.settings);
+        let Clip { input, outputs, frames, seconds, latent_len, seed, timings: mut t } = clip;
+        t.sampling_s = group.sampling_s;
+        t.step_flops = group.step_flops;
+        t.sampling_tflops = group.sampling_tflops;
+        let mut write = Duration::ZERO;
+        if let Some(path) = &outputs.latents {
+            let w = Instant::now();
+            let metadata: HashMap<String, String> = [
+                ("seed", seed.to_string()),
+                ("steps", settings.steps.to_string()),
+                ("cfg", args.cfg.to_string()),
+                ("eta", settings.eta.to_string()),
+                ("seconds", seconds.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            write_tensors_atomically(path, &[("latents", &latents)], Some(metadata))?;
+            write += w.elapsed();
+        }
+        let samples = samples_for_seconds(seconds, config.sample_rate);
+        if let (Some(path), Some(vae)) = (&outputs.wav, nets.vae) {
+            let chunk = args.vae_windows.chunk_frames(config, latent_len)?;
+            let window = chunk.map_or(latent_len, |c| c + 2 * receptive_field(&vae.config));
+            t.vae_arena_bytes = planned_arena_bytes(&vae.config, &[window.min(latent_len)])?;
+            let vae_started = Instant::now();
+            let spinner = self.bars.add(ProgressBar::new_spinner().with_message("decoding audio with the VAE"));
+            spinner.enable_steady_tick(Duration::from_millis(200));
+            let audio = match chunk {
+                Some(chunk) => vae.decode_chunked(nets.backend, &latents, chunk)?,
+                None => vae.decode(nets.backend, std::slice::from_ref(&latents))?.remove(0),
+            };
+            spinner.finish_and_clear();
+            t.vae_s = vae_started.elapsed().as_secs_f64();
+            let w = Instant::now();
+            let audio = trim_and_normalise(&audio, samples);
+            let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
+            write_wav(path, &audio, config.sample_rate, format)?;
+            if let Some(mux) = &outputs.mux {
+                lova_fast::video::mux::mux_audio(input.path(), path, mux)?;
+            }
+            write += w.elapsed();
+        }
+        t.write_s = write.as_secs_f64();
+        Ok(Report {
+            input: input.path().display().to_string(),
+            outputs: outputs.all().map(|o| o.display().to_string()).collect(),
+            frames,
+            seconds,
+            audio_samples: if outputs.wav.is_some() { samples } else { 0 },
+            latent_frames: latent_len,
+            seed,
+            steps: settings.steps,
+            sampling_group: group_index,
+            timings: t,
+        })
+    }
 }
 
 /// Decodes, preprocesses and encodes a video's frames in batches of up to
@@ -624,7 +772,9 @@ fn encode_video<B: Backend>(
     Ok((decode, clip_time, HostTensor::new(vec![features.len() / out, out], features)))
 }
 
-fn print_report<B: Backend>(r: &Report, backend: &B) {
+/// A clip's summary; `group_size`: the inputs its sampler run made (their
+/// shared sampling time and rate are printed once, by `print_group`, when several).
+fn print_report<B: Backend>(r: &Report, group_size: usize, backend: &B) {
     let t = &r.timings;
     eprintln!(
         "{}: {} frames -> {} latent frames -> {:.2} s of audio ({} samples), seed {}, on {}",
@@ -636,8 +786,9 @@ fn print_report<B: Backend>(r: &Report, backend: &B) {
         r.seed,
         backend.name()
     );
+    let shared = if group_size > 1 { format!(" (shared by the batch of {group_size})") } else { String::new() };
     eprintln!(
-        "  decode {:.2} s | CLIP {:.2} s | sampling {:.2} s | VAE {:.2} s ({:.0} MiB planned) | write {:.3} s",
+        "  decode {:.2} s | CLIP {:.2} s | sampling {:.2} s{shared} | VAE {:.2} s ({:.0} MiB planned) | write {:.3} s",
         t.decode_s,
         t.clip_s,
         t.sampling_s,
@@ -645,16 +796,33 @@ fn print_report<B: Backend>(r: &Report, backend: &B) {
         t.vae_arena_bytes as f64 / (1u64 << 20) as f64,
         t.write_s
     );
-    eprintln!(
-        "  sampling: {} steps of {:.1} GFLOP, {:.1} ms/step, {:.3} TFLOP/s",
-        r.steps,
-        t.step_flops as f64 * 1e-9,
-        t.sampling_s * 1e3 / r.steps.max(1) as f64,
-        t.sampling_tflops
-    );
+    if group_size == 1 {
+        print_sampling_rate(r.steps, t.step_flops, t.sampling_s, t.sampling_tflops);
+    }
     for o in &r.outputs {
         eprintln!("  wrote {o}");
     }
+}
+
+/// The sampler run of several inputs, printed once before their summaries.
+fn print_group(g: &GroupReport, steps: usize) {
+    eprintln!(
+        "batch of {} inputs ({} latent frames) sampled together in {:.2} s, {:.0} MiB DiT arena:",
+        g.inputs.len(),
+        g.latent_frames,
+        g.sampling_s,
+        g.sampling_arena_bytes as f64 / (1u64 << 20) as f64
+    );
+    print_sampling_rate(steps, g.step_flops, g.sampling_s, g.sampling_tflops);
+}
+
+/// The sampling stage's FLOP per step and achieved rate.
+fn print_sampling_rate(steps: usize, step_flops: u64, sampling_s: f64, tflops: f64) {
+    eprintln!(
+        "  sampling: {steps} steps of {:.1} GFLOP, {:.1} ms/step, {tflops:.3} TFLOP/s",
+        step_flops as f64 * 1e-9,
+        sampling_s * 1e3 / steps.max(1) as f64,
+    );
 }
 
 fn random_seed() -> u64 {
