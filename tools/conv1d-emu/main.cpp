@@ -280,7 +280,10 @@ static bool report(const std::string& label, const Outcome& o, double tol) {
     return ok;
 }
 
-int main() {
+// Fails (exit 1) when a case exceeds its tolerance or an element is not written exactly once;
+// --first-failure: stops at the first such case (mutants.sh).
+int main(int argc, char** argv) {
+    const bool first_failure = argc > 1 && std::string(argv[1]) == "--first-failure";
     block_bar = new std::barrier<>(THREADS);
     for (int w = 0; w < 4; w++) warp_bar[w] = new std::barrier<>(32);
     // cin, cout, lens, kernel, dilation, stride (0: conv), snake, residual, bias, exact
@@ -307,6 +310,9 @@ int main() {
         {256, 160, {150, 1, 40}, 7, 1, 0, true, false, true, false},
         // The final conv: 128 -> 2 channels.
         {128, 2, {257}, 7, 1, 0, true, false, true, false},
+        // Lengths that fill whole tiles; a 1x1 conv with odd C_in (K = 7).
+        {24, 64, {128, 256}, 7, 9, 0, true, true, true, false},
+        {7, 40, {128, 5}, 1, 1, 0, false, true, true, true},
         // Transposed convs, strides 2, 4, 8.
         {16, 24, {1, 7}, 0, 0, 2, true, false, true, false},
         {128, 128, {70}, 0, 0, 2, false, false, true, true},
@@ -316,8 +322,18 @@ int main() {
         {256, 128, {17, 2}, 0, 0, 8, true, false, true, false},
         {6, 70, {1, 130, 3}, 0, 0, 8, false, false, true, true},
     };
+    // The slowest last: the decoder's widest K, 2048 input channels (on a few of the outputs).
+    const std::vector<ConvCase> wide = {
+        {2048, 128, {5}, 7, 1, 0, true, false, true, false},  // K = 14336
+        {2048, 128, {5}, 7, 1, 0, false, false, true, true},
+        {2048, 64, {3}, 0, 0, 8, true, false, true, false},  // the first upsampling (to 1024 channels)
+    };
     int failures = 0;
-    for (const auto& c : cases) {
+    auto check = [&](const std::string& label, const Outcome& o, double tol) {
+        failures += !report(label, o, tol);
+        if (failures && first_failure) exit(1);
+    };
+    auto check_conv = [&](const ConvCase& c) {
         const int K = (c.stride ? 2 : c.kernel) * c.cin;
         // As tests/backend_ops.rs: exact operands: 1e-5, growing like sqrt(K) beyond K = 1536;
         // fp16-rounded operands: 3e-3 (expected ~3e-4).
@@ -331,8 +347,9 @@ int main() {
         if (c.snake) label += " +snake";
         if (c.residual) label += " +res";
         if (!c.bias) label += " nobias";
-        failures += !report(label, run_conv(c), tol);
-    }
+        check(label, run_conv(c), tol);
+    };
+    for (const auto& c : cases) check_conv(c);
     // Element offsets past 2^31 (the decoder's last stages hold 2048 L rows x 128 channels,
     // > 2^31 elements from a packed latent length L of 8192). The tails of the grids only.
     const std::vector<ConvCase> large = {
@@ -347,12 +364,13 @@ int main() {
                             " " + std::to_string(c.cin) + "->" + std::to_string(c.cout) + " rows " +
                             std::to_string(rows_out) + " (" + std::to_string(rows_out * c.cout) + " el.) tail";
         const int K = (c.stride ? 2 : c.kernel) * c.cin;
-        failures += !report(label, run_large(c), 1e-5 * std::max(1.0, sqrt(K / 1536.0)));
+        check(label, run_large(c), 1e-5 * std::max(1.0, sqrt(K / 1536.0)));
     }
     // snake_beta_f32: sinf and expf in f32 against f64.
-    failures += !report("snake_beta [1, 1]", run_snake(1, 1, 0), 1e-6);
-    failures += !report("snake_beta [37, 130]", run_snake(37, 130, 0), 1e-6);
-    failures += !report("snake_beta [300, 7], 3 blocks (grid-stride loop)", run_snake(300, 7, 3), 1e-6);
+    check("snake_beta [1, 1]", run_snake(1, 1, 0), 1e-6);
+    check("snake_beta [37, 130]", run_snake(37, 130, 0), 1e-6);
+    check("snake_beta [300, 7], 3 blocks (grid-stride loop)", run_snake(300, 7, 3), 1e-6);
+    for (const auto& c : wide) check_conv(c);
     if (failures) printf("%d case(s) FAILED\n", failures);
     return failures ? 1 : 0;
 }

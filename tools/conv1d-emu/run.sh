@@ -16,14 +16,16 @@
 # cannot check the hardware's own semantics (the emulation encodes our reading
 # of the manual) nor __sinf's error (computed as sinf here).
 # Expected: rel L2 <= ~1e-6 for fp16-exact operands, ~3e-4 with fp16 rounding;
-# a layout slip gives O(1). About 30 s on 2 cores. mutants.sh shows it fails
+# a layout slip gives O(1). About a minute on 2 cores. mutants.sh shows it fails
 # on broken copies of the kernel.
-# Usage: run.sh [KERNEL_SOURCE]  (default kernels/conv1d.cu; another path runs a
-# modified copy, e.g. to check that a broken kernel fails).
+# Usage: run.sh [KERNEL_SOURCE [--first-failure]]  (default kernels/conv1d.cu;
+# another path runs a modified copy, e.g. to check that a broken kernel fails;
+# --first-failure stops at the first failing case).
 # Needs g++ >= 12 (C++20 <barrier>, _Float16, -fsanitize) and python3.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=${1:-$here/../../kernels/conv1d.cu}
+if [ $# -gt 0 ]; then shift; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 - "$src" "$work/kernel.inc" <<'PY'
@@ -60,4 +62,4 @@ PY
 cp "$here/../flash-attention-emu/prelude.h" "$here/conv_shims.h" "$here/main.cpp" "$work/"
 g++ -std=c++20 -O2 -pthread -fno-strict-aliasing -fsanitize=address -fsanitize=alignment \
     -fno-sanitize-recover=all "$work/main.cpp" -o "$work/emu"
-"$work/emu"
+"$work/emu" "$@"
