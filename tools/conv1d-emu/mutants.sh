@@ -2,7 +2,8 @@
 # Shows that run.sh can fail: runs it on copies of kernels/conv1d.cu broken in
 # small ways (a fragment register swapped, off-by-ones in the padding, the
 # transposed conv's phase, the C_out bound, rows past the end written,
-# 32-bit element offsets) and fails unless every copy fails.
+# 32-bit element offsets, misaligned shared-memory stores) and fails unless
+# every copy fails.
 # About a minute on 2 cores.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +19,7 @@ mutants=(
     "tile rows past the end written to the last row|row_out[i] = -1;|row_out[i] = m_rows - 1;"
     "output offset in 32 bits|long long base = (long long)orow * n;|long long base = (int)(orow * (unsigned)n);"
     "input offset in 32 bits|__ldg(x + src * cin + ci[h])|__ldg(x + (int)(src * cin) + ci[h])"
+    "shared rows of 36 halves: right values, misaligned 16-byte stores|#define CONV_LD 40|#define CONV_LD 36"
 )
 status=0
 for m in "${mutants[@]}"; do
