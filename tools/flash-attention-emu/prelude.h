@@ -1,22 +1,37 @@
-// CPU emulation of the CUDA bits flash_attention.cu uses: 128 std::threads per block,
+// CPU emulation of the CUDA bits flash_attention.cu and conv1d.cu use: 128 std::threads per block,
 // warp collectives (ldmatrix, mma.sync, shfl) exchanged through per-warp buffers.
+// Shared by tools/flash-attention-emu and tools/conv1d-emu.
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <algorithm>
 struct dim3e { unsigned x, y, z; };
 thread_local dim3e threadIdx, blockIdx;
-struct float4 { float x, y, z, w; };
-struct float2 { float x, y; };
-struct uint2 { unsigned x, y; };
+static dim3e blockDim, gridDim;  // per launch: set by the harness
+// CUDA's vector types, with CUDA's alignment (a misaligned vector access faults on the device).
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 static inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 static inline float2 make_float2(float a, float b) { return {a, b}; }
 static inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
-template <class T> static inline T __ldg(const T* p) { return *p; }
+template <class T> static inline T __ldg(const T* p) {
+    if ((uintptr_t)p % alignof(T) != 0) {
+        fprintf(stderr, "misaligned __ldg of %zu bytes at %p\n", sizeof(T), (const void*)p);
+        abort();
+    }
+    return *p;
+}
+// The fast intrinsics are computed exactly here: their hardware error is not emulated.
 static inline void emu_sincosf(float x, float* s, float* c) { *s = sinf(x); *c = cosf(x); }
 #define __sincosf emu_sincosf
+#define __sinf sinf
 using std::min;
 static std::barrier<>* block_bar;
 static std::barrier<>* warp_bar[4];
@@ -30,9 +45,12 @@ static inline float __shfl_xor_sync(unsigned, float v, int o) {
     wb[W()].v[L()] = v; wsync(); float r = wb[W()].v[L() ^ o]; wsync(); return r;
 }
 static inline unsigned long long smem_addr(const void* p) { return (unsigned long long)p; }
+// cvt.rn.f16.f32: round to nearest even, as the _Float16 conversion does.
+static inline uint16_t f32_to_f16_bits(float f) {
+    _Float16 h = (_Float16)f; uint16_t bits; memcpy(&bits, &h, 2); return bits;
+}
 static inline unsigned pack_half2(float lo, float hi) {
-    _Float16 a = (_Float16)lo, b = (_Float16)hi; uint16_t x, y; memcpy(&x, &a, 2); memcpy(&y, &b, 2);
-    return (unsigned)x | ((unsigned)y << 16);
+    return (unsigned)f32_to_f16_bits(lo) | ((unsigned)f32_to_f16_bits(hi) << 16);
 }
 static inline float h2f(uint16_t bits) { _Float16 h; memcpy(&h, &bits, 2); return (float)h; }
 static inline void ldmatrix_x4(unsigned (&r)[4], unsigned long long addr) {
