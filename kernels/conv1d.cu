@@ -59,6 +59,8 @@
 // allocations are 256-byte aligned), element by element otherwise.
 // Launch: grid (ceil(M / 128), ceil(C_out / 64), phases = 1 or s), 128 threads.
 
+#include "common.cuh"
+
 #define CONV_BM 128
 #define CONV_BN 64
 #define CONV_BK 32
@@ -75,16 +77,6 @@ __device__ __forceinline__ unsigned short conv_f32_to_f16(float f) {
 
 __device__ __forceinline__ unsigned int conv_pack_half2(float lo, float hi) {
     return (unsigned int)conv_f32_to_f16(lo) | ((unsigned int)conv_f32_to_f16(hi) << 16);
-}
-
-// The sequence b with offsets[b] <= row < offsets[b + 1] (count sequences).
-__device__ __forceinline__ int conv_sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
-    int lo = 0, hi = count;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (offsets[mid] <= row) lo = mid; else hi = mid;
-    }
-    return lo;
 }
 
 __device__ __forceinline__ void conv_mma(float* c, const unsigned int* a, const unsigned int* b) {
@@ -215,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     for (int i = tid; i < CONV_BM; i += CONV_THREADS) {
         long long r = row0 + i;
         if (r < m_rows) {
-            int b = conv_sequence_of_row(in_offsets, count, r);
+            int b = sequence_of_row(in_offsets, count, r);
             int start = in_offsets[b];
             row_lo[i] = start;
             row_hi[i] = in_offsets[b + 1];
@@ -303,7 +295,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 extern "C" __global__ void snake_beta_f32(const float* __restrict__ x, const float* __restrict__ alpha,
                                           const float* __restrict__ beta, float* __restrict__ out, long long n,
                                           long long cols) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, n) {
         long long c = i % cols;
         float a = expf(alpha[c]), inv_b = 1.0f / (expf(beta[c]) + 1e-9f);
         float s = sinf(a * x[i]);

@@ -14,24 +14,13 @@
 // Launch: 1-D grid-stride over output elements, 256 threads per block, any
 // grid size. A row's sequence is found by binary search in the offsets.
 
+#include "common.cuh"
+
 __device__ __forceinline__ float f16_to_f32(unsigned short h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
-
-// The sequence b with offsets[b] <= row < offsets[b + 1] (count sequences).
-__device__ __forceinline__ int sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
-    int lo = 0, hi = count;  // invariant: offsets[lo] <= row, answer in [lo, hi)
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (offsets[mid] <= row) lo = mid; else hi = mid;
-    }
-    return lo;
-}
-
-#define GRID_STRIDE(i, n) \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
 // Matches the CPU's x / (1 + exp(-x)).
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }

@@ -16,14 +16,7 @@
 // ceil(rows / 4); gated_residual: 1-D grid-stride, 256 threads per block.
 // (todo: one pass with the row in registers for cols known at compile time.)
 
-__device__ __forceinline__ int sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
-    int lo = 0, hi = count;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (offsets[mid] <= row) lo = mid; else hi = mid;
-    }
-    return lo;
-}
+#include "common.cuh"
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -72,7 +65,7 @@ extern "C" __global__ void gated_residual_f32(const float* __restrict__ branch, 
                                               int table_cols, int gate_offset, const int* __restrict__ offsets,
                                               int count, float* __restrict__ out) {
     long long n = rows * cols;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, n) {
         long long r = i / cols, c = i - r * cols;
         float gate = table[(long long)sequence_of_row(offsets, count, r) * table_cols + gate_offset + c];
         float g = 1.0f / (1.0f + expf(-(1.0f - gate)));

@@ -20,17 +20,7 @@
 // cfg f32 [count].
 // Launch: 1-D grid-stride, 256 threads per block, any grid size.
 
-#define GRID_STRIDE(i, n) \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
-
-__device__ __forceinline__ int sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
-    int lo = 0, hi = count;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (offsets[mid] <= row) lo = mid; else hi = mid;
-    }
-    return lo;
-}
+#include "common.cuh"
 
 extern "C" __global__ void cfg_expand(const float* __restrict__ x, const float* __restrict__ scalars,
                                       float* __restrict__ out, long long n) {

@@ -17,25 +17,14 @@
 // (count + 1 entries). Launch: 1-D grid-stride over output elements, 256
 // threads per block, any grid size; 64-bit element indices.
 
-#define GRID_STRIDE_LOOP(i, n) \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
-
-// The sequence b with offsets[b] <= row < offsets[b + 1] (count sequences).
-__device__ __forceinline__ int vision_sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
-    int lo = 0, hi = count;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (offsets[mid] <= row) lo = mid; else hi = mid;
-    }
-    return lo;
-}
+#include "common.cuh"
 
 extern "C" __global__ void patchify(const float* __restrict__ images, int channels, int size, int patch,
                                     float* __restrict__ out, long long n_out) {
     const int grid = size / patch;
     const long long row_len = (long long)channels * patch * patch;
     const long long image_len = (long long)channels * size * size;
-    GRID_STRIDE_LOOP(idx, n_out) {
+    GRID_STRIDE(idx, n_out) {
         long long r = idx / row_len;
         int col = (int)(idx - r * row_len);
         long long image = r / (grid * grid);
@@ -54,21 +43,21 @@ extern "C" __global__ void prepend_weight_row(const float* __restrict__ row, con
                                               const int* __restrict__ out_offsets, int count, long long cols,
                                               float* __restrict__ out) {
     long long n = (long long)out_offsets[count] * cols;
-    GRID_STRIDE_LOOP(idx, n) {
+    GRID_STRIDE(idx, n) {
         long long r = idx / cols, c = idx - r * cols;
-        int b = vision_sequence_of_row(out_offsets, count, r);
+        int b = sequence_of_row(out_offsets, count, r);
         long long local = r - out_offsets[b];
         out[idx] = local == 0 ? row[c] : rest[(rest_offsets[b] + local - 1) * cols + c];
     }
 }
 
 extern "C" __global__ void quick_gelu_f32(const float* __restrict__ x, float* __restrict__ out, long long n) {
-    GRID_STRIDE_LOOP(i, n) { out[i] = x[i] / (1.0f + expf(-1.702f * x[i])); }
+    GRID_STRIDE(i, n) { out[i] = x[i] / (1.0f + expf(-1.702f * x[i])); }
 }
 
 extern "C" __global__ void first_rows(const float* __restrict__ x, const int* __restrict__ offsets, int count,
                                       long long cols, float* __restrict__ out) {
-    GRID_STRIDE_LOOP(idx, (long long)count * cols) {
+    GRID_STRIDE(idx, (long long)count * cols) {
         long long b = idx / cols, c = idx - b * cols;
         out[idx] = x[(long long)offsets[b] * cols + c];
     }

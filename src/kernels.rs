@@ -6,6 +6,29 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
 
+/// `kernels/common.cuh`: helpers the kernel files share (`GRID_STRIDE`,
+/// `sequence_of_row`), pulled in by the line `#include "common.cuh"`.
+pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
+const COMMON_INCLUDE: &str = "#include \"common.cuh\"";
+
+/// Kernel file `name`'s `source` as NVRTC compiles it: its `#include "common.cuh"`
+/// line replaced by the header (NVRTC is given no files), between `#line`
+/// directives so that compiler messages still name the right file and line.
+pub fn expand_common(name: &str, source: &str) -> String {
+    let mut out = String::with_capacity(source.len() + COMMON_HEADER.len() + 64);
+    for (i, line) in source.lines().enumerate() {
+        if line.trim() == COMMON_INCLUDE {
+            out.push_str("#line 1 \"common.cuh\"\n");
+            out.push_str(COMMON_HEADER);
+            out.push_str(&format!("\n#line {} \"{name}.cu\"\n", i + 2));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The source of kernel file `name` (without `.cu`).
 pub fn source(name: &str) -> Option<&'static str> {
     KERNEL_SOURCES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
@@ -32,5 +55,22 @@ mod tests {
             assert_eq!(source(name), Some(src.as_str()));
         }
         assert_eq!(source("no_such_kernel"), None);
+    }
+
+    #[test]
+    fn the_common_header_replaces_its_include_line() {
+        let src = "// k\n#include \"common.cuh\"\nint after;\n";
+        let out = expand_common("k", src);
+        assert!(out.starts_with("// k\n#line 1 \"common.cuh\"\n"), "{out}");
+        assert!(out.contains(COMMON_HEADER));
+        // The line after the include is line 3 of k.cu.
+        assert!(out.ends_with("\n#line 3 \"k.cu\"\nint after;\n"), "{out}");
+        assert!(!out.lines().any(|l| l.trim() == COMMON_INCLUDE), "an include line is left: {out}");
+        assert_eq!(expand_common("k", "int x;\n"), "int x;\n");
+        // Every kernel file that uses the shared helpers includes them.
+        for (name, src) in KERNEL_SOURCES {
+            let uses = src.contains("GRID_STRIDE(") || src.contains("sequence_of_row(");
+            assert!(!uses || src.contains(COMMON_INCLUDE), "{name}.cu uses common.cuh without including it");
+        }
     }
 }

@@ -28,9 +28,12 @@ src=${1:-$here/../../kernels/conv1d.cu}
 if [ $# -gt 0 ]; then shift; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 - "$src" "$work/kernel.inc" <<'PY'
+python3 - "$src" "$work/kernel.inc" "$here/../../kernels/common.cuh" <<'PY'
 import re, sys
 s = open(sys.argv[1]).read()
+# As the backend does (src/kernels.rs, expand_common): the shared header in place of its include.
+if '#include "common.cuh"' in s:
+    s = s.replace('#include "common.cuh"', open(sys.argv[3]).read())
 
 def sub(old, new):
     global s

@@ -85,6 +85,7 @@ pub struct Compiled {
 /// Compiles one kernel file to a cubin for `arch` (e.g. `sm_90`).
 pub fn compile(name: &str, source: &str, arch: &str, ptxas_verbose: bool) -> Result<Compiled> {
     require_nvrtc()?;
+    let source = crate::kernels::expand_common(name, source);
     let src = CString::new(source).map_err(|_| Error::Cuda(format!("kernel {name}.cu contains a NUL byte")))?;
     let file = CString::new(format!("{name}.cu")).expect("kernel names have no NUL");
     let mut options: Vec<String> = BASE_OPTIONS.iter().map(|s| s.to_string()).collect();
@@ -160,7 +161,9 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// (and then cached; a cache that cannot be written only costs a recompile).
 pub fn cached_cubin(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
     let (major, minor) = nvrtc_version()?;
-    let key = fnv1a(&[source.as_bytes(), arch.as_bytes(), BASE_OPTIONS.join(" ").as_bytes()]);
+    // The key covers the shared header too: a change there recompiles every file.
+    let expanded = crate::kernels::expand_common(name, source);
+    let key = fnv1a(&[expanded.as_bytes(), arch.as_bytes(), BASE_OPTIONS.join(" ").as_bytes()]);
     let file = format!("{name}-{arch}-nvrtc{major}.{minor}-{key:016x}.cubin");
     let dir = cache_dir();
     if let Some(path) = dir.as_ref().map(|d| d.join(&file))
