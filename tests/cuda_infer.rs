@@ -34,7 +34,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Instant;
 
-use common::{Watched, cuda_or_skip, fixture, load, loud, lova_fast, max_abs, ok, rel_l2, s};
+use common::{Watched, cuda_or_skip, fixture, load, loud, lova_fast, max_abs, ok, rel_l2, s, tiny_engine_with_clip};
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
 use lova_fast::config::LovaConfig;
 use lova_fast::models::clip::{CLIP_VIT_L14, ClipVision, open_clip};
@@ -323,18 +323,7 @@ fn cuda_infer_on_a_video_matches_cpu() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let engine = dir.path().join("engine.safetensors");
-    ok(&lova_fast(&[
-        "convert",
-        "--checkpoint",
-        s(&fixture("tiny/checkpoint.safetensors")),
-        "--config",
-        s(&fixture("tiny/model_config.json")),
-        "--clip",
-        s(&fixture("clip/openai.safetensors")),
-        "-o",
-        s(&engine),
-    ]));
+    let engine = tiny_engine_with_clip(dir.path());
     let video = fixture("video/h264_29.97fps.mp4");
     let mut runs = Vec::new();
     for device in ["cpu", "cuda"] {

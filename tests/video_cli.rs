@@ -7,29 +7,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{failed, fixture, lova_fast, ok, s};
+use common::{failed, fixture, lova_fast, ok, s, tiny_engine_with_clip};
 
 fn require_ffmpeg() {
     if let Err(e) = lova_fast::video::ffmpeg::check_tools() {
         panic!("these tests need FFmpeg: {e}");
     }
-}
-
-/// The tiny engine file with the tiny CLIP, written into `dir`.
-fn tiny_engine(dir: &Path) -> PathBuf {
-    let out = dir.join("engine.safetensors");
-    ok(&lova_fast(&[
-        "convert",
-        "--checkpoint",
-        s(&fixture("tiny/checkpoint.safetensors")),
-        "--config",
-        s(&fixture("tiny/model_config.json")),
-        "--clip",
-        s(&fixture("clip/openai.safetensors")),
-        "-o",
-        s(&out),
-    ]));
-    out
 }
 
 fn copy_video(dir: &Path, name: &str) -> PathBuf {
@@ -49,7 +32,7 @@ const FAST: &[&str] = &["--steps", "3", "--seed", "7", "--quiet"];
 fn video_to_wav_has_the_video_length_and_is_reproducible() {
     require_ffmpeg();
     let dir = tempfile::tempdir().unwrap();
-    let engine = tiny_engine(dir.path());
+    let engine = tiny_engine_with_clip(dir.path());
     for (name, duration) in [("h264_29.97fps.mp4", 3.003), ("h264_0.5s.mp4", 0.5), ("vp9_24fps.webm", 2.0)] {
         let video = copy_video(dir.path(), name);
         let out = dir.path().join(format!("{name}.wav"));
@@ -69,7 +52,7 @@ fn video_to_wav_has_the_video_length_and_is_reproducible() {
 fn mux_features_and_json_summary() {
     require_ffmpeg();
     let dir = tempfile::tempdir().unwrap();
-    let engine = tiny_engine(dir.path());
+    let engine = tiny_engine_with_clip(dir.path());
     let video = copy_video(dir.path(), "h264_25fps.mp4");
     let (features, muxed) = (dir.path().join("f.safetensors"), dir.path().join("out.mp4"));
     let o = lova_fast(
@@ -123,7 +106,7 @@ fn mux_features_and_json_summary() {
 fn several_inputs_and_an_image_folder() {
     require_ffmpeg();
     let dir = tempfile::tempdir().unwrap();
-    let engine = tiny_engine(dir.path());
+    let engine = tiny_engine_with_clip(dir.path());
     let videos = dir.path().join("videos");
     std::fs::create_dir(&videos).unwrap();
     copy_video(&videos, "h264_0.5s.mp4");
@@ -145,7 +128,7 @@ fn several_inputs_and_an_image_folder() {
 fn sample_fps_overrides_the_models_rate() {
     require_ffmpeg();
     let dir = tempfile::tempdir().unwrap();
-    let engine = tiny_engine(dir.path());
+    let engine = tiny_engine_with_clip(dir.path());
     let video = copy_video(dir.path(), "vp9_24fps.webm"); // 2 s
     let features = dir.path().join("f.safetensors");
     let args = ["infer", s(&video), "--weights", s(&engine), "--save-features", s(&features), "--no-audio"];
@@ -186,7 +169,7 @@ fn expect_failure(video: &Path, engine: &Path, path_env: Option<&str>, expected:
 fn bad_video_input_fails_cleanly() {
     require_ffmpeg();
     let dir = tempfile::tempdir().unwrap();
-    let engine = tiny_engine(dir.path());
+    let engine = tiny_engine_with_clip(dir.path());
     let text = dir.path().join("notes.mp4");
     std::fs::write(&text, "not a video").unwrap();
     let truncated = dir.path().join("truncated.mp4");
@@ -207,7 +190,7 @@ fn bad_video_input_fails_cleanly() {
 #[test]
 fn missing_ffmpeg_and_unwritable_output() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = tiny_engine(dir.path());
+    let engine = tiny_engine_with_clip(dir.path());
     let video = fixture("video/h264_0.5s.mp4");
     let code =
         expect_failure(&video, &engine, Some("/nonexistent"), &["ffmpeg", "not found", "apt-get install ffmpeg"]);
@@ -237,7 +220,7 @@ fn demo_runs_the_whole_pipeline() {
 fn batched_videos_give_the_audio_they_get_alone() {
     require_ffmpeg();
     let dir = tempfile::tempdir().unwrap();
-    let engine = tiny_engine(dir.path());
+    let engine = tiny_engine_with_clip(dir.path());
     let videos: Vec<PathBuf> =
         ["h264_29.97fps.mp4", "h264_0.5s.mp4", "vp9_24fps.webm"].iter().map(|n| copy_video(dir.path(), n)).collect();
     let wav_of = |video: &PathBuf| video.with_extension("wav");

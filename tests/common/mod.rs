@@ -125,3 +125,20 @@ impl lova_fast::weights::TensorSource for Watched<'_> {
         if self.fp16_reads { self.file.tensor_f16(key, shape) } else { Ok(None) }
     }
 }
+
+/// The tiny model's engine file with the tiny CLIP (`lova-fast convert`), written into `dir`.
+pub fn tiny_engine_with_clip(dir: &std::path::Path) -> PathBuf {
+    let out = dir.join("engine.safetensors");
+    ok(&lova_fast(&[
+        "convert",
+        "--checkpoint",
+        s(&fixture("tiny/checkpoint.safetensors")),
+        "--config",
+        s(&fixture("tiny/model_config.json")),
+        "--clip",
+        s(&fixture("clip/openai.safetensors")),
+        "-o",
+        s(&out),
+    ]));
+    out
+}
