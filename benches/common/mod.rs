@@ -1,8 +1,7 @@
 //! What the criterion benches share: the backend to measure (CUDA when a GPU
 //! is usable, else the CPU), the model configs (the released vl30 config at
 //! full size with random weights on CUDA; the tiny test config on the CPU,
-//! where the full size takes seconds per DiT step), and the fallback of a
-//! network the CUDA backend cannot run yet (`Error::UnsupportedOp`) to the CPU.
+//! where the full size takes seconds per DiT step).
 //!
 //! `LOVA_BENCH_CPU=1` forces the CPU even when a GPU is present.
 #![allow(dead_code)]
@@ -57,11 +56,6 @@ pub fn tiny_config() -> LovaConfig {
     LovaConfig::from_json_str(TINY_CONFIG).expect("the tiny config is valid")
 }
 
-/// A CLIP image tower to go with the tiny model (as `lova-fast demo` uses): one block of width 64.
-pub fn tiny_clip(config: &LovaConfig) -> ClipVisionConfig {
-    ClipVisionConfig::tiny(config.dit.cond_token_dim)
-}
-
 /// The DiT with random weights (uniform, small enough to stay finite through the blocks).
 pub fn random_dit<B: Backend>(backend: &B, config: &LovaConfig) -> Dit<B> {
     Dit::load(backend, &RandomWeights { seed: 1 }, &config.dit, "").expect("random DiT")
@@ -90,9 +84,4 @@ pub fn request(config: &LovaConfig, seconds: f64) -> Request {
     let features =
         RandomWeights { seed: 2 }.tensor("features", &[frames, config.dit.cond_token_dim]).expect("features");
     Request { features, latent_len, cfg_scale: 5.0, noise: RequestNoise { seed: 1, initial: None, steps: None } }
-}
-
-/// Whether `result` failed because the backend has no kernel for an op.
-pub fn unsupported<T>(result: &lova_fast::Result<T>) -> bool {
-    matches!(result, Err(lova_fast::Error::UnsupportedOp { .. }))
 }
