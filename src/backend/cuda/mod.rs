@@ -914,8 +914,6 @@ impl Backend for CudaBackend {
                     ],
                 )?;
             }
-            #[allow(unreachable_patterns)]
-            other => return Err(Error::UnsupportedOp { backend: "CUDA", op: other.name() }),
         }
         Ok(())
     }
