@@ -37,14 +37,10 @@ pub enum WeightSource<'a> {
     Engine(&'a Path),
     /// The original checkpoint and its config.
     Original { checkpoint: &'a Path, config: LovaConfig },
-}
-
-/// The networks of one LoVA model on one backend.
-pub struct Model<B: Backend> {
-    pub config: LovaConfig,
-    pub dit: Dit<B>,
-    /// Absent when the caller did not ask for it (latents only).
-    pub vae: Option<VaeDecoder<B>>,
+    /// Random weights (`RandomWeights`, seed 1) in the engine layout, with a CLIP
+    /// image tower of `clip`: a model that runs the whole pipeline and makes
+    /// noise, for benchmarks and tests without a checkpoint or a file.
+    Random { config: LovaConfig, clip: ClipVisionConfig },
 }
 
 /// Storage dtype of an engine tensor.
@@ -105,37 +101,133 @@ pub fn load_clip<B: Backend>(backend: &B, file: &SafetensorsFile) -> Result<Opti
     Ok(Some(ClipVision::load(backend, file, CLIP_KEYS, &config)?))
 }
 
-impl<B: Backend> Model<B> {
-    pub fn load(backend: &B, source: &WeightSource, with_vae: bool) -> Result<Self> {
-        let (config, dit) = match source {
+/// A weight file opened once (memory-mapped), with the config that goes with
+/// it: the DiT, the VAE and (for an engine file made with `convert --clip`) the
+/// CLIP image tower all load from this one mapping.
+pub struct ModelFile {
+    stored: Stored,
+    config: LovaConfig,
+}
+
+enum Stored {
+    /// An engine file: keys `dit.`/`vae.`/`clip.`, stored as the kernels want them.
+    Engine(SafetensorsFile),
+    /// The original checkpoint, converted while loading.
+    Original(SafetensorsFile),
+    /// Random weights under the engine file's keys.
+    Random(crate::weights::RandomWeights, ClipVisionConfig),
+}
+
+impl ModelFile {
+    pub fn open(source: &WeightSource) -> Result<Self> {
+        Ok(match source {
             WeightSource::Engine(path) => {
                 let (file, config) = open_engine_file(path)?;
-                let dit = Dit::load(backend, &file, &config.dit, DIT_KEYS)?;
-                (config, dit)
+                ModelFile { stored: Stored::Engine(file), config }
             }
             WeightSource::Original { checkpoint, config } => {
-                let file = SafetensorsFile::open(checkpoint)?;
-                (config.clone(), Dit::load(backend, &file, &config.dit, DIT_PREFIX)?)
+                ModelFile { stored: Stored::Original(SafetensorsFile::open(checkpoint)?), config: config.clone() }
             }
-        };
-        let vae = if with_vae { Some(load_vae(backend, source)?) } else { None };
-        Ok(Model { config, dit, vae })
+            WeightSource::Random { config, clip } => {
+                vae::check_config(&config.vae_decoder)?;
+                clip.validate().map_err(|reason| Error::InvalidInput(format!("random CLIP config: {reason}")))?;
+                let random = crate::weights::RandomWeights { seed: 1 };
+                ModelFile { stored: Stored::Random(random, clip.clone()), config: config.clone() }
+            }
+        })
+    }
+
+    pub fn config(&self) -> &LovaConfig {
+        &self.config
+    }
+
+    /// The file, for messages (`random weights` for `WeightSource::Random`).
+    pub fn describe(&self) -> String {
+        match &self.stored {
+            Stored::Engine(f) | Stored::Original(f) => f.path().display().to_string(),
+            Stored::Random(r, _) => r.describe(),
+        }
+    }
+
+    fn tensors(&self) -> &dyn TensorSource {
+        match &self.stored {
+            Stored::Engine(f) | Stored::Original(f) => f,
+            Stored::Random(r, _) => r,
+        }
+    }
+
+    pub fn load_dit<B: Backend>(&self, backend: &B) -> Result<Dit<B>> {
+        let prefix = if matches!(self.stored, Stored::Original(_)) { DIT_PREFIX } else { DIT_KEYS };
+        Dit::load(backend, self.tensors(), &self.config.dit, prefix)
+    }
+
+    pub fn load_vae<B: Backend>(&self, backend: &B) -> Result<VaeDecoder<B>> {
+        let (cfg, scale) = (&self.config.vae_decoder, self.config.latent_scale);
+        match &self.stored {
+            Stored::Original(file) => {
+                let fetch = &mut |spec: &vae::VaeTensorSpec| vae::original_tensor(file, spec);
+                VaeDecoder::load(backend, cfg, scale, fetch)
+            }
+            _ => VaeDecoder::load_stored(backend, cfg, scale, self.tensors(), VAE_KEYS),
+        }
+    }
+
+    /// The CLIP image tower inside an engine file; `None` for an engine file
+    /// converted without `--clip` and for an original checkpoint (CLIP is then a
+    /// file of its own, `load_clip_checkpoint`).
+    pub fn load_clip<B: Backend>(&self, backend: &B) -> Result<Option<ClipVision<B>>> {
+        match &self.stored {
+            Stored::Engine(file) => load_clip(backend, file),
+            Stored::Original(_) => Ok(None),
+            Stored::Random(random, clip) => Ok(Some(ClipVision::load(backend, random, CLIP_KEYS, clip)?)),
+        }
     }
 }
 
-/// The VAE decoder alone (it may live on another backend than the DiT).
+/// The CLIP image tower from a CLIP checkpoint of its own (OpenAI or Hugging Face layout).
+pub fn load_clip_checkpoint<B: Backend>(backend: &B, path: &Path) -> Result<ClipVision<B>> {
+    let file = SafetensorsFile::open(path)?;
+    let (cfg, ckpt) = open_clip(&file)?;
+    ClipVision::load(backend, &ckpt, "", &cfg)
+}
+
+/// The VAE decoder alone.
 pub fn load_vae<B: Backend>(backend: &B, source: &WeightSource) -> Result<VaeDecoder<B>> {
-    match source {
-        WeightSource::Engine(path) => {
-            let (file, config) = open_engine_file(path)?;
-            VaeDecoder::load_stored(backend, &config.vae_decoder, config.latent_scale, &file, VAE_KEYS)
-        }
-        WeightSource::Original { checkpoint, config } => {
-            let file = SafetensorsFile::open(checkpoint)?;
-            let fetch = &mut |spec: &vae::VaeTensorSpec| vae::original_tensor(&file, spec);
-            VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, fetch)
-        }
+    ModelFile::open(source)?.load_vae(backend)
+}
+
+/// One tensor of an engine file: its name (with the component's key prefix),
+/// shape and the component it belongs to (`dit`, `vae`, `clip`).
+#[derive(Debug, Clone)]
+pub struct EngineTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub component: &'static str,
+}
+
+/// Every tensor an engine file of `config` (and of the CLIP tower `clip`, if
+/// any) holds, in file order: the one list `convert` and `write_random_engine`
+/// both write from.
+pub fn engine_tensors(config: &LovaConfig, clip: Option<&ClipVisionConfig>) -> Vec<EngineTensor> {
+    let mut list = Vec::new();
+    list.extend(dit::tensor_list(&config.dit).into_iter().map(|(key, shape)| EngineTensor {
+        name: format!("{DIT_KEYS}{key}"),
+        shape,
+        component: "dit",
+    }));
+    list.extend(vae::tensor_specs(&config.vae_decoder).iter().map(|spec| EngineTensor {
+        name: format!("{VAE_KEYS}{}", spec.key),
+        shape: spec.engine_shape(),
+        component: "vae",
+    }));
+    if let Some(clip) = clip {
+        list.extend(clip_tensor_list(clip).into_iter().map(|(key, shape)| EngineTensor {
+            name: format!("{CLIP_KEYS}{key}"),
+            shape,
+            component: "clip",
+        }));
     }
+    list
 }
 
 /// What `convert` wrote.
@@ -169,37 +261,70 @@ pub fn convert(
     vae::check_config(&config.vae_decoder)?;
     let clip_file = clip.map(SafetensorsFile::open).transpose()?;
     let clip = clip_file.as_ref().map(open_clip).transpose()?;
-    let mut plan: Vec<Planned> = Vec::new();
-    for (key, shape) in dit::tensor_list(&config.dit) {
-        let name = format!("{DIT_KEYS}{key}");
-        let ckpt = &ckpt;
-        plan.push(Planned {
-            entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape: shape.clone() },
-            component: "dit",
-            fetch: Box::new({
-                let key = key.clone();
-                move || ckpt.tensor(&format!("{DIT_PREFIX}{key}"), &shape)
-            }),
-            release: Box::new(move || ckpt.release(&format!("{DIT_PREFIX}{key}"))),
-        });
+    if let Some((clip_cfg, clip_ckpt)) = &clip
+        && clip_cfg.output_dim != config.dit.cond_token_dim
+    {
+        return Err(Error::InvalidInput(format!(
+            "{}: the CLIP image tower projects to {} dims, but the DiT reads {}-dim video tokens \
+             (model.diffusion.config.cond_token_dim)",
+            clip_ckpt.describe(),
+            clip_cfg.output_dim,
+            config.dit.cond_token_dim
+        )));
     }
-    for spec in vae::tensor_specs(&config.vae_decoder) {
-        let name = format!("{VAE_KEYS}{}", spec.key);
-        let shape = spec.engine_shape();
+    let vae_specs: BTreeMap<String, vae::VaeTensorSpec> =
+        vae::tensor_specs(&config.vae_decoder).into_iter().map(|spec| (spec.key.clone(), spec)).collect();
+    let mut plan: Vec<Planned> = Vec::new();
+    for tensor in engine_tensors(config, clip.as_ref().map(|(cfg, _)| cfg)) {
+        let entry =
+            TensorEntry { dtype: engine_dtype(&tensor.name, &tensor.shape), name: tensor.name, shape: tensor.shape };
         let ckpt = &ckpt;
-        plan.push(Planned {
-            entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape },
-            component: "vae",
-            release: Box::new({
-                let base = format!("{}{}", vae::ORIGINAL_PREFIX, spec.key.trim_end_matches(".weight"));
-                move || {
-                    for suffix in ["", ".weight", ".weight_g", ".weight_v", ".bias", ".alpha", ".beta"] {
-                        ckpt.release(&format!("{base}{suffix}"));
-                    }
+        let planned = match tensor.component {
+            "dit" => {
+                let key = format!("{DIT_PREFIX}{}", &entry.name[DIT_KEYS.len()..]);
+                let shape = entry.shape.clone();
+                Planned {
+                    component: "dit",
+                    fetch: Box::new({
+                        let key = key.clone();
+                        move || ckpt.tensor(&key, &shape)
+                    }),
+                    release: Box::new(move || ckpt.release(&key)),
+                    entry,
                 }
-            }),
-            fetch: Box::new(move || vae::original_tensor(ckpt, &spec)),
-        });
+            }
+            "vae" => {
+                let spec = vae_specs.get(&entry.name[VAE_KEYS.len()..]).expect("listed from the same specs").clone();
+                let base = format!("{}{}", vae::ORIGINAL_PREFIX, spec.key.trim_end_matches(".weight"));
+                Planned {
+                    component: "vae",
+                    release: Box::new(move || {
+                        for suffix in ["", ".weight", ".weight_g", ".weight_v", ".bias", ".alpha", ".beta"] {
+                            ckpt.release(&format!("{base}{suffix}"));
+                        }
+                    }),
+                    fetch: Box::new(move || vae::original_tensor(ckpt, &spec)),
+                    entry,
+                }
+            }
+            _ => {
+                let (clip_file, (_, clip_ckpt)) =
+                    (clip_file.as_ref().expect("opened with the CLIP checkpoint"), clip.as_ref().expect("listed"));
+                let key = entry.name[CLIP_KEYS.len()..].to_string();
+                if clip_ckpt.shape(&key).is_none() {
+                    return Err(Error::MissingTensor { key, file: clip_ckpt.describe() });
+                }
+                let shape = entry.shape.clone();
+                Planned {
+                    component: "clip",
+                    fetch: Box::new(move || clip_ckpt.tensor(&key, &shape)),
+                    // A tower tensor may come from several source tensors (q, k, v): drop them all.
+                    release: Box::new(move || clip_file.release_all()),
+                    entry,
+                }
+            }
+        };
+        plan.push(planned);
     }
     // Check every source tensor exists with the right shape before writing anything big.
     for p in &plan {
@@ -211,31 +336,7 @@ pub fn convert(
         ("config".to_string(), config_json.to_string()),
         ("components".to_string(), "dit,vae".to_string()),
     ]);
-
-    if let Some((clip_cfg, clip_ckpt)) = &clip {
-        if clip_cfg.output_dim != config.dit.cond_token_dim {
-            return Err(Error::InvalidInput(format!(
-                "{}: the CLIP image tower projects to {} dims, but the DiT reads {}-dim video tokens \
-                 (model.diffusion.config.cond_token_dim)",
-                clip_ckpt.describe(),
-                clip_cfg.output_dim,
-                config.dit.cond_token_dim
-            )));
-        }
-        let clip_file = clip_file.as_ref().expect("opened with the CLIP checkpoint");
-        for (key, shape) in clip_tensor_list(clip_cfg) {
-            let name = format!("{CLIP_KEYS}{key}");
-            if clip_ckpt.shape(&key).is_none() {
-                return Err(Error::MissingTensor { key, file: clip_ckpt.describe() });
-            }
-            plan.push(Planned {
-                entry: TensorEntry { dtype: engine_dtype(&name, &shape), name, shape: shape.clone() },
-                component: "clip",
-                fetch: Box::new(move || clip_ckpt.tensor(&key, &shape)),
-                // A tower tensor may come from several source tensors (q, k, v): drop them all.
-                release: Box::new(move || clip_file.release_all()),
-            });
-        }
+    if let Some((clip_cfg, _)) = &clip {
         metadata.insert("components".into(), "dit,vae,clip".into());
         metadata.insert("clip_config".into(), clip_config_json(clip_cfg));
     }
@@ -290,15 +391,10 @@ fn check_available(ckpt: &SafetensorsFile, p: &Planned) -> Result<()> {
 /// noise, for demos and tests without a checkpoint.
 pub fn write_random_engine(out: &Path, config: &LovaConfig, config_json: &str, clip: &ClipVisionConfig) -> Result<()> {
     let random = crate::weights::RandomWeights { seed: 1 };
-    let mut list: Vec<(String, Vec<usize>)> = Vec::new();
-    list.extend(dit::tensor_list(&config.dit).into_iter().map(|(k, s)| (format!("{DIT_KEYS}{k}"), s)));
-    list.extend(
-        vae::tensor_specs(&config.vae_decoder).iter().map(|v| (format!("{VAE_KEYS}{}", v.key), v.engine_shape())),
-    );
-    list.extend(clip_tensor_list(clip).into_iter().map(|(k, s)| (format!("{CLIP_KEYS}{k}"), s)));
+    let list = engine_tensors(config, Some(clip));
     let entries = list
         .iter()
-        .map(|(name, shape)| TensorEntry { dtype: engine_dtype(name, shape), name: name.clone(), shape: shape.clone() })
+        .map(|t| TensorEntry { dtype: engine_dtype(&t.name, &t.shape), name: t.name.clone(), shape: t.shape.clone() })
         .collect();
     let metadata = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -308,8 +404,8 @@ pub fn write_random_engine(out: &Path, config: &LovaConfig, config_json: &str, c
         ("clip_config".to_string(), clip_config_json(clip)),
     ]);
     let mut writer = StreamingWriter::create(out, entries, &metadata)?;
-    for (name, shape) in &list {
-        writer.write(name, &random.tensor(name, shape)?)?;
+    for t in &list {
+        writer.write(&t.name, &random.tensor(&t.name, &t.shape)?)?;
     }
     writer.finish()
 }

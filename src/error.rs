@@ -50,6 +50,14 @@ pub enum Error {
     #[error("the {backend} backend does not implement op `{op}`")]
     UnsupportedOp { backend: &'static str, op: &'static str },
 
+    /// The request was cancelled (its `CancelToken`) before it finished.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// A request sampled in one batch with others shares the batch's failure.
+    #[error("the sampler batch this request was part of failed: {0}")]
+    Batch(String),
+
     #[error("{path}: {reason}")]
     Video { path: PathBuf, reason: String },
 

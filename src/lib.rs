@@ -14,9 +14,13 @@ pub mod graph;
 pub mod kernels;
 pub mod models;
 pub mod partial_file;
+pub mod pipeline;
 pub mod sampler;
 pub mod tensor;
 pub mod video;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use pipeline::{
+    CancelToken, Device, Event, Input, Output, Pipeline, PipelineOptions, Progress, Request, Stage, VaeWindows,
+};

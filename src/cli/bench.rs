@@ -12,7 +12,7 @@ use clap::Args;
 
 use lova_fast::backend::Backend;
 use lova_fast::config::{LovaConfig, RELEASED_CONFIG_JSON};
-use lova_fast::engine::{Model, WeightSource};
+use lova_fast::engine::{ModelFile, WeightSource};
 use lova_fast::models::ClipVisionConfig;
 use lova_fast::models::Dit;
 use lova_fast::models::clip::CLIP_VIT_L14;
@@ -145,7 +145,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;
     }
     let device = args.device;
-    with_device(device, BenchJob { args, config })
+    with_device(device, false, BenchJob { args, config })
 }
 
 struct BenchJob {
@@ -160,9 +160,10 @@ impl WithBackend for BenchJob {
         let loaded = Instant::now();
         let (config, dit, weights) = match &args.weights {
             Some(path) => {
-                let model = Model::load(&backend, &WeightSource::Engine(path), false)
+                let file = ModelFile::open(&WeightSource::Engine(path))
                     .with_context(|| format!("loading {}", path.display()))?;
-                (model.config, model.dit, path.display().to_string())
+                let dit = file.load_dit(&backend).with_context(|| format!("loading {}", path.display()))?;
+                (file.config().clone(), dit, path.display().to_string())
             }
             None => {
                 let random = RandomWeights { seed: 1 };

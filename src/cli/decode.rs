@@ -66,7 +66,7 @@ pub fn run(args: DecodeArgs) -> Result<()> {
     };
 
     let device = args.device;
-    with_device(device, DecodeJob { args, config, latents, seconds })
+    with_device(device, false, DecodeJob { args, config, latents, seconds })
 }
 
 struct DecodeJob {

@@ -1,32 +1,29 @@
 //! `lova-fast infer`: video (or CLIP features) -> CLIP -> sampler -> VAE -> WAV,
 //! optionally muxed back into the video.
 //!
-//! Inputs run in groups of `--batch` (1 by default), each input through three
-//! stages: `prepare_input` (decode + CLIP, or read the features; its sampler
-//! request), `sample_group` (one sampler run for the whole group, its requests
-//! packed into one batch), `finish_clip` (VAE, WAV, mux, latents, summary).
+//! This file only turns arguments into `Request`s for the library's
+//! `Pipeline`, writes what comes back and prints reports. Inputs run in
+//! groups of `--batch` (1 by default): one `generate_many` call per group,
+//! whose requests are sampled together in one packed batch. An input that
+//! fails gets its error; the others still get their outputs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use lova_fast::audio::{SampleFormat, samples_for_seconds, trim_and_normalise, write_wav};
-use lova_fast::backend::Backend;
-use lova_fast::config::LovaConfig;
-use lova_fast::error::ensure_finite;
-use lova_fast::models::clip::{CLIP_BATCH, ClipVision, open_clip};
-use lova_fast::models::vae::{planned_arena_bytes, receptive_field};
-use lova_fast::models::{Dit, VaeDecoder};
-use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
-use lova_fast::tensor::HostTensor;
-use lova_fast::video::{VIDEO_EXTENSIONS, VideoReader, ffmpeg, image_files, preprocess_batch};
-use lova_fast::weights::{SafetensorsFile, read_single_tensor, write_tensors_atomically};
+use lova_fast::audio::SampleFormat;
+use lova_fast::pipeline::{
+    Event, Input as Source, Output, Pipeline, PipelineOptions, Progress, Request, RequestPlan, Stage,
+};
+use lova_fast::sampler::SamplerSettings;
+use lova_fast::video::{VIDEO_EXTENSIONS, ffmpeg, image_files};
+use lova_fast::weights::{read_single_tensor, write_tensors_atomically};
 
-use super::{Device, VaeWindowArgs, WeightArgs, WithBackend, check_output_path, set_threads, with_device};
+use super::{Device, VaeWindowArgs, WeightArgs, check_output_path, set_threads};
 
 #[derive(Args)]
 pub struct InferArgs {
@@ -211,14 +208,11 @@ impl Outputs {
     }
 }
 
-/// An input checked and measured, ready to run: frames and length known.
+/// An input checked and measured, ready to run.
 struct Planned {
     input: Input,
-    reader: Option<VideoReader>,
-    features: Option<HostTensor>,
-    frames: usize,
-    seconds: f64,
-    latent_len: usize,
+    request: Request,
+    plan: RequestPlan,
     outputs: Outputs,
 }
 
@@ -279,6 +273,13 @@ struct GroupReport {
     sampling_arena_bytes: usize,
 }
 
+/// An input that failed, and why.
+#[derive(serde::Serialize)]
+struct Failure {
+    input: String,
+    error: String,
+}
+
 pub fn run(args: InferArgs) -> Result<()> {
     let inputs = resolve_inputs(&args.inputs)?;
     if inputs.len() > 1 {
@@ -324,151 +325,174 @@ pub fn run(args: InferArgs) -> Result<()> {
     if any_video || args.mux.is_some() {
         ffmpeg::check_tools()?;
     }
+    let initial_noise = match &args.init_noise {
+        Some(path) => Some(
+            read_single_tensor(path, "noise", None)
+                .with_context(|| format!("reading initial noise from {}", path.display()))?,
+        ),
+        None => None,
+    };
 
     let started = Instant::now();
     let config = args.weights.config()?;
     // Check every input (and every output path) before loading anything heavy.
+    let single = inputs.len() == 1;
+    let mut failures = Vec::new();
     let mut planned = Vec::with_capacity(inputs.len());
     for input in inputs {
-        planned.push(plan(&args, &config, input)?);
+        let name = input.path().display().to_string();
+        match plan(&args, &config, &settings, initial_noise.clone(), input) {
+            Ok(p) => planned.push(p),
+            Err(e) if single => return Err(e),
+            Err(e) => failures.push(report_failure(&args, name, e)),
+        }
+    }
+    if planned.is_empty() {
+        return finish_run(&args, failures, 0);
     }
 
-    let device = args.device;
-    with_device(device, InferJob { args, config, settings, planned, started })
-}
+    let options = PipelineOptions {
+        device: args.device.into(),
+        clip: planned.iter().any(|p| p.request.input.needs_clip()),
+        clip_file: args.clip.clone(),
+        vae: !args.no_audio,
+        vae_windows: args.vae_windows.windows(),
+    };
+    let source = args.weights.source()?;
+    let mut pipeline = Pipeline::open(&source, &options).map_err(|e| {
+        let context = match (&e, args.device) {
+            (lova_fast::Error::Cuda(_), Device::Cuda) => "--device cuda".to_string(),
+            _ => format!("loading the model from {}", args.weights.describe()),
+        };
+        anyhow::Error::from(e).context(context)
+    })?;
+    if let (Some(note), false) = (pipeline.device_note(), args.quiet) {
+        eprintln!("note: {note}");
+    }
+    let load_s = started.elapsed().as_secs_f64();
 
-/// Checked inputs, run on the backend `--device` picked.
-struct InferJob {
-    args: InferArgs,
-    config: LovaConfig,
-    settings: SamplerSettings,
-    planned: Vec<Planned>,
-    started: Instant,
-}
-
-impl WithBackend for InferJob {
-    fn run<B: Backend>(self, backend: B) -> Result<()> {
-        let InferJob { args, config, settings, planned, started } = self;
-        // CLIP, the DiT with the sampler, and the VAE all run on `backend`: a clip
-        // goes from frames to waveform on one device.
-        let model = args.weights.load(&backend, false)?;
-        let vae = if args.no_audio { None } else { Some(args.weights.load_vae(&backend)?) };
-        let needs_clip = planned.iter().any(|p| p.reader.is_some());
-        let clip = if needs_clip { Some(load_clip(&args, &backend, &config)?) } else { None };
-        let load_s = started.elapsed().as_secs_f64();
-
-        let bars = MultiProgress::with_draw_target(if args.quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        });
-        let networks = Networks { backend: &backend, dit: &model.dit, vae: vae.as_ref(), clip: clip.as_ref() };
-        let stages = Stages { args: &args, config: &config, nets: &networks, settings: &settings, bars: &bars };
-        let (mut reports, mut groups) = (Vec::new(), Vec::new());
-        let mut queue = planned.into_iter();
-        while queue.len() > 0 {
-            // An input that fails before sampling stops the run, as it does one
-            // input at a time: the inputs before it still get their outputs.
-            let (group, failure) = stages.prepare_group(queue.by_ref().take(args.batch));
-            if !group.clips.is_empty() {
-                let sampled = stages.sample_group(&group)?;
-                if !args.quiet && group.clips.len() > 1 {
-                    print_group(&sampled.report, settings.steps);
-                }
-                for (clip, latents) in group.clips.into_iter().zip(sampled.latents) {
-                    let report = stages.finish_clip(clip, latents, &sampled.report, groups.len())?;
+    let bars = MultiProgress::with_draw_target(if args.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let (mut reports, mut groups) = (Vec::new(), Vec::new());
+    let mut queue = planned.into_iter();
+    while queue.len() > 0 {
+        let group: Vec<Planned> = queue.by_ref().take(args.batch).collect();
+        let requests = group.iter().map(|p| p.request.clone()).collect();
+        let mut progress = Bars::new(&bars);
+        let results = pipeline.generate_many(requests, &mut progress);
+        progress.clear();
+        let sampled: Vec<&Output> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let group_index = groups.len();
+        if let Some(first) = sampled.first() {
+            let s = &first.sampling;
+            let report = GroupReport {
+                inputs: group
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(p, _)| p.input.path().display().to_string())
+                    .collect(),
+                latent_frames: s.latent_frames,
+                sampling_s: s.sampling_s,
+                step_flops: s.step_flops,
+                sampling_tflops: s.sampling_tflops,
+                sampling_arena_bytes: s.sampling_arena_bytes,
+            };
+            if !args.quiet && group.len() > 1 {
+                print_group(&report, settings.steps);
+            }
+            groups.push(report);
+        }
+        for (p, result) in group.into_iter().zip(results) {
+            let name = p.input.path().display().to_string();
+            let written =
+                result.map_err(anyhow::Error::from).and_then(|output| write_outputs(&args, p, output, group_index));
+            match written {
+                Ok(report) => {
                     if !args.quiet {
-                        print_report(&report, sampled.report.inputs.len(), &backend);
+                        print_report(&report, groups.get(group_index).map_or(1, |g| g.inputs.len()), &pipeline);
                     }
                     reports.push(report);
                 }
-                groups.push(sampled.report);
-            }
-            if let Some(e) = failure {
-                return Err(e);
+                Err(e) if single => return Err(e.context(name)),
+                Err(e) => failures.push(report_failure(&args, name, e)),
             }
         }
-        if !args.quiet {
-            eprintln!("load {load_s:.2} s, total {:.2} s", started.elapsed().as_secs_f64());
-        }
-        if args.json {
-            let summary = serde_json::json!({
-                "load_s": load_s,
-                "total_s": started.elapsed().as_secs_f64(),
-                "batch": args.batch,
-                "sampling_groups": groups,
-                "inputs": reports,
-            });
-            println!("{}", serde_json::to_string_pretty(&summary)?);
-        }
-        Ok(())
     }
-}
-
-/// The loaded networks and where each runs.
-struct Networks<'a, B: Backend> {
-    backend: &'a B,
-    dit: &'a Dit<B>,
-    vae: Option<&'a VaeDecoder<B>>,
-    clip: Option<&'a ClipVision<B>>,
-}
-
-fn load_clip<B: Backend>(args: &InferArgs, backend: &B, config: &LovaConfig) -> Result<ClipVision<B>> {
-    let clip = match (&args.clip, &args.weights.weights) {
-        (Some(path), _) => {
-            let file = SafetensorsFile::open(path)?;
-            let (cfg, ckpt) = open_clip(&file)?;
-            ClipVision::load(backend, &ckpt, "", &cfg)
-                .with_context(|| format!("loading CLIP from {}", path.display()))?
-        }
-        (None, Some(engine)) => {
-            let file = SafetensorsFile::open(engine)?;
-            lova_fast::engine::load_clip(backend, &file)?.with_context(|| {
-                format!(
-                    "{} has no CLIP image tower, which video input needs: convert it again with \
-                     `lova-fast convert --clip CLIP.safetensors`, or pass --clip",
-                    engine.display()
-                )
-            })?
-        }
-        (None, None) => bail!("video input needs the CLIP image tower: pass --clip CLIP.safetensors with --checkpoint"),
-    };
-    if clip.config.output_dim != config.dit.cond_token_dim {
-        bail!(
-            "the CLIP image tower projects to {} dims, but the DiT reads {}-dim video tokens",
-            clip.config.output_dim,
-            config.dit.cond_token_dim
-        );
+    if !args.quiet {
+        eprintln!("load {load_s:.2} s, total {:.2} s", started.elapsed().as_secs_f64());
     }
-    Ok(clip)
+    if args.json {
+        let summary = serde_json::json!({
+            "device": pipeline.device_name(),
+            "device_note": pipeline.device_note(),
+            "load_s": load_s,
+            "total_s": started.elapsed().as_secs_f64(),
+            "batch": args.batch,
+            "sampling_groups": groups,
+            "inputs": reports,
+            "failed": failures,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    let done = reports.len();
+    finish_run(&args, failures, done)
 }
 
-fn plan(args: &InferArgs, config: &LovaConfig, input: Input) -> Result<Planned> {
+/// Prints an input's error as it happens (the run goes on with the others).
+fn report_failure(args: &InferArgs, input: String, error: anyhow::Error) -> Failure {
+    let error = format!("{error:#}");
+    if !args.json || !args.quiet {
+        eprintln!("error: {input}: {error}");
+    }
+    Failure { input, error }
+}
+
+/// The run's end: an error (exit 1) when any input failed.
+fn finish_run(args: &InferArgs, failures: Vec<Failure>, done: usize) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    if args.json && done == 0 {
+        let summary = serde_json::json!({ "inputs": [], "failed": failures });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Err(anyhow!("{} of {} inputs failed (see above); the others were written", failures.len(), failures.len() + done))
+}
+
+/// Checks one input and its output paths, and makes its request.
+fn plan(
+    args: &InferArgs,
+    config: &lova_fast::config::LovaConfig,
+    settings: &SamplerSettings,
+    initial_noise: Option<lova_fast::tensor::HostTensor>,
+    input: Input,
+) -> Result<Planned> {
     let path = input.path().to_path_buf();
-    let sample_fps = args.sample_fps.unwrap_or(config.fps);
-    let (reader, features) = match &input {
-        Input::Features(p) => {
-            let features = read_single_tensor(p, "features", Some(config.dit.cond_token_dim))
-                .with_context(|| format!("reading video features from {}", p.display()))?;
-            ensure_finite(&format!("features in {}", p.display()), &features.data)?;
-            (None, Some(features))
-        }
-        Input::Video(p) => (Some(VideoReader::open_video(p, sample_fps)?), None),
+    let source = match &input {
+        Input::Features(p) => Source::FeaturesFile(p.clone()),
+        Input::Video(p) => Source::Video(p.clone()),
         Input::Images(p) => {
             let Some(fps) = args.fps else {
                 bail!("{} is a folder of images: give its frame rate with --fps", p.display());
             };
-            (Some(VideoReader::open_images(p, fps, sample_fps)?), None)
+            Source::ImageFolder { dir: p.clone(), fps }
         }
     };
-    let (frames, duration) = match (&reader, &features) {
-        (Some(r), _) => (r.frames(), r.duration),
-        (None, Some(f)) => (f.shape[0], f.shape[0] as f64 / sample_fps),
-        (None, None) => unreachable!("every input has frames or features"),
+    let request = Request {
+        input: source,
+        seed: args.seed,
+        sampler: settings.clone(),
+        cfg_scale: args.cfg,
+        seconds: args.seconds,
+        sample_fps: args.sample_fps,
+        initial_noise,
+        cancel: None,
     };
-    let seconds = args.seconds.unwrap_or(duration);
-    let latent_len = config.latent_len_for_seconds(seconds);
-    config.check_lengths(latent_len, frames).with_context(|| format!("{}", path.display()))?;
+    let plan = request.plan(config).with_context(|| format!("{}", path.display()))?;
     let mux = match &args.mux {
         None => None,
         Some(_) if !matches!(input, Input::Video(_)) => {
@@ -489,292 +513,105 @@ fn plan(args: &InferArgs, config: &LovaConfig, input: Input) -> Result<Planned> 
             bail!("the output {} would overwrite the input", out.display());
         }
     }
-    Ok(Planned { input, reader, features, frames, seconds, latent_len, outputs })
+    Ok(Planned { input, request, plan, outputs })
 }
 
-fn bar(bars: &MultiProgress, len: usize, template: &str) -> ProgressBar {
-    bars.add(ProgressBar::new(len as u64))
-        .with_style(ProgressStyle::with_template(template).expect("valid progress template"))
+/// Writes one input's files (features, latents, WAV, muxed video) and makes its report.
+fn write_outputs(args: &InferArgs, p: Planned, output: Output, group_index: usize) -> Result<Report> {
+    let started = Instant::now();
+    if let Some(path) = &p.outputs.features {
+        write_tensors_atomically(path, &[("features", &output.features)], None)?;
+    }
+    if let Some(path) = &p.outputs.latents {
+        let metadata: HashMap<String, String> = [
+            ("seed", output.seed.to_string()),
+            ("steps", output.steps.to_string()),
+            ("cfg", args.cfg.to_string()),
+            ("eta", args.eta.to_string()),
+            ("seconds", output.seconds.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        write_tensors_atomically(path, &[("latents", &output.latents)], Some(metadata))?;
+    }
+    if let Some(path) = &p.outputs.wav {
+        let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
+        output.write_wav(path, format)?;
+        if let Some(mux) = &p.outputs.mux {
+            lova_fast::video::mux::mux_audio(p.input.path(), path, mux)?;
+        }
+    }
+    let t = &output.timings;
+    Ok(Report {
+        input: p.input.path().display().to_string(),
+        outputs: p.outputs.all().map(|o| o.display().to_string()).collect(),
+        frames: output.frames,
+        seconds: output.seconds,
+        audio_samples: output.audio.as_ref().map_or(0, |a| a.shape[1]),
+        latent_frames: p.plan.latent_len,
+        seed: output.seed,
+        steps: output.steps,
+        sampling_group: group_index,
+        timings: Timings {
+            decode_s: t.decode_s,
+            clip_s: t.clip_s,
+            sampling_s: t.sampling_s,
+            vae_s: t.vae_s,
+            write_s: started.elapsed().as_secs_f64(),
+            vae_arena_bytes: t.vae_arena_bytes,
+            step_flops: output.sampling.step_flops,
+            sampling_tflops: output.sampling.sampling_tflops,
+        },
+    })
 }
 
-/// What the stages of an input need: the options, the networks and the progress bars.
-struct Stages<'a, B: Backend> {
-    args: &'a InferArgs,
-    config: &'a LovaConfig,
-    nets: &'a Networks<'a, B>,
-    settings: &'a SamplerSettings,
+/// Progress bars on stderr, one per stage in flight (one sampling bar per batch).
+struct Bars<'a> {
     bars: &'a MultiProgress,
+    open: HashMap<(Option<usize>, Stage), ProgressBar>,
 }
 
-/// One input between its preparation and its outputs: what its results need
-/// besides the latents.
-struct Clip {
-    input: Input,
-    outputs: Outputs,
-    frames: usize,
-    seconds: f64,
-    latent_len: usize,
-    seed: u64,
-    timings: Timings,
-}
-
-/// Inputs prepared to be sampled together: `requests[i]` is `clips[i]`'s.
-#[derive(Default)]
-struct Group {
-    requests: Vec<Request>,
-    clips: Vec<Clip>,
-}
-
-/// A group's latents (one per request, in order) and its sampler run.
-struct SampledGroup {
-    latents: Vec<HostTensor>,
-    report: GroupReport,
-}
-
-impl<B: Backend> Stages<'_, B> {
-    /// Prepares `planned` in order until one fails: the group of those before it,
-    /// and the error.
-    fn prepare_group(&self, planned: impl Iterator<Item = Planned>) -> (Group, Option<anyhow::Error>) {
-        let mut group = Group::default();
-        for p in planned {
-            match self.prepare_input(p) {
-                Ok((request, clip)) => {
-                    group.requests.push(request);
-                    group.clips.push(clip);
-                }
-                Err(e) => return (group, Some(e)),
-            }
-        }
-        (group, None)
+impl<'a> Bars<'a> {
+    fn new(bars: &'a MultiProgress) -> Self {
+        Bars { bars, open: HashMap::new() }
     }
 
-    /// Decodes and CLIP-encodes a video (or takes a features file's features), and
-    /// makes its sampler request: the length, the CFG scale, the seed (`--seed`, the
-    /// same for every input, or a random one per input) or `--init-noise`.
-    fn prepare_input(&self, p: Planned) -> Result<(Request, Clip)> {
-        let (args, config) = (self.args, self.config);
-        let mut timings = Timings::default();
-        let features = match (p.features, p.reader) {
-            (Some(f), _) => f,
-            (None, Some(mut reader)) => {
-                let clip = self.nets.clip.expect("loaded for video input");
-                let (decode, clip_time, f) = encode_video(&mut reader, clip, self.nets.backend, self.bars)?;
-                timings.decode_s = decode.as_secs_f64();
-                timings.clip_s = clip_time.as_secs_f64();
-                f
-            }
-            (None, None) => unreachable!("every input has frames or features"),
-        };
-        if let Some(path) = &p.outputs.features {
-            write_tensors_atomically(path, &[("features", &features)], None)?;
+    fn clear(&mut self) {
+        for (_, bar) in self.open.drain() {
+            bar.finish_and_clear();
         }
-        let initial = match &args.init_noise {
-            Some(path) => {
-                let noise = read_single_tensor(path, "noise", None)
-                    .with_context(|| format!("reading initial noise from {}", path.display()))?;
-                if noise.shape != [config.dit.io_channels, p.latent_len] {
-                    bail!(
-                        "{}: tensor `noise` has shape {:?}, expected [{}, {}] for a {:.3} s clip",
-                        path.display(),
-                        noise.shape,
-                        config.dit.io_channels,
-                        p.latent_len,
-                        p.seconds
-                    );
-                }
-                Some(noise)
-            }
-            None => None,
-        };
-        let seed = args.seed.unwrap_or_else(random_seed);
-        let request = Request {
-            features,
-            latent_len: p.latent_len,
-            cfg_scale: args.cfg,
-            noise: RequestNoise { seed, initial, steps: None },
-        };
-        let clip = Clip {
-            input: p.input,
-            outputs: p.outputs,
-            frames: p.frames,
-            seconds: p.seconds,
-            latent_len: p.latent_len,
-            seed,
-            timings,
-        };
-        Ok((request, clip))
     }
+}
 
-    /// Samples a group's requests together in one sampler run (one progress bar).
-    fn sample_group(&self, group: &Group) -> Result<SampledGroup> {
-        let requests = &group.requests;
-        let steps = self.settings.steps;
-        let started = Instant::now();
-        let mut sampling = Sampling::new(self.nets.backend, self.nets.dit, requests, self.settings)?;
-        let sampling_bar =
-            bar(self.bars, steps, "sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}");
-        if requests.len() > 1 {
-            sampling_bar.set_message(format!("({} inputs together)", requests.len()));
+impl Progress for Bars<'_> {
+    fn event(&mut self, e: &Event) {
+        // The batch's requests step together: one sampling bar for all of them.
+        let key = (if e.stage == Stage::Sampling { None } else { Some(e.request) }, e.stage);
+        if e.done >= e.total {
+            if let Some(bar) = self.open.remove(&key) {
+                bar.finish_and_clear();
+            }
+            return;
         }
-        while sampling.step()? {
-            sampling_bar.set_position(sampling.steps_done() as u64);
-        }
-        sampling_bar.finish_and_clear();
-        let latents = sampling.latents()?;
-        let sampling_s = started.elapsed().as_secs_f64();
-        let (step_flops, sampling_arena_bytes) = (sampling.step_flops(), sampling.arena_bytes());
-        // Free the sampler's arena before the VAE plans its own (device memory).
-        drop(sampling);
-        let report = GroupReport {
-            inputs: group.clips.iter().map(|c| c.input.path().display().to_string()).collect(),
-            latent_frames: requests.iter().map(|r| r.latent_len).sum(),
-            sampling_s,
-            step_flops,
-            sampling_tflops: tflops_per_s(step_flops as f64 * steps as f64, sampling_s),
-            sampling_arena_bytes,
-        };
-        Ok(SampledGroup { latents, report })
-    }
-
-    /// Writes a clip's latents, decodes its audio with the VAE, writes the WAV
-    /// (and muxes it); `group` is the sampler run that made `latents`.
-    fn finish_clip(&self, clip: Clip, latents: HostTensor, group: &GroupReport, group_index: usize) -> Result<Report> {
-        let (args, config, nets, settings) = (self.args, self.config, self.nets, self.settings);
-        let Clip { input, outputs, frames, seconds, latent_len, seed, timings: mut t } = clip;
-        t.sampling_s = group.sampling_s;
-        t.step_flops = group.step_flops;
-        t.sampling_tflops = group.sampling_tflops;
-        let mut write = Duration::ZERO;
-        if let Some(path) = &outputs.latents {
-            let w = Instant::now();
-            let metadata: HashMap<String, String> = [
-                ("seed", seed.to_string()),
-                ("steps", settings.steps.to_string()),
-                ("cfg", args.cfg.to_string()),
-                ("eta", settings.eta.to_string()),
-                ("seconds", seconds.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            write_tensors_atomically(path, &[("latents", &latents)], Some(metadata))?;
-            write += w.elapsed();
-        }
-        let samples = samples_for_seconds(seconds, config.sample_rate);
-        if let (Some(path), Some(vae)) = (&outputs.wav, nets.vae) {
-            let chunk = args.vae_windows.chunk_frames(config, latent_len)?;
-            let window = chunk.map_or(latent_len, |c| c + 2 * receptive_field(&vae.config));
-            t.vae_arena_bytes = planned_arena_bytes(&vae.config, &[window.min(latent_len)])?;
-            let vae_started = Instant::now();
-            let spinner = self.bars.add(ProgressBar::new_spinner().with_message("decoding audio with the VAE"));
-            spinner.enable_steady_tick(Duration::from_millis(200));
-            let audio = match chunk {
-                Some(chunk) => vae.decode_chunked(nets.backend, &latents, chunk)?,
-                None => vae.decode(nets.backend, std::slice::from_ref(&latents))?.remove(0),
+        let bar = self.open.entry(key).or_insert_with(|| {
+            let template = match e.stage {
+                Stage::Decode => "decoding {bar:40} {pos}/{len} frames [{elapsed_precise}]",
+                Stage::Clip => "CLIP     {bar:40} {pos}/{len} frames [{elapsed_precise} < {eta_precise}]",
+                Stage::Sampling => "sampling {bar:40} {pos}/{len} steps [{elapsed_precise} < {eta_precise}]",
+                Stage::Vae => "VAE      {bar:40} {pos}/{len} windows [{elapsed_precise}]",
             };
-            spinner.finish_and_clear();
-            t.vae_s = vae_started.elapsed().as_secs_f64();
-            let w = Instant::now();
-            let audio = trim_and_normalise(&audio, samples);
-            let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
-            write_wav(path, &audio, config.sample_rate, format)?;
-            if let Some(mux) = &outputs.mux {
-                lova_fast::video::mux::mux_audio(input.path(), path, mux)?;
-            }
-            write += w.elapsed();
-        }
-        t.write_s = write.as_secs_f64();
-        Ok(Report {
-            input: input.path().display().to_string(),
-            outputs: outputs.all().map(|o| o.display().to_string()).collect(),
-            frames,
-            seconds,
-            audio_samples: if outputs.wav.is_some() { samples } else { 0 },
-            latent_frames: latent_len,
-            seed,
-            steps: settings.steps,
-            sampling_group: group_index,
-            timings: t,
-        })
-    }
-}
-
-/// Decodes, preprocesses and encodes a video's frames in batches of up to
-/// `CLIP_BATCH`, with one CLIP graph planned for the whole video. Frame decoding
-/// and CLIP preprocessing (resize, crop, normalise, on the CPU) run on a thread
-/// one batch ahead, overlapped with the CLIP run of the previous batch on the
-/// backend. Returns the decoding (+ preprocessing) time on that thread, the CLIP
-/// time (waiting for a batch excluded) and the features `[N, out]`.
-fn encode_video<B: Backend>(
-    reader: &mut VideoReader,
-    clip: &ClipVision<B>,
-    backend: &B,
-    bars: &MultiProgress,
-) -> Result<(Duration, Duration, HostTensor)> {
-    let n = reader.frames();
-    let size = clip.config.image_size;
-    let batch = n.clamp(1, CLIP_BATCH);
-    let decode_bar = bar(bars, n, "decoding {bar:40} {pos}/{len} frames [{elapsed_precise}]");
-    let clip_bar = bar(bars, n, "CLIP     {bar:40} {pos}/{len} frames [{elapsed_precise} < {eta_precise}]");
-    let mut clip_time = Duration::ZERO;
-    let mut features = Vec::with_capacity(n * clip.config.output_dim);
-    let mut encoder = clip.encoder(backend, batch)?;
-    // One batch in the channel and one being prepared: the decoder runs one batch ahead.
-    let (send, receive) = std::sync::mpsc::sync_channel::<(usize, Vec<f32>)>(1);
-    let decode = std::thread::scope(|scope| -> Result<Duration> {
-        let producer = scope.spawn(|| -> Result<Duration> {
-            let mut decode = Duration::ZERO;
-            let mut chunk = Vec::with_capacity(batch);
-            loop {
-                let started = Instant::now();
-                let frame = reader.next_frame()?;
-                let done = frame.is_none();
-                chunk.extend(frame);
-                decode_bar.set_position(decode_bar.position() + u64::from(!done));
-                let full = chunk.len() == batch || (done && !chunk.is_empty());
-                let pixels = full.then(|| preprocess_batch(size, &chunk));
-                decode += started.elapsed();
-                if let Some(pixels) = pixels {
-                    if send.send((chunk.len(), pixels)).is_err() {
-                        break; // the consumer stopped on an error, which it reports
-                    }
-                    chunk.clear();
-                }
-                if done {
-                    break;
-                }
-            }
-            drop(send);
-            Ok(decode)
+            self.bars
+                .add(ProgressBar::new(e.total as u64))
+                .with_style(ProgressStyle::with_template(template).expect("valid progress template"))
         });
-        let mut encoded = Ok(());
-        for (count, pixels) in receive.iter() {
-            let clip_started = Instant::now();
-            match encoder.encode(&pixels) {
-                Ok(f) => features.extend(f),
-                Err(e) => {
-                    encoded = Err(e);
-                    break;
-                }
-            }
-            clip_time += clip_started.elapsed();
-            clip_bar.inc(count as u64);
-        }
-        // Dropping the receiver unblocks the decoder if CLIP stopped early.
-        drop(receive);
-        let decode = producer.join().map_err(|_| anyhow::anyhow!("the frame decoding thread panicked"))?;
-        encoded?;
-        decode
-    })?;
-    decode_bar.finish_and_clear();
-    clip_bar.finish_and_clear();
-    let out = clip.config.output_dim;
-    Ok((decode, clip_time, HostTensor::new(vec![features.len() / out, out], features)))
+        bar.set_position(e.done as u64);
+    }
 }
 
 /// A clip's summary; `group_size`: the inputs its sampler run made (their
 /// shared sampling time and rate are printed once, by `print_group`, when several).
-fn print_report<B: Backend>(r: &Report, group_size: usize, backend: &B) {
+fn print_report(r: &Report, group_size: usize, pipeline: &Pipeline) {
     let t = &r.timings;
     eprintln!(
         "{}: {} frames -> {} latent frames -> {:.2} s of audio ({} samples), seed {}, on {}",
@@ -784,7 +621,7 @@ fn print_report<B: Backend>(r: &Report, group_size: usize, backend: &B) {
         r.seconds,
         r.audio_samples,
         r.seed,
-        backend.name()
+        pipeline.device_name()
     );
     let shared = if group_size > 1 { format!(" (shared by the batch of {group_size})") } else { String::new() };
     eprintln!(
@@ -823,16 +660,4 @@ fn print_sampling_rate(steps: usize, step_flops: u64, sampling_s: f64, tflops: f
         step_flops as f64 * 1e-9,
         sampling_s * 1e3 / steps.max(1) as f64,
     );
-}
-
-fn random_seed() -> u64 {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    // Keep seeds short enough to retype.
-    (nanos ^ (std::process::id() as u64).rotate_left(32)) % 1_000_000_000
-}
-
-/// `flop` done in `seconds`, in TFLOP/s (0 when nothing was timed).
-fn tflops_per_s(flop: f64, seconds: f64) -> f64 {
-    if seconds > 0.0 { flop / seconds * 1e-12 } else { 0.0 }
 }

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
-use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
+use lova_fast::backend::Backend;
 use lova_fast::config::LovaConfig;
-use lova_fast::engine::{Model, WeightSource};
+use lova_fast::engine::{ModelFile, WeightSource};
 use lova_fast::models::VaeDecoder;
+use lova_fast::pipeline::{AnyBackend, VaeWindows};
 
 /// Where the model comes from: an engine file, or the original checkpoint.
 #[derive(Args, Clone)]
@@ -46,17 +47,13 @@ impl WeightArgs {
         })
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         self.weights.as_ref().or(self.checkpoint.as_ref()).map(|p| p.display().to_string()).unwrap_or_default()
     }
 
-    pub fn load<B: Backend>(&self, backend: &B, with_vae: bool) -> Result<Model<B>> {
-        Model::load(backend, &self.source()?, with_vae)
-            .with_context(|| format!("loading the model from {}", self.describe()))
-    }
-
     pub fn load_vae<B: Backend>(&self, backend: &B) -> Result<VaeDecoder<B>> {
-        lova_fast::engine::load_vae(backend, &self.source()?)
+        ModelFile::open(&self.source()?)
+            .and_then(|file| file.load_vae(backend))
             .with_context(|| format!("loading the VAE decoder from {}", self.describe()))
     }
 
@@ -106,14 +103,18 @@ impl VaeWindowArgs {
         Ok(())
     }
 
-    /// Latent frames per VAE window for a clip of `latent_len` frames (None: the
-    /// whole clip at once): `--vae-chunk` when given, else what fits `--vae-memory`.
-    pub fn chunk_frames(&self, config: &LovaConfig, latent_len: usize) -> Result<Option<usize>> {
-        if let Some(s) = self.vae_chunk {
-            return Ok(Some(config.latent_len_for_seconds(s).max(1)));
+    /// `--vae-chunk` when given, else what fits `--vae-memory`.
+    pub fn windows(&self) -> VaeWindows {
+        match self.vae_chunk {
+            Some(s) => VaeWindows::Seconds(s),
+            None => VaeWindows::Budget((self.vae_memory * (1u64 << 30) as f64) as usize),
         }
-        let budget = (self.vae_memory * (1u64 << 30) as f64) as usize;
-        Ok(lova_fast::models::vae::chunk_for_budget(&config.vae_decoder, latent_len, budget)?)
+    }
+
+    /// Latent frames per VAE window for a clip of `latent_len` frames (None: the
+    /// whole clip at once).
+    pub fn chunk_frames(&self, config: &LovaConfig, latent_len: usize) -> Result<Option<usize>> {
+        Ok(self.windows().chunk_frames(config, latent_len)?)
     }
 }
 
@@ -127,24 +128,41 @@ pub enum Device {
     Cuda,
 }
 
+impl From<Device> for lova_fast::Device {
+    fn from(device: Device) -> Self {
+        match device {
+            Device::Auto => lova_fast::Device::Auto,
+            Device::Cpu => lova_fast::Device::Cpu,
+            Device::Cuda => lova_fast::Device::Cuda(0),
+        }
+    }
+}
+
 /// The backend `device` asks for, passed to `run` (generic code cannot return
 /// either of two backend types, so it calls back instead).
 pub trait WithBackend {
     fn run<B: Backend>(self, backend: B) -> Result<()>;
 }
 
-pub fn with_device(device: Device, job: impl WithBackend) -> Result<()> {
-    match device {
-        Device::Cpu => job.run(CpuBackend::new()),
-        Device::Cuda => job.run(CudaBackend::new(0).context("--device cuda")?),
-        Device::Auto => match CudaBackend::new(0) {
-            Ok(cuda) => job.run(cuda),
-            Err(e) => {
-                eprintln!("note: running on the CPU; CUDA is not usable: {e}");
-                job.run(CpuBackend::new())
-            }
-        },
+/// Runs `job` on the backend `device` asks for; `quiet` silences the note
+/// saying why `auto` fell back to the CPU.
+pub fn with_device(device: Device, quiet: bool, job: impl WithBackend) -> Result<()> {
+    /// Carries an anyhow job through the library's `WithBackend`.
+    struct Job<J>(J);
+    impl<J: WithBackend> lova_fast::pipeline::WithBackend for Job<J> {
+        type Output = Result<()>;
+        fn run<B: Backend>(self, backend: B) -> lova_fast::Result<Result<()>> {
+            Ok(self.0.run(backend))
+        }
     }
+    let (backend, note) = AnyBackend::open(device.into()).with_context(|| match device {
+        Device::Cuda => "--device cuda",
+        _ => "starting the device",
+    })?;
+    if let (Some(note), false) = (note, quiet) {
+        eprintln!("note: {note}");
+    }
+    backend.run(Job(job))?
 }
 
 /// Fails before the long work if `path` could not be written anyway.

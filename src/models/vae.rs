@@ -395,6 +395,19 @@ impl<B: Backend> VaeDecoder<B> {
     /// sized for `chunk + 2 * context` frames instead of T'. Every window has the same
     /// length (windows at the ends are shifted inwards), so one graph is planned once.
     pub fn decode_chunked(&self, backend: &B, latents: &HostTensor, chunk: usize) -> Result<HostTensor> {
+        self.decode_chunked_with(backend, latents, chunk, &mut |_, _| Ok(()))
+    }
+
+    /// `decode_chunked`, calling `before_window(done, windows)` before each
+    /// window: a caller reports progress there, and stops the decode by
+    /// returning an error (a cancelled request).
+    pub fn decode_chunked_with(
+        &self,
+        backend: &B,
+        latents: &HostTensor,
+        chunk: usize,
+        before_window: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<HostTensor> {
         let t = self.check_latents(std::slice::from_ref(latents))?[0];
         if chunk == 0 {
             return Err(Error::InvalidInput("a VAE decode chunk must hold at least one latent frame".into()));
@@ -402,13 +415,16 @@ impl<B: Backend> VaeDecoder<B> {
         let context = receptive_field(&self.config);
         let window = (chunk + 2 * context).min(t);
         if window == t {
+            before_window(0, 1)?;
             return Ok(self.decode(backend, std::slice::from_ref(latents))?.remove(0));
         }
         let (c, up, channels) = (self.config.latent_dim, self.upsampling(), self.config.out_channels);
         let z = latents.transposed(); // [T', C]
         let mut run = DecodeRun::new(self, backend, &[window])?;
         let mut audio = vec![0.0f32; t * up * channels];
-        for start in (0..t).step_by(chunk) {
+        let windows = t.div_ceil(chunk);
+        for (done, start) in (0..t).step_by(chunk).enumerate() {
+            before_window(done, windows)?;
             let end = (start + chunk).min(t);
             let first = start.saturating_sub(context).min(t - window);
             let scaled: Vec<f32> =

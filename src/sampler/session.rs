@@ -163,7 +163,9 @@ pub fn sample<B: Backend>(
 /// sampler history. `new` does all the planning and allocation; `step` only
 /// writes a few scalars (and noise) and runs the graph.
 pub struct Sampling<'a, B: Backend> {
-    requests: &'a [Request],
+    backend: &'a B,
+    dit: &'a Dit<B>,
+    requests: Vec<Request>,
     settings: SamplerSettings,
     io_channels: usize,
     latent_seg: Segments,
@@ -182,10 +184,36 @@ struct StepTensors {
     scalars: TensorId,
     noise: TensorId,
     x: TensorId,
+    d1: TensorId,
+    d2: TensorId,
+}
+
+/// Where a batch stands between two steps: what `Sampling::retain` carries
+/// over to the batch that goes on without some of its requests.
+struct Resume {
+    /// x, denoised_1, denoised_2 of the kept requests, token-major, packed in order.
+    x: Vec<f32>,
+    d1: Vec<f32>,
+    d2: Vec<f32>,
+    history: Dpmpp3mSde,
+    done: usize,
 }
 
 impl<'a, B: Backend> Sampling<'a, B> {
-    pub fn new(backend: &'a B, dit: &'a Dit<B>, requests: &'a [Request], settings: &SamplerSettings) -> Result<Self> {
+    pub fn new(backend: &'a B, dit: &'a Dit<B>, requests: &[Request], settings: &SamplerSettings) -> Result<Self> {
+        Self::plan(backend, dit, requests.to_vec(), settings, None)
+    }
+
+    /// Plans the graph for `requests` and runs its constants; starts from each
+    /// request's initial noise, or from `resume` (a batch that went on without
+    /// some of its requests).
+    fn plan(
+        backend: &'a B,
+        dit: &'a Dit<B>,
+        requests: Vec<Request>,
+        settings: &SamplerSettings,
+        resume: Option<Resume>,
+    ) -> Result<Self> {
         settings.validate()?;
         let cfg = &dit.config;
         let (io, cd) = (cfg.io_channels, cfg.cond_token_dim);
@@ -265,24 +293,37 @@ impl<'a, B: Backend> Sampling<'a, B> {
         exec.write(t_table, &ts)?;
         exec.run_ops(0..constants_end)?;
 
-        let mut x0 = Vec::with_capacity(rows * io);
-        for r in requests {
-            r.noise.append_token_major(0, io, r.latent_len, &mut Vec::new(), &mut x0)?;
-        }
-        x0.iter_mut().for_each(|z| *z = (*z as f64 * sigmas[0]) as f32);
-        exec.write(x, &x0)?;
+        let (history, done) = match resume {
+            None => {
+                let mut x0 = Vec::with_capacity(rows * io);
+                for r in &requests {
+                    r.noise.append_token_major(0, io, r.latent_len, &mut Vec::new(), &mut x0)?;
+                }
+                x0.iter_mut().for_each(|z| *z = (*z as f64 * sigmas[0]) as f32);
+                exec.write(x, &x0)?;
+                (Dpmpp3mSde::new(), 0)
+            }
+            Some(state) => {
+                exec.write(x, &state.x)?;
+                exec.write(d1, &state.d1)?;
+                exec.write(d2, &state.d2)?;
+                (state.history, state.done)
+            }
+        };
 
         Ok(Sampling {
+            backend,
+            dit,
             requests,
             settings: settings.clone(),
             io_channels: io,
             latent_seg,
             exec,
-            tensors: StepTensors { scalars, noise, x },
+            tensors: StepTensors { scalars, noise, x, d1, d2 },
             step_ops,
             sigmas,
-            history: Dpmpp3mSde::new(),
-            done: 0,
+            history,
+            done,
             noise_buf: Vec::with_capacity(rows * io),
             noise_scratch: Vec::new(),
         })
@@ -290,6 +331,48 @@ impl<'a, B: Backend> Sampling<'a, B> {
 
     pub fn steps_done(&self) -> usize {
         self.done
+    }
+
+    /// The requests of this batch, in order.
+    pub fn requests(&self) -> &[Request] {
+        &self.requests
+    }
+
+    /// Goes on without the requests for which `keep(index)` is false (cancelled
+    /// ones): the graph is planned again for the others, their constants
+    /// recomputed and their sampler state (x and the two previous denoised
+    /// values, the step history) carried over, so that their latents are those
+    /// they would have got in the full batch, bit for bit on the CPU (every row's
+    /// computation is independent of the others). `None` when no request is kept.
+    pub fn retain(self, keep: impl Fn(usize) -> bool) -> Result<Option<Sampling<'a, B>>> {
+        let kept: Vec<usize> = (0..self.requests.len()).filter(|&b| keep(b)).collect();
+        if kept.len() == self.requests.len() {
+            return Ok(Some(self));
+        }
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let io = self.io_channels;
+        let rows_of = |all: &[f32]| -> Vec<f32> {
+            kept.iter()
+                .flat_map(|&b| {
+                    let r = self.latent_seg.range(b);
+                    all[r.start * io..r.end * io].iter().copied()
+                })
+                .collect()
+        };
+        let state = Resume {
+            x: rows_of(&self.exec.read(self.tensors.x)?),
+            d1: rows_of(&self.exec.read(self.tensors.d1)?),
+            d2: rows_of(&self.exec.read(self.tensors.d2)?),
+            history: self.history,
+            done: self.done,
+        };
+        let requests = kept.iter().map(|&b| self.requests[b].clone()).collect();
+        let (backend, dit, settings) = (self.backend, self.dit, self.settings.clone());
+        // Free this batch's arena before planning the smaller one.
+        drop(self);
+        Ok(Some(Self::plan(backend, dit, requests, &settings, Some(state))?))
     }
 
     /// Bytes of the arena this batch needs (activations and sampler state).
@@ -327,7 +410,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         self.exec.write(self.tensors.scalars, &step_scalars)?;
         if k.noise != 0.0 && !self.noise_on_device(i + 1)? {
             self.noise_buf.clear();
-            for r in self.requests {
+            for r in &self.requests {
                 r.noise.append_token_major(i + 1, io, r.latent_len, &mut self.noise_scratch, &mut self.noise_buf)?;
             }
             self.exec.write(self.tensors.noise, &self.noise_buf)?;

@@ -51,6 +51,7 @@ pub struct VideoReader {
 enum Source {
     Ffmpeg { decoder: Option<ffmpeg::Decoder>, distinct: Vec<usize> },
     Images(Vec<PathBuf>),
+    Memory(Vec<RgbImage>),
 }
 
 impl VideoReader {
@@ -108,6 +109,42 @@ impl VideoReader {
         })
     }
 
+    /// Decoded frames in memory (any size, all the same) as a video at
+    /// `src_fps`, sampled at `fps`; `name` stands for the path in messages.
+    pub fn from_frames(name: &str, frames: Vec<RgbImage>, src_fps: f64, fps: f64) -> Result<Self> {
+        if !(src_fps.is_finite() && src_fps > 0.0) {
+            return Err(Error::video(name, format!("frame rate {src_fps} is not a positive number")));
+        }
+        let Some(first) = frames.first() else { return Err(Error::video(name, "holds no frames")) };
+        let (width, height) = (first.width, first.height);
+        if let Some(i) = frames.iter().position(|f| {
+            (f.width, f.height) != (width, height) || f.data.len() != f.width * f.height * 3 || f.width == 0
+        }) {
+            return Err(Error::video(
+                name,
+                format!(
+                    "frame {i} is not a {width}x{height} RGB image of {} bytes like frame 0 (or is empty)",
+                    width * height * 3
+                ),
+            ));
+        }
+        let duration = frames.len() as f64 / src_fps;
+        let n = sampling::frame_count(duration, fps);
+        let indices = sampling::constant_rate_indices(n, fps, src_fps, frames.len());
+        Ok(VideoReader {
+            path: PathBuf::from(name),
+            duration,
+            width,
+            height,
+            source_fps: src_fps,
+            variable_rate: false,
+            indices,
+            source: Source::Memory(frames),
+            current: None,
+            next: 0,
+        })
+    }
+
     /// N, the number of model frames.
     pub fn frames(&self) -> usize {
         self.indices.len()
@@ -135,6 +172,7 @@ impl VideoReader {
                 decoder.as_mut().expect("started above").next_frame()?
             }
             Source::Images(files) => folder::read_image(&files[want])?,
+            Source::Memory(frames) => frames[want].clone(),
         };
         self.current = Some((want, image.clone()));
         Ok(Some(image))
