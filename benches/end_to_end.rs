@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion, name: &str, device: Device, config: LovaConfig, clip
 fn end_to_end(c: &mut Criterion) {
     if let Some(cuda) = common::cuda("end_to_end") {
         drop(cuda);
-        bench(c, "end_to_end/cuda/vl30_30s", Device::Cuda(0), LovaConfig::released(), CLIP_VIT_L14.clone());
+        bench(c, "end_to_end/cuda/vl30_30s", Device::Cuda(0), LovaConfig::released(), CLIP_VIT_L14);
         return;
     }
     let config = common::tiny_config();

@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("note: {note}");
     }
     let mut progress = |e: &Event| {
-        if e.stage == Stage::Sampling && e.done % 10 == 0 {
+        if e.stage == Stage::Sampling && e.done.is_multiple_of(10) {
             eprintln!("step {}/{}", e.done, e.total);
         }
     };

@@ -132,7 +132,7 @@ impl ModelFile {
                 vae::check_config(&config.vae_decoder)?;
                 clip.validate().map_err(|reason| Error::InvalidInput(format!("random CLIP config: {reason}")))?;
                 let random = crate::weights::RandomWeights { seed: 1 };
-                ModelFile { stored: Stored::Random(random, clip.clone()), config: config.clone() }
+                ModelFile { stored: Stored::Random(random, *clip), config: config.clone() }
             }
         })
     }

@@ -20,7 +20,7 @@ pub enum Device {
 /// A backend picked at run time.
 pub enum AnyBackend {
     Cpu(CpuBackend),
-    Cuda(CudaBackend),
+    Cuda(Box<CudaBackend>),
 }
 
 /// Work that runs on whichever backend a `Device` gave (generic code cannot
@@ -36,9 +36,9 @@ impl AnyBackend {
     pub fn open(device: Device) -> Result<(AnyBackend, Option<String>)> {
         Ok(match device {
             Device::Cpu => (AnyBackend::Cpu(CpuBackend::new()), None),
-            Device::Cuda(ordinal) => (AnyBackend::Cuda(CudaBackend::new(ordinal)?), None),
+            Device::Cuda(ordinal) => (AnyBackend::Cuda(Box::new(CudaBackend::new(ordinal)?)), None),
             Device::Auto => match CudaBackend::new(0) {
-                Ok(cuda) => (AnyBackend::Cuda(cuda), None),
+                Ok(cuda) => (AnyBackend::Cuda(Box::new(cuda)), None),
                 Err(e) => {
                     (AnyBackend::Cpu(CpuBackend::new()), Some(format!("running on the CPU; CUDA is not usable: {e}")))
                 }
@@ -49,7 +49,7 @@ impl AnyBackend {
     pub fn run<J: WithBackend>(self, job: J) -> Result<J::Output> {
         match self {
             AnyBackend::Cpu(b) => job.run(b),
-            AnyBackend::Cuda(b) => job.run(b),
+            AnyBackend::Cuda(b) => job.run(*b),
         }
     }
 }

@@ -112,8 +112,8 @@ pub struct Pipeline {
 
 /// Runtime dispatch over the backends.
 enum Networks {
-    Cpu(Loaded<CpuBackend>),
-    Cuda(Loaded<CudaBackend>),
+    Cpu(Box<Loaded<CpuBackend>>),
+    Cuda(Box<Loaded<CudaBackend>>),
 }
 
 /// Runs `$body` with `$n` bound to the loaded networks, whatever their backend.
@@ -133,8 +133,8 @@ impl Pipeline {
         let file = ModelFile::open(weights)?;
         let (backend, device_note) = AnyBackend::open(options.device)?;
         let networks = match backend {
-            AnyBackend::Cpu(b) => Networks::Cpu(Loaded::load(b, &file, options)?),
-            AnyBackend::Cuda(b) => Networks::Cuda(Loaded::load(b, &file, options)?),
+            AnyBackend::Cpu(b) => Networks::Cpu(Box::new(Loaded::load(b, &file, options)?)),
+            AnyBackend::Cuda(b) => Networks::Cuda(Box::new(Loaded::load(*b, &file, options)?)),
         };
         Ok(Pipeline { networks, device_note, vae_windows: options.vae_windows })
     }
