@@ -9,6 +9,9 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// JSON of `LovaConfig::tiny`.
+pub const TINY_CONFIG_JSON: &str = include_str!("../tests/fixtures/tiny/model_config.json");
+
 /// The released config, shipped with the binary so `infer` works without `--config`.
 pub const RELEASED_CONFIG_JSON: &str = include_str!("../configs/lova-vl30.json");
 
@@ -95,6 +98,14 @@ impl LovaConfig {
         })
     }
 
+    /// The tiny test model's config (`tests/fixtures/tiny`: 2 DiT layers of
+    /// width 256, 128-d video tokens, a 4-channel VAE): for examples, demos and
+    /// tests with random weights, whose audio is noise.
+    pub fn tiny() -> Self {
+        Self::from_json_str(TINY_CONFIG_JSON).expect("the shipped tiny config is valid")
+    }
+
+    /// The released vl30 config (`configs/lova-vl30.json`).
     pub fn released() -> Self {
         Self::from_json_str(RELEASED_CONFIG_JSON).expect("the shipped config is valid")
     }

@@ -50,6 +50,14 @@ pub enum Error {
     #[error("the {backend} backend does not implement op `{op}`")]
     UnsupportedOp { backend: &'static str, op: &'static str },
 
+    /// A weight could not be read or put on the device (`key` names it).
+    #[error("weight `{key}`: {source}")]
+    Upload {
+        key: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The request was cancelled (its `CancelToken`) before it finished.
     #[error("cancelled")]
     Cancelled,
@@ -72,6 +80,14 @@ pub enum Error {
 impl Error {
     pub fn video(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Video { path: path.into(), reason: reason.into() }
+    }
+
+    /// `source`, naming the weight `key` it happened to, unless it names it already.
+    pub fn upload(key: &str, source: Error) -> Self {
+        match source {
+            Error::MissingTensor { .. } | Error::ShapeMismatch { .. } | Error::UnsupportedDtype { .. } => source,
+            other => Error::Upload { key: key.to_string(), source: Box::new(other) },
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

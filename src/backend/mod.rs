@@ -7,7 +7,7 @@ pub mod cuda;
 
 use std::ops::Range;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{ArenaPlan, Graph, Op, WeightId};
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
@@ -107,19 +107,17 @@ pub struct OpContext<'a, B: Backend + ?Sized> {
 /// The weights of one model on one backend; graphs refer to them by `WeightId`.
 pub struct WeightSet<B: Backend> {
     weights: Vec<B::Weight>,
-    keys: Vec<String>,
 }
 
 impl<B: Backend> Default for WeightSet<B> {
     fn default() -> Self {
-        WeightSet { weights: Vec::new(), keys: Vec::new() }
+        WeightSet { weights: Vec::new() }
     }
 }
 
 impl<B: Backend> WeightSet<B> {
     pub fn push(&mut self, backend: &B, key: &str, tensor: &HostTensor) -> Result<WeightId> {
-        self.weights.push(backend.upload_weight(tensor)?);
-        self.keys.push(key.to_string());
+        self.weights.push(backend.upload_weight(tensor).map_err(|e| Error::upload(key, e))?);
         Ok(WeightId(self.weights.len() - 1))
     }
 
@@ -132,17 +130,12 @@ impl<B: Backend> WeightSet<B> {
         key: &str,
         shape: &[usize],
     ) -> Result<WeightId> {
-        self.weights.push(backend.upload_weight_from(source, key, shape)?);
-        self.keys.push(key.to_string());
+        self.weights.push(backend.upload_weight_from(source, key, shape).map_err(|e| Error::upload(key, e))?);
         Ok(WeightId(self.weights.len() - 1))
     }
 
     pub fn as_slice(&self) -> &[B::Weight] {
         &self.weights
-    }
-
-    pub fn key(&self, id: WeightId) -> &str {
-        &self.keys[id.0]
     }
 
     pub fn len(&self) -> usize {

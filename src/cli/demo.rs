@@ -12,8 +12,7 @@ use lova_fast::config::LovaConfig;
 use lova_fast::models::ClipVisionConfig;
 use lova_fast::video::ffmpeg;
 
-/// The tiny test model's config (tests/fixtures/tiny): 128-d video tokens.
-const TINY_CONFIG: &str = include_str!("../../tests/fixtures/tiny/model_config.json");
+use lova_fast::config::TINY_CONFIG_JSON as TINY_CONFIG;
 
 #[derive(Args)]
 pub struct DemoArgs {

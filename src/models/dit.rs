@@ -191,13 +191,6 @@ impl<B: Backend> Dit<B> {
         self.weights.as_slice()
     }
 
-    pub fn parameter_count(&self) -> usize
-    where
-        B: Backend<Weight = HostTensor>,
-    {
-        self.weights.as_slice().iter().map(HostTensor::len).sum()
-    }
-
     /// Checks every sequence against the position tables.
     pub fn check_batch(&self, batch: &DitBatch) -> Result<()> {
         let max = self.config.max_positions;
