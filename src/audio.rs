@@ -62,10 +62,10 @@ pub fn write_wav(path: &Path, audio: &HostTensor, sample_rate: u32, format: Samp
         w.finalize()
     };
     let result = write().map_err(|e| match e {
-        hound::Error::IoError(io) => Error::io(path, io),
+        hound::Error::IoError(io) => Error::write(path, io),
         other => Error::InvalidInput(format!("cannot write {}: {other}", path.display())),
     });
-    let result = result.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    let result = result.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::write(path, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -52,7 +52,7 @@ pub fn write_tensors_atomically(
     let result = std::fs::write(&tmp, &serialized).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+        return Err(Error::write(path, e));
     }
     Ok(())
 }
