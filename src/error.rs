@@ -34,6 +34,9 @@ pub enum Error {
     #[error("{what} contains a non-finite value ({value}) at index {index}")]
     NonFinite { what: String, index: usize, value: f32 },
 
+    #[error("{what} holds {value} at index {index}, beyond the ±{max} lova-fast accepts there")]
+    OutOfRange { what: String, index: usize, value: f32, max: f32 },
+
     #[error("{0}")]
     Limit(String),
 
@@ -105,5 +108,15 @@ pub fn ensure_finite(what: &str, data: &[f32]) -> Result<()> {
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(index) => Err(Error::NonFinite { what: what.to_string(), index, value: data[index] }),
+    }
+}
+
+/// Refuses NaN, infinities and magnitudes above `max_abs` (values that are
+/// finite but would overflow what is computed from them), naming the first.
+pub fn ensure_within(what: &str, data: &[f32], max_abs: f32) -> Result<()> {
+    ensure_finite(what, data)?;
+    match data.iter().position(|v| v.abs() > max_abs) {
+        None => Ok(()),
+        Some(index) => Err(Error::OutOfRange { what: what.to_string(), index, value: data[index], max: max_abs }),
     }
 }

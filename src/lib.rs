@@ -13,6 +13,7 @@ pub mod error;
 pub mod graph;
 pub mod kernels;
 pub mod models;
+pub mod output_paths;
 pub mod partial_file;
 pub mod sampler;
 pub mod tensor;

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 use crate::backend::{Backend, WeightSet};
 use crate::config::VaeDecoderConfig;
-use crate::error::{Error, Result, ensure_finite};
+use crate::error::{Error, Result, ensure_finite, ensure_within};
 use crate::graph::{ArenaPlan, Executor, Graph, Op, Segments, SegmentsId, Snake, TensorId, WeightId};
 use crate::tensor::HostTensor;
-use crate::weights::{SafetensorsFile, TensorSource};
+use crate::weights::{MAX_LATENT_ABS, SafetensorsFile, TensorSource};
 
 /// Key prefix of the decoder inside the original LoVA checkpoint.
 pub const ORIGINAL_PREFIX: &str = "pretransform.model.";
@@ -440,7 +440,9 @@ impl<B: Backend> VaeDecoder<B> {
                     z.shape
                 )));
             }
-            ensure_finite(&format!("latents {i}"), &z.data)?;
+            // Finite is not enough: latents near f32's limit overflow in the first
+            // conv and come out as NaN (then as a silent WAV).
+            ensure_within(&format!("latents {i} given to the VAE decoder"), &z.data, MAX_LATENT_ABS)?;
         }
         Ok(latents.iter().map(|z| z.shape[1]).collect())
     }
@@ -466,7 +468,11 @@ impl<'w, B: Backend> DecodeRun<'w, B> {
     fn run(&mut self, scaled: &[f32]) -> Result<Vec<f32>> {
         self.exec.write(self.z, scaled)?;
         self.exec.run()?;
-        self.exec.read(self.audio)
+        let audio = self.exec.read(self.audio)?;
+        // Overflow inside the decoder (extreme weights or latents) must end here,
+        // as an error naming the stage, not as a NaN or silent WAV.
+        ensure_finite("the VAE decoder's audio output", &audio)?;
+        Ok(audio)
     }
 }
 
