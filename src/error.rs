@@ -34,7 +34,7 @@ pub enum Error {
     #[error("{what} contains a non-finite value ({value}) at index {index}")]
     NonFinite { what: String, index: usize, value: f32 },
 
-    #[error("{what} holds {value} at index {index}, beyond the ±{max} lova-fast accepts there")]
+    #[error("{what} holds {value:e} at index {index}, beyond the ±{max:e} lova-fast accepts there")]
     OutOfRange { what: String, index: usize, value: f32, max: f32 },
 
     #[error("{0}")]

@@ -566,6 +566,26 @@ mod tests {
     }
 
     #[test]
+    fn latents_that_would_overflow_and_overflowing_output_are_errors() {
+        let backend = crate::backend::CpuBackend::new();
+        let cfg = VaeDecoderConfig { channels: 4, ..LovaConfig::released().vae_decoder };
+        let random = crate::weights::RandomWeights { seed: 3 };
+        let mut vae = VaeDecoder::load_stored(&backend, &cfg, 1.0, &random, "").unwrap();
+        let z = |v: f32| HostTensor::new(vec![64, 2], vec![v; 128]);
+        assert!(vae.decode(&backend, &[z(0.5)]).is_ok());
+        let e = vae.decode(&backend, &[z(3e38)]).err().expect("latents of 3e38 decoded").to_string();
+        assert!(e.contains("VAE decoder") && e.contains("3e38"), "{e}");
+        // Overflow inside the decoder (here from a scale no config may hold).
+        vae.latent_scale = f32::INFINITY;
+        let whole = vae.decode(&backend, &[z(0.5)]).err().expect("overflow decoded");
+        let chunked = vae.decode_chunked(&backend, &z(0.5), 1).err().expect("overflow decoded in chunks");
+        for e in [whole, chunked] {
+            let e = e.to_string();
+            assert!(e.contains("VAE decoder's audio output") && e.contains("non-finite"), "{e}");
+        }
+    }
+
+    #[test]
     fn blocks_go_from_the_widest_down() {
         let cfg = LovaConfig::released().vae_decoder;
         assert_eq!(blocks(&cfg), vec![(2048, 1024, 8), (1024, 512, 8), (512, 256, 4), (256, 128, 4), (128, 128, 2)]);
