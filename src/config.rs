@@ -228,7 +228,20 @@ impl LovaConfig {
 
         let fps = j.f64_bounded("fps", None, limits::FPS)?;
         let sample_rate = j.bounded("sample_rate", limits::SAMPLE_RATE)?;
-        let downsampling_ratio = j.bounded("model.pretransform.config.downsampling_ratio", limits::UPSAMPLING)?;
+        let ratio_field = "model.pretransform.config.downsampling_ratio";
+        let downsampling_ratio = j.bounded(ratio_field, limits::UPSAMPLING)?;
+        // Audio lengths are computed with the ratio, the decoder produces the
+        // strides' product per latent frame: they must agree.
+        let upsampling: usize = vae_decoder.strides.iter().product();
+        if downsampling_ratio != upsampling {
+            return Err(Error::Config {
+                path: ratio_field.into(),
+                reason: format!(
+                    "is {downsampling_ratio} but the decoder's strides {:?} make {upsampling} samples per latent frame",
+                    vae_decoder.strides
+                ),
+            });
+        }
         Ok(LovaConfig {
             sample_rate: sample_rate as u32,
             audio_channels: j.bounded("audio_channels", limits::AUDIO_CHANNELS)?,
@@ -583,6 +596,7 @@ mod tests {
             (vec!["fps"], Value::from(-8), "fps"),
             (vec!["sample_rate"], Value::from(1u64 << 40), "sample_rate"),
             (vec!["audio_channels"], Value::from(0), "audio_channels"),
+            (vec!["model", "pretransform", "config", "downsampling_ratio"], Value::from(1024), "downsampling_ratio"),
             (vec!["model", "pretransform", "scale"], Value::from(1e30), "model.pretransform.scale"),
             (vec!["model", "pretransform", "scale"], Value::from(0.0), "model.pretransform.scale"),
         ];
