@@ -140,9 +140,11 @@ fn decode_of_huge_latents_or_no_samples_writes_no_file() {
     let fine = latents_file(dir.path(), "fine", 0.5);
     failed(&decode(&fine, &out, &["--seconds", "1e-9"]), &["--seconds", "shorter than one audio sample"]);
     assert!(!out.exists());
-    // The same latents decode when the request is sound.
+    // The same latents decode when the request is sound, also with a window
+    // longer than any clip (it used to overflow computing the window).
     ok(&decode(&fine, &out, &["--seconds", "0.1"]));
     assert!(out.exists());
+    ok(&decode(&fine, &out, &["--vae-chunk", "1e300"]));
 }
 
 #[test]

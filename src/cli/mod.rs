@@ -111,7 +111,8 @@ impl VaeWindowArgs {
     /// whole clip at once): `--vae-chunk` when given, else what fits `--vae-memory`.
     pub fn chunk_frames(&self, config: &LovaConfig, latent_len: usize) -> Result<Option<usize>> {
         if let Some(s) = self.vae_chunk {
-            return Ok(Some(config.latent_len_for_seconds(s).max(1)));
+            // A window longer than the clip is the whole clip (and a huge one must not overflow later).
+            return Ok(Some(config.latent_len_for_seconds(s).clamp(1, latent_len.max(1))));
         }
         let budget = (self.vae_memory * (1u64 << 30) as f64) as usize;
         Ok(lova_fast::models::vae::chunk_for_budget(&config.vae_decoder, latent_len, budget)?)

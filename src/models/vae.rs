@@ -411,7 +411,7 @@ impl<B: Backend> VaeDecoder<B> {
             return Err(Error::InvalidInput("a VAE decode chunk must hold at least one latent frame".into()));
         }
         let context = receptive_field(&self.config);
-        let window = (chunk + 2 * context).min(t);
+        let window = chunk.saturating_add(2 * context).min(t);
         if window == t {
             return Ok(self.decode(backend, std::slice::from_ref(latents))?.remove(0));
         }
