@@ -340,6 +340,9 @@ impl std::ops::AddAssign for Counts {
 /// What a case does with its mutated input; `out` is an empty folder for outputs.
 type Case<'a> = dyn Fn(&Path, &Path) -> lova_fast::Result<()> + 'a;
 
+/// Makes one mutated input.
+type Mutator<'a> = dyn Fn(&mut Rng) -> Vec<u8> + 'a;
+
 /// The files the fuzzer mutates and the model the latents decode with.
 struct Seeds {
     engine_header: String,
@@ -503,7 +506,7 @@ fn mutated_inputs_end_in_clean_errors_or_successes() {
     std::panic::set_hook(Box::new(move |info| hook_messages.lock().unwrap().push(info.to_string())));
 
     let latents = |p: &Path, o: &Path| latents_case(&s.vae, s.sample_rate, p, o);
-    let targets: [(&str, &Case, &dyn Fn(&mut Rng) -> Vec<u8>); 4] = [
+    let targets: [(&str, &Case, &Mutator); 4] = [
         ("engine", &engine_case, &|rng| mutate_safetensors(rng, &s.engine_header, &s.engine_data)),
         ("config", &config_case, &|rng| {
             if rng.chance(75) { mutate_json(rng, &s.config) } else { mutate_bytes_text(rng, &s.config) }.into_bytes()

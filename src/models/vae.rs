@@ -573,12 +573,13 @@ mod tests {
         let mut vae = VaeDecoder::load_stored(&backend, &cfg, 1.0, &random, "").unwrap();
         let z = |v: f32| HostTensor::new(vec![64, 2], vec![v; 128]);
         assert!(vae.decode(&backend, &[z(0.5)]).is_ok());
-        let e = vae.decode(&backend, &[z(3e38)]).err().expect("latents of 3e38 decoded").to_string();
+        let Err(e) = vae.decode(&backend, &[z(3e38)]) else { panic!("latents of 3e38 decoded") };
+        let e = e.to_string();
         assert!(e.contains("VAE decoder") && e.contains("3e38"), "{e}");
         // Overflow inside the decoder (here from a scale no config may hold).
         vae.latent_scale = f32::INFINITY;
-        let whole = vae.decode(&backend, &[z(0.5)]).err().expect("overflow decoded");
-        let chunked = vae.decode_chunked(&backend, &z(0.5), 1).err().expect("overflow decoded in chunks");
+        let Err(whole) = vae.decode(&backend, &[z(0.5)]) else { panic!("overflow decoded") };
+        let Err(chunked) = vae.decode_chunked(&backend, &z(0.5), 1) else { panic!("overflow decoded in chunks") };
         for e in [whole, chunked] {
             let e = e.to_string();
             assert!(e.contains("VAE decoder's audio output") && e.contains("non-finite"), "{e}");
