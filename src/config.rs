@@ -20,6 +20,55 @@ pub const HEAD_DIM: usize = 64;
 /// Dimensions of each head that RoPE rotates (the first half of the head).
 pub const ROTARY_DIM: usize = 32;
 
+/// Largest config file read (the released one is 2 KiB): a bigger file is not a
+/// config, and reading it whole would allocate as much as its size.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Inclusive bounds of every size a config may hold. Sizes from a file decide
+/// how much is allocated (tensor lists, graphs, arenas), so each is bounded
+/// here, before anything uses it, with room of 10x or more over the released
+/// model (in brackets) for variants, but far from what would overflow or
+/// exhaust memory while planning: a field outside its range is an error that
+/// names it.
+pub mod limits {
+    /// DiT latent channels [64].
+    pub const IO_CHANNELS: (usize, usize) = (1, 1024);
+    /// DiT width [1536]; a multiple of the head width besides.
+    pub const EMBED_DIM: (usize, usize) = (64, 16384);
+    /// DiT blocks [24].
+    pub const DEPTH: (usize, usize) = (1, 256);
+    /// DiT heads [24].
+    pub const NUM_HEADS: (usize, usize) = (1, 256);
+    /// Width of the video tokens [768].
+    pub const COND_TOKEN_DIM: (usize, usize) = (64, 16384);
+    /// Rows of the position tables [3000].
+    pub const MAX_POSITIONS: (usize, usize) = (2, 65536);
+    /// Audio channels out of the VAE [2].
+    pub const OUT_CHANNELS: (usize, usize) = (1, 16);
+    /// VAE base width [128].
+    pub const VAE_CHANNELS: (usize, usize) = (1, 4096);
+    /// VAE blocks, i.e. entries of c_mults and strides [5].
+    pub const VAE_BLOCKS: (usize, usize) = (1, 16);
+    /// One channel multiplier [1..16].
+    pub const C_MULT: (usize, usize) = (1, 64);
+    /// Widest VAE layer, channels * c_mult [2048].
+    pub const VAE_WIDTH: usize = 65536;
+    /// One upsampling stride [2..8].
+    pub const STRIDE: (usize, usize) = (1, 64);
+    /// Product of the strides, and samples per latent frame [2048].
+    pub const UPSAMPLING: (usize, usize) = (1, 65536);
+    /// Audio sample rate in Hz [44100].
+    pub const SAMPLE_RATE: (usize, usize) = (1, 768_000);
+    /// Audio channels [2].
+    pub const AUDIO_CHANNELS: (usize, usize) = (1, 16);
+    /// Video frames per second the DiT reads [8]: below 1/1000 or above 1000
+    /// a clip's frame count or its length in seconds stops being meaningful.
+    pub const FPS: (f64, f64) = (1e-3, 1000.0);
+    /// `model.pretransform.scale` [1]: latents are multiplied by it, so a scale
+    /// far from 1 turns ordinary latents into overflow or zeros.
+    pub const LATENT_SCALE: (f64, f64) = (1e-6, 1e6);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlobalCondType {
     /// The timestep embedding is prepended to the audio tokens as token 0 (LoVA).
@@ -55,7 +104,8 @@ impl DitConfig {
     /// Tokens the transformer sees for `latent_len` audio frames.
     pub fn transformer_len(&self, latent_len: usize) -> usize {
         match self.global_cond_type {
-            GlobalCondType::Prepend => latent_len + 1,
+            // Saturating: an absurd length must reach `check_lengths` as too long, not wrap.
+            GlobalCondType::Prepend => latent_len.saturating_add(1),
             GlobalCondType::AdaLn => latent_len,
         }
     }
@@ -89,6 +139,13 @@ pub struct LovaConfig {
 
 impl LovaConfig {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(Error::Config {
+                path: path.display().to_string(),
+                reason: format!("is {size} bytes, not a model config (at most {MAX_CONFIG_BYTES} bytes)"),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text).map_err(|e| match e {
             Error::Config { path: field, reason } => {
@@ -149,26 +206,27 @@ impl LovaConfig {
         };
 
         let dit = DitConfig {
-            io_channels: j.usize(&format!("{diff}.io_channels"))?,
-            embed_dim: j.usize(&format!("{diff}.embed_dim"))?,
-            depth: j.usize(&format!("{diff}.depth"))?,
-            num_heads: j.usize(&format!("{diff}.num_heads"))?,
-            cond_token_dim: j.usize(&format!("{diff}.cond_token_dim"))?,
+            io_channels: j.bounded(&format!("{diff}.io_channels"), limits::IO_CHANNELS)?,
+            embed_dim: j.bounded(&format!("{diff}.embed_dim"), limits::EMBED_DIM)?,
+            depth: j.bounded(&format!("{diff}.depth"), limits::DEPTH)?,
+            num_heads: j.bounded(&format!("{diff}.num_heads"), limits::NUM_HEADS)?,
+            cond_token_dim: j.bounded(&format!("{diff}.cond_token_dim"), limits::COND_TOKEN_DIM)?,
             global_cond_type,
-            max_positions: j.usize_or(&format!("{diff}.abs_pos_emb_max_length"), 3000)?,
+            max_positions: j.bounded_or(&format!("{diff}.abs_pos_emb_max_length"), 3000, limits::MAX_POSITIONS)?,
         };
         check_dit_dims(&dit)?;
 
         let dec = "model.pretransform.config.decoder.config";
         let vae_decoder = VaeDecoderConfig {
-            out_channels: j.usize(&format!("{dec}.out_channels"))?,
-            channels: j.usize(&format!("{dec}.channels"))?,
-            c_mults: j.usize_list(&format!("{dec}.c_mults"))?,
-            strides: j.usize_list(&format!("{dec}.strides"))?,
-            latent_dim: j.usize(&format!("{dec}.latent_dim"))?,
+            out_channels: j.bounded(&format!("{dec}.out_channels"), limits::OUT_CHANNELS)?,
+            channels: j.bounded(&format!("{dec}.channels"), limits::VAE_CHANNELS)?,
+            c_mults: j.bounded_list(&format!("{dec}.c_mults"), limits::VAE_BLOCKS, limits::C_MULT)?,
+            strides: j.bounded_list(&format!("{dec}.strides"), limits::VAE_BLOCKS, limits::STRIDE)?,
+            latent_dim: j.bounded(&format!("{dec}.latent_dim"), limits::IO_CHANNELS)?,
             use_snake: j.bool_or(&format!("{dec}.use_snake"), false)?,
             final_tanh: j.bool_or(&format!("{dec}.final_tanh"), true)?,
         };
+        check_vae_dims(&vae_decoder)?;
         if vae_decoder.latent_dim != dit.io_channels {
             return Err(Error::Config {
                 path: format!("{dec}.latent_dim"),
@@ -179,28 +237,56 @@ impl LovaConfig {
             });
         }
 
-        let fps = j.f64("fps")?;
-        if !(fps.is_finite() && fps > 0.0) {
-            return Err(unsupported("fps", &Value::from(fps), "a positive number"));
-        }
-        let sample_rate = j.usize("sample_rate")?;
-        let downsampling_ratio = j.usize("model.pretransform.config.downsampling_ratio")?;
-        if sample_rate == 0 || downsampling_ratio == 0 {
+        let fps = j.f64_bounded("fps", None, limits::FPS)?;
+        let sample_rate = j.bounded("sample_rate", limits::SAMPLE_RATE)?;
+        let ratio_field = "model.pretransform.config.downsampling_ratio";
+        let downsampling_ratio = j.bounded(ratio_field, limits::UPSAMPLING)?;
+        // Audio lengths are computed with the ratio, the decoder produces the
+        // strides' product per latent frame: they must agree.
+        let upsampling: usize = vae_decoder.strides.iter().product();
+        if downsampling_ratio != upsampling {
             return Err(Error::Config {
-                path: "sample_rate / model.pretransform.config.downsampling_ratio".into(),
-                reason: "must be positive".into(),
+                path: ratio_field.into(),
+                reason: format!(
+                    "is {downsampling_ratio} but the decoder's strides {:?} make {upsampling} samples per latent frame",
+                    vae_decoder.strides
+                ),
             });
         }
         Ok(LovaConfig {
             sample_rate: sample_rate as u32,
-            audio_channels: j.usize("audio_channels")?,
+            audio_channels: j.bounded("audio_channels", limits::AUDIO_CHANNELS)?,
             fps,
             downsampling_ratio,
-            latent_scale: j.f64_or("model.pretransform.scale", 1.0)?,
+            latent_scale: j.f64_bounded("model.pretransform.scale", Some(1.0), limits::LATENT_SCALE)?,
             clip_name: j.opt_str("model.conditioning.configs.0.config.clip_name")?,
             dit,
             vae_decoder,
         })
+    }
+
+    /// Checks an audio length a user asked for (`--seconds`, a decode length):
+    /// finite, at least one audio sample, and no longer than the position
+    /// tables allow. Call it where the number enters, before planning.
+    pub fn check_seconds(&self, what: &str, seconds: f64) -> Result<()> {
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return Err(Error::InvalidInput(format!("{what} must be a positive number of seconds, got {seconds}")));
+        }
+        if crate::audio::samples_for_seconds(seconds, self.sample_rate) == 0 {
+            return Err(Error::InvalidInput(format!(
+                "{what} of {seconds} s is shorter than one audio sample at {} Hz",
+                self.sample_rate
+            )));
+        }
+        // The position table bounds the latent length; past it the length is refused
+        // here, before it turns into a frame count.
+        let max_seconds = (self.dit.max_positions * self.downsampling_ratio) as f64 / self.sample_rate as f64;
+        if seconds > max_seconds {
+            return Err(Error::Limit(format!(
+                "{what} of {seconds} s is longer than the model's position table allows (at most {max_seconds:.1} s)"
+            )));
+        }
+        Ok(())
     }
 
     /// Latent frames for `seconds` of audio: `ceil(D * sample_rate / ratio)` (lova-model.md 7).
@@ -245,6 +331,19 @@ impl LovaConfig {
     }
 }
 
+/// Checks a frame rate a user gave (`--fps` of an image folder, `--sample-fps`):
+/// finite and within `limits::FPS`, so that frame counts and durations derived
+/// from it are meaningful. `what` names the option in the message.
+pub fn check_frame_rate(what: &str, fps: f64) -> Result<()> {
+    let (min, max) = limits::FPS;
+    if !(fps.is_finite() && (min..=max).contains(&fps)) {
+        return Err(Error::InvalidInput(format!(
+            "{what} must be a frame rate from {min} to {max} frames per second, got {fps}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_dit_dims(d: &DitConfig) -> Result<()> {
     let diff = "model.diffusion.config";
     if d.num_heads == 0 || d.embed_dim != d.num_heads * HEAD_DIM {
@@ -266,6 +365,45 @@ fn check_dit_dims(d: &DitConfig) -> Result<()> {
         return Err(Error::Config {
             path: diff.into(),
             reason: "io_channels, depth and abs_pos_emb_max_length must be positive".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The VAE's lists must pair up (one stride per channel multiplier: the decoder
+/// walks them together) and its widths and total upsampling stay in bounds.
+fn check_vae_dims(v: &VaeDecoderConfig) -> Result<()> {
+    let dec = "model.pretransform.config.decoder.config";
+    if v.strides.len() != v.c_mults.len() {
+        return Err(Error::Config {
+            path: format!("{dec}.strides"),
+            reason: format!(
+                "has {} entries but c_mults has {}: one stride per channel multiplier",
+                v.strides.len(),
+                v.c_mults.len()
+            ),
+        });
+    }
+    if let Some(m) = v.c_mults.iter().find(|&&m| v.channels * m > limits::VAE_WIDTH) {
+        return Err(Error::Config {
+            path: format!("{dec}.c_mults"),
+            reason: format!(
+                "channels {} x multiplier {m} is wider than the {} channels lova-fast accepts",
+                v.channels,
+                limits::VAE_WIDTH
+            ),
+        });
+    }
+    // Each stride is at most 64 and there are at most 16: fold in u128 so the product cannot wrap.
+    let upsampling: u128 = v.strides.iter().map(|&s| s as u128).product();
+    if upsampling > limits::UPSAMPLING.1 as u128 {
+        return Err(Error::Config {
+            path: format!("{dec}.strides"),
+            reason: format!(
+                "{:?} upsample {upsampling}x, more than the {}x lova-fast accepts",
+                v.strides,
+                limits::UPSAMPLING.1
+            ),
         });
     }
     Ok(())
@@ -306,22 +444,63 @@ impl Json<'_> {
         Error::Config { path: path.into(), reason: format!("expected {want}, found {got}") }
     }
 
-    fn usize(&self, path: &str) -> Result<usize> {
-        let v = self.req(path)?;
-        v.as_u64().map(|x| x as usize).ok_or_else(|| Self::wrong(path, "a non-negative integer", v))
+    fn out_of_range<T: std::fmt::Display>(path: &str, value: impl std::fmt::Display, (min, max): (T, T)) -> Error {
+        Error::Config {
+            path: path.into(),
+            reason: format!("is {value}, outside the range lova-fast accepts ({min} to {max})"),
+        }
     }
 
-    fn usize_or(&self, path: &str, default: usize) -> Result<usize> {
-        if self.opt(path).is_none() { Ok(default) } else { self.usize(path) }
+    /// A size within `range` (inclusive).
+    fn bounded(&self, path: &str, range: (usize, usize)) -> Result<usize> {
+        let v = self.req(path)?;
+        let n = v.as_u64().ok_or_else(|| Self::wrong(path, "a non-negative integer", v))?;
+        if n < range.0 as u64 || n > range.1 as u64 {
+            return Err(Self::out_of_range(path, n, range));
+        }
+        Ok(n as usize)
+    }
+
+    fn bounded_or(&self, path: &str, default: usize, range: (usize, usize)) -> Result<usize> {
+        if self.opt(path).is_none() { Ok(default) } else { self.bounded(path, range) }
+    }
+
+    /// A finite number within `range` (inclusive); `default` when absent, if any.
+    fn f64_bounded(&self, path: &str, default: Option<f64>, range: (f64, f64)) -> Result<f64> {
+        let x = match (self.opt(path), default) {
+            (None, Some(d)) => return Ok(d),
+            _ => self.f64(path)?,
+        };
+        // JSON cannot spell NaN or infinity; the check keeps the bound honest anyway.
+        if !(x.is_finite() && x >= range.0 && x <= range.1) {
+            return Err(Self::out_of_range(path, x, range));
+        }
+        Ok(x)
+    }
+
+    /// A list of `len` (inclusive range) sizes, each within `range`.
+    fn bounded_list(&self, path: &str, len: (usize, usize), range: (usize, usize)) -> Result<Vec<usize>> {
+        let v = self.req(path)?;
+        let items = v.as_array().ok_or_else(|| Self::wrong(path, "a list of integers", v))?;
+        if items.len() < len.0 || items.len() > len.1 {
+            return Err(Error::Config {
+                path: path.into(),
+                reason: format!("has {} entries, lova-fast accepts {} to {}", items.len(), len.0, len.1),
+            });
+        }
+        items
+            .iter()
+            .map(|x| match x.as_u64() {
+                Some(n) if n >= range.0 as u64 && n <= range.1 as u64 => Ok(n as usize),
+                Some(n) => Err(Self::out_of_range(path, format!("{v} (entry {n})"), range)),
+                None => Err(Self::wrong(path, "a list of integers", v)),
+            })
+            .collect()
     }
 
     fn f64(&self, path: &str) -> Result<f64> {
         let v = self.req(path)?;
         v.as_f64().ok_or_else(|| Self::wrong(path, "a number", v))
-    }
-
-    fn f64_or(&self, path: &str, default: f64) -> Result<f64> {
-        if self.opt(path).is_none() { Ok(default) } else { self.f64(path) }
     }
 
     fn bool_or(&self, path: &str, default: bool) -> Result<bool> {
@@ -340,15 +519,6 @@ impl Json<'_> {
             None => Ok(None),
             Some(v) => v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| Self::wrong(path, "a string", v)),
         }
-    }
-
-    fn usize_list(&self, path: &str) -> Result<Vec<usize>> {
-        let v = self.req(path)?;
-        let items = v.as_array().ok_or_else(|| Self::wrong(path, "a list of integers", v))?;
-        items
-            .iter()
-            .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| Self::wrong(path, "a list of integers", v)))
-            .collect()
     }
 }
 
@@ -412,6 +582,68 @@ mod tests {
         root["model"]["diffusion"]["config"].as_object_mut().unwrap().remove("depth");
         let err = LovaConfig::from_json_str(&root.to_string()).unwrap_err().to_string();
         assert!(err.contains("model.diffusion.config.depth") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn sizes_outside_their_bounds_name_the_field() {
+        let dec = ["model", "pretransform", "config", "decoder", "config"];
+        let diff = ["model", "diffusion", "config"];
+        let at = |base: &[&'static str], f: &'static str| [base, &[f]].concat();
+        let cases: Vec<(Vec<&str>, Value, &str)> = vec![
+            (at(&diff, "depth"), Value::from(1u64 << 40), "model.diffusion.config.depth"),
+            (at(&diff, "depth"), Value::from(878320143102u64), "model.diffusion.config.depth"),
+            (at(&diff, "depth"), Value::from(0), "model.diffusion.config.depth"),
+            (at(&diff, "embed_dim"), Value::from(64u64 << 30), "embed_dim"),
+            (at(&diff, "cond_token_dim"), Value::from(u64::MAX), "cond_token_dim"),
+            (at(&diff, "abs_pos_emb_max_length"), Value::from(1u64 << 33), "abs_pos_emb_max_length"),
+            (at(&dec, "strides"), serde_json::json!([]), "decoder.config.strides"),
+            (at(&dec, "strides"), serde_json::json!([2, 4, 4, 8]), "decoder.config.strides"),
+            (at(&dec, "strides"), serde_json::json!([2, 4, 4, 8, 1 << 20]), "decoder.config.strides"),
+            (at(&dec, "strides"), serde_json::json!([64, 64, 64, 64, 64]), "decoder.config.strides"),
+            (at(&dec, "c_mults"), serde_json::json!([1, 2, 4, 8, 100000]), "decoder.config.c_mults"),
+            (at(&dec, "channels"), Value::from(1u64 << 20), "decoder.config.channels"),
+            (vec!["fps"], Value::from(1e308), "fps"),
+            (vec!["fps"], Value::from(0.0), "fps"),
+            (vec!["fps"], Value::from(-8), "fps"),
+            (vec!["sample_rate"], Value::from(1u64 << 40), "sample_rate"),
+            (vec!["audio_channels"], Value::from(0), "audio_channels"),
+            (vec!["model", "pretransform", "config", "downsampling_ratio"], Value::from(1024), "downsampling_ratio"),
+            (vec!["model", "pretransform", "scale"], Value::from(1e30), "model.pretransform.scale"),
+            (vec!["model", "pretransform", "scale"], Value::from(0.0), "model.pretransform.scale"),
+        ];
+        for (path, value, field) in cases {
+            let err = LovaConfig::from_json_str(&with_field(&path, value.clone()))
+                .err()
+                .unwrap_or_else(|| panic!("{path:?} = {value} accepted"))
+                .to_string();
+            assert!(err.contains(field), "{path:?} = {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn oversized_config_files_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.json");
+        std::fs::write(&path, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        let err = LovaConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("big.json") && err.contains("bytes"), "{err}");
+    }
+
+    #[test]
+    fn user_lengths_and_rates_are_checked_where_they_enter() {
+        let c = LovaConfig::released();
+        assert!(c.check_seconds("--seconds", 2.0).is_ok());
+        for bad in [1e-9, 0.0, -1.0, f64::NAN, f64::INFINITY, 1e300, 140.0] {
+            let err = c.check_seconds("--seconds", bad).unwrap_err().to_string();
+            assert!(err.contains("--seconds"), "{bad}: {err}");
+        }
+        assert!(check_frame_rate("--fps", 25.0).is_ok());
+        for bad in [0.0, -1.0, 1e308, f64::NAN, 1e-9] {
+            let err = check_frame_rate("--fps", bad).unwrap_err().to_string();
+            assert!(err.contains("--fps"), "{bad}: {err}");
+        }
+        assert_eq!(c.dit.transformer_len(usize::MAX), usize::MAX);
+        assert!(c.check_lengths(usize::MAX, 10).is_err());
     }
 
     #[test]

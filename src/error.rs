@@ -8,12 +8,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS reason is part of the message and deliberately not a `#[source]`:
+    /// a CLI printing the chain (`{:#}`) would print it twice otherwise.
+    #[error("cannot {op} {path}: {reason}")]
+    Io { op: IoOp, path: PathBuf, reason: std::io::Error },
 
     #[error("{path} is not a valid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
@@ -35,6 +33,9 @@ pub enum Error {
 
     #[error("{what} contains a non-finite value ({value}) at index {index}")]
     NonFinite { what: String, index: usize, value: f32 },
+
+    #[error("{what} holds {value:e} at index {index}, beyond the ±{max:e} lova-fast accepts there")]
+    OutOfRange { what: String, index: usize, value: f32, max: f32 },
 
     #[error("{0}")]
     Limit(String),
@@ -90,8 +91,39 @@ impl Error {
         }
     }
 
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    /// Reading `path` failed (opening it for reading included).
+    pub fn io(path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
+        Error::Io { op: IoOp::Read, path: path.into(), reason }
+    }
+
+    /// Writing `path` failed: its temporary file could not be created or
+    /// written, or it could not be moved into place. `path` is the file the
+    /// user named, never the temporary name.
+    pub fn write(path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
+        Error::Io { op: IoOp::Write, path: path.into(), reason }
+    }
+
+    /// Listing the folder `path` failed.
+    pub fn list(path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
+        Error::Io { op: IoOp::List, path: path.into(), reason }
+    }
+}
+
+/// What an I/O error was doing, for its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    Read,
+    Write,
+    List,
+}
+
+impl std::fmt::Display for IoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::List => "list the folder",
+        })
     }
 }
 
@@ -100,5 +132,15 @@ pub fn ensure_finite(what: &str, data: &[f32]) -> Result<()> {
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(index) => Err(Error::NonFinite { what: what.to_string(), index, value: data[index] }),
+    }
+}
+
+/// Refuses NaN, infinities and magnitudes above `max_abs` (values that are
+/// finite but would overflow what is computed from them), naming the first.
+pub fn ensure_within(what: &str, data: &[f32], max_abs: f32) -> Result<()> {
+    ensure_finite(what, data)?;
+    match data.iter().position(|v| v.abs() > max_abs) {
+        None => Ok(()),
+        Some(index) => Err(Error::OutOfRange { what: what.to_string(), index, value: data[index], max: max_abs }),
     }
 }

@@ -46,6 +46,7 @@ pub mod error;
 pub mod graph;
 pub mod kernels;
 pub mod models;
+pub mod output_paths;
 mod partial_file;
 pub mod pipeline;
 pub mod sampler;

@@ -166,6 +166,8 @@ fn convert_refuses_strides_that_do_not_match_the_weights() {
     let text = std::fs::read_to_string(fixture("tiny/model_config.json")).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
     json["model"]["pretransform"]["config"]["decoder"]["config"]["strides"] = serde_json::json!([2, 4, 4, 8, 4]);
+    // The samples per latent frame follow the strides (the config parser checks that they agree).
+    json["model"]["pretransform"]["config"]["downsampling_ratio"] = serde_json::json!(1024);
     let cfg = dir.path().join("config.json");
     std::fs::write(&cfg, json.to_string()).unwrap();
     let (o, out) = convert(dir.path(), &fixture("tiny/checkpoint.safetensors"), &cfg);

@@ -122,3 +122,59 @@ fn bad_videos_are_named_errors() {
         assert!(message.contains(expected), "{}: {message}", path.display());
     }
 }
+
+/// Runs FFmpeg with `args` (a test's input preparation).
+fn ffmpeg(args: &[&str]) {
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y"])
+        .args(args)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg {args:?}");
+}
+
+/// A raw H.264 stream has no container duration and no timestamps, and a
+/// Matroska file written to a pipe has timestamps but no duration: both are
+/// measured from their frames, and sampled like the file they came from.
+#[test]
+fn streams_without_a_container_duration_are_measured_from_their_frames() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let src = video("h264_25fps.mp4");
+    let raw = dir.path().join("clip.h264");
+    ffmpeg(&["-i", common::s(&src), "-c", "copy", "-bsf:v", "h264_mp4toannexb", common::s(&raw)]);
+    let piped = dir.path().join("piped.mkv");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ffmpeg -nostdin -v error -i '{}' -c copy -f matroska pipe:1 > '{}'",
+            src.display(),
+            piped.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let (_, want) = picked("h264_25fps.mp4");
+    for path in [raw, piped] {
+        let mut reader = VideoReader::open_video(&path, 8.0).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!((reader.duration - 4.0).abs() < 1e-9, "{}: {}", path.display(), reader.duration);
+        let mut numbers = Vec::new();
+        while let Some(frame) = reader.next_frame().unwrap() {
+            numbers.push(frame_number(&frame));
+        }
+        assert_eq!(numbers, want, "{}", path.display());
+    }
+}
+
+#[test]
+fn a_still_image_named_like_a_video_is_called_an_image() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let jpeg = dir.path().join("frame.jpg");
+    ffmpeg(&["-i", common::s(&video("h264_25fps.mp4")), "-frames:v", "1", common::s(&jpeg)]);
+    let renamed = dir.path().join("holiday.mp4");
+    std::fs::rename(&jpeg, &renamed).unwrap();
+    let e = VideoReader::open_video(&renamed, 8.0).err().expect("a JPEG opened as a video").to_string();
+    assert!(e.contains("holiday.mp4") && e.contains("still image") && e.contains("mjpeg"), "{e}");
+    assert!(!e.contains("how long"), "{e}");
+}

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use lova_fast::config::{LovaConfig, RELEASED_CONFIG_JSON};
 use lova_fast::engine;
+use lova_fast::output_paths::{NamedPath, check_outputs};
 
 use super::check_output_path;
 
@@ -35,10 +36,16 @@ pub struct ConvertArgs {
 
 pub fn run(args: ConvertArgs) -> Result<()> {
     check_output_path(&args.output)?;
+    let mut inputs = vec![NamedPath::new("--checkpoint", &args.checkpoint)];
+    inputs.extend(args.clip.as_deref().map(|p| NamedPath::new("--clip", p)));
+    inputs.extend(args.config.as_deref().map(|p| NamedPath::new("--config", p)));
+    check_outputs(&inputs, &[NamedPath::new("-o", &args.output)])?;
     let (config, json) = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            (LovaConfig::from_file(path)?, text)
+            // Parsed first: `from_file` refuses a file too big to be a config before reading it.
+            let config = LovaConfig::from_file(path)?;
+            let text = std::fs::read_to_string(path).map_err(|e| lova_fast::Error::io(path, e))?;
+            (config, text)
         }
         None => (LovaConfig::released(), RELEASED_CONFIG_JSON.to_string()),
     };

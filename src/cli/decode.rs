@@ -3,15 +3,15 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Args;
 
-use lova_fast::audio::{SampleFormat, samples_for_seconds, trim_and_normalise, write_wav};
+use lova_fast::audio::{SampleFormat, finish, samples_for_seconds, write_wav};
 use lova_fast::backend::Backend;
 use lova_fast::config::LovaConfig;
 use lova_fast::models::vae::{planned_arena_bytes, receptive_field};
 use lova_fast::tensor::HostTensor;
-use lova_fast::weights::{SafetensorsFile, read_single_tensor};
+use lova_fast::weights::{SafetensorsFile, read_latents};
 
 use super::{Device, VaeWindowArgs, WeightArgs, WithBackend, check_output_path, with_device};
 
@@ -47,22 +47,20 @@ pub fn run(args: DecodeArgs) -> Result<()> {
     check_output_path(&args.output)?;
     args.vae_windows.validate()?;
     let config = args.weights.config()?;
-    let latents = read_single_tensor(&args.latents, "latents", None)
-        .with_context(|| format!("reading latents from {}", args.latents.display()))?;
-    if latents.shape.len() != 2 || latents.shape[0] != config.dit.io_channels || latents.shape[1] == 0 {
-        bail!(
-            "{}: tensor `latents` has shape {:?}, expected [{}, T']",
-            args.latents.display(),
-            latents.shape,
-            config.dit.io_channels
-        );
-    }
+    // The library's errors name the file (and whether it could not be read): no context to add.
+    let latents = read_latents(&args.latents, config.dit.io_channels)?;
     let full = latents.shape[1] as f64 * config.downsampling_ratio as f64 / config.sample_rate as f64;
     let stored = SafetensorsFile::open(&args.latents)?.user_metadata("seconds").and_then(|s| s.parse::<f64>().ok());
-    let seconds = match args.seconds.or(stored) {
-        Some(s) if s.is_finite() && s > 0.0 => s.min(full),
-        Some(s) => bail!("the audio length must be a positive number of seconds, got {s}"),
-        None => full,
+    let seconds = match (args.seconds, stored) {
+        (Some(s), _) => {
+            config.check_seconds("--seconds", s)?;
+            s.min(full)
+        }
+        (None, Some(s)) => {
+            config.check_seconds(&format!("the `seconds` stored in {}", args.latents.display()), s)?;
+            s.min(full)
+        }
+        (None, None) => full,
     };
 
     let device = args.device;
@@ -90,7 +88,7 @@ impl WithBackend for DecodeJob {
             Some(chunk) => vae.decode_chunked(&backend, &latents, chunk)?,
             None => vae.decode(&backend, &[latents])?.remove(0),
         };
-        let audio = trim_and_normalise(&audio, samples_for_seconds(seconds, config.sample_rate));
+        let audio = finish(&audio, samples_for_seconds(seconds, config.sample_rate), "the VAE decode")?;
         let decoded = Instant::now();
         let format = if args.float { SampleFormat::Float32 } else { SampleFormat::Pcm16 };
         write_wav(&args.output, &audio, config.sample_rate, format)?;

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use lova_fast::backend::Backend;
+use lova_fast::backend::cpu::threads;
 use lova_fast::config::LovaConfig;
 use lova_fast::engine::{ModelFile, WeightSource};
 use lova_fast::models::VaeDecoder;
@@ -188,8 +189,15 @@ pub fn process_age() -> std::time::Duration {
     PROCESS_START.get_or_init(std::time::Instant::now).elapsed()
 }
 
+/// Sizes the global thread pool for `--threads`, capped (with a note) at a few
+/// threads per core. Notes go to stderr even with `--quiet`: the run does not
+/// do what was asked.
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(n) = threads {
+    if let Some(requested) = threads {
+        let (n, note) = threads::cap_threads(requested, threads::cores());
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot set the number of threads")?;
     }
     Ok(())

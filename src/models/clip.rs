@@ -136,6 +136,20 @@ impl ClipVisionConfig {
                 c.layers, c.output_dim
             ));
         }
+        // These sizes come from a file (an engine's `clip_config`) and decide how
+        // long the tensor list is and how big the graph: bounded like the model
+        // config's (ViT-L/14: width 1024, 24 layers, patch 14, 224 px, output 768).
+        for (name, value, max) in [
+            ("width", c.width, 16384),
+            ("layers", c.layers, 256),
+            ("patch", c.patch, 1024),
+            ("image_size", c.image_size, 4096),
+            ("output_dim", c.output_dim, 16384),
+        ] {
+            if value > max {
+                return Err(format!("CLIP {name} {value} is larger than lova-fast accepts (at most {max})"));
+            }
+        }
         Ok(())
     }
 }
@@ -487,6 +501,20 @@ mod tests {
         let params: usize = clip_tensor_list(&cfg).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         // ~304 M parameters (lova-model.md section 0).
         assert!((303_000_000..305_000_000).contains(&params), "{params}");
+    }
+
+    #[test]
+    fn configs_from_a_file_are_bounded() {
+        assert_eq!(CLIP_VIT_L14.validate(), Ok(()));
+        for (field, cfg) in [
+            ("layers", ClipVisionConfig { layers: 1 << 40, ..CLIP_VIT_L14 }),
+            ("width", ClipVisionConfig { width: 64 << 20, heads: 1 << 20, ..CLIP_VIT_L14 }),
+            ("image_size", ClipVisionConfig { image_size: 14 << 20, ..CLIP_VIT_L14 }),
+            ("output_dim", ClipVisionConfig { output_dim: usize::MAX, ..CLIP_VIT_L14 }),
+        ] {
+            let e = cfg.validate().unwrap_err();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]

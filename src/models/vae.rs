@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 use crate::backend::{Backend, WeightSet};
 use crate::config::VaeDecoderConfig;
-use crate::error::{Error, Result, ensure_finite};
+use crate::error::{Error, Result, ensure_finite, ensure_within};
 use crate::graph::{ArenaPlan, Executor, Graph, Op, Segments, SegmentsId, Snake, TensorId, WeightId};
 use crate::tensor::HostTensor;
-use crate::weights::{SafetensorsFile, TensorSource};
+use crate::weights::{MAX_LATENT_ABS, SafetensorsFile, TensorSource};
 
 /// Key prefix of the decoder inside the original LoVA checkpoint.
 pub const ORIGINAL_PREFIX: &str = "pretransform.model.";
@@ -51,11 +51,20 @@ impl VaeTensorSpec {
     }
 }
 
-/// `(C_in, C_out, stride)` of decoder blocks `layers.1 ..`, widest first.
+/// `(C_in, C_out, stride)` of decoder blocks `layers.1 ..`, widest first. Block
+/// i goes from `c_mults[i]` to the multiplier before it (1 for the first) at
+/// `strides[i]`; the lists are walked together, so a config whose lists differ
+/// in length (refused by `check_config` and by the config parser) cannot index
+/// past either.
 fn blocks(cfg: &VaeDecoderConfig) -> Vec<(usize, usize, usize)> {
-    let mut mults = vec![1];
-    mults.extend(&cfg.c_mults);
-    (1..mults.len()).rev().map(|i| (mults[i] * cfg.channels, mults[i - 1] * cfg.channels, cfg.strides[i - 1])).collect()
+    let before = std::iter::once(&1).chain(&cfg.c_mults);
+    let mut list: Vec<_> = before
+        .zip(&cfg.c_mults)
+        .zip(&cfg.strides)
+        .map(|((&from, &to), &stride)| (to * cfg.channels, from * cfg.channels, stride))
+        .collect();
+    list.reverse();
+    list
 }
 
 /// Refuses decoder configs the engine does not implement.
@@ -103,7 +112,9 @@ pub fn tensor_specs(cfg: &VaeDecoderConfig) -> Vec<VaeTensorSpec> {
         }
     };
     let blocks = blocks(cfg);
-    conv(&mut specs, "0", VaeTensorKind::Conv { cout: blocks[0].0, cin: cfg.latent_dim, kernel: KERNEL }, true);
+    // The first conv feeds the widest block (or, with none, the last conv's `channels`).
+    let widest = blocks.first().map_or(cfg.channels, |b| b.0);
+    conv(&mut specs, "0", VaeTensorKind::Conv { cout: widest, cin: cfg.latent_dim, kernel: KERNEL }, true);
     for (b, &(cin, cout, stride)) in blocks.iter().enumerate() {
         let b = b + 1;
         snake(&mut specs, &format!("{b}.layers.0"), cin);
@@ -413,7 +424,7 @@ impl<B: Backend> VaeDecoder<B> {
             return Err(Error::InvalidInput("a VAE decode chunk must hold at least one latent frame".into()));
         }
         let context = receptive_field(&self.config);
-        let window = (chunk + 2 * context).min(t);
+        let window = chunk.saturating_add(2 * context).min(t);
         if window == t {
             before_window(0, 1)?;
             return Ok(self.decode(backend, std::slice::from_ref(latents))?.remove(0));
@@ -445,7 +456,9 @@ impl<B: Backend> VaeDecoder<B> {
                     z.shape
                 )));
             }
-            ensure_finite(&format!("latents {i}"), &z.data)?;
+            // Finite is not enough: latents near f32's limit overflow in the first
+            // conv and come out as NaN (then as a silent WAV).
+            ensure_within(&format!("latents {i} given to the VAE decoder"), &z.data, MAX_LATENT_ABS)?;
         }
         Ok(latents.iter().map(|z| z.shape[1]).collect())
     }
@@ -471,7 +484,11 @@ impl<'w, B: Backend> DecodeRun<'w, B> {
     fn run(&mut self, scaled: &[f32]) -> Result<Vec<f32>> {
         self.exec.write(self.z, scaled)?;
         self.exec.run()?;
-        self.exec.read(self.audio)
+        let audio = self.exec.read(self.audio)?;
+        // Overflow inside the decoder (extreme weights or latents) must end here,
+        // as an error naming the stage, not as a NaN or silent WAV.
+        ensure_finite("the VAE decoder's audio output", &audio)?;
+        Ok(audio)
     }
 }
 
@@ -536,4 +553,58 @@ pub fn weight_bytes_fp16(cfg: &VaeDecoderConfig) -> usize {
             if shape.len() >= 2 { 2 * n } else { 4 * n }
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LovaConfig;
+
+    /// A decoder config the parser would refuse (lists of different lengths, or
+    /// empty) still describes no block past either list, so nothing that walks
+    /// it can index out of bounds; `check_config` refuses it with a message.
+    #[test]
+    fn lists_of_different_lengths_are_refused_not_indexed() {
+        let released = LovaConfig::released().vae_decoder;
+        for strides in [vec![], vec![2], vec![2, 4, 4, 8, 8, 2]] {
+            let cfg = VaeDecoderConfig { strides: strides.clone(), ..released.clone() };
+            assert_eq!(blocks(&cfg).len(), strides.len().min(cfg.c_mults.len()));
+            let _ = tensor_specs(&cfg);
+            let _ = weight_bytes_fp16(&cfg);
+            let _ = receptive_field(&cfg);
+            let e = check_config(&cfg).unwrap_err().to_string();
+            assert!(e.contains("strides"), "{e}");
+            assert!(planned_arena_bytes(&cfg, &[4]).is_err());
+        }
+        let empty = VaeDecoderConfig { strides: vec![], c_mults: vec![], ..released };
+        assert!(blocks(&empty).is_empty());
+        assert_eq!(tensor_specs(&empty)[0].engine_shape(), vec![empty.channels, KERNEL * empty.latent_dim]);
+    }
+
+    #[test]
+    fn latents_that_would_overflow_and_overflowing_output_are_errors() {
+        let backend = crate::backend::CpuBackend::new();
+        let cfg = VaeDecoderConfig { channels: 4, ..LovaConfig::released().vae_decoder };
+        let random = crate::weights::RandomWeights { seed: 3 };
+        let mut vae = VaeDecoder::load_stored(&backend, &cfg, 1.0, &random, "").unwrap();
+        let z = |v: f32| HostTensor::new(vec![64, 2], vec![v; 128]);
+        assert!(vae.decode(&backend, &[z(0.5)]).is_ok());
+        let Err(e) = vae.decode(&backend, &[z(3e38)]) else { panic!("latents of 3e38 decoded") };
+        let e = e.to_string();
+        assert!(e.contains("VAE decoder") && e.contains("3e38"), "{e}");
+        // Overflow inside the decoder (here from a scale no config may hold).
+        vae.latent_scale = f32::INFINITY;
+        let Err(whole) = vae.decode(&backend, &[z(0.5)]) else { panic!("overflow decoded") };
+        let Err(chunked) = vae.decode_chunked(&backend, &z(0.5), 1) else { panic!("overflow decoded in chunks") };
+        for e in [whole, chunked] {
+            let e = e.to_string();
+            assert!(e.contains("VAE decoder's audio output") && e.contains("non-finite"), "{e}");
+        }
+    }
+
+    #[test]
+    fn blocks_go_from_the_widest_down() {
+        let cfg = LovaConfig::released().vae_decoder;
+        assert_eq!(blocks(&cfg), vec![(2048, 1024, 8), (1024, 512, 8), (512, 256, 4), (256, 128, 4), (128, 128, 2)]);
+    }
 }

@@ -68,7 +68,8 @@ impl VaeWindows {
                         "a VAE window must be a positive number of seconds, got {s}"
                     )));
                 }
-                Ok(Some(config.latent_len_for_seconds(s).max(1)))
+                // A window longer than the clip is the whole clip (and a huge one must not overflow later).
+                Ok(Some(config.latent_len_for_seconds(s).clamp(1, latent_len.max(1))))
             }
             VaeWindows::Budget(bytes) => crate::models::vae::chunk_for_budget(&config.vae_decoder, latent_len, bytes),
         }

@@ -6,4 +6,7 @@ pub mod rng;
 pub mod schedule;
 mod session;
 
-pub use session::{Request, RequestNoise, SamplerSettings, Sampling, sample};
+pub use session::{
+    MAX_CFG, MAX_ETA, MAX_S_NOISE, Request, RequestNoise, SIGMA_RANGE, SamplerSettings, Sampling, check_cfg_scale,
+    sample,
+};

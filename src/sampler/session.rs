@@ -51,6 +51,24 @@ impl Default for SamplerSettings {
     }
 }
 
+/// Noise levels the sampler accepts (`--sigma-min`, `--sigma-max`).
+pub const SIGMA_RANGE: (f64, f64) = (1e-6, 1e6);
+/// Largest `--eta` and `|--s-noise|`: the SDE's noise scales with them.
+pub const MAX_ETA: f64 = 100.0;
+pub const MAX_S_NOISE: f64 = 100.0;
+/// Largest `|--cfg|`: the guided prediction is uncond + cfg * (cond - uncond);
+/// the paper uses 5 (its demo 7), and far past 100 it only amplifies rounding.
+pub const MAX_CFG: f32 = 1000.0;
+
+/// Checks a classifier-free guidance scale (`--cfg`) where it enters:
+/// finite and at most `MAX_CFG` in magnitude.
+pub fn check_cfg_scale(cfg: f32) -> Result<()> {
+    if !(cfg.is_finite() && cfg.abs() <= MAX_CFG) {
+        return Err(Error::InvalidInput(format!("--cfg must be a number from -{MAX_CFG} to {MAX_CFG}, got {cfg}")));
+    }
+    Ok(())
+}
+
 impl SamplerSettings {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::InvalidInput(what.to_string()));
@@ -66,6 +84,18 @@ impl SamplerSettings {
         }
         if !(self.eta >= 0.0 && self.eta.is_finite() && self.s_noise.is_finite() && self.rho > 0.0) {
             return bad("eta must be >= 0, s-noise finite and rho > 0");
+        }
+        // Finite is not enough: noise scaled by sigma-max or s-noise beyond these
+        // overflows f32 in the first step and the run ends in NaN latents. The
+        // released settings (0.3, 500, eta 1, s-noise 1) are far inside.
+        let (min, max) = SIGMA_RANGE;
+        if self.sigma_min < min || self.sigma_max > max {
+            return Err(Error::InvalidInput(format!("sigmas must lie from {min} to {max}")));
+        }
+        if self.eta > MAX_ETA || self.s_noise.abs() > MAX_S_NOISE || !self.rho.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "eta must be at most {MAX_ETA}, |s-noise| at most {MAX_S_NOISE} and rho finite"
+            )));
         }
         Ok(())
     }
@@ -448,5 +478,32 @@ impl<'a, B: Backend> Sampling<'a, B> {
                 HostTensor::new(vec![r.len(), io], out[r.start * io..r.end * io].to_vec()).transposed()
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_would_overflow_are_refused() {
+        assert!(SamplerSettings::default().validate().is_ok());
+        let d = SamplerSettings::default;
+        for bad in [
+            SamplerSettings { sigma_max: 1e300, ..d() },
+            SamplerSettings { sigma_min: 1e-300, ..d() },
+            SamplerSettings { s_noise: 1e30, ..d() },
+            SamplerSettings { s_noise: -1e30, ..d() },
+            SamplerSettings { eta: 1e30, ..d() },
+            SamplerSettings { rho: f64::INFINITY, ..d() },
+            SamplerSettings { sigma_max: f64::NAN, ..d() },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(check_cfg_scale(5.0).is_ok() && check_cfg_scale(-1.0).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, 1e30, -1e4] {
+            let e = check_cfg_scale(bad).unwrap_err().to_string();
+            assert!(e.contains("--cfg"), "{e}");
+        }
     }
 }

@@ -76,6 +76,13 @@ struct StreamJson {
 #[derive(Deserialize)]
 struct FormatJson {
     duration: Option<String>,
+    format_name: Option<String>,
+}
+
+/// FFmpeg's demuxers for single pictures (`jpeg_pipe`, `png_pipe`, ...,
+/// `image2`): a file read by one of them is a still image, whatever its name.
+fn is_image_format(format_name: &str) -> bool {
+    format_name.split(',').any(|f| f.ends_with("_pipe") || f == "image2")
 }
 
 fn rational(text: &Option<String>) -> Option<f64> {
@@ -106,7 +113,7 @@ pub fn probe(path: &Path) -> Result<Probe> {
     let out = Command::new(ffprobe)
         .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
         .arg(
-            "format=duration:stream=width,height,codec_name,r_frame_rate,avg_frame_rate,duration:\
+            "format=duration,format_name:stream=width,height,codec_name,r_frame_rate,avg_frame_rate,duration:\
              stream_side_data=rotation:packet=pts_time,flags",
         )
         .args(["-of", "json"])
@@ -126,6 +133,18 @@ pub fn probe(path: &Path) -> Result<Probe> {
         }
         return Err(Error::video(path, "has no video stream (an audio-only or data file?)"));
     };
+    if let Some(format) = json.format.as_ref().and_then(|f| f.format_name.as_deref())
+        && is_image_format(format)
+    {
+        return Err(Error::video(
+            path,
+            format!(
+                "is a still image ({} read as `{format}`), not a video: give a video file, or a folder of \
+                 images with their frame rate (--fps)",
+                stream.codec_name.as_deref().unwrap_or("unknown codec")
+            ),
+        ));
+    }
     let (Some(mut width), Some(mut height)) = (stream.width, stream.height) else {
         return Err(Error::video(path, "the video stream has no frame size"));
     };
@@ -149,12 +168,16 @@ pub fn probe(path: &Path) -> Result<Probe> {
     let frame_rate = rational(&stream.avg_frame_rate)
         .or_else(|| rational(&stream.r_frame_rate))
         .ok_or_else(|| Error::video(path, "the video stream has no frame rate"))?;
-    let duration = json
-        .format
-        .as_ref()
-        .and_then(|f| seconds(&f.duration))
-        .or_else(|| seconds(&stream.duration))
-        .ok_or_else(|| Error::video(path, "the container does not say how long the video is"))?;
+    // A raw stream (`.h264`) or a file written to a pipe (Matroska) may not say
+    // how long it is; the packets do: from their timestamps (the last frame
+    // lasts one nominal frame interval), else from their count at the nominal rate.
+    let duration =
+        json.format.as_ref().and_then(|f| seconds(&f.duration)).or_else(|| seconds(&stream.duration)).unwrap_or_else(
+            || match &times {
+                Some(t) if t.len() > 1 => t[t.len() - 1] + 1.0 / frame_rate,
+                _ => frames as f64 / frame_rate,
+            },
+        );
     if frames == 0 || duration <= 0.0 {
         return Err(Error::video(path, format!("has no video frames (duration {duration} s, {frames} frames)")));
     }

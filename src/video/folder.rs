@@ -19,10 +19,10 @@ pub fn is_image(path: &Path) -> bool {
 
 /// The PNG/JPEG files directly in `dir`, sorted by name.
 pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::list(dir, e))?;
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let path = entry.map_err(|e| Error::list(dir, e))?.path();
         if path.is_file() && is_image(&path) {
             files.push(path);
         }

@@ -30,6 +30,45 @@ use crate::error::{Error, Result};
 /// Extensions of files taken for videos when a folder of videos is given.
 pub const VIDEO_EXTENSIONS: &[&str] = &["mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "flv", "wmv"];
 
+/// What `infer --mux` inserts before a video's extension in the default name
+/// of its output (`clip.mp4` -> `clip.with-audio.mp4`).
+pub const MUX_TAG: &str = "with-audio";
+
+/// The default name of the video with generated audio for input `video`.
+pub fn default_mux_path(video: &Path) -> PathBuf {
+    video.with_extension(format!("{MUX_TAG}.mp4"))
+}
+
+/// Whether `path` is named like a video this tool wrote (`*.with-audio.<ext>`):
+/// such files are outputs, never inputs of a folder run (running on a folder a
+/// second time made `clip.with-audio.with-audio.mp4`).
+pub fn is_own_output(path: &Path) -> bool {
+    path.file_stem().and_then(|s| Path::new(s).extension()).is_some_and(|tag| tag == MUX_TAG)
+}
+
+/// Whether `path` is named like a video (`VIDEO_EXTENSIONS`, any case).
+pub fn is_video_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO_EXTENSIONS.iter().any(|v| v.eq_ignore_ascii_case(e)))
+}
+
+/// The videos directly in `dir`, sorted by name: files named like videos,
+/// without this tool's own outputs (`is_own_output`) and hidden files (a
+/// partial output being written is one).
+pub fn video_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut videos = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::list(dir, e))? {
+        let path = entry.map_err(|e| Error::list(dir, e))?.path();
+        let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if path.is_file() && is_video_name(&path) && !is_own_output(&path) && !hidden {
+            videos.push(path);
+        }
+    }
+    videos.sort();
+    Ok(videos)
+}
+
 /// A video input, opened and sampled: which frames will come, and how long it is.
 pub struct VideoReader {
     pub path: PathBuf,
@@ -176,5 +215,38 @@ impl VideoReader {
         };
         self.current = Some((want, image.clone()));
         Ok(Some(image))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_lists_its_videos_but_not_what_this_tool_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "b.mp4",
+            "a.MKV",
+            "a.with-audio.mp4",
+            "b.with-audio.mp4",
+            "c.with-audio.with-audio.mp4",
+            ".a.with-audio.mp4.partial-12",
+            ".hidden.mp4",
+            "a.wav",
+            "notes.txt",
+            "with-audio.mp4",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("folder.mp4")).unwrap();
+        let names: Vec<String> = video_files(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.MKV", "b.mp4", "with-audio.mp4"]);
+        assert_eq!(default_mux_path(Path::new("d/clip.mov")), Path::new("d/clip.with-audio.mp4"));
+        assert!(is_own_output(&default_mux_path(Path::new("clip.mp4"))));
     }
 }

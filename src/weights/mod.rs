@@ -10,7 +10,10 @@ mod tensor_file;
 pub use random::RandomWeights;
 pub use safetensors_file::SafetensorsFile;
 pub use streaming_writer::{StoredDtype, StreamingWriter, TensorEntry};
-pub use tensor_file::{read_single_tensor, write_tensors_atomically};
+pub use tensor_file::{
+    MAX_FEATURE_ABS, MAX_LATENT_ABS, MAX_NOISE_ABS, read_features, read_latents, read_noise, read_single_tensor,
+    write_tensors_atomically,
+};
 
 use std::borrow::Cow;
 

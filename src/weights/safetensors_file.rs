@@ -28,6 +28,7 @@ impl SafetensorsFile {
         // truncated while mapped (a checkpoint being rewritten under a running engine).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let bad = |reason: String| Error::BadSafetensors { path: path.to_path_buf(), reason };
+        check_header(&mmap).map_err(bad)?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
         let data_start = 8 + header_len;
         for (name, info) in metadata.tensors() {
@@ -154,13 +155,105 @@ impl SafetensorsFile {
     /// The tensor `key` in f32, whatever its shape.
     pub fn tensor_any_shape(&self, key: &str) -> Result<HostTensor> {
         let (info, bytes) = self.stored(key)?;
+        // The element count comes from the file: a failed allocation is an error, not an abort.
+        let count: usize = info.shape.iter().product();
+        let mut data: Vec<f32> = Vec::new();
+        data.try_reserve_exact(count).map_err(|_| {
+            Error::Limit(format!(
+                "cannot allocate {} MiB for tensor `{key}` of {}",
+                (count * 4) >> 20,
+                self.path.display()
+            ))
+        })?;
         // Bytes are little-endian and, in general, not aligned for f32 in the mmap.
-        let data: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            _ => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        };
+        match info.dtype {
+            Dtype::F32 => data.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            Dtype::F16 => data.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+            _ => data.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        }
         Ok(HostTensor::new(info.shape.clone(), data))
+    }
+}
+
+/// What the safetensors crate lets through but the format forbids: a header
+/// that does not start with `{` (the format requires it) and a key that
+/// appears twice in any JSON object of the header (tensor names, the fields of
+/// one tensor, `__metadata__`: the format requires unique names, and a JSON
+/// reader would silently keep only one of them). Only the bytes the length
+/// prefix claims are looked at, and only when the file holds them; the crate
+/// reports every other length problem.
+fn check_header(file: &[u8]) -> std::result::Result<(), String> {
+    let Some(len) = file.get(..8) else { return Ok(()) };
+    let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    let Some(header) = usize::try_from(len).ok().and_then(|n| file.get(8..8usize.checked_add(n)?)) else {
+        return Ok(());
+    };
+    if header.first() != Some(&b'{') {
+        return Err("the header does not start with `{` (the format requires a JSON object first)".into());
+    }
+    // A header that is not JSON is the crate's to report (it parses the same bytes next).
+    match serde_json::from_slice::<UniqueKeys>(header) {
+        Ok(UniqueKeys(Some(key))) => Err(format!("key `{key}` appears twice in the header (the format forbids it)")),
+        _ => Ok(()),
+    }
+}
+
+/// Any JSON value; holds the first key found repeated within one object, if any.
+struct UniqueKeys(Option<String>);
+
+impl<'de> serde::de::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut repeated = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let inner = map.next_value::<UniqueKeys>()?.0.map(|k| format!("{key}.{k}"));
+            if repeated.is_none() {
+                repeated = if seen.contains(&key) { Some(key.clone()) } else { inner };
+            }
+            seen.insert(key);
+        }
+        Ok(UniqueKeys(repeated))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<UniqueKeys, A::Error> {
+        let mut repeated = None;
+        while let Some(UniqueKeys(inner)) = seq.next_element::<UniqueKeys>()? {
+            repeated = repeated.or(inner);
+        }
+        Ok(UniqueKeys(repeated))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys(None))
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys(None))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys(None))
     }
 }
 
@@ -268,6 +361,69 @@ mod tests {
         assert_eq!(*got, bits);
         let as_f32: Vec<f32> = bits.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
         assert_eq!(f.tensor("w", &[3, 1]).unwrap().data, as_f32);
+    }
+
+    /// A file with `header` (padded as the format asks) and `data` after it.
+    fn raw(dir: &Path, header: &str, data: &[u8]) -> PathBuf {
+        let mut header = header.to_string();
+        while !(8 + header.len()).is_multiple_of(8) {
+            header.push(' ');
+        }
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        let path = dir.join("raw.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn headers_the_format_forbids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = |name: &str, start: usize, end: usize| {
+            format!(r#""{name}":{{"dtype":"F32","shape":[{}],"data_offsets":[{start},{end}]}}"#, (end - start) / 4)
+        };
+        let ok = format!("{{{},{}}}", t("a", 0, 8), t("b", 8, 16));
+        assert!(SafetensorsFile::open(&raw(dir.path(), &ok, &[0; 16])).is_ok());
+        let cases = [
+            // The same tensor name twice: a reader would keep one silently.
+            (format!("{{{},{}}}", t("a", 0, 8), t("a", 8, 16)), vec![0u8; 16], "`a` appears twice"),
+            // A key repeated inside one tensor's entry, and inside `__metadata__`.
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"shape":[2]}}"#.to_string(),
+                vec![0; 8],
+                "`a.shape` appears twice",
+            ),
+            (
+                format!(r#"{{"__metadata__":{{"format":"x","format":"y"}},{}}}"#, t("a", 0, 8)),
+                vec![0; 8],
+                "`__metadata__.format` appears twice",
+            ),
+            // Overlapping, out-of-range and size-mismatched data, unknown dtype, no object first.
+            (format!("{{{},{}}}", t("a", 0, 8), t("b", 4, 12)), vec![0; 12], "raw.safetensors"),
+            (format!("{{{}}}", t("a", 0, 8)), vec![0; 4], "raw.safetensors"),
+            (r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#.into(), vec![0; 8], "raw.safetensors"),
+            (r#"{"a":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}}"#.into(), vec![0; 8], "raw.safetensors"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,8]}}"#.into(),
+                vec![0; 8],
+                "raw.safetensors",
+            ),
+            (format!(" {{{}}}", t("a", 0, 8)), vec![0; 8], "start with `{`"),
+        ];
+        for (header, data, needle) in cases {
+            let e = SafetensorsFile::open(&raw(dir.path(), &header, &data)).err();
+            let e = e.unwrap_or_else(|| panic!("accepted: {header}")).to_string();
+            assert!(e.contains(needle), "{header}: {e}");
+        }
+        // A header length past the file, or absurd, is an error, not an allocation.
+        let path = dir.path().join("long.safetensors");
+        for len in [1u64 << 40, u64::MAX, 200] {
+            let mut bytes = len.to_le_bytes().to_vec();
+            bytes.extend_from_slice(b"{}");
+            std::fs::write(&path, bytes).unwrap();
+            assert!(SafetensorsFile::open(&path).is_err(), "{len}");
+        }
     }
 
     #[test]

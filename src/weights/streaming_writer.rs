@@ -73,7 +73,7 @@ impl StreamingWriter {
         while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let file = File::create(&tmp).map_err(|e| Error::write(path, e))?;
         let mut writer =
             StreamingWriter { path: path.to_path_buf(), tmp, out: Some(BufWriter::new(file)), entries, next: 0 };
         writer.put(&(json.len() as u64).to_le_bytes())?;
@@ -83,7 +83,7 @@ impl StreamingWriter {
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         let out = self.out.as_mut().expect("writer is open");
-        out.write_all(bytes).map_err(|e| Error::io(&self.tmp, e))
+        out.write_all(bytes).map_err(|e| Error::write(&self.path, e))
     }
 
     /// Writes the next tensor; it must be the next entry of the list, with its shape.
@@ -117,9 +117,9 @@ impl StreamingWriter {
             )));
         }
         let out = self.out.take().expect("writer is open");
-        let file = out.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        let file = out.into_inner().map_err(|e| Error::write(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::write(&self.path, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::write(&self.path, e))?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod linear;
 pub mod norm;
 mod operands;
 pub mod sampler_ops;
+pub mod threads;
 pub mod vision_ops;
 
 use operands::Operands;
