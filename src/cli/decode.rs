@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use lova_fast::output_paths::{NamedPath, check_outputs};
 
 use lova_fast::audio::{SampleFormat, finish, samples_for_seconds, write_wav};
 use lova_fast::backend::Backend;
@@ -45,6 +46,17 @@ pub struct DecodeArgs {
 
 pub fn run(args: DecodeArgs) -> Result<()> {
     check_output_path(&args.output)?;
+    let w = &args.weights;
+    let inputs: Vec<NamedPath> = [
+        ("latents", Some(args.latents.as_path())),
+        ("--weights", w.weights.as_deref()),
+        ("--checkpoint", w.checkpoint.as_deref()),
+        ("--config", w.config.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(role, path)| path.map(|p| NamedPath::new(role, p)))
+    .collect();
+    check_outputs(&inputs, &[NamedPath::new("-o", &args.output)])?;
     args.vae_windows.validate()?;
     let config = args.weights.config()?;
     // The library's errors name the file (and whether it could not be read): no context to add.

@@ -16,11 +16,14 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lova_fast::audio::SampleFormat;
+use lova_fast::config::check_frame_rate;
+use lova_fast::output_paths::{NamedPath, check_outputs};
 use lova_fast::pipeline::{
     Event, Input as Source, Output, Pipeline, PipelineOptions, Progress, Request, RequestPlan, Stage,
 };
 use lova_fast::sampler::SamplerSettings;
-use lova_fast::video::{VIDEO_EXTENSIONS, ffmpeg, image_files};
+use lova_fast::sampler::check_cfg_scale;
+use lova_fast::video::{VIDEO_EXTENSIONS, default_mux_path, ffmpeg, image_files, video_files};
 use lova_fast::weights::{read_single_tensor, write_tensors_atomically};
 
 use super::{Device, VaeWindowArgs, WeightArgs, check_output_path, set_threads};
@@ -47,7 +50,7 @@ pub struct InferArgs {
 
     /// Also write the video with the generated audio (video stream copied, audio
     /// AAC) [default name: INPUT.with-audio.mp4; a name only with one input].
-    #[arg(long, value_name = "OUT.mp4", num_args = 0..=1)]
+    #[arg(long, value_name = "OUT.mp4", num_args = 0..=1, conflicts_with = "no_audio")]
     pub mux: Option<Option<PathBuf>>,
 
     /// Also write the CLIP features: tensor `features` [N, 768] (f32). One input only.
@@ -75,6 +78,11 @@ pub struct InferArgs {
     /// Stop after sampling: no VAE decoding, no WAV (needs --save-latents).
     #[arg(long, requires = "save_latents")]
     pub no_audio: bool,
+
+    /// Leave out inputs whose outputs all exist already (for long runs over a
+    /// folder that were interrupted): they are listed as skipped.
+    #[arg(long)]
+    pub skip_existing: bool,
 
     /// Sampler steps.
     #[arg(long, default_value_t = 150)]
@@ -156,12 +164,6 @@ impl Input {
     }
 }
 
-fn is_video_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| VIDEO_EXTENSIONS.iter().any(|v| v.eq_ignore_ascii_case(e)))
-}
-
 /// Folders become their videos (or one image sequence); files are features or videos.
 fn resolve_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
     let mut inputs = Vec::new();
@@ -171,11 +173,7 @@ fn resolve_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
                 inputs.push(Input::Images(path.clone()));
                 continue;
             }
-            let mut videos: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("cannot read folder {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_video_name(p))
-                .collect();
+            let videos = video_files(path)?;
             if videos.is_empty() {
                 bail!(
                     "{}: a folder with no videos ({}) and no PNG/JPEG frames",
@@ -183,7 +181,6 @@ fn resolve_inputs(paths: &[PathBuf]) -> Result<Vec<Input>> {
                     VIDEO_EXTENSIONS.join(", ")
                 );
             }
-            videos.sort();
             inputs.extend(videos.into_iter().map(Input::Video));
         } else if path.extension().is_some_and(|e| e == "safetensors") {
             inputs.push(Input::Features(path.clone()));
@@ -305,20 +302,11 @@ pub fn run(args: InferArgs) -> Result<()> {
         s_noise: args.s_noise,
     };
     settings.validate()?;
-    if !args.cfg.is_finite() {
-        bail!("--cfg must be a finite number");
-    }
-    if let Some(s) = args.seconds
-        && !(s.is_finite() && s > 0.0)
-    {
-        bail!("--seconds must be a positive number of seconds, got {s}");
-    }
+    check_cfg_scale(args.cfg)?;
     args.vae_windows.validate()?;
     for (flag, value) in [("--fps", args.fps), ("--sample-fps", args.sample_fps)] {
-        if let Some(f) = value
-            && !(f.is_finite() && f > 0.0)
-        {
-            bail!("{flag} must be a positive number of frames per second, got {f}");
+        if let Some(f) = value {
+            check_frame_rate(flag, f)?;
         }
     }
     let any_video = inputs.iter().any(|i| matches!(i, Input::Video(_)));
@@ -335,6 +323,9 @@ pub fn run(args: InferArgs) -> Result<()> {
 
     let started = Instant::now();
     let config = args.weights.config()?;
+    if let Some(s) = args.seconds {
+        config.check_seconds("--seconds", s)?;
+    }
     // Check every input (and every output path) before loading anything heavy.
     let single = inputs.len() == 1;
     let mut failures = Vec::new();
@@ -342,11 +333,17 @@ pub fn run(args: InferArgs) -> Result<()> {
     for input in inputs {
         let name = input.path().display().to_string();
         match plan(&args, &config, &settings, initial_noise.clone(), input) {
+            Ok(p) if args.skip_existing && p.outputs.all().all(|o| o.exists()) => {
+                if !args.quiet {
+                    eprintln!("skipped {name}: its outputs exist (--skip-existing)");
+                }
+            }
             Ok(p) => planned.push(p),
             Err(e) if single => return Err(e),
             Err(e) => failures.push(report_failure(&args, name, e)),
         }
     }
+    check_no_overwrite(&args, &planned)?;
     if planned.is_empty() {
         return finish_run(&args, failures, 0);
     }
@@ -463,6 +460,34 @@ fn finish_run(args: &InferArgs, failures: Vec<Failure>, done: usize) -> Result<(
     Err(anyhow!("{} of {} inputs failed (see above); the others were written", failures.len(), failures.len() + done))
 }
 
+/// No output of the run may be an input of it (model files, init noise, the
+/// inputs themselves) or another output: one would be lost, silently.
+fn check_no_overwrite(args: &InferArgs, planned: &[Planned]) -> Result<()> {
+    let w = &args.weights;
+    let mut inputs: Vec<NamedPath> = [
+        ("--weights", w.weights.as_deref()),
+        ("--checkpoint", w.checkpoint.as_deref()),
+        ("--config", w.config.as_deref()),
+        ("--clip", args.clip.as_deref()),
+        ("--init-noise", args.init_noise.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(role, path)| path.map(|p| NamedPath::new(role, p)))
+    .collect();
+    inputs.extend(planned.iter().map(|p| NamedPath::new("input", p.input.path())));
+    let outputs: Vec<NamedPath> = planned
+        .iter()
+        .flat_map(|p| {
+            let o = &p.outputs;
+            let wav_role = if args.output.is_some() { "-o" } else { "the WAV" };
+            [(wav_role, &o.wav), ("--mux", &o.mux), ("--save-features", &o.features), ("--save-latents", &o.latents)]
+                .into_iter()
+                .filter_map(|(role, path)| path.as_deref().map(|p| NamedPath::new(role, p)))
+        })
+        .collect();
+    Ok(check_outputs(&inputs, &outputs)?)
+}
+
 /// Checks one input and its output paths, and makes its request.
 fn plan(
     args: &InferArgs,
@@ -498,7 +523,7 @@ fn plan(
         Some(_) if !matches!(input, Input::Video(_)) => {
             bail!("--mux needs a video file input, not {}", path.display())
         }
-        Some(None) => Some(path.with_extension("with-audio.mp4")),
+        Some(None) => Some(default_mux_path(&path)),
         Some(Some(name)) => Some(name.clone()),
     };
     let outputs = Outputs {
@@ -509,9 +534,6 @@ fn plan(
     };
     for out in outputs.all() {
         check_output_path(out)?;
-        if out == &path {
-            bail!("the output {} would overwrite the input", out.display());
-        }
     }
     Ok(Planned { input, request, plan, outputs })
 }

@@ -131,19 +131,15 @@ impl Request {
     /// Checks the settings (not the input).
     pub fn validate_settings(&self) -> Result<()> {
         self.sampler.validate()?;
-        if !self.cfg_scale.is_finite() {
-            return Err(Error::InvalidInput(format!("the CFG scale must be a finite number, got {}", self.cfg_scale)));
-        }
+        crate::sampler::check_cfg_scale(self.cfg_scale)?;
         if let Some(s) = self.seconds
             && !(s.is_finite() && s > 0.0)
         {
             return Err(Error::InvalidInput(format!("the audio length must be a positive number of seconds, got {s}")));
         }
-        for (what, value) in [("sample fps", self.sample_fps), ("frame rate", self.input_fps())] {
-            if let Some(f) = value
-                && !(f.is_finite() && f > 0.0)
-            {
-                return Err(Error::InvalidInput(format!("the {what} must be a positive number, got {f}")));
+        for (what, value) in [("the sample fps", self.sample_fps), ("the frame rate", self.input_fps())] {
+            if let Some(f) = value {
+                crate::config::check_frame_rate(what, f)?;
             }
         }
         Ok(())
@@ -207,6 +203,7 @@ impl Request {
             Source::Features(f) => f.shape[0],
         };
         let seconds = self.seconds.unwrap_or(duration);
+        config.check_seconds("the audio length", seconds)?;
         let latent_len = config.latent_len_for_seconds(seconds);
         config.check_lengths(latent_len, frames)?;
         if let Some(noise) = &self.initial_noise {
