@@ -47,7 +47,7 @@ pub struct ClipVisionConfig {
     pub output_dim: usize,
 }
 
-/// OpenAI CLIP ViT-L/14 at 224 px, the image tower LoVA was trained with.
+/// OpenAI CLIP ViT-L/14 at 224 px, the image encoder whose features LoVA is conditioned on.
 pub const CLIP_VIT_L14: ClipVisionConfig =
     ClipVisionConfig { width: 1024, layers: 24, heads: 16, patch: 14, image_size: 224, output_dim: 768 };
 

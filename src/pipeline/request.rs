@@ -106,7 +106,7 @@ impl Request {
         }
     }
 
-    /// Sets the noise seed (same seed and settings: same audio).
+    /// Sets the noise seed (default: a random seed, reported in the output).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
