@@ -25,10 +25,15 @@ use crate::models::vae::{self, VaeDecoder};
 use crate::tensor::HostTensor;
 use crate::weights::{SafetensorsFile, StoredDtype, StreamingWriter, TensorEntry, TensorSource};
 
+/// Value of the `format` metadata key that marks an engine file.
 pub const FORMAT: &str = "lova-fast";
+/// Engine layout version (`format_version` metadata) this build writes and reads; bumped on any layout change.
 pub const FORMAT_VERSION: &str = "1";
+/// Key prefix of the DiT tensors in an engine file.
 pub const DIT_KEYS: &str = "dit.";
+/// Key prefix of the VAE decoder tensors in an engine file.
 pub const VAE_KEYS: &str = "vae.";
+/// Key prefix of the CLIP image tower tensors in an engine file.
 pub const CLIP_KEYS: &str = "clip.";
 
 /// Where the weights come from.
@@ -36,11 +41,21 @@ pub enum WeightSource<'a> {
     /// An engine file written by `convert` (its config is inside).
     Engine(&'a Path),
     /// The original checkpoint and its config.
-    Original { checkpoint: &'a Path, config: LovaConfig },
+    Original {
+        /// The LoVA checkpoint (safetensors, PyTorch key names).
+        checkpoint: &'a Path,
+        /// The model config that goes with it.
+        config: LovaConfig,
+    },
     /// Random weights (`RandomWeights`, seed 1) in the engine layout, with a CLIP
     /// image tower of `clip`: a model that runs the whole pipeline and makes
     /// noise, for benchmarks and tests without a checkpoint or a file.
-    Random { config: LovaConfig, clip: ClipVisionConfig },
+    Random {
+        /// Sizes of the DiT and VAE to make.
+        config: LovaConfig,
+        /// Sizes of the CLIP image tower to make.
+        clip: ClipVisionConfig,
+    },
 }
 
 /// Storage dtype of an engine tensor.
@@ -119,6 +134,7 @@ enum Stored {
 }
 
 impl ModelFile {
+    /// Opens (memory-maps) the weights of `source`; for random weights, validates the configs instead.
     pub fn open(source: &WeightSource) -> Result<Self> {
         Ok(match source {
             WeightSource::Engine(path) => {
@@ -137,6 +153,7 @@ impl ModelFile {
         })
     }
 
+    /// The model config: read from an engine file, or the one given with the source.
     pub fn config(&self) -> &LovaConfig {
         &self.config
     }
@@ -156,11 +173,13 @@ impl ModelFile {
         }
     }
 
+    /// Uploads the DiT weights to `backend`.
     pub fn load_dit<B: Backend>(&self, backend: &B) -> Result<Dit<B>> {
         let prefix = if matches!(self.stored, Stored::Original(_)) { DIT_PREFIX } else { DIT_KEYS };
         Dit::load(backend, self.tensors(), &self.config.dit, prefix)
     }
 
+    /// Uploads the VAE decoder weights to `backend`, converting an original checkpoint's tensors on the way.
     pub fn load_vae<B: Backend>(&self, backend: &B) -> Result<VaeDecoder<B>> {
         let (cfg, scale) = (&self.config.vae_decoder, self.config.latent_scale);
         match &self.stored {
@@ -200,8 +219,11 @@ pub fn load_vae<B: Backend>(backend: &B, source: &WeightSource) -> Result<VaeDec
 /// shape and the component it belongs to (`dit`, `vae`, `clip`).
 #[derive(Debug, Clone)]
 pub struct EngineTensor {
+    /// Full key, with the component prefix (`dit.`, `vae.`, `clip.`).
     pub name: String,
+    /// Shape as stored in the engine file.
     pub shape: Vec<usize>,
+    /// Component the tensor belongs to: `dit`, `vae` or `clip`.
     pub component: &'static str,
 }
 
@@ -233,8 +255,11 @@ pub fn engine_tensors(config: &LovaConfig, clip: Option<&ClipVisionConfig>) -> V
 /// What `convert` wrote.
 #[derive(Debug, Clone)]
 pub struct ConvertReport {
+    /// Number of tensors written.
     pub tensors: usize,
+    /// Parameter (element) count per component (`dit`, `vae`, `clip`).
     pub parameters: BTreeMap<&'static str, usize>,
+    /// Size of the written file in bytes.
     pub bytes: u64,
 }
 

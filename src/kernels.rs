@@ -4,7 +4,14 @@
 //! `lova-fast kernels --check` compiles them all without a GPU (see
 //! `backend::cuda::compile`).
 
-include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
+/// The file `build.rs` generates, kept private so that the public constant
+/// below can carry the documentation.
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/kernel_sources.rs"));
+}
+
+/// Every `kernels/*.cu` file as `(file stem, source)`, sorted by file stem.
+pub const KERNEL_SOURCES: &[(&str, &str)] = generated::KERNEL_SOURCES;
 
 /// `kernels/common.cuh`: helpers the kernel files share (`GRID_STRIDE`,
 /// `sequence_of_row`), pulled in by the line `#include "common.cuh"`.

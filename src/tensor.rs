@@ -1,27 +1,34 @@
 //! `HostTensor`: a dense row-major f32 array in host memory with its shape.
 //! It is how weights reach a backend and how inputs and outputs cross the API.
 
+/// A dense row-major f32 array in host memory with its shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
+    /// Dimensions, outermost first; their product is `data.len()`.
     pub shape: Vec<usize>,
+    /// Elements in row-major order.
     pub data: Vec<f32>,
 }
 
 impl HostTensor {
+    /// Wraps `data` as `shape`; panics if the element counts differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "shape {shape:?} does not match data");
         HostTensor { shape, data }
     }
 
+    /// A tensor of `shape` filled with 0.
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
         HostTensor { shape, data: vec![0.0; n] }
     }
 
+    /// Element count.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

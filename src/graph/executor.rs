@@ -15,6 +15,7 @@ use super::planner::ArenaPlan;
 use crate::backend::{Backend, OpContext};
 use crate::error::{Error, Result};
 
+/// A graph, its arena plan and its allocated arena on a backend, ready to run.
 pub struct Executor<'w, B: Backend> {
     backend: &'w B,
     weights: &'w [B::Weight],
@@ -24,6 +25,7 @@ pub struct Executor<'w, B: Backend> {
 }
 
 impl<'w, B: Backend> Executor<'w, B> {
+    /// Plans the graph, allocates its arena and lets the backend prepare; `weights` are indexed by `WeightId`.
     pub fn new(backend: &'w B, weights: &'w [B::Weight], graph: Graph) -> Result<Self> {
         let plan = ArenaPlan::plan(&graph)?;
         let mut arena = backend.alloc(plan.size)?;
@@ -31,10 +33,12 @@ impl<'w, B: Backend> Executor<'w, B> {
         Ok(Executor { backend, weights, graph, plan, arena })
     }
 
+    /// The graph being executed.
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
 
+    /// Where each tensor lives in the arena.
     pub fn plan(&self) -> &ArenaPlan {
         &self.plan
     }

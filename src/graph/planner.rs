@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 /// tensor starts on an address GPU vector loads and cuBLASLt like.
 pub const ARENA_ALIGN: usize = 64;
 
+/// Placement of every tensor of a graph in one arena, in f32 elements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArenaPlan {
     /// Element offset of each tensor in the arena.
@@ -30,6 +31,7 @@ fn align_up(n: usize) -> usize {
 }
 
 impl ArenaPlan {
+    /// Computes lifetimes and places every tensor; fails if a temporary is read before any op writes it, or never written.
     pub fn plan(graph: &Graph) -> Result<Self> {
         let lifetimes = lifetimes(graph)?;
         let n = graph.tensors.len();

@@ -33,14 +33,21 @@ const MLP_RATIO: usize = 4;
 /// Sizes of a CLIP ViT image tower. The released ViT-L/14 is `CLIP_VIT_L14`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClipVisionConfig {
+    /// Token width W (1024 for ViT-L/14).
     pub width: usize,
+    /// Number of transformer blocks.
     pub layers: usize,
+    /// Attention heads per block, `width / CLIP_HEAD_DIM`.
     pub heads: usize,
+    /// Patch side P in pixels (the patch-embedding conv's kernel and stride).
     pub patch: usize,
+    /// Input image side S in pixels; a multiple of `patch`.
     pub image_size: usize,
+    /// Dimension of the projected feature per image (768 for ViT-L/14).
     pub output_dim: usize,
 }
 
+/// OpenAI CLIP ViT-L/14 at 224 px, the image encoder whose features LoVA is conditioned on.
 pub const CLIP_VIT_L14: ClipVisionConfig =
     ClipVisionConfig { width: 1024, layers: 24, heads: 16, patch: 14, image_size: 224, output_dim: 768 };
 
@@ -61,6 +68,7 @@ impl ClipVisionConfig {
         self.grid() * self.grid() + 1
     }
 
+    /// Hidden width of each block's MLP (4 x `width`).
     pub fn mlp_width(&self) -> usize {
         MLP_RATIO * self.width
     }
@@ -265,7 +273,9 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
+/// The CLIP image tower: its config and its weights uploaded to backend `B`; builds graphs that run it.
 pub struct ClipVision<B: Backend> {
+    /// The sizes the weights were loaded for.
     pub config: ClipVisionConfig,
     weights: WeightSet<B>,
     ids: ClipIds,
@@ -308,6 +318,7 @@ impl<B: Backend> ClipVision<B> {
         Ok(ClipVision { config: *config, weights: l.set, ids })
     }
 
+    /// The uploaded weights, indexed by the `WeightId`s of the graphs this tower builds.
     pub fn weights(&self) -> &[B::Weight] {
         self.weights.as_slice()
     }

@@ -70,25 +70,32 @@ pub struct DitSequence {
 /// Sequence layouts of a packed DiT batch, registered in a graph.
 #[derive(Debug, Clone)]
 pub struct DitBatch {
+    /// The sequences, in packing order (row order of every batch tensor).
     pub sequences: Vec<DitSequence>,
 }
 
 impl DitBatch {
+    /// Total latent rows of the batch: the sum of T'.
     pub fn latent_rows(&self) -> usize {
         self.sequences.iter().map(|s| s.latent_len).sum()
     }
+    /// Total video-token rows of the batch: the sum of N.
     pub fn context_rows(&self) -> usize {
         self.sequences.iter().map(|s| s.context_len).sum()
     }
+    /// Number of sequences.
     pub fn len(&self) -> usize {
         self.sequences.len()
     }
+    /// Whether the batch has no sequences.
     pub fn is_empty(&self) -> bool {
         self.sequences.is_empty()
     }
 }
 
+/// The DiT denoiser: its config and its weights uploaded to backend `B`; builds graphs that run it.
 pub struct Dit<B: Backend> {
+    /// The architecture the weights were loaded for.
     pub config: DitConfig,
     weights: WeightSet<B>,
     ids: DitIds,
@@ -187,6 +194,7 @@ impl<B: Backend> Dit<B> {
         Ok(Dit { config: config.clone(), weights: set, ids })
     }
 
+    /// The uploaded weights, indexed by the `WeightId`s of the graphs this DiT builds.
     pub fn weights(&self) -> &[B::Weight] {
         self.weights.as_slice()
     }

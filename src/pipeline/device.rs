@@ -19,14 +19,18 @@ pub enum Device {
 
 /// A backend picked at run time.
 pub enum AnyBackend {
+    /// The f32 CPU reference backend.
     Cpu(CpuBackend),
+    /// A CUDA GPU (boxed: the backend is large).
     Cuda(Box<CudaBackend>),
 }
 
 /// Work that runs on whichever backend a `Device` gave (generic code cannot
 /// return either of two backend types, so `AnyBackend::run` calls back).
 pub trait WithBackend {
+    /// What the job returns.
     type Output;
+    /// Runs the job on `backend`, which it takes ownership of.
     fn run<B: Backend>(self, backend: B) -> Result<Self::Output>;
 }
 
@@ -46,6 +50,7 @@ impl AnyBackend {
         })
     }
 
+    /// Hands the backend to `job` with its concrete type and returns the job's result.
     pub fn run<J: WithBackend>(self, job: J) -> Result<J::Output> {
         match self {
             AnyBackend::Cpu(b) => job.run(b),

@@ -80,6 +80,7 @@ impl VaeWindows {
 /// weights hold, VAE windows within 1.5 GiB.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
+    /// Device every network runs on.
     pub device: Device,
     /// Load the CLIP image tower (needed for video and frame inputs; features
     /// inputs do not need it, and skipping it saves ~0.6 GB and its load time).
@@ -89,6 +90,7 @@ pub struct PipelineOptions {
     pub clip_file: Option<PathBuf>,
     /// Load the VAE decoder (without it, outputs carry latents but no audio).
     pub vae: bool,
+    /// Default windowing of the VAE decode (`Pipeline::set_vae_windows` changes it later).
     pub vae_windows: VaeWindows,
 }
 
@@ -145,6 +147,7 @@ impl Pipeline {
         Self::open(&WeightSource::Engine(path.as_ref()), &PipelineOptions { device, ..Default::default() })
     }
 
+    /// The model config of the loaded weights.
     pub fn config(&self) -> &LovaConfig {
         on_networks!(&self.networks, n => &n.config)
     }
@@ -166,6 +169,7 @@ impl Pipeline {
         on_networks!(&self.networks, n => n.has_clip())
     }
 
+    /// Sets how later requests are VAE-decoded (whole or in windows); the audio is the same either way.
     pub fn set_vae_windows(&mut self, windows: VaeWindows) {
         self.vae_windows = windows;
     }
@@ -175,6 +179,7 @@ impl Pipeline {
         self.generate_with_progress(request, &mut NoProgress)
     }
 
+    /// Generates one request's audio, reporting progress to `progress` (request index 0).
     pub fn generate_with_progress(&mut self, request: Request, progress: &mut dyn Progress) -> Result<Output> {
         self.generate_many(vec![request], progress).remove(0)
     }

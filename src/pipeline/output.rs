@@ -27,6 +27,7 @@ pub struct Output {
     pub seed: u64,
     /// Sampler steps run.
     pub steps: usize,
+    /// Time spent per stage on this request.
     pub timings: Timings,
     /// The sampler run this request was part of (shared by its whole batch).
     pub sampling: SamplingReport,
@@ -52,6 +53,7 @@ pub struct Timings {
     pub clip_s: f64,
     /// The sampler run this request was part of (shared by its batch).
     pub sampling_s: f64,
+    /// VAE decode of this request's latents, all windows.
     pub vae_s: f64,
     /// Device memory planned for the VAE decode's activations, bytes.
     pub vae_arena_bytes: usize,
@@ -64,6 +66,7 @@ pub struct SamplingReport {
     pub requests: usize,
     /// Latent frames of all of them.
     pub latent_frames: usize,
+    /// Wall time of the whole run in seconds (planning, request constants and every step).
     pub sampling_s: f64,
     /// Matrix-product FLOP of one step over the whole batch (DiT on cond + uncond).
     pub step_flops: u64,

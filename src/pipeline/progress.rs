@@ -20,9 +20,13 @@ pub enum Stage {
 /// `done` of `total` in `stage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
+    /// Index of the request in the `generate_many` call (0 for `generate`).
     pub request: usize,
+    /// Stage the request is in.
     pub stage: Stage,
+    /// Units of the stage finished so far (frames, steps or windows).
     pub done: usize,
+    /// Units the stage has in all.
     pub total: usize,
 }
 
@@ -30,6 +34,7 @@ pub struct Event {
 /// one request come in stage order, `done` increasing within a stage; the
 /// sampler reports every step of every request of a batch.
 pub trait Progress {
+    /// Called once per progress report; should return quickly (it runs between steps).
     fn event(&mut self, event: &Event);
 }
 
@@ -54,14 +59,17 @@ impl Progress for NoProgress {
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {
+    /// A token not cancelled yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Requests cancellation; takes effect at the pipeline's next check. Idempotent.
     pub fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 
+    /// Whether `cancel` was called on this token or a clone of it.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }

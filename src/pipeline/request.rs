@@ -16,12 +16,27 @@ pub enum Input {
     /// A video file (anything FFmpeg decodes).
     Video(PathBuf),
     /// A folder of PNG/JPEG frames, in name order, at `fps` frames per second.
-    ImageFolder { dir: PathBuf, fps: f64 },
+    ImageFolder {
+        /// Folder holding the frame images.
+        dir: PathBuf,
+        /// Frame rate of the images, frames per second.
+        fps: f64,
+    },
     /// Decoded RGB frames (any size, all the same) at `fps` frames per second.
-    Frames { frames: Vec<RgbImage>, fps: f64 },
+    Frames {
+        /// The frames, in time order.
+        frames: Vec<RgbImage>,
+        /// Frame rate, frames per second.
+        fps: f64,
+    },
     /// CLIP features `[N, cond_token_dim]` of frames sampled at `fps` (None: the
     /// request's `sample_fps`, else the model's 8 fps).
-    Features { features: HostTensor, fps: Option<f64> },
+    Features {
+        /// CLIP features `[N, cond_token_dim]`, one row per sampled frame.
+        features: HostTensor,
+        /// Rate the frames were sampled at, frames per second.
+        fps: Option<f64>,
+    },
     /// A safetensors file with one tensor `features` `[N, cond_token_dim]`
     /// (as `lova-fast infer --save-features` writes), frames as for `Features`.
     FeaturesFile(PathBuf),
@@ -56,6 +71,7 @@ impl Input {
 /// sampled at the model's 8 fps, audio exactly as long as the video.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The video (or frames, or features) to make audio for.
     pub input: Input,
     /// Seed of the noise generator (None: a random one, reported in the output).
     pub seed: Option<u64>,
@@ -76,6 +92,7 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request for `input` with the paper's settings (see the type doc).
     pub fn new(input: Input) -> Self {
         Request {
             input,
@@ -89,36 +106,43 @@ impl Request {
         }
     }
 
+    /// Sets the noise seed (default: a random seed, reported in the output).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
     }
 
+    /// Sets the number of sampler steps (default 150).
     pub fn steps(mut self, steps: usize) -> Self {
         self.sampler.steps = steps;
         self
     }
 
+    /// Sets the classifier-free guidance scale (default 5).
     pub fn cfg_scale(mut self, cfg_scale: f32) -> Self {
         self.cfg_scale = cfg_scale;
         self
     }
 
+    /// Sets the SDE noise amount eta (default 1; 0: no noise added after the initial noise).
     pub fn eta(mut self, eta: f64) -> Self {
         self.sampler.eta = eta;
         self
     }
 
+    /// Sets the audio length in seconds instead of the video's duration.
     pub fn seconds(mut self, seconds: f64) -> Self {
         self.seconds = Some(seconds);
         self
     }
 
+    /// Sets the rate video frames are sampled at (or the features' rate).
     pub fn sample_fps(mut self, fps: f64) -> Self {
         self.sample_fps = Some(fps);
         self
     }
 
+    /// Attaches a token that cancels this request when `cancel` is called on it.
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = Some(token);
         self

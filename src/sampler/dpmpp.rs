@@ -17,10 +17,15 @@
 /// Coefficients of one update (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct UpdateCoefficients {
+    /// Factor of the current state `x` (`a`).
     pub x: f64,
+    /// Factor of this step's denoised estimate (`b`).
     pub denoised: f64,
+    /// Factor of the previous step's denoised estimate (`c`).
     pub d1: f64,
+    /// Factor of the denoised estimate of two steps back (`d`).
     pub d2: f64,
+    /// Factor of this step's N(0, 1) noise (`e`); 0 when eta is 0 or on the last step.
     pub noise: f64,
 }
 
@@ -32,6 +37,7 @@ pub struct Dpmpp3mSde {
 }
 
 impl Dpmpp3mSde {
+    /// A sampler before its first step (no history: the first update is first order).
     pub fn new() -> Self {
         Self::default()
     }

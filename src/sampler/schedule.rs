@@ -19,13 +19,18 @@ pub fn polyexponential_sigmas(steps: usize, sigma_min: f64, sigma_max: f64, rho:
 /// sees `x * c_in` at time `t`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VScalings {
+    /// Factor of the noisy input `x` in `denoised`: `1 / (sigma^2 + 1)`.
     pub c_skip: f64,
+    /// Factor of the model output `v` in `denoised`: `-sigma / sqrt(sigma^2 + 1)`.
     pub c_out: f64,
+    /// Factor applied to `x` before the model: `1 / sqrt(sigma^2 + 1)`.
     pub c_in: f64,
+    /// Model timestep in [0, 1): `atan(sigma) * 2 / pi`.
     pub t: f64,
 }
 
 impl VScalings {
+    /// Scalings at noise level `sigma` (>= 0).
     pub fn at(sigma: f64) -> Self {
         let s2 = sigma * sigma + 1.0;
         VScalings {

@@ -34,13 +34,20 @@ use crate::graph::{Executor, Graph, Op, Segments, TensorId, TensorKind};
 use crate::models::{Dit, DitBatch, DitConditioning, DitSequence};
 use crate::tensor::HostTensor;
 
+/// Schedule and DPM++ 3M SDE parameters shared by every request of a batch (lova-model.md section 5).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerSettings {
+    /// Number of sampler steps (DiT evaluations, each on cond + uncond); 1..=2^24.
     pub steps: usize,
+    /// Smallest nonzero noise level of the schedule (the last step's sigma), > 0.
     pub sigma_min: f64,
+    /// Noise level of the first step, finite and >= `sigma_min`.
     pub sigma_max: f64,
+    /// Exponent of the polyexponential ramp, > 0 (1 = equal steps in log sigma).
     pub rho: f64,
+    /// SDE noise amount, >= 0 (0 makes the sampler deterministic after the initial noise).
     pub eta: f64,
+    /// Scale of the noise added at each step, finite.
     pub s_noise: f64,
 }
 
@@ -70,6 +77,7 @@ pub fn check_cfg_scale(cfg: f32) -> Result<()> {
 }
 
 impl SamplerSettings {
+    /// Checks the ranges documented on the fields; `Error::InvalidInput` otherwise.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::InvalidInput(what.to_string()));
         if self.steps == 0 {
@@ -100,6 +108,7 @@ impl SamplerSettings {
         Ok(())
     }
 
+    /// The `steps + 1` noise levels, from `sigma_max` down to `sigma_min`, then 0.
     pub fn sigmas(&self) -> Vec<f64> {
         polyexponential_sigmas(self.steps, self.sigma_min, self.sigma_max, self.rho)
     }
@@ -109,6 +118,7 @@ impl SamplerSettings {
 /// (`rng` module) unless tensors are injected (tests, `--init-noise`).
 #[derive(Debug, Clone, Default)]
 pub struct RequestNoise {
+    /// Seed of the Philox generator, used for every stream not injected.
     pub seed: u64,
     /// Initial noise `[io_channels, T']`.
     pub initial: Option<HostTensor>,
@@ -169,7 +179,9 @@ pub struct Request {
     pub features: HostTensor,
     /// Latent frames T' to generate.
     pub latent_len: usize,
+    /// Classifier-free guidance scale (1 = cond only, paper default 5).
     pub cfg_scale: f32,
+    /// Source of the initial and per-step noise.
     pub noise: RequestNoise,
 }
 
@@ -230,6 +242,7 @@ struct Resume {
 }
 
 impl<'a, B: Backend> Sampling<'a, B> {
+    /// Plans the batch's graph and arena, computes its per-request constants and writes the initial noise.
     pub fn new(backend: &'a B, dit: &'a Dit<B>, requests: &[Request], settings: &SamplerSettings) -> Result<Self> {
         Self::plan(backend, dit, requests.to_vec(), settings, None)
     }
@@ -359,6 +372,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         })
     }
 
+    /// Steps run so far, `0..=settings.steps`.
     pub fn steps_done(&self) -> usize {
         self.done
     }

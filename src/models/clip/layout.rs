@@ -24,6 +24,7 @@ const HUGGING_FACE_PROBE: &str = "vision_model.embeddings.patch_embedding.weight
 const OPENAI_BLOCKS: &str = "visual.transformer.resblocks.";
 const HUGGING_FACE_BLOCKS: &str = "vision_model.encoder.layers.";
 
+/// Key layout of a CLIP checkpoint file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClipLayout {
     /// OpenAI's `clip` package (and open_clip): `visual.conv1.weight`, ...
@@ -47,6 +48,7 @@ impl ClipLayout {
         }
     }
 
+    /// Human-readable name of the layout, for messages.
     pub fn name(self) -> &'static str {
         match self {
             ClipLayout::OpenAi => "OpenAI",
@@ -129,6 +131,7 @@ impl<'a> ClipCheckpoint<'a> {
         Ok(ClipCheckpoint { file, layout: ClipLayout::detect(file)? })
     }
 
+    /// The layout the wrapped file was detected to be in.
     pub fn layout(&self) -> ClipLayout {
         self.layout
     }
