@@ -17,8 +17,9 @@ cargo test --test fuzz --no-run >/dev/null 2>&1 || { cargo test --test fuzz --no
 log="$(mktemp)"
 LOVA_FUZZ_SECONDS="$seconds" cargo test --test fuzz -- --nocapture --test-threads 1 >"$log" 2>&1
 status=$?
-grep -E '^(fuzz |crash )' "$log"
-if [ "$status" -gt 128 ] || ! grep -q '^fuzz total' "$log"; then
+# -o: with --nocapture the test harness' "test ... " prefix may share a line with the first count.
+grep -oE '(fuzz |crash \().*' "$log"
+if [ "$status" -gt 128 ] || ! grep -q 'fuzz total' "$log"; then
     echo "ABORTED: the fuzz run ended without its summary (exit status $status); last lines:"
     tail -n 20 "$log"
     exit 1
