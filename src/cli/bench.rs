@@ -10,7 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use lova_fast::backend::Backend;
+use lova_fast::backend::cpu::Precision;
+use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
 use lova_fast::config::{LovaConfig, RELEASED_CONFIG_JSON};
 use lova_fast::engine::{Model, WeightSource};
 use lova_fast::models::ClipVisionConfig;
@@ -47,6 +48,13 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
 
+    /// Arithmetic of the CPU backend's matrix products: f32 (the reference), bf16
+    /// (Linear weights rounded to bf16 and packed once before the first step; all else
+    /// f32), or auto (bf16 where this CPU has a SIMD kernel for it: AVX-512F or AVX2+FMA).
+    /// CUDA always runs its fp16 path, so there only auto and f32 are accepted.
+    #[arg(long, default_value = "auto", value_name = "f32|bf16|auto")]
+    pub precision: Precision,
+
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -71,7 +79,8 @@ struct Startup {
     backend_s: f64,
     /// Reading (or, for random weights, generating) and uploading the DiT weights.
     weights_s: f64,
-    /// Planning the step graph and allocating its arena.
+    /// Planning the step graph and allocating its arena (on a bf16 CPU backend,
+    /// also rounding and packing the Linear weights, once).
     plan_s: f64,
     first_step_s: f64,
 }
@@ -144,8 +153,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (frames, latent_len) = clip_lengths(&config, seconds);
         config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;
     }
-    let device = args.device;
-    with_device(device, BenchJob { args, config })
+    let (device, precision) = (args.device, args.precision);
+    let job = BenchJob { args, config };
+    match (device, precision) {
+        (Device::Cpu, p) => job.run(CpuBackend::with_precision(p)),
+        (Device::Cuda, Precision::Bf16) => {
+            bail!("--precision bf16 is for the CPU backend (CUDA runs fp16 weights); use --device cpu")
+        }
+        (Device::Cuda, _) => with_device(device, job),
+        // As `with_device`, with the precision passed to the CPU backend.
+        (Device::Auto, p) => match CudaBackend::new(0) {
+            Ok(cuda) if p != Precision::Bf16 => job.run(cuda),
+            Ok(_) => bail!("--precision bf16 is for the CPU backend (CUDA runs fp16 weights); use --device cpu"),
+            Err(e) => {
+                eprintln!("note: running on the CPU; CUDA is not usable: {e}");
+                job.run(CpuBackend::with_precision(p))
+            }
+        },
+    }
 }
 
 struct BenchJob {
@@ -173,13 +198,15 @@ impl WithBackend for BenchJob {
         };
         backend.synchronize()?;
         startup.weights_s = loaded.elapsed().as_secs_f64();
-        let weights_bytes: usize = dit.weights().iter().map(|w| backend.weight_bytes(w)).sum();
 
         let mut clips = Vec::new();
         for (i, &seconds) in args.seconds.iter().enumerate() {
             let result = bench_clip(&backend, &config, &dit, seconds, &args, (i == 0).then_some(&mut startup))?;
-            clips.push(ClipResult { weights_bytes, ..result });
+            clips.push(result);
         }
+        // After the first step: a bf16 CPU backend packs its weights when the step graph is prepared.
+        let weights_bytes: usize = dit.weights().iter().map(|w| backend.weight_bytes(w)).sum();
+        clips.iter_mut().for_each(|c| c.weights_bytes = weights_bytes);
         let report = BenchReport { device: backend.name(), weights, startup, clips };
         let table = format_table(&report);
         if args.json {
