@@ -59,6 +59,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
+    /// Only measure this CPU and exit: the f32 FMA peak of each bf16 kernel's
+    /// instruction set (one thread and all), and the GFLOP/s of the Linear op (f32
+    /// reference and bf16) at the DiT's shapes for the --seconds lengths (rows =
+    /// cond + uncond tokens).
+    #[arg(long, conflicts_with_all = ["weights", "make_engine"])]
+    pub peak: bool,
+
     /// Print the results as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -143,6 +150,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         lova_fast::engine::write_random_engine(out, &config, &config_json, &clip)?;
         eprintln!("wrote {} (random weights) in {:.1} s", out.display(), started.elapsed().as_secs_f64());
         return Ok(());
+    }
+    if args.peak {
+        return peak(&config, &args.seconds);
     }
     // Check every length before loading anything (an engine file carries its own config).
     let config = match &args.weights {
@@ -281,6 +291,32 @@ fn bench_clip<B: Backend>(
         weights_bytes: 0,
         device_memory_used_bytes: used,
     })
+}
+
+/// `--peak`: the CPU's FMA ceiling and the Linear op's rate at the DiT's shapes.
+fn peak(config: &LovaConfig, seconds: &[f64]) -> Result<()> {
+    use lova_fast::backend::cpu::{Isa, peak};
+    let threads = rayon::current_num_threads();
+    println!("CPU microbenchmarks ({threads} threads; f32 FMAs in registers, 1 s each)");
+    for isa in Isa::available() {
+        let one = peak::fma_peak_gflops(isa, 1, 1.0);
+        let all = peak::fma_peak_gflops(isa, threads, 1.0);
+        println!("  FMA peak {:>9}: {one:8.1} GFLOP/s on 1 thread, {all:8.1} GFLOP/s on {threads}", isa.name());
+    }
+    let d = &config.dit;
+    let (h, ff) = (d.embed_dim, d.ff_inner());
+    let shapes = [("qkv", h, 3 * h), ("attention out", h, h), ("ff up + gate", h, 2 * ff), ("ff down", ff, h)];
+    let best = Isa::detect();
+    println!("Linear op at the DiT's shapes, GFLOP/s (f32 reference | bf16 {} kernel), about 2 s each", best.name());
+    for &s in seconds {
+        let m = 2 * config.dit.transformer_len(config.latent_len_for_seconds(s));
+        for (name, k, n) in shapes {
+            let f32_rate = peak::linear_gflops(None, m, k, n, 1.0);
+            let bf16_rate = peak::linear_gflops(Some(best), m, k, n, 1.0);
+            println!("  {s:>5} s  m {m:>5} k {k:>5} n {n:>6} {name:>14}: {f32_rate:8.1} | {bf16_rate:8.1}");
+        }
+    }
+    Ok(())
 }
 
 /// Video frames at the model's fps (N = ceil(D * fps), as for a video) and latent frames T'.

@@ -83,10 +83,14 @@ impl PackedBf16 {
         let mut rows = vec![PanelRow([0; NR]); panels * k];
         if k > 0 {
             rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| {
-                for c in 0..NR.min(n - p * NR) {
-                    let col = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
-                    for (row, v) in panel.iter_mut().zip(col) {
-                        row.0[slot(c)] = bf16::from_f32(*v).to_bits();
+                let cols = NR.min(n - p * NR);
+                let src = &w[p * NR * k..(p * NR + cols) * k];
+                // Row by row: 32 sequential read streams (one per column of the
+                // panel), each cache line of them used 16 times from L1, and one
+                // sequential write stream.
+                for (kk, row) in panel.iter_mut().enumerate() {
+                    for c in 0..cols {
+                        row.0[slot(c)] = bf16::from_f32(src[c * k + kk]).to_bits();
                     }
                 }
             });

@@ -13,6 +13,7 @@ pub mod gemm_bf16;
 pub mod linear;
 pub mod norm;
 mod operands;
+pub mod peak;
 pub mod precision;
 pub mod sampler_ops;
 pub mod vision_ops;
