@@ -100,7 +100,7 @@ fn linear_case(rng: &mut Rng, (m, k, n): (usize, usize, usize), i: usize, bf16_w
         n,
         x: rng.vec(m * k, -1.0, 1.0),
         w,
-        bias: (i % 2 == 0).then(|| rng.vec(n, -0.5, 0.5)),
+        bias: i.is_multiple_of(2).then(|| rng.vec(n, -0.5, 0.5)),
         residual: (i % 3 != 1).then(|| rng.vec(m * n, -1.0, 1.0)),
     }
 }
