@@ -297,23 +297,30 @@ fn bench_clip<B: Backend>(
 fn peak(config: &LovaConfig, seconds: &[f64]) -> Result<()> {
     use lova_fast::backend::cpu::{Isa, peak};
     let threads = rayon::current_num_threads();
-    println!("CPU microbenchmarks ({threads} threads; f32 FMAs in registers, 1 s each)");
+    let show = |r: peak::Rate| match r.gflops_per_cpu_second {
+        Some(c) => format!("{:7.1} ({c:6.1} per busy core)", r.gflops),
+        None => format!("{:7.1}", r.gflops),
+    };
+    println!(
+        "CPU microbenchmarks, GFLOP/s ({threads} threads; per busy core = per second of CPU time this \
+         process got, which on a shared machine is more telling than the wall clock)"
+    );
     for isa in Isa::available() {
-        let one = peak::fma_peak_gflops(isa, 1, 1.0);
-        let all = peak::fma_peak_gflops(isa, threads, 1.0);
-        println!("  FMA peak {:>9}: {one:8.1} GFLOP/s on 1 thread, {all:8.1} GFLOP/s on {threads}", isa.name());
+        let one = peak::fma_peak(isa, 1, 1.0);
+        let all = peak::fma_peak(isa, threads, 1.0);
+        println!("  f32 FMA peak {:>9}: 1 thread {}, {threads} threads {}", isa.name(), show(one), show(all));
     }
     let d = &config.dit;
     let (h, ff) = (d.embed_dim, d.ff_inner());
     let shapes = [("qkv", h, 3 * h), ("attention out", h, h), ("ff up + gate", h, 2 * ff), ("ff down", ff, h)];
     let best = Isa::detect();
-    println!("Linear op at the DiT's shapes, GFLOP/s (f32 reference | bf16 {} kernel), about 2 s each", best.name());
+    println!("Linear op at the DiT's shapes, {threads} threads: f32 reference | bf16 {} kernel", best.name());
     for &s in seconds {
         let m = 2 * config.dit.transformer_len(config.latent_len_for_seconds(s));
         for (name, k, n) in shapes {
-            let f32_rate = peak::linear_gflops(None, m, k, n, 1.0);
-            let bf16_rate = peak::linear_gflops(Some(best), m, k, n, 1.0);
-            println!("  {s:>5} s  m {m:>5} k {k:>5} n {n:>6} {name:>14}: {f32_rate:8.1} | {bf16_rate:8.1}");
+            let f32_rate = peak::linear_rate(None, m, k, n, 1.0);
+            let bf16_rate = peak::linear_rate(Some(best), m, k, n, 1.0);
+            println!("  {s:>5} s  m {m:>5} k {k:>5} n {n:>6} {name:>14}: {} | {}", show(f32_rate), show(bf16_rate));
         }
     }
     Ok(())

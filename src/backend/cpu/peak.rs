@@ -24,12 +24,42 @@ fn fmas_per_iteration(isa: Isa) -> usize {
 /// Accumulators of the AVX-512 loop (of 32 zmm); the AVX2 loop has half (of 16 ymm).
 const CHAINS: usize = 24;
 
+/// A measured rate: per wall-clock second, and per second of CPU time this
+/// process used meanwhile (GFLOP/s per busy core: what a core does while it
+/// runs, which on a machine shared with other work the wall clock hides).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub gflops: f64,
+    /// None where the process's CPU time cannot be read (not Linux).
+    pub gflops_per_cpu_second: Option<f64>,
+}
+
+/// CPU time (user + system) of this process so far, from /proc (Linux; ticks of 1/100 s).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<u64>().ok();
+    Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
+}
+
+fn rate(flops: f64, started: Instant, cpu_started: Option<f64>) -> Rate {
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = match (cpu_started, process_cpu_seconds()) {
+        (Some(a), Some(b)) if b > a => Some(b - a),
+        _ => None,
+    };
+    Rate { gflops: flops / wall * 1e-9, gflops_per_cpu_second: cpu.map(|c| flops / c * 1e-9) }
+}
+
 /// GFLOP/s of `CHAINS` independent FMA chains in registers on each of `threads`
 /// threads (rayon's pool), for about `seconds`: the ceiling no GEMM on `isa` can pass.
-pub fn fma_peak_gflops(isa: Isa, threads: usize, seconds: f64) -> f64 {
+pub fn fma_peak(isa: Isa, threads: usize, seconds: f64) -> Rate {
     assert!(isa.supported(), "the {} kernel does not run on this CPU", isa.name());
     let iterations = 1u64 << 20;
     let flops_per_call = 2.0 * fmas_per_iteration(isa) as f64 * iterations as f64;
+    let cpu_started = process_cpu_seconds();
     let started = Instant::now();
     let calls: u64 = (0..threads.max(1))
         .into_par_iter()
@@ -44,7 +74,7 @@ pub fn fma_peak_gflops(isa: Isa, threads: usize, seconds: f64) -> f64 {
             calls
         })
         .sum();
-    calls as f64 * flops_per_call / started.elapsed().as_secs_f64() * 1e-9
+    rate(calls as f64 * flops_per_call, started, cpu_started)
 }
 
 fn fma_loop(isa: Isa, iterations: u64) -> f32 {
@@ -160,7 +190,7 @@ mod simd {
 /// GFLOP/s of one `[m, k] x [n, k]^T` Linear (with bias) on the rayon pool:
 /// the f32 reference path when `isa` is None, else bf16 with that kernel.
 /// Repeats for about `seconds`; the weight is packed once, outside the clock.
-pub fn linear_gflops(isa: Option<Isa>, m: usize, k: usize, n: usize, seconds: f64) -> f64 {
+pub fn linear_rate(isa: Option<Isa>, m: usize, k: usize, n: usize, seconds: f64) -> Rate {
     let values = |len: usize, scale: f32| (0..len).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * scale).collect();
     let x: Vec<f32> = values(m * k, 1.0);
     let w: Vec<f32> = values(n * k, 0.05);
@@ -172,6 +202,7 @@ pub fn linear_gflops(isa: Option<Isa>, m: usize, k: usize, n: usize, seconds: f6
         _ => linear(&x, m, k, &w, n, Some(&b), None, out),
     };
     run(&mut out);
+    let cpu_started = process_cpu_seconds();
     let started = Instant::now();
     let mut calls = 0u32;
     while calls == 0 || started.elapsed().as_secs_f64() < seconds {
@@ -179,7 +210,7 @@ pub fn linear_gflops(isa: Option<Isa>, m: usize, k: usize, n: usize, seconds: f6
         calls += 1;
     }
     std::hint::black_box(&out);
-    2.0 * (m * k * n) as f64 * calls as f64 / started.elapsed().as_secs_f64() * 1e-9
+    rate(2.0 * (m * k * n) as f64 * calls as f64, started, cpu_started)
 }
 
 #[cfg(test)]
@@ -189,9 +220,12 @@ mod tests {
     #[test]
     fn microbenchmarks_report_positive_rates_on_every_kernel() {
         for isa in Isa::available() {
-            assert!(fma_peak_gflops(isa, 1, 0.01) > 0.0, "{isa:?}");
-            assert!(linear_gflops(Some(isa), 3, 40, 50, 0.0) > 0.0, "{isa:?}");
+            assert!(fma_peak(isa, 1, 0.01).gflops > 0.0, "{isa:?}");
+            assert!(linear_rate(Some(isa), 3, 40, 50, 0.0).gflops > 0.0, "{isa:?}");
         }
-        assert!(linear_gflops(None, 3, 40, 50, 0.0) > 0.0);
+        assert!(linear_rate(None, 3, 40, 50, 0.0).gflops > 0.0);
+        if cfg!(target_os = "linux") {
+            assert!(process_cpu_seconds().is_some());
+        }
     }
 }
