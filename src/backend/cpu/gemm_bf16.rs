@@ -17,8 +17,9 @@
 //! columns 0..16 by a left shift by 16 and columns 16..32 by masking off the
 //! low half. Columns past `n` in the last panel are zero.
 //!
-//! Blocking: the work is split into tasks of (up to `MC` rows) x (a group of
-//! panels), run on rayon. A task walks `k` in blocks of `KC`; within a block,
+//! Blocking: the work is split into tasks of rows x (a group of panels), run
+//! on rayon; rows are split only when there are too few panel groups to keep
+//! every thread busy, so that each weight is read from memory once per product. A task walks `k` in blocks of `KC`; within a block,
 //! each tile of rows (`MR` = 12 with AVX-512) is kept in L1 while it meets
 //! every panel slice of the group (kept in L2 across row tiles).
 //!
@@ -43,8 +44,10 @@ const KC: usize = 256;
 const MR_AVX512: usize = 12;
 /// Rows per tile of the AVX2 kernel (16 columns): 8 accumulators + 2 weight registers + a broadcast, of 16 ymm.
 const MR_AVX2: usize = 4;
-/// Rows per task (a multiple of both tile heights; changes the split of work only).
-const MC: usize = 96;
+/// Most rows per task (a multiple of both tile heights): their x block
+/// (480 KiB per k block) and the group's panel slices (128 KiB) stay in L2.
+/// Fewer rows per task would make each task read the same weights again.
+const MAX_MC: usize = 480;
 /// Most panels one task takes (8 panel slices of a k block: 128 KiB, in L2).
 const MAX_GROUP: usize = 8;
 
@@ -162,21 +165,32 @@ pub fn linear_bf16(
         return;
     }
     let panels = n.div_ceil(NR);
-    let m_chunks = m.div_ceil(MC);
+    let mr = tile_rows(isa);
     // About four tasks per thread (rayon balances them), panels grouped for L2 reuse.
-    let groups_wanted = (rayon::current_num_threads().max(1) * 4).div_ceil(m_chunks).max(1);
-    let group = panels.div_ceil(groups_wanted).clamp(1, MAX_GROUP);
+    let target = rayon::current_num_threads().max(1) * 4;
+    let group = (panels / target).clamp(1, MAX_GROUP);
     let groups = panels.div_ceil(group);
+    let m_chunks = if groups >= target { 1 } else { target.div_ceil(groups) };
+    let mc = m.div_ceil(m_chunks).next_multiple_of(mr).min(MAX_MC);
+    let m_chunks = m.div_ceil(mc);
     let ptr = SendPtr(out.as_mut_ptr());
     (0..m_chunks * groups).into_par_iter().for_each(|t| {
-        let (mc, g) = (t / groups, t % groups);
-        let rows = mc * MC..((mc + 1) * MC).min(m);
+        let (chunk, g) = (t / groups, t % groups);
+        let rows = chunk * mc..((chunk + 1) * mc).min(m);
         let panel_range = g * group..((g + 1) * group).min(panels);
         let p = ptr;
         // SAFETY: tasks cover disjoint (rows x panels) blocks of `out`, whose
         // length was checked; x and w are only read.
         unsafe { block(isa, x, k, w, n, rows, panel_range, bias, residual, p.0, m) };
     });
+}
+
+/// Rows per tile of `isa`'s kernel.
+fn tile_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 | Isa::Scalar => MR_AVX512,
+        Isa::Avx2Fma => MR_AVX2,
+    }
 }
 
 /// One task: rows `rows` of the output, columns of panels `panels`.
@@ -198,11 +212,7 @@ unsafe fn block(
     m: usize,
 ) {
     debug_assert!(rows.end <= m);
-    let mr = match isa {
-        Isa::Avx512 => MR_AVX512,
-        Isa::Avx2Fma => MR_AVX2,
-        Isa::Scalar => MR_AVX512,
-    };
+    let mr = tile_rows(isa);
     // A partial last panel is computed in a full-width scratch tile, so the
     // kernels never store past column n.
     let mut scratch = [0.0f32; MR_AVX512 * NR];
