@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{Watched, failed, fixture, lova_fast, ok, rel_l2, s};
+use lova_fast::backend::cpu::CpuWeight;
 use lova_fast::backend::{Backend, CpuBackend, OpContext};
 use lova_fast::engine::{CLIP_KEYS, DIT_KEYS, VAE_KEYS, WeightSource, load_clip, load_vae, open_engine_file};
 use lova_fast::graph::Op;
@@ -284,7 +285,7 @@ impl Backend for UploadRecorder {
 /// the same model: a tensor taken as stored must be the very tensor the model
 /// uses (not one the loader would have reshaped or transposed). Returns how
 /// many weights arrived as stored fp16.
-fn assert_same_weights(what: &str, recorded: &[Arrived], cpu: &[HostTensor]) -> usize {
+fn assert_same_weights(what: &str, recorded: &[Arrived], cpu: &[CpuWeight]) -> usize {
     assert_eq!(recorded.len(), cpu.len(), "{what}: weight count");
     let mut stored = 0;
     for (i, (r, c)) in recorded.iter().zip(cpu).enumerate() {
@@ -294,7 +295,7 @@ fn assert_same_weights(what: &str, recorded: &[Arrived], cpu: &[HostTensor]) -> 
                 assert_eq!((shape, &values), (&c.shape, &c.data), "{what} weight {i}");
                 stored += 1;
             }
-            Arrived::ViaF32(t) => assert_eq!(t, c, "{what} weight {i}"),
+            Arrived::ViaF32(t) => assert_eq!(t, &**c, "{what} weight {i}"),
         }
     }
     stored

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use lova_fast::backend::Backend;
+use lova_fast::backend::cpu::Precision;
 use lova_fast::config::{LovaConfig, RELEASED_CONFIG_JSON};
 use lova_fast::engine::{ModelFile, WeightSource};
 use lova_fast::models::ClipVisionConfig;
@@ -47,9 +48,23 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
 
+    /// Arithmetic of the CPU backend's matrix products: f32 (the reference), bf16
+    /// (Linear weights rounded to bf16 and packed once before the first step; all else
+    /// f32), or auto (bf16 where this CPU has a SIMD kernel for it: AVX-512F or AVX2+FMA).
+    /// CUDA always runs its fp16 path, so there only auto and f32 are accepted.
+    #[arg(long, default_value = "auto", value_name = "f32|bf16|auto")]
+    pub precision: Precision,
+
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Only measure this CPU and exit: the f32 FMA peak of each bf16 kernel's
+    /// instruction set (one thread and all), and the GFLOP/s of the Linear op (f32
+    /// reference and bf16) at the DiT's shapes for the --seconds lengths (rows =
+    /// cond + uncond tokens).
+    #[arg(long, conflicts_with_all = ["weights", "make_engine"])]
+    pub peak: bool,
 
     /// Print the results as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
@@ -71,7 +86,8 @@ struct Startup {
     backend_s: f64,
     /// Reading (or, for random weights, generating) and uploading the DiT weights.
     weights_s: f64,
-    /// Planning the step graph and allocating its arena.
+    /// Planning the step graph and allocating its arena (on a bf16 CPU backend,
+    /// also rounding and packing the Linear weights, once).
     plan_s: f64,
     first_step_s: f64,
 }
@@ -135,6 +151,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("wrote {} (random weights) in {:.1} s", out.display(), started.elapsed().as_secs_f64());
         return Ok(());
     }
+    if args.peak {
+        return peak(&config, &args.seconds);
+    }
     // Check every length before loading anything (an engine file carries its own config).
     let config = match &args.weights {
         Some(path) => lova_fast::engine::open_engine_file(path)?.1,
@@ -144,8 +163,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (frames, latent_len) = clip_lengths(&config, seconds);
         config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;
     }
-    let device = args.device;
-    with_device(device, false, BenchJob { args, config })
+    let (device, precision) = (args.device, args.precision);
+    with_device(device, precision, false, BenchJob { args, config })
 }
 
 struct BenchJob {
@@ -174,13 +193,15 @@ impl WithBackend for BenchJob {
         };
         backend.synchronize()?;
         startup.weights_s = loaded.elapsed().as_secs_f64();
-        let weights_bytes: usize = dit.weights().iter().map(|w| backend.weight_bytes(w)).sum();
 
         let mut clips = Vec::new();
         for (i, &seconds) in args.seconds.iter().enumerate() {
             let result = bench_clip(&backend, &config, &dit, seconds, &args, (i == 0).then_some(&mut startup))?;
-            clips.push(ClipResult { weights_bytes, ..result });
+            clips.push(result);
         }
+        // After the first step: a bf16 CPU backend packs its weights when the step graph is prepared.
+        let weights_bytes: usize = dit.weights().iter().map(|w| backend.weight_bytes(w)).sum();
+        clips.iter_mut().for_each(|c| c.weights_bytes = weights_bytes);
         let report = BenchReport { device: backend.name(), weights, startup, clips };
         let table = format_table(&report);
         if args.json {
@@ -255,6 +276,39 @@ fn bench_clip<B: Backend>(
         weights_bytes: 0,
         device_memory_used_bytes: used,
     })
+}
+
+/// `--peak`: the CPU's FMA ceiling and the Linear op's rate at the DiT's shapes.
+fn peak(config: &LovaConfig, seconds: &[f64]) -> Result<()> {
+    use lova_fast::backend::cpu::{Isa, peak};
+    let threads = rayon::current_num_threads();
+    let show = |r: peak::Rate| match r.gflops_per_cpu_second {
+        Some(c) => format!("{:7.1} ({c:6.1} per busy core)", r.gflops),
+        None => format!("{:7.1}", r.gflops),
+    };
+    println!(
+        "CPU microbenchmarks, GFLOP/s ({threads} threads; per busy core = per second of CPU time this \
+         process got, which on a shared machine is more telling than the wall clock)"
+    );
+    for isa in Isa::available() {
+        let one = peak::fma_peak(isa, 1, 1.0);
+        let all = peak::fma_peak(isa, threads, 1.0);
+        println!("  f32 FMA peak {:>9}: 1 thread {}, {threads} threads {}", isa.name(), show(one), show(all));
+    }
+    let d = &config.dit;
+    let (h, ff) = (d.embed_dim, d.ff_inner());
+    let shapes = [("qkv", h, 3 * h), ("attention out", h, h), ("ff up + gate", h, 2 * ff), ("ff down", ff, h)];
+    let best = Isa::detect();
+    println!("Linear op at the DiT's shapes, {threads} threads: f32 reference | bf16 {} kernel", best.name());
+    for &s in seconds {
+        let m = 2 * config.dit.transformer_len(config.latent_len_for_seconds(s));
+        for (name, k, n) in shapes {
+            let f32_rate = peak::linear_rate(None, m, k, n, 1.0);
+            let bf16_rate = peak::linear_rate(Some(best), m, k, n, 1.0);
+            println!("  {s:>5} s  m {m:>5} k {k:>5} n {n:>6} {name:>14}: {} | {}", show(f32_rate), show(bf16_rate));
+        }
+    }
+    Ok(())
 }
 
 /// Video frames at the model's fps (N = ceil(D * fps), as for a video) and latent frames T'.

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
 use lova_fast::backend::Backend;
+use lova_fast::backend::cpu::Precision;
 use lova_fast::backend::cpu::threads;
 use lova_fast::config::LovaConfig;
 use lova_fast::engine::{ModelFile, WeightSource};
@@ -145,9 +146,9 @@ pub trait WithBackend {
     fn run<B: Backend>(self, backend: B) -> Result<()>;
 }
 
-/// Runs `job` on the backend `device` asks for; `quiet` silences the note
+/// Runs `job` on the backend `device` asks for (the CPU one in `precision`); `quiet` silences the note
 /// saying why `auto` fell back to the CPU.
-pub fn with_device(device: Device, quiet: bool, job: impl WithBackend) -> Result<()> {
+pub fn with_device(device: Device, precision: Precision, quiet: bool, job: impl WithBackend) -> Result<()> {
     /// Carries an anyhow job through the library's `WithBackend`.
     struct Job<J>(J);
     impl<J: WithBackend> lova_fast::pipeline::WithBackend for Job<J> {
@@ -156,7 +157,7 @@ pub fn with_device(device: Device, quiet: bool, job: impl WithBackend) -> Result
             Ok(self.0.run(backend))
         }
     }
-    let (backend, note) = AnyBackend::open(device.into()).with_context(|| match device {
+    let (backend, note) = AnyBackend::open(device.into(), precision).with_context(|| match device {
         Device::Cuda => "--device cuda",
         _ => "starting the device",
     })?;
@@ -201,4 +202,9 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot set the number of threads")?;
     }
     Ok(())
+}
+
+/// `--precision`: f32, bf16 or auto.
+pub fn parse_precision(text: &str) -> std::result::Result<Precision, String> {
+    text.parse().map_err(|e: lova_fast::Error| e.to_string())
 }

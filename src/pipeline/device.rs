@@ -1,6 +1,7 @@
 //! The device a pipeline runs on, chosen at run time: one enum over the
 //! backends, so that callers never name a backend type.
 
+use crate::backend::cpu::Precision;
 use crate::backend::{Backend, CpuBackend, CudaBackend};
 use crate::error::{Error, Result};
 
@@ -35,22 +36,28 @@ pub trait WithBackend {
 }
 
 impl AnyBackend {
-    /// Starts the backend `device` asks for. The second value says why `Auto`
-    /// fell back to the CPU (None when it did not).
-    pub fn open(device: Device) -> Result<(AnyBackend, Option<String>)> {
+    /// Starts the backend `device` asks for, the CPU one computing in
+    /// `precision` (`Precision::Bf16` asks for the CPU: CUDA runs fp16 weights).
+    /// The second value says why `Auto` fell back to the CPU (None when it did not).
+    pub fn open(device: Device, precision: Precision) -> Result<(AnyBackend, Option<String>)> {
+        let cpu = || AnyBackend::Cpu(CpuBackend::with_precision(precision));
+        let bf16_on_cuda = || {
+            Error::InvalidInput(
+                "bf16 precision is for the CPU backend (CUDA runs fp16 weights): choose the CPU device".into(),
+            )
+        };
         Ok(match device {
-            Device::Cpu => (AnyBackend::Cpu(CpuBackend::new()), None),
+            Device::Cpu => (cpu(), None),
+            Device::Cuda(_) if precision == Precision::Bf16 => return Err(bf16_on_cuda()),
             Device::Cuda(ordinal) => (AnyBackend::Cuda(Box::new(CudaBackend::new(ordinal)?)), None),
             Device::Auto => match CudaBackend::new(0) {
+                Ok(_) if precision == Precision::Bf16 => return Err(bf16_on_cuda()),
                 Ok(cuda) => (AnyBackend::Cuda(Box::new(cuda)), None),
-                Err(e) => {
-                    (AnyBackend::Cpu(CpuBackend::new()), Some(format!("running on the CPU; CUDA is not usable: {e}")))
-                }
+                Err(e) => (cpu(), Some(format!("running on the CPU; CUDA is not usable: {e}"))),
             },
         })
     }
 
-    /// Hands the backend to `job` with its concrete type and returns the job's result.
     pub fn run<J: WithBackend>(self, job: J) -> Result<J::Output> {
         match self {
             AnyBackend::Cpu(b) => job.run(b),

@@ -33,6 +33,7 @@ pub use progress::{CancelToken, Event, NoProgress, Progress, Stage};
 pub use request::{Input, Request, RequestPlan};
 pub use run::{random_seed, tflops_per_s};
 
+pub use crate::backend::cpu::Precision;
 use crate::backend::{CpuBackend, CudaBackend};
 use crate::config::LovaConfig;
 use crate::engine::{ModelFile, WeightSource};
@@ -92,6 +93,9 @@ pub struct PipelineOptions {
     pub vae: bool,
     /// Default windowing of the VAE decode (`Pipeline::set_vae_windows` changes it later).
     pub vae_windows: VaeWindows,
+    /// How the CPU backend computes: f32 (the reference, default), bf16 weights
+    /// with f32 arithmetic, or bf16 where this CPU has a fast kernel for it.
+    pub precision: Precision,
 }
 
 impl Default for PipelineOptions {
@@ -102,6 +106,7 @@ impl Default for PipelineOptions {
             clip_file: None,
             vae: true,
             vae_windows: VaeWindows::default(),
+            precision: Precision::F32,
         }
     }
 }
@@ -134,7 +139,7 @@ impl Pipeline {
     /// checkpoint with its config) on `options.device`.
     pub fn open(weights: &WeightSource, options: &PipelineOptions) -> Result<Pipeline> {
         let file = ModelFile::open(weights)?;
-        let (backend, device_note) = AnyBackend::open(options.device)?;
+        let (backend, device_note) = AnyBackend::open(options.device, options.precision)?;
         let networks = match backend {
             AnyBackend::Cpu(b) => Networks::Cpu(Box::new(Loaded::load(b, &file, options)?)),
             AnyBackend::Cuda(b) => Networks::Cuda(Box::new(Loaded::load(*b, &file, options)?)),

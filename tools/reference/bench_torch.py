@@ -11,12 +11,14 @@ config's full size (the released vl30 config: ~1.05 B parameters, ~2.1 GB fp16).
 
 It times the step in eager mode and with `torch.compile` (skipped with a
 message if compiling fails), with CUDA events after warm-up, for each clip
-length, runs `lova-fast bench --json` for the same lengths (binary from
+length, runs `lova-fast bench --json` for the same lengths (on the CPU with
+`--precision`, by default the one matching --dtype: bf16 for bfloat16, else f32) (binary from
 --lova-fast or $LOVA_FAST_BIN; PyTorch figures only when it is missing), and
 prints both side by side with the ratio.
 
     python tools/reference/bench_torch.py                      # CUDA, fp16, 10/30/60 s
     python tools/reference/bench_torch.py --device cpu --tiny  # smoke test: tiny config, float32
+    python tools/reference/bench_torch.py --device cpu --dtype bfloat16 --seconds 2,10  # both in bf16
     python tools/reference/bench_torch.py --device cpu --tiny --check  # + agreement with lova_reference.py
 
 `--check` compares the batched module with lova_reference.dit_forward (float64,
@@ -282,6 +284,8 @@ def run_lova_fast(binary: Optional[str], args, seconds: List[float], device: str
            "--seconds", ",".join(f"{s:g}" for s in seconds), "--steps", str(args.iters), "--warmup", str(args.warmup)]
     if args.tiny:
         cmd += ["--config", str(TINY_CONFIG)]
+    if not device.startswith("cuda"):
+        cmd += ["--precision", args.precision]
     print("lova-fast: " + " ".join(cmd), flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     print(done.stderr, end="", flush=True)  # its table and notes
@@ -301,6 +305,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="the tiny test config (tests/fixtures/tiny), float32")
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
                     help="default: float16 on CUDA, float32 on the CPU")
+    ap.add_argument("--precision", choices=["f32", "bf16", "auto"],
+                    help="lova-fast's --precision on the CPU (default: bf16 with --dtype bfloat16, else f32)")
     ap.add_argument("--seconds", default="10,30,60", help="clip lengths, comma-separated")
     ap.add_argument("--compile-seconds", help="clip lengths to also time with torch.compile (each compiles "
                     "anew; default: all; 'none' to skip)")
@@ -319,6 +325,8 @@ def main() -> None:
         check_against_reference(ref.read_config(str(TINY_CONFIG)))
     device = args.device
     dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
+    if args.precision is None:
+        args.precision = "bf16" if dtype == torch.bfloat16 else "f32"
     seconds = [float(s) for s in args.seconds.split(",")]
     if args.compile_seconds is None:
         compile_seconds = seconds
@@ -403,7 +411,9 @@ def main() -> None:
               f"{fmt(r['torch_compile_ms']):>16} | {fmt(ratio_e):>11} | {fmt(ratio_c):>13} | "
               f"{fmt(r['lova_fast_mib'], '.0f'):>13} | {fmt(r['torch_peak_mib'], '.0f'):>9}")
     if lova:
-        print(f"lova-fast: {lova['device']}; start-up {lova['startup']['total_s']:.2f} s")
+        print(f"lova-fast: {lova['device']}; start-up {lova['startup']['total_s']:.2f} s"
+              + ("" if device.startswith("cuda") else f"; --precision {args.precision}"))
+    print(f"PyTorch: {dtype} on {card}")
     if args.json:
         Path(args.json).write_text(json.dumps({"card": card, "torch": torch.__version__, "dtype": str(dtype),
                                                "lova_fast": lova, "rows": rows}, indent=2))

@@ -1,18 +1,29 @@
 //! The CPU backend: every op in f32 (statistics and angles in f64), rayon for
 //! threads and matrixmultiply for GEMMs. It is the reference the GPU backend
 //! is tested against, op by op, so each op is a plain function over slices.
+//!
+//! With `Precision::Bf16` (or `Auto` on a CPU with a SIMD kernel for it) the
+//! Linear ops run on weights rounded to bf16 and packed once
+//! (`gemm_bf16`); everything else stays as in the f32 reference.
 
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod gemm_bf16;
 pub mod linear;
 pub mod norm;
 mod operands;
+pub mod peak;
+pub mod precision;
 pub mod sampler_ops;
 pub mod threads;
 pub mod vision_ops;
 
+use std::sync::OnceLock;
+
+use gemm_bf16::PackedBf16;
 use operands::Operands;
+pub use precision::{Isa, Precision, Resolved};
 
 use super::{Backend, OpContext};
 use crate::error::{Error, Result};
@@ -20,8 +31,71 @@ use crate::graph::{ColumnSlice, Op};
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+/// The CPU backend; `CpuBackend` (the constant) and `CpuBackend::new()` are
+/// the f32 reference, `CpuBackend::with_precision` picks bf16 GEMMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuBackend {
+    gemm: Resolved,
+}
+
+/// The f32 reference backend as a value. `CpuBackend` was a unit struct, and
+/// every caller wrote `&CpuBackend` for it; this keeps that meaning.
+#[allow(non_upper_case_globals)]
+pub const CpuBackend: CpuBackend = CpuBackend { gemm: Resolved::F32 };
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend
+    }
+}
+
+/// A weight on the CPU: the f32 tensor every op reads, and, for the weights of
+/// Linear ops on a bf16 backend, a bf16 copy in the GEMM kernel's panel layout,
+/// made once (`Backend::prepare` of the first graph that uses it; later
+/// executors of the same model reuse it).
+#[derive(Debug)]
+pub struct CpuWeight {
+    tensor: HostTensor,
+    packed: OnceLock<PackedBf16>,
+}
+
+impl CpuWeight {
+    pub fn new(tensor: HostTensor) -> Self {
+        CpuWeight { tensor, packed: OnceLock::new() }
+    }
+
+    /// The bf16 copy, when one was made.
+    pub fn packed(&self) -> Option<&PackedBf16> {
+        self.packed.get()
+    }
+
+    /// The bf16 copy of this `[n, k]` weight, packing it on first use.
+    fn packed_as(&self, n: usize, k: usize) -> Result<&PackedBf16> {
+        if self.tensor.len() != n * k {
+            return Err(Error::InvalidInput(format!(
+                "graph bug: a Linear of [{n}, {k}] on a weight of {} values",
+                self.tensor.len()
+            )));
+        }
+        let p = self.packed.get_or_init(|| PackedBf16::pack(&self.tensor.data, n, k));
+        if (p.n(), p.k()) != (n, k) {
+            return Err(Error::InvalidInput(format!(
+                "graph bug: one weight used as [{}, {}] and as [{n}, {k}]",
+                p.n(),
+                p.k()
+            )));
+        }
+        Ok(p)
+    }
+}
+
+impl std::ops::Deref for CpuWeight {
+    type Target = HostTensor;
+
+    fn deref(&self) -> &HostTensor {
+        &self.tensor
+    }
+}
 
 thread_local! {
     /// Arenas allocated by this thread. Counted per thread because the CPU
@@ -32,17 +106,49 @@ thread_local! {
 }
 
 impl CpuBackend {
+    /// The f32 reference.
     pub fn new() -> Self {
         CpuBackend
+    }
+
+    /// `precision` resolved against this CPU (`Precision::resolve`).
+    pub fn with_precision(precision: Precision) -> Self {
+        CpuBackend { gemm: precision.resolve() }
+    }
+
+    /// bf16 GEMMs with one given kernel (tests and benchmarks of each
+    /// kernel); an error when this CPU cannot run it.
+    pub fn with_bf16_kernel(isa: Isa) -> Result<Self> {
+        if !isa.supported() {
+            return Err(Error::InvalidInput(format!("this CPU cannot run the {} bf16 kernel", isa.name())));
+        }
+        Ok(CpuBackend { gemm: Resolved::Bf16(isa) })
+    }
+
+    /// What the Linear ops run: f32, or bf16 weights with which kernel.
+    pub fn resolved(&self) -> Resolved {
+        self.gemm
+    }
+
+    /// Bytes of the bf16 copies made so far of `weights` (0 on the f32 path).
+    pub fn packed_bytes(weights: &[CpuWeight]) -> usize {
+        weights.iter().filter_map(|w| w.packed()).map(PackedBf16::bytes).sum()
     }
 }
 
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
-    type Weight = HostTensor;
+    type Weight = CpuWeight;
 
     fn name(&self) -> String {
-        format!("cpu (f32, {} threads)", rayon::current_num_threads())
+        match self.gemm {
+            Resolved::F32 => format!("cpu (f32, {} threads)", rayon::current_num_threads()),
+            Resolved::Bf16(isa) => format!(
+                "cpu (bf16 weights in Linear ops, {} kernel; f32 elsewhere; {} threads)",
+                isa.name(),
+                rayon::current_num_threads()
+            ),
+        }
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
@@ -60,17 +166,32 @@ impl Backend for CpuBackend {
         ARENA_ALLOCATIONS.with(|n| n.get())
     }
 
-    fn upload_weight(&self, tensor: &HostTensor) -> Result<HostTensor> {
-        Ok(tensor.clone())
+    fn upload_weight(&self, tensor: &HostTensor) -> Result<CpuWeight> {
+        Ok(CpuWeight::new(tensor.clone()))
     }
 
     /// The f32 tensor as `tensor` returns it, kept rather than copied.
-    fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<HostTensor> {
-        source.tensor(key, shape)
+    fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<CpuWeight> {
+        Ok(CpuWeight::new(source.tensor(key, shape)?))
     }
 
-    fn weight_bytes(&self, weight: &HostTensor) -> usize {
-        weight.len() * std::mem::size_of::<f32>()
+    /// The f32 tensor, plus its bf16 copy once made.
+    fn weight_bytes(&self, weight: &CpuWeight) -> usize {
+        weight.len() * std::mem::size_of::<f32>() + weight.packed().map_or(0, PackedBf16::bytes)
+    }
+
+    /// On a bf16 backend, packs the weight of every Linear op of the graph that
+    /// has no bf16 copy yet, so that no step pays for it.
+    fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {
+        if let Resolved::Bf16(_) = self.gemm {
+            let g = ctx.graph;
+            for op in &g.ops {
+                if let Op::Linear { x, w, out, .. } = op {
+                    ctx.weights[w.0].packed_as(g.desc(*out).cols, g.desc(*x).cols)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn write(&self, buffer: &mut Vec<f32>, offset: usize, data: &[f32]) -> Result<()> {
@@ -106,16 +227,29 @@ impl Backend for CpuBackend {
         match op {
             Op::Linear { x, w: wid, bias, residual, out } => {
                 let (xd, od) = (g.desc(*x), g.desc(*out));
-                linear::linear(
-                    io.input(*x),
-                    xd.rows,
-                    xd.cols,
-                    w(*wid),
-                    od.cols,
-                    bias.map(w),
-                    residual.map(|r| io.input(r)),
-                    io.output(*out),
-                );
+                match self.gemm {
+                    Resolved::F32 => linear::linear(
+                        io.input(*x),
+                        xd.rows,
+                        xd.cols,
+                        w(*wid),
+                        od.cols,
+                        bias.map(w),
+                        residual.map(|r| io.input(r)),
+                        io.output(*out),
+                    ),
+                    Resolved::Bf16(isa) => gemm_bf16::linear_bf16(
+                        isa,
+                        io.input(*x),
+                        xd.rows,
+                        xd.cols,
+                        ctx.weights[wid.0].packed_as(od.cols, xd.cols)?,
+                        od.cols,
+                        bias.map(w),
+                        residual.map(|r| io.input(r)),
+                        io.output(*out),
+                    ),
+                }
             }
             Op::LayerNorm { x, gamma, beta, eps, modulation, out } => {
                 let m = modulation.map(|m| norm::Modulation {

@@ -1,0 +1,288 @@
+//! The CPU backend's bf16 path (`Precision::Bf16`: Linear weights rounded to
+//! bf16 and packed, everything else f32) against the f32 reference path, on
+//! every bf16 kernel this CPU can run (`Isa::available`; the ones it cannot run
+//! are named as skipped in the output).
+//!
+//! Tolerances (relative L2 of the output; why):
+//! - Linear, raw f32 weights: 5e-3. bf16 keeps 8 significant bits, so rounding
+//!   (to nearest) moves a weight with significand m in [1, 2) by an error
+//!   uniform in +-2^-8 (in units of its exponent), a relative error of rms
+//!   2^-8 sqrt(E[1/m^2] / 3) = 2^-8 / sqrt(6) ~ 1.6e-3 for m spread over [1, 2).
+//!   x stays f32 and products and sums are f32, so the output error is
+//!   sum_k x_k w_k d_k with independent d_k: relative L2 ~ 1.6e-3 for products
+//!   of random sign. 5e-3 leaves a 3x margin; a layout or packing bug gives O(1).
+//! - Linear, bf16-representable weights: 1e-5. Then the bf16 path multiplies
+//!   the very same numbers, and only the f32 summation order differs from the
+//!   f32 GEMM (about sqrt(K) 2^-24 relative: 5e-6 at K = 6144).
+//! - Between kernels (AVX-512F, AVX2+FMA, scalar) and between a row alone and
+//!   the same row in a batch: 0 (same bits). Each output is one chain of f32
+//!   FMAs over k in order whatever the kernel and the number of rows.
+
+mod common;
+
+use common::{fixture, load, max_abs, rel_l2};
+use lova_fast::backend::cpu::{Isa, Precision, Resolved};
+use lova_fast::backend::{Backend, CpuBackend, WeightSet};
+use lova_fast::config::LovaConfig;
+use lova_fast::graph::{Executor, Graph, Op};
+use lova_fast::models::Dit;
+use lova_fast::models::VaeDecoder;
+use lova_fast::models::dit::DIT_PREFIX;
+use lova_fast::models::vae::original_tensor;
+use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, sample};
+use lova_fast::tensor::HostTensor;
+use lova_fast::weights::SafetensorsFile;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)).collect()
+    }
+}
+
+/// Every bf16 backend this CPU runs, after printing the kernels it does not.
+fn bf16_backends() -> Vec<(Isa, CpuBackend)> {
+    for isa in [Isa::Avx512, Isa::Avx2Fma, Isa::Scalar] {
+        if !isa.supported() {
+            eprintln!("SKIPPED: the {} bf16 kernel (this CPU cannot run it)", isa.name());
+        }
+    }
+    Isa::available().into_iter().map(|isa| (isa, CpuBackend::with_bf16_kernel(isa).unwrap())).collect()
+}
+
+struct LinearCase {
+    m: usize,
+    k: usize,
+    n: usize,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    residual: Option<Vec<f32>>,
+}
+
+/// One Linear op as a graph on `backend` (weights packed by the executor's prepare, as in a model).
+fn run_linear(backend: &CpuBackend, c: &LinearCase) -> Vec<f32> {
+    let mut g = Graph::new();
+    let mut weights = WeightSet::default();
+    let x = g.input("x", c.m, c.k);
+    let w = weights.push(backend, "w", &HostTensor::new(vec![c.n, c.k], c.w.clone())).unwrap();
+    let bias = c.bias.as_ref().map(|b| weights.push(backend, "b", &HostTensor::new(vec![c.n], b.clone())).unwrap());
+    let residual = c.residual.as_ref().map(|_| g.input("residual", c.m, c.n));
+    let out = g.temp("out", c.m, c.n);
+    g.mark_output(out);
+    g.push(Op::Linear { x, w, bias, residual, out });
+    let mut exec = Executor::new(backend, weights.as_slice(), g).unwrap();
+    exec.write(x, &c.x).unwrap();
+    if let (Some(t), Some(r)) = (residual, &c.residual) {
+        exec.write(t, r).unwrap();
+    }
+    exec.run().unwrap();
+    exec.read(out).unwrap()
+}
+
+fn linear_case(rng: &mut Rng, (m, k, n): (usize, usize, usize), i: usize, bf16_weights: bool) -> LinearCase {
+    let scale = 1.0 / (k.max(1) as f32).sqrt();
+    let mut w = rng.vec(n * k, -scale, scale);
+    if bf16_weights {
+        w.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+    }
+    LinearCase {
+        m,
+        k,
+        n,
+        x: rng.vec(m * k, -1.0, 1.0),
+        w,
+        bias: i.is_multiple_of(2).then(|| rng.vec(n, -0.5, 0.5)),
+        residual: (i % 3 != 1).then(|| rng.vec(m * n, -1.0, 1.0)),
+    }
+}
+
+/// Awkward shapes (1, odd, no multiple of 32 columns or of the 12- and 4-row
+/// tiles, k not a multiple of the 256 block) and the DiT's (k, n up to 6144).
+const SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 1),
+    (1, 256, 1536),
+    (7, 33, 17),
+    (13, 257, 95),
+    (90, 1536, 4608),
+    (97, 6144, 64),
+    (217, 64, 1536),
+    (300, 768, 200),
+];
+
+#[test]
+fn linear_bf16_matches_the_f32_path_within_bf16_rounding_on_every_kernel() {
+    let mut rng = Rng(5);
+    let backends = bf16_backends();
+    for (i, &shape) in SHAPES.iter().enumerate() {
+        for bf16_weights in [false, true] {
+            let case = linear_case(&mut rng, shape, i, bf16_weights);
+            let want = run_linear(&CpuBackend, &case);
+            let tol = if bf16_weights { 1e-5 } else { 5e-3 };
+            let mut first: Option<Vec<f32>> = None;
+            for (isa, backend) in &backends {
+                // The scalar kernel is slow: it is compared on the small shapes only.
+                if *isa == Isa::Scalar && shape.0 * shape.1 * shape.2 > 1 << 22 {
+                    continue;
+                }
+                let got = run_linear(backend, &case);
+                let err = rel_l2(&got, &want);
+                println!(
+                    "linear {shape:?} {} {}: rel L2 {err:.2e}, max abs {:.2e}",
+                    if bf16_weights { "bf16 weights" } else { "f32 weights" },
+                    isa.name(),
+                    max_abs(&got, &want)
+                );
+                assert!(err <= tol, "{shape:?} {isa:?}: rel L2 {err:e} > {tol:e}");
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => assert!(
+                        f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{shape:?}: the {} kernel gives other bits than the fastest",
+                        isa.name()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// A row's result does not depend on how many rows are multiplied with it, nor
+/// where it sits among them (tile position, task split).
+#[test]
+fn a_row_of_a_bf16_linear_is_the_same_alone_and_in_any_batch() {
+    let mut rng = Rng(9);
+    let (k, n) = (1536, 200);
+    for (isa, backend) in bf16_backends().into_iter().filter(|(isa, _)| *isa != Isa::Scalar) {
+        let big = linear_case(&mut rng, (221, k, n), 0, false);
+        let all = run_linear(&backend, &big);
+        for (start, rows) in [(0, 1), (5, 1), (13, 12), (100, 97), (220, 1)] {
+            let part = LinearCase {
+                m: rows,
+                k,
+                n,
+                x: big.x[start * k..(start + rows) * k].to_vec(),
+                w: big.w.clone(),
+                bias: big.bias.clone(),
+                residual: big.residual.as_ref().map(|r| r[start * n..(start + rows) * n].to_vec()),
+            };
+            let got = run_linear(&backend, &part);
+            let want = &all[start * n..(start + rows) * n];
+            assert!(
+                got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{}: rows {start}..{} alone differ from the same rows among 221",
+                isa.name(),
+                start + rows
+            );
+        }
+    }
+}
+
+#[test]
+fn precision_resolves_to_a_kernel_this_cpu_runs() {
+    assert_eq!(CpuBackend::with_precision(Precision::F32).resolved(), Resolved::F32);
+    assert_eq!(CpuBackend.resolved(), Resolved::F32);
+    assert_eq!(CpuBackend::new(), CpuBackend);
+    match CpuBackend::with_precision(Precision::Auto).resolved() {
+        Resolved::Bf16(isa) => assert!(isa != Isa::Scalar && isa.supported(), "{isa:?}"),
+        Resolved::F32 => assert_eq!(Isa::detect(), Isa::Scalar, "auto chose f32 on a CPU with a SIMD bf16 kernel"),
+    }
+    for isa in [Isa::Avx512, Isa::Avx2Fma, Isa::Scalar] {
+        assert_eq!(CpuBackend::with_bf16_kernel(isa).is_ok(), isa.supported(), "{isa:?}");
+    }
+    let bf16 = CpuBackend::with_precision(Precision::Bf16);
+    assert!(bf16.name().contains("bf16"), "{}", bf16.name());
+    assert!(CpuBackend.name().starts_with("cpu (f32"), "{}", CpuBackend.name());
+}
+
+fn tiny_config() -> LovaConfig {
+    LovaConfig::from_file(&fixture("tiny/model_config.json")).unwrap()
+}
+
+fn tiny_dit() -> Dit<CpuBackend> {
+    let ckpt = SafetensorsFile::open(&fixture("tiny/checkpoint.safetensors")).unwrap();
+    Dit::load(&CpuBackend, &ckpt, &tiny_config().dit, DIT_PREFIX).unwrap()
+}
+
+fn settings() -> SamplerSettings {
+    SamplerSettings { steps: 8, sigma_min: 0.3, sigma_max: 500.0, rho: 1.0, eta: 1.0, s_noise: 1.0 }
+}
+
+fn request(seed: u64) -> Request {
+    Request {
+        features: load("tiny/features.safetensors", "features"),
+        latent_len: 44,
+        cfg_scale: 5.0,
+        noise: RequestNoise { seed, initial: None, steps: None },
+    }
+}
+
+/// `infer --batch` promises a clip's audio does not depend on the clips packed
+/// with it; on the bf16 path that holds bit for bit, as on the f32 path.
+#[test]
+fn bf16_requests_batched_together_equal_requests_run_alone_bit_for_bit() {
+    let dit = tiny_dit();
+    let features = load("tiny/features.safetensors", "features");
+    let short = HostTensor::new(vec![5, features.shape[1]], features.data[..5 * features.shape[1]].to_vec());
+    let requests = [
+        request(1),
+        Request {
+            features: short,
+            latent_len: 3,
+            cfg_scale: 3.0,
+            noise: RequestNoise { seed: 2, initial: None, steps: None },
+        },
+    ];
+    for (isa, backend) in bf16_backends().into_iter().filter(|(isa, _)| *isa != Isa::Scalar) {
+        let together = sample(&backend, &dit, &requests, &settings(), &mut |_, _| {}).unwrap();
+        for (i, r) in requests.iter().enumerate() {
+            let alone = sample(&backend, &dit, std::slice::from_ref(r), &settings(), &mut |_, _| {}).unwrap();
+            assert_eq!(together[i], alone[0], "{}: request {i} batched differs from alone", isa.name());
+        }
+    }
+}
+
+/// The tiny model end to end (8 sampler steps with CFG 5, then the VAE):
+/// latents and audio of the bf16 path against the f32 path.
+///
+/// Bounds: one step's DiT output moves by ~1.6e-3 relative per Linear (see
+/// the top of this file), i.e. by a few 1e-3 through the tiny DiT's layers; CFG
+/// 5 scales the difference of two such outputs by 5, and the sampler carries
+/// errors over 8 steps. Measured on the development machine (AVX-512F kernel):
+/// latents rel L2 6.9e-3, audio SNR 41 dB. The bounds, 2e-2 and 30 dB, leave
+/// a 3x (11 dB) margin for other kernels' machines; a kernel bug (wrong
+/// column, wrong row) gives O(1), an SNR near 0 dB.
+#[test]
+fn tiny_end_to_end_bf16_latents_and_audio_are_close_to_f32() {
+    let dit = tiny_dit();
+    let config = tiny_config();
+    let file = SafetensorsFile::open(&fixture("tiny/checkpoint.safetensors")).unwrap();
+    let vae = VaeDecoder::load(&CpuBackend, &config.vae_decoder, config.latent_scale, &mut |spec| {
+        original_tensor(&file, spec)
+    })
+    .unwrap();
+    let want = sample(&CpuBackend, &dit, &[request(3)], &settings(), &mut |_, _| {}).unwrap().remove(0);
+    let want_audio = vae.decode(&CpuBackend, std::slice::from_ref(&want)).unwrap().remove(0);
+    let backend = CpuBackend::with_precision(Precision::Bf16);
+    let got = sample(&backend, &dit, &[request(3)], &settings(), &mut |_, _| {}).unwrap().remove(0);
+    let audio = vae.decode(&backend, std::slice::from_ref(&got)).unwrap().remove(0);
+    let latents_err = rel_l2(&got.data, &want.data);
+    let noise: f64 = audio.data.iter().zip(&want_audio.data).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let signal: f64 = want_audio.data.iter().map(|a| (*a as f64).powi(2)).sum();
+    let snr_db = 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10();
+    println!(
+        "tiny end to end, bf16 ({}) vs f32: latents rel L2 {latents_err:.2e}, audio SNR {snr_db:.1} dB",
+        backend.name()
+    );
+    assert!(latents_err <= 2e-2, "latents rel L2 {latents_err:e}");
+    assert!(snr_db >= 30.0, "audio SNR {snr_db} dB");
+    assert!(latents_err > 0.0, "bf16 gave the f32 bits: the bf16 path did not run");
+}
