@@ -34,6 +34,7 @@ mod capture;
 pub mod compile;
 mod conv;
 mod gemm;
+pub mod vgpu;
 mod vision;
 
 use std::collections::HashMap;
@@ -62,6 +63,9 @@ fn driver_err(what: impl std::fmt::Display) -> impl Fn(DriverError) -> Error {
 
 /// The CUDA libraries this backend needs that cannot be loaded here.
 pub fn missing_libraries() -> Vec<&'static str> {
+    // With LOVA_VGPU=1 the virtual GPU's libraries count as present (its
+    // errors are reported by `CudaBackend::new`).
+    let _ = vgpu::activate();
     let mut missing = Vec::new();
     // SAFETY: each probe only tries to dlopen the library by its usual names.
     unsafe {
@@ -76,6 +80,37 @@ pub fn missing_libraries() -> Vec<&'static str> {
         }
     }
     missing
+}
+
+/// Refuses an NVRTC or cuBLASLt newer (by major version) than the driver:
+/// the driver cannot load the cubins of a newer NVRTC, and a newer cuBLASLt
+/// does not initialise on an older driver (CUDA Compatibility guide, "Minor
+/// Version Compatibility" holds within a major version only). Without this a
+/// CUDA 13 library on a 12.x driver fails at the first module load instead.
+/// `driver` is cuDriverGetVersion's value (12080 for 12.8), `cublaslt`
+/// cublasLtGetVersion's (130000 for 13.0.0).
+pub fn check_library_versions(driver: i32, nvrtc: (i32, i32), cublaslt: usize) -> Result<()> {
+    let driver_major = driver / 1000;
+    let (driver_text, nvrtc_text) =
+        (format!("{}.{}", driver / 1000, driver % 1000 / 10), format!("{}.{}", nvrtc.0, nvrtc.1));
+    if nvrtc.0 > driver_major {
+        return Err(Error::Cuda(format!(
+            "NVRTC {nvrtc_text} is newer than the driver (CUDA {driver_text}): its kernels would not load; \
+             use the NVRTC of CUDA {driver_major} (e.g. `pip install \"nvidia-cuda-nvrtc<{}\"`) or update the driver",
+            driver_major + 1
+        )));
+    }
+    let cublaslt_major = (cublaslt / 10000) as i32;
+    if cublaslt_major > driver_major {
+        return Err(Error::Cuda(format!(
+            "cuBLASLt {}.{}.{} is newer than the driver (CUDA {driver_text}); use the cuBLAS of CUDA {driver_major} \
+             or update the driver",
+            cublaslt / 10000,
+            cublaslt % 10000 / 100,
+            cublaslt % 100
+        )));
+    }
+    Ok(())
 }
 
 /// What the backend runs on, for messages and logs.
@@ -119,6 +154,10 @@ pub struct CudaBackend {
     allocations: AtomicU64,
     /// Whether `run_repeated` captures CUDA graphs (`capture::ENV_SWITCH`).
     graph_capture: AtomicBool,
+    /// CUDA graphs captured so far, and why the last failed capture failed:
+    /// a capture that falls back to plain launches must be visible.
+    captured_graphs: AtomicU64,
+    capture_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The arena of one executor, plus what its graph needs on the device besides
@@ -190,6 +229,7 @@ impl CudaBackend {
     /// and sets up cuBLASLt. Fails with a clear error, never a panic, when a
     /// library or the device is missing.
     pub fn new(ordinal: usize) -> Result<Self> {
+        vgpu::activate()?;
         let missing = missing_libraries();
         if !missing.is_empty() {
             return Err(Error::Cuda(format!(
@@ -244,6 +284,7 @@ impl CudaBackend {
             nvrtc_version: compile::nvrtc_version()?,
             cublaslt_version: Gemm::version(),
         };
+        check_library_versions(info.driver_version, info.nvrtc_version, info.cublaslt_version)?;
 
         let mut functions = HashMap::new();
         for (file, source) in crate::kernels::KERNEL_SOURCES {
@@ -266,6 +307,8 @@ impl CudaBackend {
             // The cuBLASLt workspace.
             allocations: AtomicU64::new(1),
             graph_capture: AtomicBool::new(capture::enabled_by_env()),
+            captured_graphs: AtomicU64::new(0),
+            capture_failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -278,6 +321,16 @@ impl CudaBackend {
 
     pub fn graph_capture(&self) -> bool {
         self.graph_capture.load(Ordering::Relaxed)
+    }
+
+    /// How many CUDA graphs this backend has captured (each replayed from then on).
+    pub fn captured_graphs(&self) -> u64 {
+        self.captured_graphs.load(Ordering::Relaxed)
+    }
+
+    /// Why the last failed capture failed (its part then runs with plain launches).
+    pub fn capture_failure(&self) -> Option<String> {
+        self.capture_failure.lock().map(|f| f.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
     fn count_allocation(&self) {
@@ -951,5 +1004,21 @@ impl CudaBackend {
                 Arg::Ptr(base),
             ],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_library_versions;
+
+    #[test]
+    fn libraries_newer_than_the_driver_are_refused_with_both_versions() {
+        assert!(check_library_versions(13000, (13, 0), 130000).is_ok());
+        assert!(check_library_versions(13020, (12, 8), 120805).is_ok(), "older libraries run on a newer driver");
+        assert!(check_library_versions(12080, (12, 9), 120900).is_ok(), "minor versions are compatible");
+        let e = check_library_versions(12080, (13, 0), 120900).unwrap_err().to_string();
+        assert!(e.contains("NVRTC 13.0") && e.contains("CUDA 12.8"), "{e}");
+        let e = check_library_versions(12080, (12, 8), 130100).unwrap_err().to_string();
+        assert!(e.contains("cuBLASLt 13.1.0") && e.contains("CUDA 12.8"), "{e}");
     }
 }
