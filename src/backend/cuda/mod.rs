@@ -148,6 +148,9 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
+    /// Each kernel's parameter sizes as the driver reads them from the cubin
+    /// (`cuFuncGetParamInfo`, CUDA 12.4+; empty when the driver lacks it).
+    param_sizes: HashMap<String, Vec<usize>>,
     gemm: Gemm,
     info: DeviceInfo,
     /// Device allocations so far (arenas, weights, scratch, tables, workspace).
@@ -167,9 +170,55 @@ pub struct CudaBackend {
 /// its repeated parts (they hold this arena's addresses, so they live with it).
 pub struct CudaArena {
     data: CudaSlice<f32>,
+    staging: Option<Staging>,
     half: Option<CudaSlice<u16>>,
     tables: HashMap<Vec<u32>, CudaSlice<u32>>,
     recordings: capture::Recordings,
+}
+
+/// Slots of page-locked host memory for small writes (the per-step scalars).
+/// A copy from page-locked memory is asynchronous (Driver API, "API
+/// synchronization behavior"; from pageable memory the host may wait), so the
+/// host enqueues step n + 1 while step n runs. A slot is written again only
+/// `STAGING_SLOTS` writes later, after its copy has run (its event), so the
+/// host never overwrites what a queued copy has yet to read.
+struct Staging {
+    host: *mut f32,
+    events: Vec<cudarc::driver::CudaEvent>,
+    next: usize,
+}
+
+const STAGING_SLOTS: usize = 3;
+/// Floats per slot: writes up to this size are staged.
+const STAGING_FLOATS: usize = 256;
+
+// SAFETY: the page-locked buffer is owned by the arena and touched only
+// through `&mut CudaArena`.
+unsafe impl Send for Staging {}
+unsafe impl Sync for Staging {}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Queued copies may still read the buffer: wait for them first.
+        for e in &self.events {
+            let _ = e.synchronize();
+        }
+        // SAFETY: allocated by malloc_host in `Staging::new`, freed once.
+        let _ = unsafe { cudarc::driver::result::free_host(self.host as *mut std::ffi::c_void) };
+    }
+}
+
+impl Staging {
+    fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
+        let events = (0..STAGING_SLOTS)
+            .map(|_| ctx.new_event(None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(driver_err("creating the staging events"))?;
+        // SAFETY: a plain page-locked allocation, freed in Drop.
+        let host = unsafe { cudarc::driver::result::malloc_host(STAGING_SLOTS * STAGING_FLOATS * 4, 0) }
+            .map_err(driver_err("allocating page-locked staging memory"))? as *mut f32;
+        Ok(Staging { host, events, next: 0 })
+    }
 }
 
 /// A weight on the device. The upload sees only a shape, not the op that will
@@ -222,6 +271,44 @@ enum Arg {
     U32(u32),
     I64(i64),
     F32(f32),
+}
+
+impl Arg {
+    fn size(&self) -> usize {
+        match self {
+            Arg::Ptr(_) | Arg::I64(_) => 8,
+            Arg::I32(_) | Arg::U32(_) | Arg::F32(_) => 4,
+        }
+    }
+}
+
+/// Each kernel's parameter sizes from the driver (`cuFuncGetParamInfo`, Driver
+/// API "Execution Control", CUDA 12.4+); none when the driver lacks the call.
+fn kernel_param_sizes(functions: &HashMap<String, CudaFunction>) -> HashMap<String, Vec<usize>> {
+    // SAFETY: a symbol lookup in the loaded driver library.
+    let present =
+        unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn()>(b"cuFuncGetParamInfo\0").is_ok() };
+    if !present {
+        return HashMap::new();
+    }
+    let mut out = HashMap::new();
+    for (name, f) in functions {
+        let mut sizes = Vec::new();
+        loop {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: a live function handle and two out-parameters; an index
+            // past the last parameter returns CUDA_ERROR_INVALID_VALUE.
+            let r = unsafe {
+                cudarc::driver::sys::cuFuncGetParamInfo(f.cu_function(), sizes.len(), &mut offset, &mut size)
+            };
+            if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                break;
+            }
+            sizes.push(size);
+        }
+        out.insert(name.clone(), sizes);
+    }
+    out
 }
 
 impl CudaBackend {
@@ -297,11 +384,13 @@ impl CudaBackend {
                 functions.insert(name, f);
             }
         }
+        let param_sizes = kernel_param_sizes(&functions);
         let gemm = Gemm::new(stream.clone())?;
         Ok(CudaBackend {
             ctx,
             stream,
             functions,
+            param_sizes,
             gemm,
             info,
             // The cuBLASLt workspace.
@@ -364,6 +453,17 @@ impl CudaBackend {
             .functions
             .get(name)
             .ok_or_else(|| Error::Cuda(format!("kernel {name} is not in the embedded kernel sources")))?;
+        // The driver copies each parameter by the size the kernel declares,
+        // from the pointers it is given: a missing or narrower argument would
+        // be read past its end, silently. Checked against the cubin.
+        if let Some(sizes) = self.param_sizes.get(name) {
+            let given: Vec<usize> = args.iter().map(Arg::size).collect();
+            if &given != sizes {
+                return Err(Error::Cuda(format!(
+                    "launching {name}: arguments of {given:?} bytes, the kernel's parameters are {sizes:?} bytes"
+                )));
+            }
+        }
         let mut builder = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -547,7 +647,13 @@ impl Backend for CudaBackend {
             Error::Cuda(format!("cannot allocate {} MiB of device memory for the arena: {e:?}", (len * 4) >> 20))
         })?;
         self.count_allocation();
-        Ok(CudaArena { data, half: None, tables: HashMap::new(), recordings: capture::Recordings::default() })
+        Ok(CudaArena {
+            data,
+            staging: Some(Staging::new(&self.ctx)?),
+            half: None,
+            tables: HashMap::new(),
+            recordings: capture::Recordings::default(),
+        })
     }
 
     fn device_allocations(&self) -> u64 {
@@ -653,6 +759,23 @@ impl Backend for CudaBackend {
         if data.is_empty() {
             return Ok(());
         }
+        if data.len() <= STAGING_FLOATS
+            && let Some(st) = buffer.staging.as_mut()
+        {
+            let slot = st.next % STAGING_SLOTS;
+            st.next += 1;
+            // The copy from this slot STAGING_SLOTS writes ago has run.
+            st.events[slot].synchronize().map_err(driver_err("waiting for a staging slot"))?;
+            // SAFETY: the slot is STAGING_FLOATS floats inside the allocation, and no queued copy reads it.
+            let host = unsafe { std::slice::from_raw_parts_mut(st.host.add(slot * STAGING_FLOATS), data.len()) };
+            host.copy_from_slice(data);
+            let dst = buffer.data.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<f32>()) as CUdeviceptr;
+            // SAFETY: dst..+len is inside the arena (checked above); the source
+            // stays untouched until the event recorded after the copy.
+            unsafe { cudarc::driver::result::memcpy_htod_async(dst, &*host, self.stream.cu_stream()) }
+                .map_err(driver_err("copying to the device"))?;
+            return st.events[slot].record(&self.stream).map_err(driver_err("recording a staging event"));
+        }
         let mut view = buffer.data.slice_mut(offset..offset + data.len());
         self.stream.memcpy_htod(data, &mut view).map_err(driver_err("copying to the device"))
     }
@@ -753,6 +876,16 @@ impl Backend for CudaBackend {
                 if gate_offset + c > cols(*table) {
                     return Err(Error::InvalidInput(format!("gate table `{}` is too narrow", g.desc(*table).name)));
                 }
+                // One table row per sequence, as LayerNorm's modulation checks:
+                // the kernel reads row b for the rows of sequence b.
+                if seg.count() > rows(*table) {
+                    return Err(Error::InvalidInput(format!(
+                        "gate table `{}` has {} rows for {} sequences",
+                        g.desc(*table).name,
+                        rows(*table),
+                        seg.count()
+                    )));
+                }
                 let offsets = self.offsets(ctx.arena, seg)?;
                 // gated_residual_f32(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out)
                 self.launch_elementwise(
@@ -812,6 +945,8 @@ impl Backend for CudaBackend {
                 let (seg, c) = (g.seg(*segments), cols(*x));
                 let max_len = seg.lengths().max().unwrap_or(0);
                 let tw = self.weight(ctx.weights, *table)?;
+                // Every read is table[p * cols + c] with p < max_len: in bounds exactly when
+                // max_len * cols <= len (the CPU twin's check, so both accept the same tables).
                 if max_len * c > tw.len() {
                     return Err(Error::Limit(format!(
                         "a sequence of {max_len} positions exceeds the position table `{}`",
