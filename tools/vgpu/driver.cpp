@@ -429,45 +429,49 @@ void run_block() {
         set_thread(t);
         f.tid = threadIdx;
     }
-    for (;;) {
-        bool progress = false, all_done = true;
-        for (unsigned t = 0; t < n; t++) {
+    // Always the lowest-numbered thread that can run: a warp that passes a
+    // barrier runs on before the threads after it have caught up, so a
+    // missing __syncthreads shows as reads of shared memory not yet written
+    // (poisoned), as it may on a GPU when that warp is scheduled first.
+    unsigned done = 0;
+    while (done < n) {
+        unsigned t = 0;
+        for (; t < n; t++) {
             Fiber& f = g_fibers[t];
-            if (f.state == kDone) continue;
-            all_done = false;
-            if (f.state == kWaiting && f.waiting_on->generation == f.generation) continue;
-            progress = true;
-            g_current = &f;
-            threadIdx = f.tid;
-            if (!_setjmp(g_sched_jb)) {
-                if (f.state == kNew) {
-                    f.state = kReady;
-                    getcontext(&f.uc);
-                    f.uc.uc_stack.ss_sp = f.stack;
-                    f.uc.uc_stack.ss_size = kFiberStack;
-                    f.uc.uc_link = nullptr;
-                    makecontext(&f.uc, fiber_main, 0);
-                    swapcontext(&g_sched_uc, &f.uc);
-                } else {
-                    f.state = kReady;
-                    _longjmp(f.jb, 1);
-                }
-            }
+            if (f.state == kDone || (f.state == kWaiting && f.waiting_on->generation == f.generation)) continue;
+            break;
         }
-        if (all_done) return;
-        if (!progress) {
+        if (t == n) {
             // PG, "Synchronization Functions": __syncthreads is allowed in
             // conditional code only if the condition is the same across the
             // block; otherwise execution hangs or has unintended side effects.
             std::string where;
-            for (unsigned t = 0; t < n; t++)
-                if (g_fibers[t].state == kWaiting) {
-                    where = g_fibers[t].waiting_on->what;
+            for (unsigned u = 0; u < n; u++)
+                if (g_fibers[u].state == kWaiting) {
+                    where = g_fibers[u].waiting_on->what;
                     break;
                 }
             vgpu::kernel_fault(CUDA_ERROR_LAUNCH_FAILED,
                                "threads wait at " + where + " that other threads of the block never reach (they exited or wait elsewhere)");
         }
+        Fiber& f = g_fibers[t];
+        g_current = &f;
+        threadIdx = f.tid;
+        if (!_setjmp(g_sched_jb)) {
+            if (f.state == kNew) {
+                f.state = kReady;
+                getcontext(&f.uc);
+                f.uc.uc_stack.ss_sp = f.stack;
+                f.uc.uc_stack.ss_size = kFiberStack;
+                f.uc.uc_link = nullptr;
+                makecontext(&f.uc, fiber_main, 0);
+                swapcontext(&g_sched_uc, &f.uc);
+            } else {
+                f.state = kReady;
+                _longjmp(f.jb, 1);
+            }
+        }
+        if (f.state == kDone) done++;
     }
 }
 
