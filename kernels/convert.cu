@@ -7,8 +7,7 @@
 // first. (A later issue fuses this into the producer of the GEMM input.)
 //
 // Layout: x and out are contiguous, n elements; out holds fp16 bit patterns
-// (unsigned short). Pairs are converted with one 8-byte load when both
-// pointers allow it.
+// (unsigned short), one element per thread and iteration.
 // Launch: 1-D grid-stride, 256 threads per block, any grid size.
 //
 // No CUDA header is included (NVRTC needs none): fp16 conversions are the PTX

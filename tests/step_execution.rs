@@ -166,8 +166,15 @@ fn a_captured_step_gives_the_latents_of_plain_launches() {
     for dir in ["tiny", "adaln"] {
         let dit = load_model(&cuda, dir);
         let requests = requests(&dit);
+        let graphs_before = cuda.captured_graphs();
         let captured = sample_cuda(&cuda, &dit, &requests, true);
+        // The captured run must really have captured (a capture that fails
+        // falls back to plain launches and would compare equal below).
+        assert_eq!(cuda.capture_failure(), None, "{dir}: the step capture failed");
+        assert!(cuda.captured_graphs() > graphs_before, "{dir}: no CUDA graph was captured");
+        let graphs_captured = cuda.captured_graphs();
         let plain = sample_cuda(&cuda, &dit, &requests, false);
+        assert_eq!(cuda.captured_graphs(), graphs_captured, "{dir}: capture off, yet a graph was captured");
         // Same kernels, same GEMM plans, same order: bit for bit. A second plain
         // run tells a capture bug from a backend that is not deterministic.
         if captured != plain {

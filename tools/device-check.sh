@@ -11,6 +11,8 @@
 #   ops        backend_ops: every CUDA op against its CPU twin (table of errors);
 #              step_execution: no device allocation in the step loop, and a captured
 #              CUDA graph step gives the latents of plain launches
+#   sanitize   compute-sanitizer (memcheck, racecheck) on the small flash-attention and conv
+#              op cases, when the toolkit's compute-sanitizer is present
 #   attention  the attention kernel alone (criterion bench) at the DiT and CLIP shapes:
 #              TFLOP/s next to the card's dense fp16 peak, and attention's share of a
 #              30 s DiT step (with the step time of `full-size`, when that part ran)
@@ -27,7 +29,7 @@
 #              and the times of a 30 s VAE decode and of CLIP on 240 frames
 #   full-size  cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps, latents
 #              CUDA vs CPU, and the step time for 10 s and 30 s clips
-# Groups: `checks` = kernels ops attention infer vae-clip full-size; `speed` = bench startup criterion compile.
+# Groups: `checks` = kernels ops sanitize attention infer vae-clip full-size; `speed` = bench startup criterion compile.
 #
 # Everything shares one time budget, BUDGET seconds (default 540, inside a
 # 10-minute remote command): a part starts only if enough is left, else it is
@@ -43,14 +45,14 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
-ALL_PARTS="kernels ops attention infer bench startup criterion vae-clip compile full-size"
+ALL_PARTS="kernels ops sanitize attention infer bench startup criterion vae-clip compile full-size"
 parts=""
 for a in "${@:-all}"; do
     case $a in
         all) parts="$parts $ALL_PARTS" ;;
-        checks) parts="$parts kernels ops attention infer vae-clip full-size" ;;
+        checks) parts="$parts kernels ops sanitize attention infer vae-clip full-size" ;;
         speed) parts="$parts bench startup criterion compile" ;;
-        kernels | ops | attention | infer | bench | startup | criterion | vae-clip | compile | full-size) parts="$parts $a" ;;
+        kernels | ops | sanitize | attention | infer | bench | startup | criterion | vae-clip | compile | full-size) parts="$parts $a" ;;
         *)
             echo "unknown part $a (parts: $ALL_PARTS; groups: all checks speed)" >&2
             exit 2
@@ -179,6 +181,25 @@ export BIN OUT
 step kernels kernels-check 60 20 "$BIN/lova-fast" kernels --check --arch "${arch:-sm_90}"
 step ops backend-ops 120 30 "$BIN/backend_ops" --nocapture --test-threads=1
 step ops step-execution 30 10 "$BIN/step_execution" --nocapture --test-threads=1
+# compute-sanitizer: out-of-bounds and misaligned accesses (memcheck) and
+# shared-memory races (racecheck) in the tensor-core kernels, on their small
+# op cases (LOVA_OPS_MAX_MMAS); the sanitizer slows kernels down a lot.
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+sanitize() {
+    local tool=$1 op=$2
+    LOVA_OPS_FILTER=$op LOVA_OPS_MAX_MMAS=20000 "$sanitizer" --tool "$tool" --error-exitcode 1 \
+        "$BIN/backend_ops" --nocapture --exact every_cuda_op_matches_its_cpu_twin
+}
+export -f sanitize
+export sanitizer
+if [ -n "$sanitizer" ]; then
+    for op in attention conv1d; do
+        step sanitize "memcheck-$op" 90 30 sanitize memcheck "$op"
+        step sanitize "racecheck-$op" 90 30 sanitize racecheck "$op"
+    done
+elif wanted sanitize; then
+    printf '%-16s %-40s %4ss\n' sanitize "skipped (no compute-sanitizer)" 0 | tee -a "$SUMMARY"
+fi
 # --bench: a criterion binary run without it only smoke-tests each benchmark.
 step attention attention-bench 45 20 "$BIN/attention" --bench --noplot
 step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1

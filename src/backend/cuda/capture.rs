@@ -92,11 +92,15 @@ impl CudaBackend {
                 // Capturing recorded the launches without running them.
                 graph.launch().map_err(driver_err("launching a captured CUDA graph"))?;
                 ctx.arena.recordings.graphs.insert(key, graph);
+                self.captured_graphs.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(why) => {
                 if !FAILURE_REPORTED.swap(true, Ordering::Relaxed) {
                     eprintln!("note: CUDA graph capture failed ({why}); running with plain launches instead");
+                }
+                if let Ok(mut last) = self.capture_failure.lock() {
+                    *last = Some(why.clone());
                 }
                 ctx.arena.recordings.failure = Some(why);
                 self.run_plain(ops, ctx)

@@ -34,6 +34,7 @@ mod capture;
 pub mod compile;
 mod conv;
 mod gemm;
+pub mod vgpu;
 mod vision;
 
 use std::collections::HashMap;
@@ -62,6 +63,9 @@ fn driver_err(what: impl std::fmt::Display) -> impl Fn(DriverError) -> Error {
 
 /// The CUDA libraries this backend needs that cannot be loaded here.
 pub fn missing_libraries() -> Vec<&'static str> {
+    // With LOVA_VGPU=1 the virtual GPU's libraries count as present (its
+    // errors are reported by `CudaBackend::new`).
+    let _ = vgpu::activate();
     let mut missing = Vec::new();
     // SAFETY: each probe only tries to dlopen the library by its usual names.
     unsafe {
@@ -76,6 +80,37 @@ pub fn missing_libraries() -> Vec<&'static str> {
         }
     }
     missing
+}
+
+/// Refuses an NVRTC or cuBLASLt newer (by major version) than the driver:
+/// the driver cannot load the cubins of a newer NVRTC, and a newer cuBLASLt
+/// does not initialise on an older driver (CUDA Compatibility guide, "Minor
+/// Version Compatibility" holds within a major version only). Without this a
+/// CUDA 13 library on a 12.x driver fails at the first module load instead.
+/// `driver` is cuDriverGetVersion's value (12080 for 12.8), `cublaslt`
+/// cublasLtGetVersion's (130000 for 13.0.0).
+pub fn check_library_versions(driver: i32, nvrtc: (i32, i32), cublaslt: usize) -> Result<()> {
+    let driver_major = driver / 1000;
+    let (driver_text, nvrtc_text) =
+        (format!("{}.{}", driver / 1000, driver % 1000 / 10), format!("{}.{}", nvrtc.0, nvrtc.1));
+    if nvrtc.0 > driver_major {
+        return Err(Error::Cuda(format!(
+            "NVRTC {nvrtc_text} is newer than the driver (CUDA {driver_text}): its kernels would not load; \
+             use the NVRTC of CUDA {driver_major} (e.g. `pip install \"nvidia-cuda-nvrtc<{}\"`) or update the driver",
+            driver_major + 1
+        )));
+    }
+    let cublaslt_major = (cublaslt / 10000) as i32;
+    if cublaslt_major > driver_major {
+        return Err(Error::Cuda(format!(
+            "cuBLASLt {}.{}.{} is newer than the driver (CUDA {driver_text}); use the cuBLAS of CUDA {driver_major} \
+             or update the driver",
+            cublaslt / 10000,
+            cublaslt % 10000 / 100,
+            cublaslt % 100
+        )));
+    }
+    Ok(())
 }
 
 /// What the backend runs on, for messages and logs.
@@ -113,12 +148,19 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     functions: HashMap<String, CudaFunction>,
+    /// Each kernel's parameter sizes as the driver reads them from the cubin
+    /// (`cuFuncGetParamInfo`, CUDA 12.4+; empty when the driver lacks it).
+    param_sizes: HashMap<String, Vec<usize>>,
     gemm: Gemm,
     info: DeviceInfo,
     /// Device allocations so far (arenas, weights, scratch, tables, workspace).
     allocations: AtomicU64,
     /// Whether `run_repeated` captures CUDA graphs (`capture::ENV_SWITCH`).
     graph_capture: AtomicBool,
+    /// CUDA graphs captured so far, and why the last failed capture failed:
+    /// a capture that falls back to plain launches must be visible.
+    captured_graphs: AtomicU64,
+    capture_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The arena of one executor, plus what its graph needs on the device besides
@@ -128,9 +170,55 @@ pub struct CudaBackend {
 /// its repeated parts (they hold this arena's addresses, so they live with it).
 pub struct CudaArena {
     data: CudaSlice<f32>,
+    staging: Option<Staging>,
     half: Option<CudaSlice<u16>>,
     tables: HashMap<Vec<u32>, CudaSlice<u32>>,
     recordings: capture::Recordings,
+}
+
+/// Slots of page-locked host memory for small writes (the per-step scalars).
+/// A copy from page-locked memory is asynchronous (Driver API, "API
+/// synchronization behavior"; from pageable memory the host may wait), so the
+/// host enqueues step n + 1 while step n runs. A slot is written again only
+/// `STAGING_SLOTS` writes later, after its copy has run (its event), so the
+/// host never overwrites what a queued copy has yet to read.
+struct Staging {
+    host: *mut f32,
+    events: Vec<cudarc::driver::CudaEvent>,
+    next: usize,
+}
+
+const STAGING_SLOTS: usize = 3;
+/// Floats per slot: writes up to this size are staged.
+const STAGING_FLOATS: usize = 256;
+
+// SAFETY: the page-locked buffer is owned by the arena and touched only
+// through `&mut CudaArena`.
+unsafe impl Send for Staging {}
+unsafe impl Sync for Staging {}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Queued copies may still read the buffer: wait for them first.
+        for e in &self.events {
+            let _ = e.synchronize();
+        }
+        // SAFETY: allocated by malloc_host in `Staging::new`, freed once.
+        let _ = unsafe { cudarc::driver::result::free_host(self.host as *mut std::ffi::c_void) };
+    }
+}
+
+impl Staging {
+    fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
+        let events = (0..STAGING_SLOTS)
+            .map(|_| ctx.new_event(None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(driver_err("creating the staging events"))?;
+        // SAFETY: a plain page-locked allocation, freed in Drop.
+        let host = unsafe { cudarc::driver::result::malloc_host(STAGING_SLOTS * STAGING_FLOATS * 4, 0) }
+            .map_err(driver_err("allocating page-locked staging memory"))? as *mut f32;
+        Ok(Staging { host, events, next: 0 })
+    }
 }
 
 /// A weight on the device. The upload sees only a shape, not the op that will
@@ -185,11 +273,50 @@ enum Arg {
     F32(f32),
 }
 
+impl Arg {
+    fn size(&self) -> usize {
+        match self {
+            Arg::Ptr(_) | Arg::I64(_) => 8,
+            Arg::I32(_) | Arg::U32(_) | Arg::F32(_) => 4,
+        }
+    }
+}
+
+/// Each kernel's parameter sizes from the driver (`cuFuncGetParamInfo`, Driver
+/// API "Execution Control", CUDA 12.4+); none when the driver lacks the call.
+fn kernel_param_sizes(functions: &HashMap<String, CudaFunction>) -> HashMap<String, Vec<usize>> {
+    // SAFETY: a symbol lookup in the loaded driver library.
+    let present =
+        unsafe { cudarc::driver::sys::culib().get::<unsafe extern "C" fn()>(b"cuFuncGetParamInfo\0").is_ok() };
+    if !present {
+        return HashMap::new();
+    }
+    let mut out = HashMap::new();
+    for (name, f) in functions {
+        let mut sizes = Vec::new();
+        loop {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: a live function handle and two out-parameters; an index
+            // past the last parameter returns CUDA_ERROR_INVALID_VALUE.
+            let r = unsafe {
+                cudarc::driver::sys::cuFuncGetParamInfo(f.cu_function(), sizes.len(), &mut offset, &mut size)
+            };
+            if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                break;
+            }
+            sizes.push(size);
+        }
+        out.insert(name.clone(), sizes);
+    }
+    out
+}
+
 impl CudaBackend {
     /// Opens device `ordinal`, compiles (or loads from the cache) every kernel
     /// and sets up cuBLASLt. Fails with a clear error, never a panic, when a
     /// library or the device is missing.
     pub fn new(ordinal: usize) -> Result<Self> {
+        vgpu::activate()?;
         let missing = missing_libraries();
         if !missing.is_empty() {
             return Err(Error::Cuda(format!(
@@ -244,6 +371,7 @@ impl CudaBackend {
             nvrtc_version: compile::nvrtc_version()?,
             cublaslt_version: Gemm::version(),
         };
+        check_library_versions(info.driver_version, info.nvrtc_version, info.cublaslt_version)?;
 
         let mut functions = HashMap::new();
         for (file, source) in crate::kernels::KERNEL_SOURCES {
@@ -256,16 +384,20 @@ impl CudaBackend {
                 functions.insert(name, f);
             }
         }
+        let param_sizes = kernel_param_sizes(&functions);
         let gemm = Gemm::new(stream.clone())?;
         Ok(CudaBackend {
             ctx,
             stream,
             functions,
+            param_sizes,
             gemm,
             info,
             // The cuBLASLt workspace.
             allocations: AtomicU64::new(1),
             graph_capture: AtomicBool::new(capture::enabled_by_env()),
+            captured_graphs: AtomicU64::new(0),
+            capture_failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -278,6 +410,16 @@ impl CudaBackend {
 
     pub fn graph_capture(&self) -> bool {
         self.graph_capture.load(Ordering::Relaxed)
+    }
+
+    /// How many CUDA graphs this backend has captured (each replayed from then on).
+    pub fn captured_graphs(&self) -> u64 {
+        self.captured_graphs.load(Ordering::Relaxed)
+    }
+
+    /// Why the last failed capture failed (its part then runs with plain launches).
+    pub fn capture_failure(&self) -> Option<String> {
+        self.capture_failure.lock().map(|f| f.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
     fn count_allocation(&self) {
@@ -311,6 +453,17 @@ impl CudaBackend {
             .functions
             .get(name)
             .ok_or_else(|| Error::Cuda(format!("kernel {name} is not in the embedded kernel sources")))?;
+        // The driver copies each parameter by the size the kernel declares,
+        // from the pointers it is given: a missing or narrower argument would
+        // be read past its end, silently. Checked against the cubin.
+        if let Some(sizes) = self.param_sizes.get(name) {
+            let given: Vec<usize> = args.iter().map(Arg::size).collect();
+            if &given != sizes {
+                return Err(Error::Cuda(format!(
+                    "launching {name}: arguments of {given:?} bytes, the kernel's parameters are {sizes:?} bytes"
+                )));
+            }
+        }
         let mut builder = self.stream.launch_builder(f);
         for a in args {
             match a {
@@ -494,7 +647,13 @@ impl Backend for CudaBackend {
             Error::Cuda(format!("cannot allocate {} MiB of device memory for the arena: {e:?}", (len * 4) >> 20))
         })?;
         self.count_allocation();
-        Ok(CudaArena { data, half: None, tables: HashMap::new(), recordings: capture::Recordings::default() })
+        Ok(CudaArena {
+            data,
+            staging: Some(Staging::new(&self.ctx)?),
+            half: None,
+            tables: HashMap::new(),
+            recordings: capture::Recordings::default(),
+        })
     }
 
     fn device_allocations(&self) -> u64 {
@@ -600,6 +759,23 @@ impl Backend for CudaBackend {
         if data.is_empty() {
             return Ok(());
         }
+        if data.len() <= STAGING_FLOATS
+            && let Some(st) = buffer.staging.as_mut()
+        {
+            let slot = st.next % STAGING_SLOTS;
+            st.next += 1;
+            // The copy from this slot STAGING_SLOTS writes ago has run.
+            st.events[slot].synchronize().map_err(driver_err("waiting for a staging slot"))?;
+            // SAFETY: the slot is STAGING_FLOATS floats inside the allocation, and no queued copy reads it.
+            let host = unsafe { std::slice::from_raw_parts_mut(st.host.add(slot * STAGING_FLOATS), data.len()) };
+            host.copy_from_slice(data);
+            let dst = buffer.data.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<f32>()) as CUdeviceptr;
+            // SAFETY: dst..+len is inside the arena (checked above); the source
+            // stays untouched until the event recorded after the copy.
+            unsafe { cudarc::driver::result::memcpy_htod_async(dst, &*host, self.stream.cu_stream()) }
+                .map_err(driver_err("copying to the device"))?;
+            return st.events[slot].record(&self.stream).map_err(driver_err("recording a staging event"));
+        }
         let mut view = buffer.data.slice_mut(offset..offset + data.len());
         self.stream.memcpy_htod(data, &mut view).map_err(driver_err("copying to the device"))
     }
@@ -700,6 +876,16 @@ impl Backend for CudaBackend {
                 if gate_offset + c > cols(*table) {
                     return Err(Error::InvalidInput(format!("gate table `{}` is too narrow", g.desc(*table).name)));
                 }
+                // One table row per sequence, as LayerNorm's modulation checks:
+                // the kernel reads row b for the rows of sequence b.
+                if seg.count() > rows(*table) {
+                    return Err(Error::InvalidInput(format!(
+                        "gate table `{}` has {} rows for {} sequences",
+                        g.desc(*table).name,
+                        rows(*table),
+                        seg.count()
+                    )));
+                }
                 let offsets = self.offsets(ctx.arena, seg)?;
                 // gated_residual_f32(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out)
                 self.launch_elementwise(
@@ -759,6 +945,8 @@ impl Backend for CudaBackend {
                 let (seg, c) = (g.seg(*segments), cols(*x));
                 let max_len = seg.lengths().max().unwrap_or(0);
                 let tw = self.weight(ctx.weights, *table)?;
+                // Every read is table[p * cols + c] with p < max_len: in bounds exactly when
+                // max_len * cols <= len (the CPU twin's check, so both accept the same tables).
                 if max_len * c > tw.len() {
                     return Err(Error::Limit(format!(
                         "a sequence of {max_len} positions exceeds the position table `{}`",
@@ -951,5 +1139,21 @@ impl CudaBackend {
                 Arg::Ptr(base),
             ],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_library_versions;
+
+    #[test]
+    fn libraries_newer_than_the_driver_are_refused_with_both_versions() {
+        assert!(check_library_versions(13000, (13, 0), 130000).is_ok());
+        assert!(check_library_versions(13020, (12, 8), 120805).is_ok(), "older libraries run on a newer driver");
+        assert!(check_library_versions(12080, (12, 9), 120900).is_ok(), "minor versions are compatible");
+        let e = check_library_versions(12080, (13, 0), 120900).unwrap_err().to_string();
+        assert!(e.contains("NVRTC 13.0") && e.contains("CUDA 12.8"), "{e}");
+        let e = check_library_versions(12080, (12, 8), 130100).unwrap_err().to_string();
+        assert!(e.contains("cuBLASLt 13.1.0") && e.contains("CUDA 12.8"), "{e}");
     }
 }
