@@ -286,3 +286,40 @@ fn tiny_end_to_end_bf16_latents_and_audio_are_close_to_f32() {
     assert!(snr_db >= 30.0, "audio SNR {snr_db} dB");
     assert!(latents_err > 0.0, "bf16 gave the f32 bits: the bf16 path did not run");
 }
+
+/// `bench --precision`: each choice reaches the CPU backend (its name is in
+/// the report), and a wrong one is a clean error.
+#[test]
+fn bench_takes_the_precision_to_the_cpu_backend() {
+    let config_path = fixture("tiny/model_config.json");
+    let run = |precision: &str| {
+        common::lova_fast(&[
+            "bench",
+            "--device",
+            "cpu",
+            "--config",
+            common::s(&config_path),
+            "--seconds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--precision",
+            precision,
+            "--json",
+        ])
+    };
+    let device = |precision: &str| {
+        let o = run(precision);
+        common::ok(&o);
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+        report["device"].as_str().unwrap().to_string()
+    };
+    assert!(device("f32").starts_with("cpu (f32"));
+    let bf16 = device("bf16");
+    assert!(bf16.contains("bf16") && bf16.contains(Isa::detect().name()), "{bf16}");
+    let auto = device("auto");
+    assert_eq!(auto.contains("bf16"), Isa::detect() != Isa::Scalar, "{auto}");
+    common::failed(&run("fp8"), &["fp8", "f32, bf16 or auto"]);
+}
