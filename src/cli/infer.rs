@@ -25,7 +25,7 @@ use lova_fast::pipeline::{
 use lova_fast::sampler::SamplerSettings;
 use lova_fast::sampler::check_cfg_scale;
 use lova_fast::video::{VIDEO_EXTENSIONS, default_mux_path, ffmpeg, image_files, video_files};
-use lova_fast::weights::{read_single_tensor, write_tensors_atomically};
+use lova_fast::weights::{read_noise, write_tensors_atomically};
 
 use super::{Device, VaeWindowArgs, WeightArgs, check_output_path, parse_precision, set_threads};
 
@@ -321,19 +321,16 @@ pub fn run(args: InferArgs) -> Result<()> {
     if any_video || args.mux.is_some() {
         ffmpeg::check_tools()?;
     }
-    let initial_noise = match &args.init_noise {
-        Some(path) => Some(
-            read_single_tensor(path, "noise", None)
-                .with_context(|| format!("reading initial noise from {}", path.display()))?,
-        ),
-        None => None,
-    };
 
     let started = Instant::now();
     let config = args.weights.config()?;
     if let Some(s) = args.seconds {
         config.check_seconds("--seconds", s)?;
     }
+    let initial_noise = match &args.init_noise {
+        Some(path) => Some(read_noise(path, config.dit.io_channels)?),
+        None => None,
+    };
     // Check every input (and every output path) before loading anything heavy.
     let single = inputs.len() == 1;
     let mut failures = Vec::new();

@@ -8,7 +8,7 @@ use crate::error::{Error, Result, ensure_finite};
 use crate::sampler::SamplerSettings;
 use crate::tensor::HostTensor;
 use crate::video::{RgbImage, VideoReader};
-use crate::weights::read_single_tensor;
+use crate::weights::read_features;
 
 /// Where a request's video comes from.
 #[derive(Debug, Clone)]
@@ -218,7 +218,7 @@ impl Request {
             }
             Input::Features { features, fps } => features_at(features.clone(), "the request", *fps)?,
             Input::FeaturesFile(path) => {
-                let features = read_single_tensor(path, "features", Some(config.dit.cond_token_dim))?;
+                let features = read_features(path, config.dit.cond_token_dim)?;
                 features_at(features, &path.display().to_string(), None)?
             }
         };

@@ -12,7 +12,7 @@ use super::output::{Output, SamplingReport, Timings};
 use super::progress::{Event, Progress, Stage};
 use super::request::{Request, Source};
 use super::{PipelineOptions, VaeWindows};
-use crate::audio::{samples_for_seconds, trim_and_normalise};
+use crate::audio::{finish, samples_for_seconds};
 use crate::backend::Backend;
 use crate::config::LovaConfig;
 use crate::engine::{ModelFile, load_clip_checkpoint};
@@ -253,7 +253,7 @@ impl<B: Backend> Loaded<B> {
                     };
                     vae.decode_chunked_with(&self.backend, &latents, chunk.unwrap_or(latent_len), &mut before_window)?
                 };
-                let audio = trim_and_normalise(&audio, samples_for_seconds(p.seconds, self.config.sample_rate));
+                let audio = finish(&audio, samples_for_seconds(p.seconds, self.config.sample_rate), "the VAE decode")?;
                 let windows_done = latent_len.div_ceil(chunk.unwrap_or(latent_len).max(1));
                 progress.event(&Event { request: p.index, stage: Stage::Vae, done: windows_done, total: windows_done });
                 timings.vae_s = started.elapsed().as_secs_f64();
