@@ -69,6 +69,7 @@ pub mod limits {
     pub const LATENT_SCALE: (f64, f64) = (1e-6, 1e6);
 }
 
+/// How the DiT feeds the timestep (global) conditioning into the transformer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlobalCondType {
     /// The timestep embedding is prepended to the audio tokens as token 0 (LoVA).
@@ -77,19 +78,27 @@ pub enum GlobalCondType {
     AdaLn,
 }
 
+/// Shape of the diffusion transformer (`model.diffusion` in the checkpoint config).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DitConfig {
+    /// Channels of the audio latent the DiT denoises (64 in vl30).
     pub io_channels: usize,
+    /// Transformer width; a multiple of `HEAD_DIM`.
     pub embed_dim: usize,
+    /// Number of transformer blocks.
     pub depth: usize,
+    /// Self-attention heads, each `HEAD_DIM` wide (`embed_dim / HEAD_DIM`).
     pub num_heads: usize,
+    /// Width of the video (CLIP) tokens fed to cross-attention.
     pub cond_token_dim: usize,
+    /// Where the timestep embedding enters the transformer.
     pub global_cond_type: GlobalCondType,
     /// Rows of the learned position tables PE_z and PE_c.
     pub max_positions: usize,
 }
 
 impl DitConfig {
+    /// Width of every attention head: always `HEAD_DIM` (64).
     pub fn head_dim(&self) -> usize {
         HEAD_DIM
     }
@@ -111,20 +120,31 @@ impl DitConfig {
     }
 }
 
+/// Shape of the Oobleck VAE decoder that turns latents into waveforms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeDecoderConfig {
+    /// Audio channels the decoder writes (2 for stereo).
     pub out_channels: usize,
+    /// Base width; block `i` is `channels * c_mults[i]` wide.
     pub channels: usize,
+    /// Channel multipliers of the decoder blocks, as listed in the checkpoint config.
     pub c_mults: Vec<usize>,
+    /// Upsampling factor of each decoder block; their product is samples per latent frame.
     pub strides: Vec<usize>,
+    /// Channels of the latent the decoder reads.
     pub latent_dim: usize,
+    /// Snake activations (true) instead of ELU between convolutions.
     pub use_snake: bool,
+    /// Whether the output waveform goes through `tanh`.
     pub final_tanh: bool,
 }
 
+/// The whole model config: DiT, VAE decoder and the audio/video rates tying them together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LovaConfig {
+    /// Output audio sample rate in Hz (44100).
     pub sample_rate: u32,
+    /// Channels of the output audio (2).
     pub audio_channels: usize,
     /// Video frames per second the DiT was trained on.
     pub fps: f64,
@@ -132,12 +152,16 @@ pub struct LovaConfig {
     pub downsampling_ratio: usize,
     /// Latents are multiplied by this before decoding.
     pub latent_scale: f64,
+    /// Name of the CLIP vision model that makes the video tokens, when the config gives one.
     pub clip_name: Option<String>,
+    /// The diffusion transformer.
     pub dit: DitConfig,
+    /// The VAE decoder.
     pub vae_decoder: VaeDecoderConfig,
 }
 
 impl LovaConfig {
+    /// Reads and validates a `model_config.json` (at most `MAX_CONFIG_BYTES`).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
         if size > MAX_CONFIG_BYTES {
@@ -167,6 +191,7 @@ impl LovaConfig {
         Self::from_json_str(RELEASED_CONFIG_JSON).expect("the shipped config is valid")
     }
 
+    /// Parses and validates config JSON; every size is checked against `limits`.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let root: Value = serde_json::from_str(text)
             .map_err(|e| Error::Config { path: "(file)".into(), reason: format!("not valid JSON: {e}") })?;

@@ -4,42 +4,55 @@
 
 use std::path::PathBuf;
 
+/// `Result` with the library's `Error` as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Every failure the library reports; each message names the offending file, key, field or limit.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The OS reason is part of the message and deliberately not a `#[source]`:
     /// a CLI printing the chain (`{:#}`) would print it twice otherwise.
+    /// A file-system operation (`op`) on `path` failed.
     #[error("cannot {op} {path}: {reason}")]
     Io { op: IoOp, path: PathBuf, reason: std::io::Error },
 
+    /// A weights file is not a readable safetensors file (bad header, offsets or size).
     #[error("{path} is not a valid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
 
+    /// A config file or string could not be read or parsed.
     #[error("config {path}: {reason}")]
     Config { path: String, reason: String },
 
+    /// A config field holds a value outside what lova-fast supports; `supported` says what is.
     #[error("config field `{field}` has value {value}, which lova-fast does not support ({supported})")]
     UnsupportedConfig { field: String, value: String, supported: String },
 
+    /// A checkpoint lacks a tensor the model needs.
     #[error("tensor `{key}` is missing from {file}")]
     MissingTensor { key: String, file: String },
 
+    /// A checkpoint tensor has a different shape than the config implies.
     #[error("tensor `{key}` in {file} has shape {found:?}, expected {expected:?}")]
     ShapeMismatch { key: String, file: String, expected: Vec<usize>, found: Vec<usize> },
 
+    /// A checkpoint tensor is stored in a dtype other than F32, F16 or BF16.
     #[error("tensor `{key}` in {file} has dtype {dtype}; only F32, F16 and BF16 are supported")]
     UnsupportedDtype { key: String, file: String, dtype: String },
 
+    /// A tensor (weights, input or output) holds NaN or infinity at `index`.
     #[error("{what} contains a non-finite value ({value}) at index {index}")]
     NonFinite { what: String, index: usize, value: f32 },
 
+    /// A value is finite but beyond the magnitude `max` accepted at that point.
     #[error("{what} holds {value:e} at index {index}, beyond the ±{max:e} lova-fast accepts there")]
     OutOfRange { what: String, index: usize, value: f32, max: f32 },
 
+    /// A size or count exceeds a documented limit; the message names it.
     #[error("{0}")]
     Limit(String),
 
+    /// A caller-supplied argument or request is invalid.
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
@@ -67,6 +80,7 @@ pub enum Error {
     #[error("the sampler batch this request was part of failed: {0}")]
     Batch(String),
 
+    /// A video input (`path`) could not be read, decoded or written.
     #[error("{path}: {reason}")]
     Video { path: PathBuf, reason: String },
 
@@ -75,10 +89,12 @@ pub enum Error {
          `sudo apt-get install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS) or from \
          https://ffmpeg.org/download.html, and make sure `{tool}` is on PATH"
     )]
+    /// An external tool (`ffmpeg`/`ffprobe`) is not on PATH.
     ToolMissing { tool: &'static str },
 }
 
 impl Error {
+    /// Builds an `Error::Video` for `path`.
     pub fn video(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Video { path: path.into(), reason: reason.into() }
     }
