@@ -36,7 +36,9 @@ pub enum VaeTensorKind {
 /// One decoder tensor: key relative to `pretransform.model.` (`decoder.layers.0.weight`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeTensorSpec {
+    /// Key relative to `pretransform.model.`.
     pub key: String,
+    /// What the tensor is, which fixes its expected shape.
     pub kind: VaeTensorKind,
 }
 
@@ -301,7 +303,9 @@ struct ConvShape {
     bias: bool,
 }
 
+/// The Oobleck VAE decoder with its weights loaded on backend `B`.
 pub struct VaeDecoder<B: Backend> {
+    /// Shape of the decoder.
     pub config: VaeDecoderConfig,
     /// Latents are multiplied by this before decoding (`model.pretransform.scale`).
     pub latent_scale: f32,
@@ -365,6 +369,7 @@ impl<B: Backend> VaeDecoder<B> {
         Ok(VaeDecoder { config: config.clone(), latent_scale: latent_scale as f32, weights, ids })
     }
 
+    /// The weights on the backend, in the order the decode graph refers to them (for `Executor::new`).
     pub fn weights(&self) -> &[B::Weight] {
         self.weights.as_slice()
     }

@@ -40,11 +40,15 @@ impl StoredDtype {
 /// One tensor of the file to write.
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
+    /// Tensor name (its key in the header).
     pub name: String,
+    /// Element type the data is stored as.
     pub dtype: StoredDtype,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
 }
 
+/// Writes a safetensors file tensor by tensor, in `entries` order, to a partial file renamed into place when complete.
 pub struct StreamingWriter {
     path: PathBuf,
     tmp: PathBuf,
@@ -54,6 +58,7 @@ pub struct StreamingWriter {
 }
 
 impl StreamingWriter {
+    /// Writes the header for `entries` (with `metadata`) to a partial file next to `path`.
     pub fn create(path: &Path, entries: Vec<TensorEntry>, metadata: &BTreeMap<String, String>) -> Result<Self> {
         let tmp = partial_path_for(path)?;
 
