@@ -95,6 +95,7 @@ impl Isa {
         Isa::available().contains(&self)
     }
 
+    /// Short name for reports and messages (`avx512f`, `avx2+fma`, `scalar`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512f",
