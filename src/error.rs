@@ -128,8 +128,11 @@ impl Error {
 /// What an I/O error was doing, for its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOp {
+    /// Reading a file.
     Read,
+    /// Creating, writing or renaming a file.
     Write,
+    /// Listing a folder.
     List,
 }
 

@@ -16,9 +16,12 @@ use crate::error::{Error, Result};
 use crate::partial_file::partial_path_for;
 use crate::tensor::HostTensor;
 
+/// Element type a tensor is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredDtype {
+    /// IEEE f32, 4 bytes.
     F32,
+    /// IEEE f16, 2 bytes.
     F16,
 }
 

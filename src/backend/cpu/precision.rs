@@ -109,6 +109,7 @@ impl Isa {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
     F32,
+    /// Linear weights in bf16, run by the kernel for this instruction set.
     Bf16(Isa),
 }
 
