@@ -108,6 +108,7 @@ impl Isa {
 /// What the CPU backend actually runs: f32, or bf16 weights with one kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
+    /// Everything in f32 (the reference).
     F32,
     /// Linear weights in bf16, run by the kernel for this instruction set.
     Bf16(Isa),
