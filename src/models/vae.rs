@@ -23,12 +23,27 @@ pub const ORIGINAL_PREFIX: &str = "pretransform.model.";
 const DILATIONS: [usize; 3] = [1, 3, 9];
 const KERNEL: usize = 7;
 
+/// The role and PyTorch shape of one decoder tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VaeTensorKind {
     /// Conv1d `[C_out, C_in, K]` in PyTorch, `[C_out, K * C_in]` here.
-    Conv { cout: usize, cin: usize, kernel: usize },
+    Conv {
+        /// Output channels.
+        cout: usize,
+        /// Input channels.
+        cin: usize,
+        /// Kernel width in time steps.
+        kernel: usize,
+    },
     /// ConvTranspose1d `[C_in, C_out, 2s]` in PyTorch, `[s, C_out, 2 * C_in]` here.
-    ConvTranspose { cin: usize, cout: usize, stride: usize },
+    ConvTranspose {
+        /// Input channels.
+        cin: usize,
+        /// Output channels.
+        cout: usize,
+        /// Upsampling factor `s` (the kernel is `2s` wide).
+        stride: usize,
+    },
     /// Bias or SnakeBeta parameter.
     Vector(usize),
 }
