@@ -31,40 +31,40 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// exhaust memory while planning: a field outside its range is an error that
 /// names it.
 pub mod limits {
-    /// DiT latent channels [64].
+    /// DiT latent channels \[64\].
     pub const IO_CHANNELS: (usize, usize) = (1, 1024);
-    /// DiT width [1536]; a multiple of the head width besides.
+    /// DiT width \[1536\]; a multiple of the head width besides.
     pub const EMBED_DIM: (usize, usize) = (64, 16384);
-    /// DiT blocks [24].
+    /// DiT blocks \[24\].
     pub const DEPTH: (usize, usize) = (1, 256);
-    /// DiT heads [24].
+    /// DiT heads \[24\].
     pub const NUM_HEADS: (usize, usize) = (1, 256);
-    /// Width of the video tokens [768].
+    /// Width of the video tokens \[768\].
     pub const COND_TOKEN_DIM: (usize, usize) = (64, 16384);
-    /// Rows of the position tables [3000].
+    /// Rows of the position tables \[3000\].
     pub const MAX_POSITIONS: (usize, usize) = (2, 65536);
-    /// Audio channels out of the VAE [2].
+    /// Audio channels out of the VAE \[2\].
     pub const OUT_CHANNELS: (usize, usize) = (1, 16);
-    /// VAE base width [128].
+    /// VAE base width \[128\].
     pub const VAE_CHANNELS: (usize, usize) = (1, 4096);
-    /// VAE blocks, i.e. entries of c_mults and strides [5].
+    /// VAE blocks, i.e. entries of c_mults and strides \[5\].
     pub const VAE_BLOCKS: (usize, usize) = (1, 16);
-    /// One channel multiplier [1..16].
+    /// One channel multiplier \[1..16\].
     pub const C_MULT: (usize, usize) = (1, 64);
-    /// Widest VAE layer, channels * c_mult [2048].
+    /// Widest VAE layer, channels * c_mult \[2048\].
     pub const VAE_WIDTH: usize = 65536;
-    /// One upsampling stride [2..8].
+    /// One upsampling stride \[2..8\].
     pub const STRIDE: (usize, usize) = (1, 64);
-    /// Product of the strides, and samples per latent frame [2048].
+    /// Product of the strides, and samples per latent frame \[2048\].
     pub const UPSAMPLING: (usize, usize) = (1, 65536);
-    /// Audio sample rate in Hz [44100].
+    /// Audio sample rate in Hz \[44100\].
     pub const SAMPLE_RATE: (usize, usize) = (1, 768_000);
-    /// Audio channels [2].
+    /// Audio channels \[2\].
     pub const AUDIO_CHANNELS: (usize, usize) = (1, 16);
-    /// Video frames per second the DiT reads [8]: below 1/1000 or above 1000
+    /// Video frames per second the DiT reads \[8\]: below 1/1000 or above 1000
     /// a clip's frame count or its length in seconds stops being meaningful.
     pub const FPS: (f64, f64) = (1e-3, 1000.0);
-    /// `model.pretransform.scale` [1]: latents are multiplied by it, so a scale
+    /// `model.pretransform.scale` \[1\]: latents are multiplied by it, so a scale
     /// far from 1 turns ordinary latents into overflow or zeros.
     pub const LATENT_SCALE: (f64, f64) = (1e-6, 1e6);
 }
