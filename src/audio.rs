@@ -8,6 +8,7 @@ use crate::error::{Error, Result, ensure_finite};
 use crate::partial_file::partial_path_for;
 use crate::tensor::HostTensor;
 
+/// Sample encoding of a written WAV file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SampleFormat {
     /// 16-bit signed PCM (the reference's output).

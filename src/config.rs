@@ -31,44 +31,45 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// exhaust memory while planning: a field outside its range is an error that
 /// names it.
 pub mod limits {
-    /// DiT latent channels [64].
+    /// DiT latent channels \[64\].
     pub const IO_CHANNELS: (usize, usize) = (1, 1024);
-    /// DiT width [1536]; a multiple of the head width besides.
+    /// DiT width \[1536\]; a multiple of the head width besides.
     pub const EMBED_DIM: (usize, usize) = (64, 16384);
-    /// DiT blocks [24].
+    /// DiT blocks \[24\].
     pub const DEPTH: (usize, usize) = (1, 256);
-    /// DiT heads [24].
+    /// DiT heads \[24\].
     pub const NUM_HEADS: (usize, usize) = (1, 256);
-    /// Width of the video tokens [768].
+    /// Width of the video tokens \[768\].
     pub const COND_TOKEN_DIM: (usize, usize) = (64, 16384);
-    /// Rows of the position tables [3000].
+    /// Rows of the position tables \[3000\].
     pub const MAX_POSITIONS: (usize, usize) = (2, 65536);
-    /// Audio channels out of the VAE [2].
+    /// Audio channels out of the VAE \[2\].
     pub const OUT_CHANNELS: (usize, usize) = (1, 16);
-    /// VAE base width [128].
+    /// VAE base width \[128\].
     pub const VAE_CHANNELS: (usize, usize) = (1, 4096);
-    /// VAE blocks, i.e. entries of c_mults and strides [5].
+    /// VAE blocks, i.e. entries of c_mults and strides \[5\].
     pub const VAE_BLOCKS: (usize, usize) = (1, 16);
-    /// One channel multiplier [1..16].
+    /// One channel multiplier \[1..16\].
     pub const C_MULT: (usize, usize) = (1, 64);
-    /// Widest VAE layer, channels * c_mult [2048].
+    /// Widest VAE layer, channels * c_mult \[2048\].
     pub const VAE_WIDTH: usize = 65536;
-    /// One upsampling stride [2..8].
+    /// One upsampling stride \[2..8\].
     pub const STRIDE: (usize, usize) = (1, 64);
-    /// Product of the strides, and samples per latent frame [2048].
+    /// Product of the strides, and samples per latent frame \[2048\].
     pub const UPSAMPLING: (usize, usize) = (1, 65536);
-    /// Audio sample rate in Hz [44100].
+    /// Audio sample rate in Hz \[44100\].
     pub const SAMPLE_RATE: (usize, usize) = (1, 768_000);
-    /// Audio channels [2].
+    /// Audio channels \[2\].
     pub const AUDIO_CHANNELS: (usize, usize) = (1, 16);
-    /// Video frames per second the DiT reads [8]: below 1/1000 or above 1000
+    /// Video frames per second the DiT reads \[8\]: below 1/1000 or above 1000
     /// a clip's frame count or its length in seconds stops being meaningful.
     pub const FPS: (f64, f64) = (1e-3, 1000.0);
-    /// `model.pretransform.scale` [1]: latents are multiplied by it, so a scale
+    /// `model.pretransform.scale` \[1\]: latents are multiplied by it, so a scale
     /// far from 1 turns ordinary latents into overflow or zeros.
     pub const LATENT_SCALE: (f64, f64) = (1e-6, 1e6);
 }
 
+/// How the DiT feeds the timestep (global) conditioning into the transformer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GlobalCondType {
     /// The timestep embedding is prepended to the audio tokens as token 0 (LoVA).
@@ -77,19 +78,27 @@ pub enum GlobalCondType {
     AdaLn,
 }
 
+/// Shape of the diffusion transformer (`model.diffusion` in the checkpoint config).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DitConfig {
+    /// Channels of the audio latent the DiT denoises (64 in vl30).
     pub io_channels: usize,
+    /// Transformer width; a multiple of `HEAD_DIM`.
     pub embed_dim: usize,
+    /// Number of transformer blocks.
     pub depth: usize,
+    /// Self-attention heads, each `HEAD_DIM` wide (`embed_dim / HEAD_DIM`).
     pub num_heads: usize,
+    /// Width of the video (CLIP) tokens fed to cross-attention.
     pub cond_token_dim: usize,
+    /// Where the timestep embedding enters the transformer.
     pub global_cond_type: GlobalCondType,
     /// Rows of the learned position tables PE_z and PE_c.
     pub max_positions: usize,
 }
 
 impl DitConfig {
+    /// Width of every attention head: always `HEAD_DIM` (64).
     pub fn head_dim(&self) -> usize {
         HEAD_DIM
     }
@@ -111,20 +120,31 @@ impl DitConfig {
     }
 }
 
+/// Shape of the Oobleck VAE decoder that turns latents into waveforms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeDecoderConfig {
+    /// Audio channels the decoder writes (2 for stereo).
     pub out_channels: usize,
+    /// Base width; block `i` is `channels * c_mults[i]` wide.
     pub channels: usize,
+    /// Channel multipliers of the decoder blocks, as listed in the checkpoint config.
     pub c_mults: Vec<usize>,
+    /// Upsampling factor of each decoder block; their product is samples per latent frame.
     pub strides: Vec<usize>,
+    /// Channels of the latent the decoder reads.
     pub latent_dim: usize,
+    /// Snake activations (true) instead of ELU between convolutions.
     pub use_snake: bool,
+    /// Whether the output waveform goes through `tanh`.
     pub final_tanh: bool,
 }
 
+/// The whole model config: DiT, VAE decoder and the audio/video rates tying them together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LovaConfig {
+    /// Output audio sample rate in Hz (44100).
     pub sample_rate: u32,
+    /// Channels of the output audio (2).
     pub audio_channels: usize,
     /// Video frames per second the DiT was trained on.
     pub fps: f64,
@@ -132,12 +152,16 @@ pub struct LovaConfig {
     pub downsampling_ratio: usize,
     /// Latents are multiplied by this before decoding.
     pub latent_scale: f64,
+    /// Name of the CLIP vision model that makes the video tokens, when the config gives one.
     pub clip_name: Option<String>,
+    /// The diffusion transformer.
     pub dit: DitConfig,
+    /// The VAE decoder.
     pub vae_decoder: VaeDecoderConfig,
 }
 
 impl LovaConfig {
+    /// Reads and validates a `model_config.json` (at most `MAX_CONFIG_BYTES`).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let size = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
         if size > MAX_CONFIG_BYTES {
@@ -167,6 +191,7 @@ impl LovaConfig {
         Self::from_json_str(RELEASED_CONFIG_JSON).expect("the shipped config is valid")
     }
 
+    /// Parses and validates config JSON; every size is checked against `limits`.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let root: Value = serde_json::from_str(text)
             .map_err(|e| Error::Config { path: "(file)".into(), reason: format!("not valid JSON: {e}") })?;

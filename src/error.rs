@@ -4,42 +4,116 @@
 
 use std::path::PathBuf;
 
+/// `Result` with the library's `Error` as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Every failure the library reports; each message names the offending file, key, field or limit.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The OS reason is part of the message and deliberately not a `#[source]`:
     /// a CLI printing the chain (`{:#}`) would print it twice otherwise.
+    /// A file-system operation (`op`) on `path` failed.
     #[error("cannot {op} {path}: {reason}")]
-    Io { op: IoOp, path: PathBuf, reason: std::io::Error },
+    Io {
+        /// What was being done.
+        op: IoOp,
+        /// The file or folder, as the user named it.
+        path: PathBuf,
+        /// The OS error.
+        reason: std::io::Error,
+    },
 
+    /// A weights file is not a readable safetensors file (bad header, offsets or size).
     #[error("{path} is not a valid safetensors file: {reason}")]
-    BadSafetensors { path: PathBuf, reason: String },
+    BadSafetensors {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 
+    /// A config file or string could not be read or parsed.
     #[error("config {path}: {reason}")]
-    Config { path: String, reason: String },
+    Config {
+        /// Where: the config file and/or the field (`file: field`).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
+    /// A config field holds a value outside what lova-fast supports; `supported` says what is.
     #[error("config field `{field}` has value {value}, which lova-fast does not support ({supported})")]
-    UnsupportedConfig { field: String, value: String, supported: String },
+    UnsupportedConfig {
+        /// The config field.
+        field: String,
+        /// Its value in the config.
+        value: String,
+        /// What lova-fast supports there.
+        supported: String,
+    },
 
+    /// A checkpoint lacks a tensor the model needs.
     #[error("tensor `{key}` is missing from {file}")]
-    MissingTensor { key: String, file: String },
+    MissingTensor {
+        /// The checkpoint key.
+        key: String,
+        /// The checkpoint it was looked up in.
+        file: String,
+    },
 
+    /// A checkpoint tensor has a different shape than the config implies.
     #[error("tensor `{key}` in {file} has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch { key: String, file: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        /// The checkpoint key.
+        key: String,
+        /// The checkpoint.
+        file: String,
+        /// Shape the config implies.
+        expected: Vec<usize>,
+        /// Shape stored in the file.
+        found: Vec<usize>,
+    },
 
+    /// A checkpoint tensor is stored in a dtype other than F32, F16 or BF16.
     #[error("tensor `{key}` in {file} has dtype {dtype}; only F32, F16 and BF16 are supported")]
-    UnsupportedDtype { key: String, file: String, dtype: String },
+    UnsupportedDtype {
+        /// The checkpoint key.
+        key: String,
+        /// The checkpoint.
+        file: String,
+        /// The stored dtype.
+        dtype: String,
+    },
 
+    /// A tensor (weights, input or output) holds NaN or infinity at `index`.
     #[error("{what} contains a non-finite value ({value}) at index {index}")]
-    NonFinite { what: String, index: usize, value: f32 },
+    NonFinite {
+        /// The tensor checked.
+        what: String,
+        /// Flat index of the first non-finite element.
+        index: usize,
+        /// That element.
+        value: f32,
+    },
 
+    /// A value is finite but beyond the magnitude `max` accepted at that point.
     #[error("{what} holds {value:e} at index {index}, beyond the ±{max:e} lova-fast accepts there")]
-    OutOfRange { what: String, index: usize, value: f32, max: f32 },
+    OutOfRange {
+        /// The tensor checked.
+        what: String,
+        /// Flat index of the first element out of range.
+        index: usize,
+        /// That element.
+        value: f32,
+        /// Largest magnitude accepted there.
+        max: f32,
+    },
 
+    /// A size or count exceeds a documented limit; the message names it.
     #[error("{0}")]
     Limit(String),
 
+    /// A caller-supplied argument or request is invalid.
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
@@ -49,12 +123,19 @@ pub enum Error {
 
     /// A backend was given an op it does not implement (yet).
     #[error("the {backend} backend does not implement op `{op}`")]
-    UnsupportedOp { backend: &'static str, op: &'static str },
+    UnsupportedOp {
+        /// The backend's name.
+        backend: &'static str,
+        /// The op's name.
+        op: &'static str,
+    },
 
     /// A weight could not be read or put on the device (`key` names it).
     #[error("weight `{key}`: {source}")]
     Upload {
+        /// The checkpoint key of the weight.
         key: String,
+        /// Why it failed.
         #[source]
         source: Box<Error>,
     },
@@ -67,18 +148,29 @@ pub enum Error {
     #[error("the sampler batch this request was part of failed: {0}")]
     Batch(String),
 
+    /// A video input (`path`) could not be read, decoded or written.
     #[error("{path}: {reason}")]
-    Video { path: PathBuf, reason: String },
+    Video {
+        /// The video file or image folder.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 
     #[error(
         "`{tool}` was not found on PATH: lova-fast reads video through FFmpeg. Install it with \
          `sudo apt-get install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS) or from \
          https://ffmpeg.org/download.html, and make sure `{tool}` is on PATH"
     )]
-    ToolMissing { tool: &'static str },
+    /// An external tool (`ffmpeg`/`ffprobe`) is not on PATH.
+    ToolMissing {
+        /// The executable's name (`ffmpeg` or `ffprobe`).
+        tool: &'static str,
+    },
 }
 
 impl Error {
+    /// Builds an `Error::Video` for `path`.
     pub fn video(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Video { path: path.into(), reason: reason.into() }
     }
@@ -112,8 +204,11 @@ impl Error {
 /// What an I/O error was doing, for its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOp {
+    /// Reading a file.
     Read,
+    /// Creating, writing or renaming a file.
     Write,
+    /// Listing a folder.
     List,
 }
 

@@ -14,11 +14,14 @@ use crate::error::{Error, Result};
 /// message (`--weights`, `-o`, `input`).
 #[derive(Debug, Clone, Copy)]
 pub struct NamedPath<'a> {
+    /// How the user names this path in a message (`--weights`, `-o`, `input`).
     pub role: &'a str,
+    /// The path itself.
     pub path: &'a Path,
 }
 
 impl<'a> NamedPath<'a> {
+    /// Pairs `path` with its user-facing `role`.
     pub fn new(role: &'a str, path: &'a Path) -> Self {
         NamedPath { role, path }
     }

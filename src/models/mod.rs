@@ -2,7 +2,9 @@
 //! describes its computation as graph ops.
 
 pub mod clip;
+/// The LoVA DiT denoiser as graph construction.
 pub mod dit;
+/// The Oobleck VAE decoder as graph construction.
 pub mod vae;
 
 pub use clip::{ClipVision, ClipVisionConfig};

@@ -23,12 +23,27 @@ pub const ORIGINAL_PREFIX: &str = "pretransform.model.";
 const DILATIONS: [usize; 3] = [1, 3, 9];
 const KERNEL: usize = 7;
 
+/// The role and PyTorch shape of one decoder tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VaeTensorKind {
     /// Conv1d `[C_out, C_in, K]` in PyTorch, `[C_out, K * C_in]` here.
-    Conv { cout: usize, cin: usize, kernel: usize },
+    Conv {
+        /// Output channels.
+        cout: usize,
+        /// Input channels.
+        cin: usize,
+        /// Kernel width in time steps.
+        kernel: usize,
+    },
     /// ConvTranspose1d `[C_in, C_out, 2s]` in PyTorch, `[s, C_out, 2 * C_in]` here.
-    ConvTranspose { cin: usize, cout: usize, stride: usize },
+    ConvTranspose {
+        /// Input channels.
+        cin: usize,
+        /// Output channels.
+        cout: usize,
+        /// Upsampling factor `s` (the kernel is `2s` wide).
+        stride: usize,
+    },
     /// Bias or SnakeBeta parameter.
     Vector(usize),
 }
@@ -36,7 +51,9 @@ pub enum VaeTensorKind {
 /// One decoder tensor: key relative to `pretransform.model.` (`decoder.layers.0.weight`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeTensorSpec {
+    /// Key relative to `pretransform.model.`.
     pub key: String,
+    /// What the tensor is, which fixes its expected shape.
     pub kind: VaeTensorKind,
 }
 
@@ -301,7 +318,9 @@ struct ConvShape {
     bias: bool,
 }
 
+/// The Oobleck VAE decoder with its weights loaded on backend `B`.
 pub struct VaeDecoder<B: Backend> {
+    /// Shape of the decoder.
     pub config: VaeDecoderConfig,
     /// Latents are multiplied by this before decoding (`model.pretransform.scale`).
     pub latent_scale: f32,
@@ -365,6 +384,7 @@ impl<B: Backend> VaeDecoder<B> {
         Ok(VaeDecoder { config: config.clone(), latent_scale: latent_scale as f32, weights, ids })
     }
 
+    /// The weights on the backend, in the order the decode graph refers to them (for `Executor::new`).
     pub fn weights(&self) -> &[B::Weight] {
         self.weights.as_slice()
     }

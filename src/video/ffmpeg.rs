@@ -34,6 +34,7 @@ pub struct Probe {
     pub duration: f64,
     /// Displayed size (after the rotation FFmpeg applies while decoding).
     pub width: usize,
+    /// Displayed height in pixels (see `width`).
     pub height: usize,
     /// Nominal frame rate (average, else the stream's base rate).
     pub frame_rate: f64,
@@ -43,6 +44,7 @@ pub struct Probe {
     pub frame_times: Option<Vec<f64>>,
     /// Number of frames the decoder will deliver.
     pub frames: usize,
+    /// Codec name of the video stream as ffprobe reports it (`h264`, ...).
     pub codec: String,
 }
 

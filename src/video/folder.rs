@@ -31,6 +31,7 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Reads one image file (any format the `image` crate decodes) as 8-bit RGB.
 pub fn read_image(path: &Path) -> Result<RgbImage> {
     let image = image::open(path).map_err(|e| Error::video(path, format!("cannot read the image: {e}")))?;
     let rgb = image.into_rgb8();

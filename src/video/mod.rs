@@ -16,8 +16,11 @@
 
 pub mod ffmpeg;
 mod folder;
+/// Muxing generated audio back into a video with FFmpeg.
 pub mod mux;
+/// CLIP image preprocessing, bit-compatible with the reference.
 pub mod preprocess;
+/// Which source frame each model frame comes from.
 pub mod sampling;
 
 use std::path::{Path, PathBuf};
@@ -71,13 +74,17 @@ pub fn video_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// A video input, opened and sampled: which frames will come, and how long it is.
 pub struct VideoReader {
+    /// The video file or image folder read.
     pub path: PathBuf,
     /// Duration D in seconds (the container's, or images / fps).
     pub duration: f64,
+    /// Frame width in pixels.
     pub width: usize,
+    /// Frame height in pixels.
     pub height: usize,
     /// Source frame rate (nominal for variable-rate video).
     pub source_fps: f64,
+    /// Whether the source has a variable frame rate (frames are then chosen by timestamp).
     pub variable_rate: bool,
     /// Source frame index of each model frame (length N).
     pub indices: Vec<usize>,

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 /// CLIP's per-channel normalisation (OpenAI `clip.load` preprocessing).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's per-channel standard deviation (OpenAI `clip.load` preprocessing), paired with `CLIP_MEAN`.
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Pillow's fixed-point precision for 8-bit images.
@@ -24,8 +25,11 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// An RGB image, 8 bits per channel, rows of `width * 3` interleaved bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// Pixels, row-major, `height * width * 3` bytes.
     pub data: Vec<u8>,
 }
 
@@ -115,6 +119,7 @@ impl Preprocessor {
         Preprocessor { size, plan: None }
     }
 
+    /// Output side length in pixels.
     pub fn size(&self) -> usize {
         self.size
     }

@@ -9,7 +9,9 @@ use super::TensorSource;
 use crate::error::Result;
 use crate::tensor::HostTensor;
 
+/// Deterministic pseudo-random weights in [-0.05, 0.05), for tests and demos without a checkpoint.
 pub struct RandomWeights {
+    /// Seed mixed with each tensor key, so a tensor depends only on (seed, key, index).
     pub seed: u64,
 }
 

@@ -13,6 +13,7 @@ use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use crate::error::{Error, Result};
 use crate::tensor::HostTensor;
 
+/// A memory-mapped safetensors checkpoint with its parsed, validated header.
 pub struct SafetensorsFile {
     path: PathBuf,
     mmap: Mmap,
@@ -22,6 +23,7 @@ pub struct SafetensorsFile {
 }
 
 impl SafetensorsFile {
+    /// Maps the file at `path` and validates its header and data offsets.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the file is opened read-only; like every mmap user we assume it is not
@@ -40,14 +42,17 @@ impl SafetensorsFile {
         Ok(SafetensorsFile { path: path.to_path_buf(), mmap, metadata, data_start })
     }
 
+    /// The path the file was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Whether the file holds a tensor named `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.metadata.info(key).is_some()
     }
 
+    /// Names of all tensors in the file.
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.metadata.tensors().into_keys().collect();
         keys.sort();
@@ -86,6 +91,7 @@ impl SafetensorsFile {
         self.metadata.info(key).map(|i| format!("{:?}", i.dtype))
     }
 
+    /// Shape of tensor `key` as stored, or `None` if absent.
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
         self.metadata.info(key).map(|i| i.shape.clone())
     }

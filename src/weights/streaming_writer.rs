@@ -16,9 +16,12 @@ use crate::error::{Error, Result};
 use crate::partial_file::partial_path_for;
 use crate::tensor::HostTensor;
 
+/// Element type a tensor is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredDtype {
+    /// IEEE f32, 4 bytes.
     F32,
+    /// IEEE f16, 2 bytes.
     F16,
 }
 
@@ -40,11 +43,15 @@ impl StoredDtype {
 /// One tensor of the file to write.
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
+    /// Tensor name (its key in the header).
     pub name: String,
+    /// Element type the data is stored as.
     pub dtype: StoredDtype,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
 }
 
+/// Writes a safetensors file tensor by tensor, in `entries` order, to a partial file renamed into place when complete.
 pub struct StreamingWriter {
     path: PathBuf,
     tmp: PathBuf,
@@ -54,6 +61,7 @@ pub struct StreamingWriter {
 }
 
 impl StreamingWriter {
+    /// Writes the header for `entries` (with `metadata`) to a partial file next to `path`.
     pub fn create(path: &Path, entries: Vec<TensorEntry>, metadata: &BTreeMap<String, String>) -> Result<Self> {
         let tmp = partial_path_for(path)?;
 

@@ -12,8 +12,11 @@ const QUERY_BLOCK: usize = 128;
 /// Columns `offset..offset + heads * head_dim` of a row-major matrix `ld` wide.
 #[derive(Clone, Copy)]
 pub struct Strided<'a> {
+    /// The whole row-major matrix.
     pub data: &'a [f32],
+    /// Row stride of `data` in elements.
     pub ld: usize,
+    /// First column of the heads within a row.
     pub offset: usize,
 }
 
@@ -24,10 +27,15 @@ impl Strided<'_> {
     }
 }
 
+/// Head layout, softmax scale and optional RoPE of one attention op.
 pub struct AttentionParams<'a> {
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads; each serves `heads / kv_heads` query heads.
     pub kv_heads: usize,
+    /// Width of every head.
     pub head_dim: usize,
+    /// Factor applied to `Q K^T` before the softmax (usually `1 / sqrt(head_dim)`).
     pub scale: f32,
     /// `(inv_freq, rotary_dim)`: rotate the first `rotary_dim` dims of q and k heads.
     pub rope: Option<(&'a [f32], usize)>,

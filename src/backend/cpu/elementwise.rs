@@ -5,10 +5,12 @@ use rayon::prelude::*;
 
 use crate::graph::Segments;
 
+/// SiLU: `x * sigmoid(x)`.
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// `out[i] = silu(x[i])`, in parallel; `out` is as long as `x`.
 pub fn silu_all(x: &[f32], out: &mut [f32]) {
     out.par_iter_mut().zip(x.par_iter()).for_each(|(o, &v)| *o = silu(v));
 }

@@ -101,10 +101,12 @@ impl PackedBf16 {
         PackedBf16 { n, k, rows }
     }
 
+    /// Output features (rows of the packed `[n, k]` weight).
     pub fn n(&self) -> usize {
         self.n
     }
 
+    /// Input features (columns of the packed `[n, k]` weight).
     pub fn k(&self) -> usize {
         self.k
     }

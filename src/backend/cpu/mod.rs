@@ -6,17 +6,28 @@
 //! Linear ops run on weights rounded to bf16 and packed once
 //! (`gemm_bf16`); everything else stays as in the f32 reference.
 
+/// Reference attention with RoPE over packed sequences.
 pub mod attention;
+/// The VAE decoder's convolutions and SnakeBeta.
 pub mod conv;
+/// Row- and element-wise ops of the DiT.
 pub mod elementwise;
+/// Linear with bf16-packed weights and f32 activations.
 pub mod gemm_bf16;
+/// Linear in f32 with matrixmultiply's SGEMM.
 pub mod linear;
+/// LayerNorm, adaLN modulation and the gated residual.
 pub mod norm;
 mod operands;
+/// Microbenchmarks of this CPU's peak and Linear GFLOP/s.
 pub mod peak;
+/// Matrix-product precision and the bf16 kernel's instruction set.
 pub mod precision;
+/// The sampler's CFG and DPM++ 3M SDE element-wise ops.
 pub mod sampler_ops;
+/// Bounds on how many CPU threads a run may start.
 pub mod threads;
+/// Ops of the CLIP image tower.
 pub mod vision_ops;
 
 use std::sync::OnceLock;
@@ -60,6 +71,7 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
+    /// Wraps a host tensor; its bf16 packing is made on first use.
     pub fn new(tensor: HostTensor) -> Self {
         CpuWeight { tensor, packed: OnceLock::new() }
     }

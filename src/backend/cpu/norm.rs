@@ -12,10 +12,15 @@ pub fn sequence_of_row(segments: &Segments, r: usize) -> usize {
 /// Per-sequence modulation vectors: row `b` of `table` (`table_cols` wide),
 /// `scale` at `scale_offset`, `shift` at `shift_offset`.
 pub struct Modulation<'a> {
+    /// Row-major `[sequences, table_cols]` table of modulation vectors.
     pub table: &'a [f32],
+    /// Width of a `table` row.
     pub table_cols: usize,
+    /// Column where each row's `scale` vector starts.
     pub scale_offset: usize,
+    /// Column where each row's `shift` vector starts.
     pub shift_offset: usize,
+    /// Which rows of the input belong to which sequence (row of `table`).
     pub segments: &'a Segments,
 }
 

@@ -29,6 +29,7 @@ const CHAINS: usize = 24;
 /// runs, which on a machine shared with other work the wall clock hides).
 #[derive(Debug, Clone, Copy)]
 pub struct Rate {
+    /// GFLOP/s per wall-clock second.
     pub gflops: f64,
     /// None where the process's CPU time cannot be read (not Linux).
     pub gflops_per_cpu_second: Option<f64>,

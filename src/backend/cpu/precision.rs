@@ -95,6 +95,7 @@ impl Isa {
         Isa::available().contains(&self)
     }
 
+    /// Short name for reports and messages (`avx512f`, `avx2+fma`, `scalar`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512f",
@@ -107,7 +108,9 @@ impl Isa {
 /// What the CPU backend actually runs: f32, or bf16 weights with one kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolved {
+    /// Everything in f32 (the reference).
     F32,
+    /// Linear weights in bf16, run by the kernel for this instruction set.
     Bf16(Isa),
 }
 

@@ -62,6 +62,7 @@ pub fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + (-1.702 * x).exp())
 }
 
+/// `out[i] = quick_gelu(x[i])`, in parallel; `out` is as long as `x`.
 pub fn quick_gelu_all(x: &[f32], out: &mut [f32]) {
     out.par_iter_mut().zip(x.par_iter()).for_each(|(o, &v)| *o = quick_gelu(v));
 }
