@@ -38,6 +38,8 @@
 //! cuBLASLt); the sampler ([`sampler`]) drives the DiT over a packed batch of
 //! requests; [`engine`] reads and writes the engine weight file.
 
+#![warn(missing_docs)]
+
 pub mod audio;
 pub mod backend;
 pub mod config;

@@ -15,14 +15,18 @@ use crate::weights::TensorSource;
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 
+/// A kind of device that runs graph ops: memory, weights and one method per op.
 pub trait Backend: Sync {
     /// A block of device memory holding f32 values (the arena).
     type Buffer;
     /// A weight tensor resident on the device.
     type Weight;
 
+    /// The backend in words, for reports (`cpu (f32, 2 threads)`, the GPU's name).
     fn name(&self) -> String;
+    /// Allocates a buffer of `len` f32 values (an arena).
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    /// Puts a weight on the device (in the layout and precision the backend keeps it in).
     fn upload_weight(&self, tensor: &HostTensor) -> Result<Self::Weight>;
     /// Uploads the tensor `key` of `source`, with `TensorSource::tensor`'s
     /// shape check, exactly as `upload_weight` of what `tensor` returns would.
@@ -32,7 +36,9 @@ pub trait Backend: Sync {
     fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<Self::Weight> {
         self.upload_weight(&source.tensor(key, shape)?)
     }
+    /// Copies `data` into `buffer` from element `offset` on.
     fn write(&self, buffer: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()>;
+    /// Copies `out.len()` values of `buffer` from element `offset` on into `out`.
     fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
     /// Runs one op; its tensors live in `ctx.arena` at the offsets of `ctx.plan`.
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()>;
@@ -98,9 +104,13 @@ pub trait Backend: Sync {
 
 /// Everything an op needs to find its operands.
 pub struct OpContext<'a, B: Backend + ?Sized> {
+    /// The graph the op belongs to (tensor shapes, segments).
     pub graph: &'a Graph,
+    /// Where each tensor lives in the arena.
     pub plan: &'a ArenaPlan,
+    /// The arena holding every tensor of the graph.
     pub arena: &'a mut B::Buffer,
+    /// The model's weights, indexed by `WeightId`.
     pub weights: &'a [B::Weight],
 }
 
@@ -116,6 +126,7 @@ impl<B: Backend> Default for WeightSet<B> {
 }
 
 impl<B: Backend> WeightSet<B> {
+    /// Uploads `tensor` (a weight the loader transformed; `key` names it in errors).
     pub fn push(&mut self, backend: &B, key: &str, tensor: &HostTensor) -> Result<WeightId> {
         self.weights.push(backend.upload_weight(tensor).map_err(|e| Error::upload(key, e))?);
         Ok(WeightId(self.weights.len() - 1))
@@ -134,14 +145,17 @@ impl<B: Backend> WeightSet<B> {
         Ok(WeightId(self.weights.len() - 1))
     }
 
+    /// The weights in `WeightId` order.
     pub fn as_slice(&self) -> &[B::Weight] {
         &self.weights
     }
 
+    /// Number of weights.
     pub fn len(&self) -> usize {
         self.weights.len()
     }
 
+    /// Whether no weight was pushed.
     pub fn is_empty(&self) -> bool {
         self.weights.is_empty()
     }

@@ -58,6 +58,7 @@ impl AnyBackend {
         })
     }
 
+    /// Runs `job` on this backend.
     pub fn run<J: WithBackend>(self, job: J) -> Result<J::Output> {
         match self {
             AnyBackend::Cpu(b) => job.run(b),

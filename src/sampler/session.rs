@@ -62,6 +62,7 @@ impl Default for SamplerSettings {
 pub const SIGMA_RANGE: (f64, f64) = (1e-6, 1e6);
 /// Largest `--eta` and `|--s-noise|`: the SDE's noise scales with them.
 pub const MAX_ETA: f64 = 100.0;
+/// Largest `|--s-noise|` (see `MAX_ETA`).
 pub const MAX_S_NOISE: f64 = 100.0;
 /// Largest `|--cfg|`: the guided prediction is uncond + cfg * (cond - uncond);
 /// the paper uses 5 (its demo 7), and far past 100 it only amplifies rounding.

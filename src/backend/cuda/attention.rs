@@ -24,6 +24,7 @@ const FLASH_MAX_ROTARY_DIM: usize = 32;
 /// kernels/attention.cu: queries per block, keys per shared-memory tile, largest head_dim.
 const F32_QUERIES_PER_BLOCK: usize = 16;
 const F32_KEYS_PER_TILE: usize = 32;
+/// Largest head dimension the f32 fallback kernel handles.
 pub const F32_MAX_HEAD_DIM: usize = 128;
 /// The largest grid.y of a launch (heads go there).
 const MAX_GRID_Y: usize = 65535;
@@ -31,7 +32,9 @@ const MAX_GRID_Y: usize = 65535;
 /// Which kernel an attention with these parameters runs on (for logs, benches and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
+    /// `flash_attention_hd64`: tensor cores, fp16 operands, head_dim 64.
     Flash,
+    /// The f32 fallback kernel, for other head dims.
     F32,
 }
 

@@ -77,6 +77,7 @@ pub fn cuda_include_dir() -> Option<PathBuf> {
 
 /// One kernel file compiled for one architecture.
 pub struct Compiled {
+    /// The cubin NVRTC produced.
     pub cubin: Vec<u8>,
     /// NVRTC's log (warnings, and ptxas' report when asked for).
     pub log: String,
@@ -223,12 +224,17 @@ pub fn kernel_names(source: &str) -> Vec<String> {
 /// Resource use of one kernel, from ptxas' verbose report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelUsage {
+    /// The kernel's (mangled or extern "C") name.
     pub name: String,
+    /// Registers per thread.
     pub registers: u32,
     /// Static shared memory in bytes (dynamic shared memory is set at launch).
     pub shared_bytes: u32,
+    /// Stack frame per thread in bytes.
     pub stack_bytes: u32,
+    /// Bytes of register spill stores (0 for the hot kernels).
     pub spill_store_bytes: u32,
+    /// Bytes of register spill loads.
     pub spill_load_bytes: u32,
 }
 

@@ -116,14 +116,19 @@ pub fn check_library_versions(driver: i32, nvrtc: (i32, i32), cublaslt: usize) -
 /// What the backend runs on, for messages and logs.
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
+    /// CUDA device ordinal (0 for the first GPU).
     pub ordinal: usize,
+    /// The GPU's name as the driver reports it.
     pub name: String,
     /// e.g. `sm_90`.
     pub arch: String,
+    /// Total device memory in bytes.
     pub memory_bytes: usize,
     /// Driver API version, e.g. 13000 for CUDA 13.0.
     pub driver_version: i32,
+    /// NVRTC version (major, minor).
     pub nvrtc_version: (i32, i32),
+    /// cuBLASLt version, e.g. 130100 for 13.1.0.
     pub cublaslt_version: usize,
 }
 
@@ -144,6 +149,7 @@ impl std::fmt::Display for DeviceInfo {
     }
 }
 
+/// The CUDA backend: one device, one stream, NVRTC-compiled kernels, cuBLASLt GEMMs.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -228,15 +234,18 @@ impl Staging {
 /// timestep Fourier weights). `[n, 1]` and `[1, n]` get both: they are vectors
 /// that could also be a one-feature linear layer, and tiny.
 pub struct CudaWeight {
+    /// The tensor's shape as loaded.
     pub shape: Vec<usize>,
     f16: Option<CudaSlice<u16>>,
     f32: Option<CudaSlice<f32>>,
 }
 
 impl CudaWeight {
+    /// Elements of the tensor.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether the tensor has no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -408,6 +417,7 @@ impl CudaBackend {
         self.graph_capture.store(on, Ordering::Relaxed);
     }
 
+    /// Whether `run_repeated` captures CUDA graphs (see `set_graph_capture`).
     pub fn graph_capture(&self) -> bool {
         self.graph_capture.load(Ordering::Relaxed)
     }
@@ -426,6 +436,7 @@ impl CudaBackend {
         self.allocations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The device this backend runs on.
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }
