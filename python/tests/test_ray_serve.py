@@ -60,9 +60,9 @@ def post(url: str, body: bytes, query: str) -> tuple:
     request = urllib.request.Request(f"{url}?{query}", data=body, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, response.read(), dict(response.headers)
+            return response.status, response.read(), response.headers  # case-insensitive
     except urllib.error.HTTPError as e:
-        return e.code, e.read(), dict(e.headers)
+        return e.code, e.read(), e.headers
 
 
 def test_two_replicas_serve_sixteen_concurrent_requests_like_the_cli(served, cli, engine, tmp_path):
