@@ -157,6 +157,9 @@ fn cancelling_mid_run_frees_the_request_and_keeps_the_others() {
             && stages[first_vae..].iter().all(|s| *s == Stage::Vae)
     );
     assert!(!events.iter().any(|e| e.request == 1 && e.stage == Stage::Vae), "a cancelled request was decoded");
+    let vae: Vec<&Event> = events.iter().filter(|e| e.request == 0 && e.stage == Stage::Vae).collect();
+    assert!(vae.iter().all(|e| e.total == vae[0].total), "one VAE total per request: {vae:?}");
+    assert_eq!(vae.last().map(|e| e.done), Some(vae[0].total), "the VAE ends at its total: {vae:?}");
 }
 
 /// Video input reports its decoding and CLIP progress frame by frame, up to N,

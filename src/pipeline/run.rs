@@ -242,20 +242,27 @@ impl<B: Backend> Loaded<B> {
                 let chunk = windows.chunk_frames(&self.config, latent_len)?;
                 let window = chunk.map_or(latent_len, |c| c + 2 * receptive_field(&vae.config));
                 timings.vae_arena_bytes = planned_arena_bytes(&vae.config, &[window.min(latent_len)])?;
+                // The windows the decode reports (one when the clip fits in one).
+                let mut windows_total = 1;
                 let audio = {
                     let request = &p.request;
                     let mut before_window = |done: usize, total: usize| -> Result<()> {
                         if request.is_cancelled() {
                             return Err(Error::Cancelled);
                         }
+                        windows_total = total;
                         progress.event(&Event { request: p.index, stage: Stage::Vae, done, total });
                         Ok(())
                     };
                     vae.decode_chunked_with(&self.backend, &latents, chunk.unwrap_or(latent_len), &mut before_window)?
                 };
                 let audio = finish(&audio, samples_for_seconds(p.seconds, self.config.sample_rate), "the VAE decode")?;
-                let windows_done = latent_len.div_ceil(chunk.unwrap_or(latent_len).max(1));
-                progress.event(&Event { request: p.index, stage: Stage::Vae, done: windows_done, total: windows_done });
+                progress.event(&Event {
+                    request: p.index,
+                    stage: Stage::Vae,
+                    done: windows_total,
+                    total: windows_total,
+                });
                 timings.vae_s = started.elapsed().as_secs_f64();
                 Some(audio)
             }
