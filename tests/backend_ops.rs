@@ -48,7 +48,7 @@
 
 mod common;
 
-use common::{cuda_or_skip, loud, max_abs, rel_l2};
+use common::{Rng, cuda_or_skip, loud, max_abs, rel_l2};
 use lova_fast::backend::cuda::attention::{AttentionKernel, attention_kernel};
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend, WeightSet};
 use lova_fast::graph::{
@@ -57,28 +57,6 @@ use lova_fast::graph::{
 };
 use lova_fast::sampler::rng::fill_normal;
 use lova_fast::tensor::{HostTensor, transpose};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-    /// Values exactly representable in fp16.
-    fn vec_f16(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        self.vec(n, lo, hi).into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect()
-    }
-}
 
 struct Case {
     op: &'static str,

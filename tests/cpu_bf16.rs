@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{fixture, load, max_abs, rel_l2};
+use common::{Rng, fixture, load, max_abs, rel_l2};
 use lova_fast::backend::cpu::{Isa, Precision, Resolved};
 use lova_fast::backend::{Backend, CpuBackend, WeightSet};
 use lova_fast::config::LovaConfig;
@@ -32,21 +32,6 @@ use lova_fast::models::vae::original_tensor;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, sample};
 use lova_fast::tensor::HostTensor;
 use lova_fast::weights::SafetensorsFile;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)).collect()
-    }
-}
 
 /// Every bf16 backend this CPU runs, after printing the kernels it does not.
 fn bf16_backends() -> Vec<(Isa, CpuBackend)> {

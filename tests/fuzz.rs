@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::fixture;
+use common::{Rng, fixture};
 use lova_fast::audio::{SampleFormat, finish, samples_for_seconds, write_wav};
 use lova_fast::backend::CpuBackend;
 use lova_fast::config::LovaConfig;
@@ -36,28 +36,6 @@ use lova_fast::weights::{SafetensorsFile, read_features, read_latents, write_ten
 /// Cases per target in the test (4 targets).
 const TEST_CASES_PER_TARGET: usize = 120;
 const DEFAULT_SEED: u64 = 20;
-
-/// splitmix64: tiny, seedable, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, list: &'a [T]) -> &'a T {
-        &list[self.below(list.len())]
-    }
-}
 
 /// Values that break size and float handling: zero, negatives, powers of two
 /// around 2^31/2^32/2^40/2^63, the largest integers, huge and tiny floats.
