@@ -24,6 +24,7 @@ mod output;
 mod progress;
 mod request;
 mod run;
+mod scheduler;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ pub use output::{Output, SamplingReport, Timings};
 pub use progress::{CancelToken, Event, NoProgress, Progress, Stage};
 pub use request::{Input, Request, RequestPlan};
 pub use run::{random_seed, tflops_per_s};
+pub use scheduler::{Job, JobEvent, SchedulerOptions, StepStats};
 
 pub use crate::backend::cpu::Precision;
 use crate::backend::{CpuBackend, CudaBackend};
