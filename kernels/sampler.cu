@@ -3,30 +3,38 @@
 // (the `scalars` tensor of the step graph, written by the host in f32 from
 // f64 math), so a step never needs new kernel arguments.
 //
-// - cfg_expand:      out = concat(x, x) * c_in                (out is [2n])
-// - cfg_denoise:     denoised = (v_u + (v_c - v_u) * cfg[req]) * c_out + x * c_skip,
+// Every request of a batch has its own row of scalars (its own step of its
+// own schedule): `scalars` is [requests, 9], and x_offsets (int32
+// [requests + 1], cumulative rows of x) says which rows of x are whose.
+//
+// - cfg_expand:      out = concat(x, x) * c_in[req]           (out is [2n])
+// - cfg_denoise:     denoised = (v_u + (v_c - v_u) * cfg[req]) * c_out[req] + x * c_skip[req],
 //                    v = [cond rows; uncond rows], req = the request of x's row
 // - dpmpp_3m_update: x = a x + b den + c d1 + d d2 + e z; d2 = d1; d1 = den,
-//                    in place; a zero coefficient skips its term (the history
-//                    and noise buffers may hold stale or unset values then)
-// - select_step_row: out[r, :] = table[step, :] for every row r, step = the
-//                    STEP scalar (the row of a per-request constant table,
+//                    in place, with the row's request's coefficients; a zero
+//                    coefficient skips its term (the history and noise buffers
+//                    may hold stale or unset values then)
+// - select_step_row: out[j, :] = table[step[j % requests], :], step = the
+//                    STEP scalar of a request (the row of a constant table,
 //                    e.g. timestep embeddings, that this step reads; clamped
 //                    to the table, a kernel cannot report an error)
 //
 // Scalar slots (src/graph/ir.rs, scalar_slot): 0 c_in, 1 c_skip, 2 c_out,
 // 3 x, 4 denoised, 5 d1, 6 d2, 7 noise, 8 step (an integer stored as f32).
-// Layout: contiguous f32; x_offsets int32 [count + 1] cumulative rows of x,
-// cfg f32 [count].
+// Layout: contiguous f32; cfg f32 [requests].
 // Launch: 1-D grid-stride, 256 threads per block, any grid size.
 
 #include "common.cuh"
 
+#define SCALAR_COUNT 9
+
 extern "C" __global__ void cfg_expand(const float* __restrict__ x, const float* __restrict__ scalars,
-                                      float* __restrict__ out, long long n) {
-    float c_in = scalars[0];
+                                      const int* __restrict__ x_offsets, int count, long long cols,
+                                      float* __restrict__ out) {
+    long long n = (long long)x_offsets[count] * cols;
     GRID_STRIDE(i, n) {
-        float v = x[i] * c_in;
+        int req = sequence_of_row(x_offsets, count, i / cols);
+        float v = x[i] * scalars[req * SCALAR_COUNT + 0];
         out[i] = v;
         out[n + i] = v;
     }
@@ -36,12 +44,13 @@ extern "C" __global__ void cfg_denoise(const float* __restrict__ v, const float*
                                        const float* __restrict__ scalars, const int* __restrict__ x_offsets,
                                        const float* __restrict__ cfg, int count, long long cols,
                                        float* __restrict__ out) {
-    float c_skip = scalars[1], c_out = scalars[2];
     long long n = (long long)x_offsets[count] * cols;
     GRID_STRIDE(e, n) {
-        float scale = cfg[sequence_of_row(x_offsets, count, e / cols)];
+        int req = sequence_of_row(x_offsets, count, e / cols);
+        const float* s = scalars + req * SCALAR_COUNT;
+        float c_skip = s[1], c_out = s[2];
         float vc = v[e], vu = v[n + e];
-        float guided = vu + (vc - vu) * scale;
+        float guided = vu + (vc - vu) * cfg[req];
         out[e] = guided * c_out + x[e] * c_skip;
     }
 }
@@ -49,9 +58,11 @@ extern "C" __global__ void cfg_denoise(const float* __restrict__ v, const float*
 extern "C" __global__ void dpmpp_3m_update(float* __restrict__ x, const float* __restrict__ denoised,
                                            float* __restrict__ d1, float* __restrict__ d2,
                                            const float* __restrict__ noise, const float* __restrict__ scalars,
-                                           long long n) {
-    float a = scalars[3], b = scalars[4], c = scalars[5], d = scalars[6], e = scalars[7];
+                                           const int* __restrict__ x_offsets, int count, long long cols) {
+    long long n = (long long)x_offsets[count] * cols;
     GRID_STRIDE(i, n) {
+        const float* s = scalars + sequence_of_row(x_offsets, count, i / cols) * SCALAR_COUNT;
+        float a = s[3], b = s[4], c = s[5], d = s[6], e = s[7];
         float den = denoised[i];
         float acc = a * x[i] + b * den;
         if (c != 0.0f) acc += c * d1[i];
@@ -64,13 +75,13 @@ extern "C" __global__ void dpmpp_3m_update(float* __restrict__ x, const float* _
 }
 
 extern "C" __global__ void select_step_row(const float* __restrict__ table, int table_rows,
-                                           const float* __restrict__ scalars, float* __restrict__ out,
-                                           long long rows, long long cols) {
-    // fmaxf turns a NaN step into 0; the host writes exact integers.
-    float s = fminf(fmaxf(scalars[8], 0.0f), (float)(table_rows - 1));
-    const float* row = table + (long long)s * cols;
+                                           const float* __restrict__ scalars, int requests,
+                                           float* __restrict__ out, long long rows, long long cols) {
     GRID_STRIDE(i, rows * cols) {
-        out[i] = row[i % cols];
+        long long j = i / cols;
+        // fmaxf turns a NaN step into 0; the host writes exact integers.
+        float s = fminf(fmaxf(scalars[(j % requests) * SCALAR_COUNT + 8], 0.0f), (float)(table_rows - 1));
+        out[i] = table[(long long)s * cols + (i - j * cols)];
     }
 }
 

@@ -389,6 +389,7 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
     }
 }
 
+/// Step scalars of one request; `zero_history`: its first step (no d1, d2, noise terms).
 fn scalars(rng: &mut Rng, zero_history: bool) -> Vec<f32> {
     let mut s = rng.vec(scalar_slot::COUNT, -1.5, 1.5);
     if zero_history {
@@ -399,13 +400,22 @@ fn scalars(rng: &mut Rng, zero_history: bool) -> Vec<f32> {
     s
 }
 
+/// Step scalars `[requests, COUNT]`: each request at its own step, the ones
+/// in `first_steps` at their first.
+fn batch_scalars(rng: &mut Rng, requests: usize, first_steps: &[usize]) -> Vec<f32> {
+    (0..requests).flat_map(|r| scalars(rng, first_steps.contains(&r))).collect()
+}
+
 fn sampler_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
-    for rows in [1, 217] {
-        let mut c = Case::new("cfg_expand", format!("[{rows}, 64]"), 1e-7);
+    for lens in [&[1usize][..], &[216, 1], &[3, 1, 2]] {
+        let seg = Segments::from_lengths(lens.iter().copied());
+        let rows = seg.total();
+        let mut c = Case::new("cfg_expand", format!("rows {lens:?} x 64"), 1e-7);
         let x = c.input("x", rows, 64, rng.vec(rows * 64, -500.0, 500.0));
-        let sc = c.input("scalars", 1, scalar_slot::COUNT, scalars(rng, false));
+        let sc = c.input("scalars", lens.len(), scalar_slot::COUNT, batch_scalars(rng, lens.len(), &[]));
+        let x_segments = c.graph.add_segments(seg);
         let out = c.output("out", 2 * rows, 64);
-        c.graph.push(Op::CfgExpand { x, scalars: sc, out });
+        c.graph.push(Op::CfgExpand { x, scalars: sc, x_segments, out });
         cases.push(c);
     }
     for (lens, scales) in [(&[1usize][..], &[5.0f32][..]), (&[216, 44], &[5.0, 1.0]), (&[3, 1, 2], &[7.0, 0.0, 2.5])] {
@@ -414,34 +424,40 @@ fn sampler_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         let mut c = Case::new("cfg_denoise", format!("rows {lens:?} cfg {scales:?}"), 1e-6);
         let v = c.input("v", 2 * rows, 64, rng.vec(2 * rows * 64, -3.0, 3.0));
         let x = c.input("x", rows, 64, rng.vec(rows * 64, -30.0, 30.0));
-        let sc = c.input("scalars", 1, scalar_slot::COUNT, scalars(rng, false));
+        let sc = c.input("scalars", lens.len(), scalar_slot::COUNT, batch_scalars(rng, lens.len(), &[]));
         let x_segments = c.graph.add_segments(seg);
         let out = c.output("out", rows, 64);
         c.graph.push(Op::CfgDenoise { v, x, scalars: sc, x_segments, cfg_scales: scales.to_vec(), out });
         cases.push(c);
     }
-    for (n, first_step) in [(1, false), (64 * 217 + 3, false), (64 * 44, true)] {
-        let label = format!("n {n}{}", if first_step { " (first step: zero history coefficients)" } else { "" });
-        let mut c = Case::new("dpmpp_3m_update", label, 1e-6);
-        let x = c.state("x", 1, n, rng.vec(n, -10.0, 10.0));
-        let d1 = c.state("d1", 1, n, rng.vec(n, -10.0, 10.0));
-        let d2 = c.state("d2", 1, n, rng.vec(n, -10.0, 10.0));
-        let denoised = c.input("denoised", 1, n, rng.vec(n, -10.0, 10.0));
-        let noise = c.input("noise", 1, n, rng.vec(n, -3.0, 3.0));
-        let sc = c.input("scalars", 1, scalar_slot::COUNT, scalars(rng, first_step));
-        c.graph.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars: sc });
+    // (rows per request, requests at their first step: zero history coefficients).
+    for (lens, first) in [(&[1usize][..], &[][..]), (&[217, 3], &[1][..]), (&[44][..], &[0][..]), (&[5, 9, 2], &[0, 2])]
+    {
+        let seg = Segments::from_lengths(lens.iter().copied());
+        let n = seg.total() * 64;
+        let mut c = Case::new("dpmpp_3m_update", format!("rows {lens:?} x 64, first steps {first:?}"), 1e-6);
+        let x = c.state("x", seg.total(), 64, rng.vec(n, -10.0, 10.0));
+        let d1 = c.state("d1", seg.total(), 64, rng.vec(n, -10.0, 10.0));
+        let d2 = c.state("d2", seg.total(), 64, rng.vec(n, -10.0, 10.0));
+        let denoised = c.input("denoised", seg.total(), 64, rng.vec(n, -10.0, 10.0));
+        let noise = c.input("noise", seg.total(), 64, rng.vec(n, -3.0, 3.0));
+        let sc = c.input("scalars", lens.len(), scalar_slot::COUNT, batch_scalars(rng, lens.len(), first));
+        let x_segments = c.graph.add_segments(seg);
+        c.graph.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars: sc, x_segments });
         cases.push(c);
     }
-    // (table rows, cols, output rows, step): the first, a middle and the last row of a table.
-    for (table_rows, cols, rows, step) in [(1, 128, 1, 0), (7, 33, 5, 3), (150, 1536, 2, 149)] {
+    // (table rows, cols, each request's table row): the first, a middle and
+    // the last row of a table; the output has a cond and an uncond row per request.
+    for (table_rows, cols, steps) in [(1, 128, &[0usize][..]), (7, 33, &[3, 0, 6]), (300, 1536, &[149, 299])] {
         // A copy: exact.
-        let mut c =
-            Case::new("select_step_row", format!("table [{table_rows}, {cols}] step {step} -> {rows} rows"), 0.0);
+        let mut c = Case::new("select_step_row", format!("table [{table_rows}, {cols}] rows {steps:?}"), 0.0);
         let table = c.input("table", table_rows, cols, rng.vec(table_rows * cols, -3.0, 3.0));
-        let mut sc = scalars(rng, false);
-        sc[scalar_slot::STEP] = step as f32;
-        let sc = c.input("scalars", 1, scalar_slot::COUNT, sc);
-        let out = c.output("out", rows, cols);
+        let mut sc = batch_scalars(rng, steps.len(), &[]);
+        for (r, &step) in steps.iter().enumerate() {
+            sc[r * scalar_slot::COUNT + scalar_slot::STEP] = step as f32;
+        }
+        let sc = c.input("scalars", steps.len(), scalar_slot::COUNT, sc);
+        let out = c.output("out", 2 * steps.len(), cols);
         c.graph.push(Op::SelectStepRow { table, scalars: sc, out });
         cases.push(c);
     }
@@ -668,13 +684,14 @@ fn every_op_has_cases_and_they_run_on_the_cpu() {
 
 #[test]
 fn a_step_outside_the_table_is_an_error_on_the_cpu() {
+    // The bad step is the second request's: every request's row is checked.
     for step in [2.0, -1.0, 0.5, f32::NAN] {
         let mut c = Case::new("select_step_row", String::new(), 0.0);
         let table = c.input("table", 2, 3, vec![1.0; 6]);
-        let mut sc = vec![0.0; scalar_slot::COUNT];
-        sc[scalar_slot::STEP] = step;
-        let sc = c.input("scalars", 1, scalar_slot::COUNT, sc);
-        let out = c.output("out", 1, 3);
+        let mut sc = vec![0.0; 2 * scalar_slot::COUNT];
+        sc[scalar_slot::COUNT + scalar_slot::STEP] = step;
+        let sc = c.input("scalars", 2, scalar_slot::COUNT, sc);
+        let out = c.output("out", 4, 3);
         c.graph.push(Op::SelectStepRow { table, scalars: sc, out });
         let err = run_case(&CpuBackend, &c).expect_err("out-of-table step").to_string();
         assert!(err.contains("step index"), "{err}");

@@ -97,6 +97,20 @@ impl<'w, B: Backend> Executor<'w, B> {
         Ok(out)
     }
 
+    /// Reads rows `rows` of a tensor that outlives the run (one request's part of a batch).
+    pub fn read_rows(&self, t: TensorId, rows: Range<usize>) -> Result<Vec<f32>> {
+        let desc = self.graph.desc(t);
+        if desc.kind == TensorKind::Temp || rows.start > rows.end || rows.end > desc.rows {
+            return Err(Error::InvalidInput(format!(
+                "rows {rows:?} of `{}` ({} rows) cannot be read",
+                desc.name, desc.rows
+            )));
+        }
+        let mut out = vec![0.0; rows.len() * desc.cols];
+        self.backend.read(&self.arena, self.plan.offsets[t.0] + rows.start * desc.cols, &mut out)?;
+        Ok(out)
+    }
+
     /// Runs every op of the graph.
     pub fn run(&mut self) -> Result<()> {
         self.run_ops(0..self.graph.ops.len())

@@ -142,7 +142,9 @@ pub struct Snake {
     pub beta: WeightId,
 }
 
-/// Slots of the per-step scalar input of a sampler step graph (see `sampler::StepScalars`).
+/// Slots of the per-step scalar input of a sampler step graph: one row of
+/// `COUNT` values per request of the batch (`[requests, COUNT]`), so that
+/// requests at different steps of their own schedules run in one step graph.
 pub mod scalar_slot {
     /// v-denoiser input scaling `c_in`: the DiT sees `x * c_in` (`Op::CfgExpand`).
     pub const C_IN: usize = 0;
@@ -160,10 +162,10 @@ pub mod scalar_slot {
     pub const D2: usize = 6;
     /// DPM++ update coefficient of this step's Gaussian noise (`e`; 0 when no noise is added).
     pub const NOISE: usize = 7;
-    /// The step index, as an f32 (exact below 2^24): which row of the per-request
-    /// tables (`Op::SelectStepRow`) this step reads.
+    /// The table row, as an f32 (exact below 2^24), that `Op::SelectStepRow` reads
+    /// for this request this step: its schedule's first row in the table plus its step index.
     pub const STEP: usize = 8;
-    /// Number of slots: the scalar input is `[1, COUNT]`.
+    /// Number of slots: the scalar input is `[requests, COUNT]`.
     pub const COUNT: usize = 9;
 }
 
@@ -302,12 +304,15 @@ pub enum Op {
         /// Output `[Mq, heads * head_dim]`.
         out: TensorId,
     },
-    /// Sampler: the DiT input for cond and uncond, `out = concat(x, x) * c_in`.
+    /// Sampler: the DiT input for cond and uncond, `out = concat(x, x) * c_in`,
+    /// with each request's own `c_in`.
     CfgExpand {
         /// Sampler state `[rows, C]`.
         x: TensorId,
-        /// Step scalars `[1, scalar_slot::COUNT]`; reads `C_IN`.
+        /// Step scalars `[requests, scalar_slot::COUNT]`; reads `C_IN`.
         scalars: TensorId,
+        /// Sequence layout of `x`, one sequence per request (row of `scalars`).
+        x_segments: SegmentsId,
         /// Output `[2 * rows, C]`: cond copy, then uncond copy.
         out: TensorId,
     },
@@ -319,7 +324,7 @@ pub enum Op {
         v: TensorId,
         /// Sampler state `[rows, C]`.
         x: TensorId,
-        /// Step scalars `[1, scalar_slot::COUNT]`; reads `C_SKIP` and `C_OUT`.
+        /// Step scalars `[requests, scalar_slot::COUNT]`; reads `C_SKIP` and `C_OUT`.
         scalars: TensorId,
         /// Sequence layout of `x`, one sequence per request.
         x_segments: SegmentsId,
@@ -330,7 +335,7 @@ pub enum Op {
     },
     /// Sampler: one DPM++ 3M SDE update, in place on the state:
     /// `x = a*x + b*denoised + c*d1 + d*d2 + e*noise; d2 = d1; d1 = denoised`
-    /// with the coefficients from `scalars`.
+    /// with each request's coefficients from its row of `scalars`.
     Dpmpp3mUpdate {
         /// Sampler state `[rows, C]`, updated in place.
         x: TensorId,
@@ -342,20 +347,24 @@ pub enum Op {
         d2: TensorId,
         /// This step's Gaussian noise `[rows, C]`.
         noise: TensorId,
-        /// Step scalars `[1, scalar_slot::COUNT]`; reads `X`, `DENOISED`, `D1`, `D2`, `NOISE`.
+        /// Step scalars `[requests, scalar_slot::COUNT]`; reads `X`, `DENOISED`, `D1`, `D2`, `NOISE`.
         scalars: TensorId,
+        /// Sequence layout of `x`, one sequence per request (row of `scalars`).
+        x_segments: SegmentsId,
     },
-    /// Sampler: every row of `out` is row `step` of `table`, with `step` read from
-    /// `scalars[STEP]` on the device, so that one (captured) step graph serves every
-    /// step of a schedule whose per-step values were computed once into `table`
-    /// (e.g. the timestep embeddings). A step outside the table is an error on the
-    /// CPU and clamped to the last row on the GPU (a kernel cannot fail).
+    /// Sampler: row `j` of `out` is row `scalars[j % requests][STEP]` of `table`,
+    /// read on the device, so that one (captured) step graph serves every step
+    /// of schedules whose per-step values were computed once into `table` (e.g.
+    /// the timestep embeddings), with each request at its own step. (`out` has
+    /// one row per DiT sequence: all cond sequences, then all uncond ones, so
+    /// `j % requests` is the request.) A row outside the table is an error on
+    /// the CPU and clamped to the last row on the GPU (a kernel cannot fail).
     SelectStepRow {
-        /// Per-step values `[steps, cols]`.
+        /// Per-step values `[table_rows, cols]`: each schedule's steps, one block per schedule.
         table: TensorId,
-        /// Step scalars `[1, scalar_slot::COUNT]`; reads `STEP`.
+        /// Step scalars `[requests, scalar_slot::COUNT]`; reads `STEP`.
         scalars: TensorId,
-        /// Output `[rows, cols]`, every row a copy of the selected table row.
+        /// Output `[rows, cols]`, one row per DiT sequence (see above).
         out: TensorId,
     },
     /// VAE: stride-1 convolution over each sequence of `segments` (token-major
@@ -481,7 +490,9 @@ impl Op {
             Attention { q, k, v, .. } => vec![q.tensor, k.tensor, v.tensor],
             CfgExpand { x, scalars, .. } => vec![*x, *scalars],
             CfgDenoise { v, x, scalars, .. } => vec![*v, *x, *scalars],
-            Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => vec![*x, *denoised, *d1, *d2, *noise, *scalars],
+            Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, .. } => {
+                vec![*x, *denoised, *d1, *d2, *noise, *scalars]
+            }
             SelectStepRow { table, scalars, .. } => vec![*table, *scalars],
             Conv1d { x, residual, .. } => [Some(*x), *residual].into_iter().flatten().collect(),
             ConvTranspose1d { x, .. } | SnakeBeta { x, .. } => vec![*x],

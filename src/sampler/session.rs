@@ -14,15 +14,17 @@
 //!   ones, then the CFG/denoise op and the fused DPM++ update, which works in
 //!   place on the state tensors x, d1, d2.
 //!
-//! Per step the host only writes a few scalars (computed in f64, including the
-//! step index that `SelectStepRow` reads on the device) and, when the step adds
-//! noise, the noise. All requests advance in lock-step on the same schedule
-//! (one `SamplerSettings` per batch), so the timestep tables are shared by all
-//! requests and the step index is the same for all; each request has its own
-//! length, video features, CFG scale and seed. (Requests with schedules of
-//! different lengths would need one table block per request and a per-request
-//! step index, e.g. a row offset table; the engine batches only requests with
-//! the same settings.)
+//! Per step the host only writes a few scalars per request (computed in f64,
+//! including the table row that `SelectStepRow` reads on the device) and,
+//! when the step adds noise, the noise. Every request has its own schedule,
+//! step index and DPM++ history: the timestep tables hold one block of rows
+//! per distinct schedule, and each request's scalars point at its row. So a
+//! batch can hold requests at different steps of different schedules, and
+//! `Sampling::recompose` lets requests join and leave between steps
+//! (step-level continuous batching): the graph is planned again for the new
+//! composition and the kept requests' state carried over. Each request's
+//! latents are the ones it gets alone: every row's computation is independent
+//! of the other rows (bit for bit on the CPU).
 
 use super::dpmpp::Dpmpp3mSde;
 use super::rng::fill_normal;
@@ -202,25 +204,52 @@ pub fn sample<B: Backend>(
     sampling.latents()
 }
 
-/// A batch of requests being sampled: the step graph, its arena and the
-/// sampler history. `new` does all the planning and allocation; `step` only
+/// A batch of requests being sampled: the step graph, its arena and each
+/// request's sampler history. Planning does all the allocation; `step` only
 /// writes a few scalars (and noise) and runs the graph.
 pub struct Sampling<'a, B: Backend> {
     backend: &'a B,
     dit: &'a Dit<B>,
-    requests: Vec<Request>,
-    settings: SamplerSettings,
+    members: Vec<Member>,
     io_channels: usize,
     latent_seg: Segments,
     exec: Executor<'a, B>,
     tensors: StepTensors,
-    sigmas: Vec<f64>,
-    history: Dpmpp3mSde,
-    done: usize,
     noise_buf: Vec<f32>,
     noise_scratch: Vec<f32>,
+    scalar_buf: Vec<f32>,
     /// The ops of one step (the request constants come before them).
     step_ops: std::ops::Range<usize>,
+}
+
+/// One request of a batch, where it stands in its own schedule.
+struct Member {
+    request: Request,
+    settings: SamplerSettings,
+    /// Its `steps + 1` noise levels.
+    sigmas: Vec<f64>,
+    history: Dpmpp3mSde,
+    /// Steps run so far.
+    done: usize,
+    /// Row of the timestep tables holding its schedule's step 0.
+    table_row: usize,
+}
+
+impl Member {
+    fn new(request: Request, settings: SamplerSettings) -> Result<Member> {
+        settings.validate()?;
+        let sigmas = settings.sigmas();
+        Ok(Member { request, settings, sigmas, history: Dpmpp3mSde::new(), done: 0, table_row: 0 })
+    }
+
+    fn finished(&self) -> bool {
+        self.done == self.settings.steps
+    }
+
+    /// The timestep `t` of each step of its schedule: what its block of the tables is made from.
+    fn timesteps(&self) -> Vec<f32> {
+        self.sigmas[..self.settings.steps].iter().map(|&s| VScalings::at(s).t as f32).collect()
+    }
 }
 
 struct StepTensors {
@@ -231,37 +260,43 @@ struct StepTensors {
     d2: TensorId,
 }
 
-/// Where a batch stands between two steps: what `Sampling::retain` carries
-/// over to the batch that goes on without some of its requests.
-struct Resume {
-    /// x, denoised_1, denoised_2 of the kept requests, token-major, packed in order.
+/// A request's sampler state between two steps, token-major `[T', C]`: what
+/// `Sampling::recompose` carries over to the batch it goes on in.
+struct MemberState {
     x: Vec<f32>,
     d1: Vec<f32>,
     d2: Vec<f32>,
-    history: Dpmpp3mSde,
-    done: usize,
 }
 
 impl<'a, B: Backend> Sampling<'a, B> {
-    /// Plans the batch's graph and arena, computes its per-request constants and writes the initial noise.
+    /// Plans the batch's graph and arena, computes its per-request constants and
+    /// writes the initial noise; every request follows `settings`.
     pub fn new(backend: &'a B, dit: &'a Dit<B>, requests: &[Request], settings: &SamplerSettings) -> Result<Self> {
-        Self::plan(backend, dit, requests.to_vec(), settings, None)
+        Self::with_settings(backend, dit, requests.iter().map(|r| (r.clone(), settings.clone())).collect())
     }
 
-    /// Plans the graph for `requests` and runs its constants; starts from each
-    /// request's initial noise, or from `resume` (a batch that went on without
-    /// some of its requests).
+    /// As `new`, with each request's own schedule and sampler settings.
+    pub fn with_settings(backend: &'a B, dit: &'a Dit<B>, requests: Vec<(Request, SamplerSettings)>) -> Result<Self> {
+        let members = requests.into_iter().map(|(r, s)| Member::new(r, s)).collect::<Result<Vec<_>>>()?;
+        let states = members.iter().map(|_| None).collect();
+        Self::plan(backend, dit, members, states)
+    }
+
+    /// Plans the graph for `members` and runs its constants; each starts from
+    /// its initial noise, or from its carried-over state.
     fn plan(
         backend: &'a B,
         dit: &'a Dit<B>,
-        requests: Vec<Request>,
-        settings: &SamplerSettings,
-        resume: Option<Resume>,
+        mut members: Vec<Member>,
+        states: Vec<Option<MemberState>>,
     ) -> Result<Self> {
-        settings.validate()?;
         let cfg = &dit.config;
         let (io, cd) = (cfg.io_channels, cfg.cond_token_dim);
-        for (i, r) in requests.iter().enumerate() {
+        if members.is_empty() {
+            return Err(Error::InvalidInput("a sampling batch needs at least one request".into()));
+        }
+        for (i, m) in members.iter().enumerate() {
+            let r = &m.request;
             if r.features.shape.len() != 2 || r.features.shape[1] != cd {
                 return Err(Error::InvalidInput(format!(
                     "request {i}: features have shape {:?}, expected [N, {cd}]",
@@ -273,19 +308,38 @@ impl<'a, B: Backend> Sampling<'a, B> {
                 return Err(Error::InvalidInput(format!("request {i}: the CFG scale must be finite")));
             }
         }
-        let cond: Vec<DitSequence> = requests
+        let cond: Vec<DitSequence> = members
             .iter()
-            .map(|r| DitSequence { latent_len: r.latent_len, context_len: r.features.shape[0] })
+            .map(|m| DitSequence { latent_len: m.request.latent_len, context_len: m.request.features.shape[0] })
             .collect();
         let batch = DitBatch { sequences: cond.iter().chain(cond.iter()).copied().collect() };
         dit.check_batch(&batch)?;
-        let latent_seg = Segments::from_lengths(requests.iter().map(|r| r.latent_len));
+        let latent_seg = Segments::from_lengths(members.iter().map(|m| m.request.latent_len));
         let rows = latent_seg.total();
 
-        let sigmas = settings.sigmas();
+        // The timestep tables: one block of rows per distinct schedule.
+        let mut schedules: Vec<Vec<f32>> = Vec::new();
+        let mut table_rows = 0;
+        for m in &mut members {
+            let ts = m.timesteps();
+            m.table_row = match schedules.iter().position(|s| *s == ts) {
+                Some(k) => schedules[..k].iter().map(Vec::len).sum(),
+                None => {
+                    let row = table_rows;
+                    table_rows += ts.len();
+                    schedules.push(ts);
+                    row
+                }
+            };
+        }
+        // The step graph reads table rows as f32 (`scalar_slot::STEP`).
+        if table_rows > 1 << 24 {
+            return Err(Error::Limit(format!("the batch's schedules have {table_rows} steps in all, more than 2^24")));
+        }
+
         let mut g = Graph::new();
-        let scalars = g.input("step_scalars", 1, slot::COUNT);
-        let t_table = g.input("schedule_t", settings.steps, 1);
+        let scalars = g.input("step_scalars", members.len(), slot::COUNT);
+        let t_table = g.input("schedule_t", table_rows, 1);
         let features = g.input("features", batch.context_rows(), cd);
         let noise = g.input("noise", rows, io);
         let x = g.tensor("x", rows, io, TensorKind::State);
@@ -300,7 +354,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         }
         let constants_end = g.ops.len();
 
-        // The step: this step's rows of the timestep tables, one per DiT sequence.
+        // The step: each request's row of the timestep tables, one per DiT sequence.
         let select = |g: &mut Graph, table: TensorId| {
             let d = g.desc(table).clone();
             let out = g.temp(format!("{}.step", d.name), batch.len(), d.cols);
@@ -312,112 +366,155 @@ impl<'a, B: Backend> Sampling<'a, B> {
             modulation: timestep.modulation.iter().map(|&m| select(&mut g, m)).collect(),
             cross_kv,
         };
-        let x_in = g.temp("x_in", 2 * rows, io);
-        g.push(Op::CfgExpand { x, scalars, out: x_in });
-        let v = dit.build_denoiser(&mut g, &batch, x_in, &conditioning);
         let x_segments = g.add_segments(latent_seg.clone());
+        let x_in = g.temp("x_in", 2 * rows, io);
+        g.push(Op::CfgExpand { x, scalars, x_segments, out: x_in });
+        let v = dit.build_denoiser(&mut g, &batch, x_in, &conditioning);
         let denoised = g.temp("denoised", rows, io);
         g.push(Op::CfgDenoise {
             v,
             x,
             scalars,
             x_segments,
-            cfg_scales: requests.iter().map(|r| r.cfg_scale).collect(),
+            cfg_scales: members.iter().map(|m| m.request.cfg_scale).collect(),
             out: denoised,
         });
-        g.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars });
+        g.push(Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, x_segments });
         let step_ops = constants_end..g.ops.len();
         let mut exec = Executor::new(backend, dit.weights(), g)?;
 
         // Conditional features, then zeros for the unconditional branch.
-        let mut f: Vec<f32> = requests.iter().flat_map(|r| r.features.data.iter().copied()).collect();
+        let mut f: Vec<f32> = members.iter().flat_map(|m| m.request.features.data.iter().copied()).collect();
         f.resize(batch.context_rows() * cd, 0.0);
         exec.write(features, &f)?;
-        let ts: Vec<f32> = sigmas[..settings.steps].iter().map(|&s| VScalings::at(s).t as f32).collect();
-        exec.write(t_table, &ts)?;
+        exec.write(t_table, &schedules.concat())?;
         exec.run_ops(0..constants_end)?;
 
-        let (history, done) = match resume {
-            None => {
-                let mut x0 = Vec::with_capacity(rows * io);
-                for r in &requests {
-                    r.noise.append_token_major(0, io, r.latent_len, &mut Vec::new(), &mut x0)?;
+        // The state: carried over, or each request's initial noise (and zero history).
+        let (mut x0, mut h1, mut h2) = (Vec::with_capacity(rows * io), Vec::new(), Vec::new());
+        for (m, state) in members.iter().zip(states) {
+            let n = m.request.latent_len * io;
+            match state {
+                Some(state) => {
+                    x0.extend_from_slice(&state.x);
+                    h1.extend_from_slice(&state.d1);
+                    h2.extend_from_slice(&state.d2);
                 }
-                x0.iter_mut().for_each(|z| *z = (*z as f64 * sigmas[0]) as f32);
-                exec.write(x, &x0)?;
-                (Dpmpp3mSde::new(), 0)
+                None => {
+                    let start = x0.len();
+                    m.request.noise.append_token_major(0, io, m.request.latent_len, &mut Vec::new(), &mut x0)?;
+                    x0[start..].iter_mut().for_each(|z| *z = (*z as f64 * m.sigmas[0]) as f32);
+                    h1.resize(h1.len() + n, 0.0);
+                    h2.resize(h2.len() + n, 0.0);
+                }
             }
-            Some(state) => {
-                exec.write(x, &state.x)?;
-                exec.write(d1, &state.d1)?;
-                exec.write(d2, &state.d2)?;
-                (state.history, state.done)
-            }
-        };
+        }
+        exec.write(x, &x0)?;
+        exec.write(d1, &h1)?;
+        exec.write(d2, &h2)?;
 
         Ok(Sampling {
             backend,
             dit,
-            requests,
-            settings: settings.clone(),
+            members,
             io_channels: io,
             latent_seg,
             exec,
             tensors: StepTensors { scalars, noise, x, d1, d2 },
             step_ops,
-            sigmas,
-            history,
-            done,
             noise_buf: Vec::with_capacity(rows * io),
             noise_scratch: Vec::new(),
+            scalar_buf: Vec::new(),
         })
     }
 
-    /// Steps run so far, `0..=settings.steps`.
+    /// Steps run so far by the request furthest behind (all of a batch made by
+    /// `new` run in lock-step).
     pub fn steps_done(&self) -> usize {
-        self.done
+        self.members.iter().map(|m| m.done).min().unwrap_or(0)
+    }
+
+    /// Steps run so far and steps in all, of the batch's request `b`.
+    pub fn progress_of(&self, b: usize) -> (usize, usize) {
+        (self.members[b].done, self.members[b].settings.steps)
+    }
+
+    /// Number of requests in the batch.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the batch has no request (never true: a batch holds at least one).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Latent rows of the batch (the sum of its requests' latent lengths).
+    pub fn rows(&self) -> usize {
+        self.latent_seg.total()
     }
 
     /// The requests of this batch, in order.
-    pub fn requests(&self) -> &[Request] {
-        &self.requests
+    pub fn requests(&self) -> Vec<&Request> {
+        self.members.iter().map(|m| &m.request).collect()
+    }
+
+    /// Whether request `b` ran all the steps of its schedule.
+    pub fn is_finished(&self, b: usize) -> bool {
+        self.members[b].finished()
     }
 
     /// Goes on without the requests for which `keep(index)` is false (cancelled
-    /// ones): the graph is planned again for the others, their constants
-    /// recomputed and their sampler state (x and the two previous denoised
-    /// values, the step history) carried over, so that their latents are those
-    /// they would have got in the full batch, bit for bit on the CPU (every row's
-    /// computation is independent of the others). `None` when no request is kept.
+    /// ones); see `recompose`. `None` when no request is kept.
     pub fn retain(self, keep: impl Fn(usize) -> bool) -> Result<Option<Sampling<'a, B>>> {
-        let kept: Vec<usize> = (0..self.requests.len()).filter(|&b| keep(b)).collect();
-        if kept.len() == self.requests.len() {
+        self.recompose(keep, Vec::new())
+    }
+
+    /// Goes on without the requests for which `keep(index)` is false (finished
+    /// or cancelled ones) and with `add` (new requests with their settings,
+    /// appended after the kept ones, from their first step): the graph is
+    /// planned again for the new composition, its constants recomputed and
+    /// the kept requests' sampler state (x, the two previous denoised values,
+    /// the step history) carried over, so that every request's latents are
+    /// those it gets alone, bit for bit on the CPU. `None` when the batch
+    /// would be empty. Costs one planning and one run of the request
+    /// constants (cross-attention K/V, timestep tables): about one step.
+    pub fn recompose(
+        self,
+        keep: impl Fn(usize) -> bool,
+        add: Vec<(Request, SamplerSettings)>,
+    ) -> Result<Option<Sampling<'a, B>>> {
+        let kept: Vec<usize> = (0..self.members.len()).filter(|&b| keep(b)).collect();
+        if kept.len() == self.members.len() && add.is_empty() {
             return Ok(Some(self));
         }
-        if kept.is_empty() {
+        let added = add.into_iter().map(|(r, s)| Member::new(r, s)).collect::<Result<Vec<_>>>()?;
+        if kept.is_empty() && added.is_empty() {
             return Ok(None);
         }
         let io = self.io_channels;
-        let rows_of = |all: &[f32]| -> Vec<f32> {
-            kept.iter()
-                .flat_map(|&b| {
-                    let r = self.latent_seg.range(b);
-                    all[r.start * io..r.end * io].iter().copied()
-                })
-                .collect()
+        let (x, d1, d2) =
+            (self.exec.read(self.tensors.x)?, self.exec.read(self.tensors.d1)?, self.exec.read(self.tensors.d2)?);
+        let rows_of = |all: &[f32], b: usize| {
+            let r = self.latent_seg.range(b);
+            all[r.start * io..r.end * io].to_vec()
         };
-        let state = Resume {
-            x: rows_of(&self.exec.read(self.tensors.x)?),
-            d1: rows_of(&self.exec.read(self.tensors.d1)?),
-            d2: rows_of(&self.exec.read(self.tensors.d2)?),
-            history: self.history,
-            done: self.done,
-        };
-        let requests = kept.iter().map(|&b| self.requests[b].clone()).collect();
-        let (backend, dit, settings) = (self.backend, self.dit, self.settings.clone());
-        // Free this batch's arena before planning the smaller one.
-        drop(self);
-        Ok(Some(Self::plan(backend, dit, requests, &settings, Some(state))?))
+        let mut states: Vec<Option<MemberState>> = kept
+            .iter()
+            .map(|&b| Some(MemberState { x: rows_of(&x, b), d1: rows_of(&d1, b), d2: rows_of(&d2, b) }))
+            .collect();
+        states.extend(added.iter().map(|_| None));
+        let (backend, dit) = (self.backend, self.dit);
+        let mut members = self.members;
+        let mut b = 0;
+        members.retain(|_| {
+            b += 1;
+            kept.contains(&(b - 1))
+        });
+        members.extend(added);
+        // Free this batch's arena before planning the new one.
+        drop((self.exec, x, d1, d2));
+        Ok(Some(Self::plan(backend, dit, members, states)?))
     }
 
     /// Bytes of the arena this batch needs (activations and sampler state).
@@ -433,66 +530,99 @@ impl<'a, B: Backend> Sampling<'a, B> {
         g.ops[self.step_ops.clone()].iter().map(|op| g.op_flops(op)).sum()
     }
 
-    /// Runs the next step; false when all steps were already done.
+    /// Runs the next step of every request; false when all had run all their
+    /// steps. A batch whose requests finish at different steps must let the
+    /// finished ones go (`recompose`) before it steps again: stepping it is an error.
     pub fn step(&mut self) -> Result<bool> {
-        let i = self.done;
-        if i == self.settings.steps {
+        let finished = self.members.iter().filter(|m| m.finished()).count();
+        if finished == self.members.len() {
             return Ok(false);
         }
-        let (sigmas, io) = (&self.sigmas, self.io_channels);
-        let s = VScalings::at(sigmas[i]);
-        let k = self.history.step(sigmas[i], sigmas[i + 1], self.settings.eta, self.settings.s_noise);
-        let mut step_scalars = [0.0f32; slot::COUNT];
-        step_scalars[slot::C_IN] = s.c_in as f32;
-        step_scalars[slot::C_SKIP] = s.c_skip as f32;
-        step_scalars[slot::C_OUT] = s.c_out as f32;
-        step_scalars[slot::X] = k.x as f32;
-        step_scalars[slot::DENOISED] = k.denoised as f32;
-        step_scalars[slot::D1] = k.d1 as f32;
-        step_scalars[slot::D2] = k.d2 as f32;
-        step_scalars[slot::NOISE] = k.noise as f32;
-        step_scalars[slot::STEP] = i as f32;
-        self.exec.write(self.tensors.scalars, &step_scalars)?;
-        if k.noise != 0.0 && !self.noise_on_device(i + 1)? {
+        if finished > 0 {
+            return Err(Error::InvalidInput(format!(
+                "{finished} of the batch's {} requests finished their steps: they must leave the batch \
+                 (Sampling::recompose) before it steps again",
+                self.members.len()
+            )));
+        }
+        let io = self.io_channels;
+        self.scalar_buf.clear();
+        let mut any_noise = false;
+        let mut noise_scales = Vec::with_capacity(self.members.len());
+        for m in &mut self.members {
+            let (i, sigmas) = (m.done, &m.sigmas);
+            let s = VScalings::at(sigmas[i]);
+            let k = m.history.step(sigmas[i], sigmas[i + 1], m.settings.eta, m.settings.s_noise);
+            let mut row = [0.0f32; slot::COUNT];
+            row[slot::C_IN] = s.c_in as f32;
+            row[slot::C_SKIP] = s.c_skip as f32;
+            row[slot::C_OUT] = s.c_out as f32;
+            row[slot::X] = k.x as f32;
+            row[slot::DENOISED] = k.denoised as f32;
+            row[slot::D1] = k.d1 as f32;
+            row[slot::D2] = k.d2 as f32;
+            row[slot::NOISE] = k.noise as f32;
+            row[slot::STEP] = (m.table_row + i) as f32;
+            self.scalar_buf.extend_from_slice(&row);
+            any_noise |= k.noise != 0.0;
+            noise_scales.push(k.noise != 0.0);
+        }
+        self.exec.write(self.tensors.scalars, &self.scalar_buf)?;
+        // Noise of stream `done + 1` for each request whose update adds noise;
+        // the others' rows are not read (a zero coefficient skips the term).
+        if any_noise && !self.noise_on_device(&noise_scales)? {
             self.noise_buf.clear();
-            for r in &self.requests {
-                r.noise.append_token_major(i + 1, io, r.latent_len, &mut self.noise_scratch, &mut self.noise_buf)?;
+            for (m, &adds) in self.members.iter().zip(&noise_scales) {
+                let r = &m.request;
+                if adds {
+                    r.noise.append_token_major(
+                        m.done + 1,
+                        io,
+                        r.latent_len,
+                        &mut self.noise_scratch,
+                        &mut self.noise_buf,
+                    )?;
+                } else {
+                    self.noise_buf.resize(self.noise_buf.len() + r.latent_len * io, 0.0);
+                }
             }
             self.exec.write(self.tensors.noise, &self.noise_buf)?;
         }
         self.exec.run_repeated(self.step_ops.clone())?;
-        self.done += 1;
+        self.members.iter_mut().for_each(|m| m.done += 1);
         Ok(true)
     }
 
-    /// Generates the seeded noise of `stream` on the device when the backend
-    /// can and no request injects its own; false means: upload host noise.
-    /// (Same generator: equal to the host's noise up to a rare last-bit
-    /// difference of the f64 transcendental functions.)
-    fn noise_on_device(&mut self, stream: usize) -> Result<bool> {
-        if self.requests.iter().any(|r| r.noise.steps.is_some()) {
+    /// Generates the seeded noise of each request that needs it (`adds[b]`) on
+    /// the device when the backend can and no request injects its own; false
+    /// means: upload host noise. (Same generator: equal to the host's noise up
+    /// to a rare last-bit difference of the f64 transcendental functions.)
+    fn noise_on_device(&mut self, adds: &[bool]) -> Result<bool> {
+        if self.members.iter().any(|m| m.request.noise.steps.is_some()) {
             return Ok(false);
         }
-        for (b, r) in self.requests.iter().enumerate() {
+        for (b, m) in self.members.iter().enumerate().filter(|(b, _)| adds[*b]) {
             let row = self.latent_seg.offsets[b];
-            if !self.exec.fill_noise(self.tensors.noise, row, r.noise.seed, stream as u32, r.latent_len)? {
+            let (seed, stream) = (m.request.noise.seed, (m.done + 1) as u32);
+            if !self.exec.fill_noise(self.tensors.noise, row, seed, stream, m.request.latent_len)? {
                 return Ok(false);
             }
         }
         Ok(true)
     }
 
+    /// Latents `[io_channels, T']` of request `b` (final once it ran all its steps).
+    pub fn latents_of(&self, b: usize) -> Result<HostTensor> {
+        let io = self.io_channels;
+        let r = self.latent_seg.range(b);
+        let out = self.exec.read_rows(self.tensors.x, r.clone())?;
+        ensure_finite("sampled latents", &out)?;
+        Ok(HostTensor::new(vec![r.len(), io], out).transposed())
+    }
+
     /// Latents `[io_channels, T']` per request (final once all steps ran).
     pub fn latents(&self) -> Result<Vec<HostTensor>> {
-        let io = self.io_channels;
-        let out = self.exec.read(self.tensors.x)?;
-        ensure_finite("sampled latents", &out)?;
-        Ok((0..self.requests.len())
-            .map(|b| {
-                let r = self.latent_seg.range(b);
-                HostTensor::new(vec![r.len(), io], out[r.start * io..r.end * io].to_vec()).transposed()
-            })
-            .collect())
+        (0..self.members.len()).map(|b| self.latents_of(b)).collect()
     }
 }
 

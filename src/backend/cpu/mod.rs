@@ -332,29 +332,43 @@ impl Backend for CpuBackend {
                     io.output(*out),
                 );
             }
-            Op::CfgExpand { x, scalars, out } => {
-                sampler_ops::cfg_expand(io.input(*x), io.input(*scalars), io.output(*out))
+            Op::CfgExpand { x, scalars, x_segments, out } => {
+                sampler_ops::check_scalars("cfg_expand", g.desc(*scalars).len(), g.seg(*x_segments))?;
+                sampler_ops::cfg_expand(
+                    io.input(*x),
+                    g.desc(*x).cols,
+                    io.input(*scalars),
+                    g.seg(*x_segments),
+                    io.output(*out),
+                )
             }
-            Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => sampler_ops::cfg_denoise(
-                io.input(*v),
-                io.input(*x),
-                g.desc(*x).cols,
-                io.input(*scalars),
-                g.seg(*x_segments),
-                cfg_scales,
-                io.output(*out),
-            ),
-            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => sampler_ops::dpmpp_3m_update(
-                io.output(*x),
-                io.input(*denoised),
-                io.output(*d1),
-                io.output(*d2),
-                io.input(*noise),
-                io.input(*scalars),
-            ),
+            Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => {
+                sampler_ops::check_scalars("cfg_denoise", g.desc(*scalars).len(), g.seg(*x_segments))?;
+                sampler_ops::cfg_denoise(
+                    io.input(*v),
+                    io.input(*x),
+                    g.desc(*x).cols,
+                    io.input(*scalars),
+                    g.seg(*x_segments),
+                    cfg_scales,
+                    io.output(*out),
+                )
+            }
+            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, x_segments } => {
+                sampler_ops::check_scalars("dpmpp_3m_update", g.desc(*scalars).len(), g.seg(*x_segments))?;
+                let state = sampler_ops::SamplerState { x: io.output(*x), d1: io.output(*d1), d2: io.output(*d2) };
+                sampler_ops::dpmpp_3m_update(
+                    state,
+                    io.input(*denoised),
+                    io.input(*noise),
+                    g.desc(*x).cols,
+                    io.input(*scalars),
+                    g.seg(*x_segments),
+                )
+            }
             Op::SelectStepRow { table, scalars, out } => {
                 let (td, od) = (g.desc(*table), g.desc(*out));
-                if td.cols != od.cols || g.desc(*scalars).len() <= crate::graph::scalar_slot::STEP {
+                if td.cols != od.cols || g.desc(*scalars).cols != crate::graph::scalar_slot::COUNT {
                     return Err(Error::InvalidInput(format!(
                         "graph bug: select_step_row from `{}` ({} columns) into `{}` ({} columns), or no step scalar",
                         td.name, td.cols, od.name, od.cols

@@ -1,6 +1,10 @@
 //! The sampler's element-wise ops: CFG input expansion, CFG + v-denoiser, the
 //! DPM++ 3M SDE update with coefficients prepared on the host in f64, and the
 //! per-step row of a table of per-request constants.
+//!
+//! `scalars` is `[requests, scalar_slot::COUNT]`: every request of a batch has
+//! its own row (its own step of its own schedule), and `x_segments` says which
+//! rows of the state belong to which request.
 
 use rayon::prelude::*;
 
@@ -8,17 +12,41 @@ use crate::error::{Error, Result};
 use crate::graph::Segments;
 use crate::graph::scalar_slot as slot;
 
-/// `out = concat(x, x) * c_in` (the cond and uncond halves of the DiT batch).
-pub fn cfg_expand(x: &[f32], scalars: &[f32], out: &mut [f32]) {
-    let c_in = scalars[slot::C_IN];
-    let (cond, uncond) = out.split_at_mut(x.len());
-    cond.par_iter_mut().zip(uncond.par_iter_mut()).zip(x.par_iter()).for_each(|((c, u), &v)| {
-        *c = v * c_in;
-        *u = v * c_in;
-    });
+/// Request `r`'s row of the step scalars.
+fn scalars_of(scalars: &[f32], r: usize) -> &[f32] {
+    &scalars[r * slot::COUNT..(r + 1) * slot::COUNT]
 }
 
-/// `denoised = (v_u + (v_c - v_u) * cfg) * c_out + x * c_skip`, per request `cfg`.
+/// Checks that the scalars hold one row per request of `x_segments`.
+pub fn check_scalars(op: &str, scalars_len: usize, x_segments: &Segments) -> Result<()> {
+    if scalars_len != x_segments.count() * slot::COUNT {
+        return Err(Error::InvalidInput(format!(
+            "graph bug: {op} has {scalars_len} step scalars for {} requests of {} each",
+            x_segments.count(),
+            slot::COUNT
+        )));
+    }
+    Ok(())
+}
+
+/// `out = concat(x, x) * c_in` (the cond and uncond halves of the DiT batch),
+/// with each request's `c_in`.
+pub fn cfg_expand(x: &[f32], cols: usize, scalars: &[f32], x_segments: &Segments, out: &mut [f32]) {
+    let (cond, uncond) = out.split_at_mut(x.len());
+    for r in 0..x_segments.count() {
+        let c_in = scalars_of(scalars, r)[slot::C_IN];
+        let span = x_segments.range(r);
+        let span = span.start * cols..span.end * cols;
+        cond[span.clone()].par_iter_mut().zip(uncond[span.clone()].par_iter_mut()).zip(x[span].par_iter()).for_each(
+            |((c, u), &v)| {
+                *c = v * c_in;
+                *u = v * c_in;
+            },
+        );
+    }
+}
+
+/// `denoised = (v_u + (v_c - v_u) * cfg) * c_out + x * c_skip`, per request `cfg`, `c_out`, `c_skip`.
 pub fn cfg_denoise(
     v: &[f32],
     x: &[f32],
@@ -28,9 +56,10 @@ pub fn cfg_denoise(
     cfg_scales: &[f32],
     out: &mut [f32],
 ) {
-    let (c_skip, c_out) = (scalars[slot::C_SKIP], scalars[slot::C_OUT]);
     let (v_cond, v_uncond) = v.split_at(x.len());
     for (r, &scale) in cfg_scales.iter().enumerate() {
+        let s = scalars_of(scalars, r);
+        let (c_skip, c_out) = (s[slot::C_SKIP], s[slot::C_OUT]);
         let span = x_segments.range(r);
         let span = span.start * cols..span.end * cols;
         out[span.clone()].par_iter_mut().enumerate().for_each(|(i, o)| {
@@ -41,49 +70,74 @@ pub fn cfg_denoise(
     }
 }
 
-/// `x = a x + b den + c d1 + d d2 + e z; d2 = d1; d1 = den`, element by element.
-pub fn dpmpp_3m_update(
-    x: &mut [f32],
-    denoised: &[f32],
-    d1: &mut [f32],
-    d2: &mut [f32],
-    noise: &[f32],
-    scalars: &[f32],
-) {
-    let (a, b, c, d, e) =
-        (scalars[slot::X], scalars[slot::DENOISED], scalars[slot::D1], scalars[slot::D2], scalars[slot::NOISE]);
-    x.par_iter_mut().zip(d1.par_iter_mut()).zip(d2.par_iter_mut()).enumerate().for_each(|(i, ((x, d1), d2))| {
-        let den = denoised[i];
-        // Zero coefficients must not touch the term: history buffers start as zeros,
-        // and the noise buffer is not refreshed on steps without noise.
-        let mut acc = a * *x + b * den;
-        if c != 0.0 {
-            acc += c * *d1;
-        }
-        if d != 0.0 {
-            acc += d * *d2;
-        }
-        if e != 0.0 {
-            acc += e * noise[i];
-        }
-        *x = acc;
-        *d2 = *d1;
-        *d1 = den;
-    });
+/// The state tensors `Dpmpp3mUpdate` updates in place.
+pub struct SamplerState<'a> {
+    /// The sample being denoised.
+    pub x: &'a mut [f32],
+    /// The previous step's denoised estimate.
+    pub d1: &'a mut [f32],
+    /// The denoised estimate of two steps back.
+    pub d2: &'a mut [f32],
 }
 
-/// Every row of `out` is row `scalars[STEP]` of `table` (`[table_rows, cols]`,
-/// `cols` = width of `out`'s rows).
+/// `x = a x + b den + c d1 + d d2 + e z; d2 = d1; d1 = den`, element by element,
+/// with each request's coefficients.
+pub fn dpmpp_3m_update(
+    state: SamplerState,
+    denoised: &[f32],
+    noise: &[f32],
+    cols: usize,
+    scalars: &[f32],
+    x_segments: &Segments,
+) {
+    let SamplerState { x, d1, d2 } = state;
+    for r in 0..x_segments.count() {
+        let s = scalars_of(scalars, r);
+        let (a, b, c, d, e) = (s[slot::X], s[slot::DENOISED], s[slot::D1], s[slot::D2], s[slot::NOISE]);
+        let span = x_segments.range(r);
+        let span = span.start * cols..span.end * cols;
+        let start = span.start;
+        let (x, d1, d2) = (&mut x[span.clone()], &mut d1[span.clone()], &mut d2[span]);
+        x.par_iter_mut().zip(d1.par_iter_mut()).zip(d2.par_iter_mut()).enumerate().for_each(|(i, ((x, d1), d2))| {
+            let den = denoised[start + i];
+            // Zero coefficients must not touch the term: history buffers start as zeros,
+            // and the noise buffer is not refreshed on steps without noise.
+            let mut acc = a * *x + b * den;
+            if c != 0.0 {
+                acc += c * *d1;
+            }
+            if d != 0.0 {
+                acc += d * *d2;
+            }
+            if e != 0.0 {
+                acc += e * noise[start + i];
+            }
+            *x = acc;
+            *d2 = *d1;
+            *d1 = den;
+        });
+    }
+}
+
+/// Row `j` of `out` is row `scalars[j % requests][STEP]` of `table`
+/// (`[table_rows, cols]`, `cols` = width of `out`'s rows).
 pub fn select_step_row(table: &[f32], table_rows: usize, scalars: &[f32], out: &mut [f32]) -> Result<()> {
-    let step = scalars[slot::STEP];
-    if !(step >= 0.0 && step.fract() == 0.0 && (step as usize) < table_rows) {
-        return Err(Error::InvalidInput(format!("step index {step} is not a row of a table of {table_rows} steps")));
+    let requests = scalars.len() / slot::COUNT;
+    if requests == 0 || scalars.len() % slot::COUNT != 0 {
+        return Err(Error::InvalidInput(format!("graph bug: select_step_row has {} step scalars", scalars.len())));
     }
     if table.is_empty() {
         return Ok(());
     }
     let cols = table.len() / table_rows;
-    let row = &table[step as usize * cols..(step as usize + 1) * cols];
-    out.chunks_exact_mut(cols).for_each(|o| o.copy_from_slice(row));
+    for (j, o) in out.chunks_exact_mut(cols).enumerate() {
+        let step = scalars_of(scalars, j % requests)[slot::STEP];
+        if !(step >= 0.0 && step.fract() == 0.0 && (step as usize) < table_rows) {
+            return Err(Error::InvalidInput(format!(
+                "step index {step} is not a row of a table of {table_rows} steps"
+            )));
+        }
+        o.copy_from_slice(&table[step as usize * cols..(step as usize + 1) * cols]);
+    }
     Ok(())
 }

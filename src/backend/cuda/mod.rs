@@ -1035,15 +1035,25 @@ impl Backend for CudaBackend {
                 )?;
             }
             Op::Attention { .. } => self.run_attention(op, ctx, &ptr)?,
-            Op::CfgExpand { x, scalars, out } => {
-                if len(*out) != 2 * len(*x) {
+            Op::CfgExpand { x, scalars, x_segments, out } => {
+                let seg = g.seg(*x_segments);
+                if len(*out) != 2 * len(*x) || seg.total() * cols(*x) != len(*x) {
                     return Err(Error::InvalidInput("cfg_expand: the output must hold x twice".into()));
                 }
-                // cfg_expand(x, scalars, out, n)
+                check_step_scalars("cfg_expand", len(*scalars), seg)?;
+                let offsets = self.offsets(ctx.arena, seg)?;
+                // cfg_expand(x, scalars, x_offsets, count, cols, out)
                 self.launch_elementwise(
                     "cfg_expand",
                     len(*x),
-                    &[Arg::Ptr(ptr(*x)), Arg::Ptr(ptr(*scalars)), Arg::Ptr(ptr(*out)), Arg::I64(len(*x) as i64)],
+                    &[
+                        Arg::Ptr(ptr(*x)),
+                        Arg::Ptr(ptr(*scalars)),
+                        Arg::Ptr(offsets),
+                        Arg::I32(seg.count() as i32),
+                        Arg::I64(cols(*x) as i64),
+                        Arg::Ptr(ptr(*out)),
+                    ],
                 )?;
             }
             Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => {
@@ -1053,6 +1063,7 @@ impl Backend for CudaBackend {
                         "cfg_denoise: v must hold cond and uncond rows of x, one CFG scale per request".into(),
                     ));
                 }
+                check_step_scalars("cfg_denoise", len(*scalars), seg)?;
                 let offsets = self.offsets(ctx.arena, seg)?;
                 let scales = self.table(ctx.arena, cfg_scales.iter().map(|s| s.to_bits()).collect())?;
                 // cfg_denoise(v, x, scalars, x_offsets, cfg, count, cols, out)
@@ -1071,11 +1082,20 @@ impl Backend for CudaBackend {
                     ],
                 )?;
             }
-            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars } => {
-                // dpmpp_3m_update(x, denoised, d1, d2, noise, scalars, n)
+            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, x_segments } => {
+                let seg = g.seg(*x_segments);
+                let n = len(*x);
+                if seg.total() * cols(*x) != n || [*denoised, *d1, *d2, *noise].iter().any(|&t| len(t) != n) {
+                    return Err(Error::InvalidInput(
+                        "dpmpp_3m_update: x, denoised, d1, d2 and noise must have the rows of the requests".into(),
+                    ));
+                }
+                check_step_scalars("dpmpp_3m_update", len(*scalars), seg)?;
+                let offsets = self.offsets(ctx.arena, seg)?;
+                // dpmpp_3m_update(x, denoised, d1, d2, noise, scalars, x_offsets, count, cols)
                 self.launch_elementwise(
                     "dpmpp_3m_update",
-                    len(*x),
+                    n,
                     &[
                         Arg::Ptr(ptr(*x)),
                         Arg::Ptr(ptr(*denoised)),
@@ -1083,7 +1103,9 @@ impl Backend for CudaBackend {
                         Arg::Ptr(ptr(*d2)),
                         Arg::Ptr(ptr(*noise)),
                         Arg::Ptr(ptr(*scalars)),
-                        Arg::I64(len(*x) as i64),
+                        Arg::Ptr(offsets),
+                        Arg::I32(seg.count() as i32),
+                        Arg::I64(cols(*x) as i64),
                     ],
                 )?;
             }
@@ -1092,14 +1114,19 @@ impl Backend for CudaBackend {
                 self.run_vision_op(op, ctx, &ptr)?
             }
             Op::SelectStepRow { table, scalars, out } => {
-                if cols(*table) != cols(*out) || rows(*table) == 0 || len(*scalars) <= scalar_slot::STEP {
+                let requests = rows(*scalars);
+                if cols(*table) != cols(*out)
+                    || rows(*table) == 0
+                    || cols(*scalars) != scalar_slot::COUNT
+                    || requests == 0
+                {
                     return Err(Error::InvalidInput(format!(
-                        "select_step_row: `{}` must be a non-empty table as wide as `{}`",
+                        "select_step_row: `{}` must be a non-empty table as wide as `{}`, with step scalars",
                         g.desc(*table).name,
                         g.desc(*out).name
                     )));
                 }
-                // select_step_row(table, table_rows, scalars, out, rows, cols)
+                // select_step_row(table, table_rows, scalars, requests, out, rows, cols)
                 self.launch_elementwise(
                     "select_step_row",
                     len(*out),
@@ -1107,6 +1134,7 @@ impl Backend for CudaBackend {
                         Arg::Ptr(ptr(*table)),
                         Arg::I32(rows(*table) as i32),
                         Arg::Ptr(ptr(*scalars)),
+                        Arg::I32(requests as i32),
                         Arg::Ptr(ptr(*out)),
                         Arg::I64(rows(*out) as i64),
                         Arg::I64(cols(*out) as i64),
@@ -1116,6 +1144,18 @@ impl Backend for CudaBackend {
         }
         Ok(())
     }
+}
+
+/// Checks that the step scalars hold one row per request of `x_segments`.
+fn check_step_scalars(op: &str, scalars_len: usize, x_segments: &Segments) -> Result<()> {
+    if scalars_len != x_segments.count() * scalar_slot::COUNT {
+        return Err(Error::InvalidInput(format!(
+            "{op}: {scalars_len} step scalars for {} requests of {} each",
+            x_segments.count(),
+            scalar_slot::COUNT
+        )));
+    }
+    Ok(())
 }
 
 impl CudaBackend {
