@@ -334,7 +334,8 @@ fn requests_joining_and_leaving_a_running_batch_get_their_latents_alone() {
     assert!(compositions >= 4, "the batch changed {compositions} times");
     for (j, ((request, settings), _)) in jobs.iter().enumerate() {
         let alone =
-            lova_fast::sampler::sample(&CpuBackend, &dit, &[request.clone()], settings, &mut |_, _| {}).unwrap();
+            lova_fast::sampler::sample(&CpuBackend, &dit, std::slice::from_ref(request), settings, &mut |_, _| {})
+                .unwrap();
         assert!(got[j].as_ref().unwrap() == &alone[0].data, "job {j}: latents differ from the request sampled alone");
     }
 }

@@ -33,7 +33,7 @@ pub use output::{Output, SamplingReport, Timings};
 pub use progress::{CancelToken, Event, NoProgress, Progress, Stage};
 pub use request::{Input, Request, RequestPlan};
 pub use run::{random_seed, tflops_per_s};
-pub use scheduler::{Job, JobEvent, SchedulerOptions, StepStats};
+pub use scheduler::{Job, JobEvent, SchedulerOptions, StepObserver, StepStats};
 
 pub use crate::backend::cpu::Precision;
 use crate::backend::{CpuBackend, CudaBackend};

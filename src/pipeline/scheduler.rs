@@ -23,6 +23,8 @@ pub struct Job {
 /// What happens to a job, in this order: `Started`, `Progress`..., `Finished`.
 /// Every job received gets exactly one `Finished`, also when it fails early.
 #[derive(Debug)]
+// `Finished` is sent once per job: boxing the output would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum JobEvent {
     /// The scheduler began working on the job (decoding its input).
     Started,
@@ -45,6 +47,9 @@ pub struct StepStats {
     pub arena_bytes: usize,
 }
 
+/// Receives the stats of every step (metrics).
+pub type StepObserver = Box<dyn FnMut(&StepStats) + Send>;
+
 /// How the scheduler batches.
 pub struct SchedulerOptions {
     /// Sample jobs together in one running batch that they join and leave
@@ -55,7 +60,7 @@ pub struct SchedulerOptions {
     /// its own still runs, alone. None: derived from the device's memory.
     pub max_batch_rows: Option<usize>,
     /// Called after every sampler step of the running batch.
-    pub on_step: Option<Box<dyn FnMut(&StepStats) + Send>>,
+    pub on_step: Option<StepObserver>,
 }
 
 impl Default for SchedulerOptions {

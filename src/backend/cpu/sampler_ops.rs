@@ -123,7 +123,7 @@ pub fn dpmpp_3m_update(
 /// (`[table_rows, cols]`, `cols` = width of `out`'s rows).
 pub fn select_step_row(table: &[f32], table_rows: usize, scalars: &[f32], out: &mut [f32]) -> Result<()> {
     let requests = scalars.len() / slot::COUNT;
-    if requests == 0 || scalars.len() % slot::COUNT != 0 {
+    if requests == 0 || !scalars.len().is_multiple_of(slot::COUNT) {
         return Err(Error::InvalidInput(format!("graph bug: select_step_row has {} step scalars", scalars.len())));
     }
     if table.is_empty() {
