@@ -368,3 +368,108 @@ fn a_batch_does_not_step_past_a_finished_request() {
     while s.step().unwrap() {}
     assert_eq!(s.progress_of(0), (3, 3));
 }
+
+/// The scheduler (the engine of `serve`): jobs of mixed lengths and step
+/// counts arrive while a batch runs (sent from the step callback, so that they
+/// join at known steps), share the batch, and each one's audio is bit for bit
+/// that of `generate` alone; a job cancelled mid-sampling ends `Cancelled`
+/// without disturbing the others; one-at-a-time mode never batches.
+#[test]
+fn the_scheduler_batches_jobs_that_join_at_different_steps() {
+    use lova_fast::pipeline::{Job, JobEvent, SchedulerOptions, StepStats};
+    use std::sync::{Arc, Mutex, mpsc};
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine_with_clip(dir.path());
+    let requests: Vec<Request> = vec![
+        features_request(5, 1),
+        features_request(16, 2).steps(9),
+        Request::new(Input::Video(fixture("video/h264_0.5s.mp4"))).seed(3).steps(4),
+        features_request(3, 4).steps(2),
+        features_request(11, 5),
+    ];
+    // The step of the batch after which each request is sent (0: at once).
+    let send_after = [0usize, 0, 2, 3, 5];
+    let cancel = CancelToken::new();
+    let cancelled = features_request(8, 6).steps(40).cancel_token(cancel.clone());
+
+    let run = |continuous: bool| {
+        let (send, receive) = mpsc::channel::<Job>();
+        let results: Arc<Mutex<Vec<Option<lova_fast::Result<lova_fast::Output>>>>> =
+            Arc::new(Mutex::new((0..=requests.len()).map(|_| None).collect()));
+        let job = |i: usize, request: Request| {
+            let results = results.clone();
+            let mut started = false;
+            Job {
+                request,
+                events: Box::new(move |e| match e {
+                    JobEvent::Started => started = true,
+                    JobEvent::Progress(_) => assert!(started, "progress before start"),
+                    JobEvent::Finished(r) => results.lock().unwrap()[i] = Some(r),
+                }),
+            }
+        };
+        let stats: Arc<Mutex<Vec<StepStats>>> = Arc::default();
+        let mut pending: Vec<(usize, Job)> =
+            requests.iter().cloned().enumerate().map(|(i, r)| (i, job(i, r))).collect();
+        pending.push((requests.len(), job(requests.len(), cancelled.clone())));
+        let mut at_once = Vec::new();
+        let mut later = Vec::new();
+        for (i, j) in pending {
+            let after = send_after.get(i).copied().unwrap_or(1);
+            if after == 0 { at_once.push(j) } else { later.push((after, j)) }
+        }
+        for j in at_once {
+            send.send(j).unwrap();
+        }
+        let sender = Mutex::new(Some(send));
+        let (stats_in, cancel) = (stats.clone(), cancel.clone());
+        let mut steps = 0;
+        let options = SchedulerOptions {
+            continuous,
+            max_batch_rows: None,
+            on_step: Some(Box::new(move |s: &StepStats| {
+                stats_in.lock().unwrap().push(*s);
+                steps += 1;
+                let guard = sender.lock().unwrap();
+                for (after, j) in later.drain(..).collect::<Vec<_>>() {
+                    if after <= steps { guard.as_ref().unwrap().send(j).unwrap() } else { later.push((after, j)) }
+                }
+                if steps == 8 {
+                    cancel.cancel();
+                }
+                drop(guard);
+                if later.is_empty() {
+                    // Every job sent: closing the channel lets the scheduler return when they are done.
+                    sender.lock().unwrap().take();
+                }
+            })),
+        };
+        let mut pipeline = tiny_pipeline(&engine);
+        pipeline.run_scheduler(receive, options);
+        let results = std::mem::take(&mut *results.lock().unwrap());
+        let stats = stats.lock().unwrap().clone();
+        (results.into_iter().map(|r| r.expect("every job finished")).collect::<Vec<_>>(), stats)
+    };
+
+    let mut alone = tiny_pipeline(&engine);
+    let want: Vec<_> = requests.iter().map(|r| alone.generate(r.clone()).unwrap()).collect();
+    for continuous in [true, false] {
+        let (got, stats) = run(continuous);
+        for (i, w) in want.iter().enumerate() {
+            let g = got[i].as_ref().unwrap_or_else(|e| panic!("job {i}: {e}"));
+            assert_eq!(g.seed, w.seed);
+            assert!(
+                g.audio.as_ref().unwrap().data == w.audio.as_ref().unwrap().data,
+                "job {i}: audio differs from generate alone"
+            );
+        }
+        assert!(matches!(got[requests.len()], Err(Error::Cancelled)), "{:?}", got[requests.len()].as_ref().err());
+        let most = stats.iter().map(|s| s.requests).max().unwrap();
+        if continuous {
+            assert!(most >= 3, "at most {most} requests were batched");
+        } else {
+            assert_eq!(most, 1, "one-at-a-time mode batched requests");
+        }
+    }
+}

@@ -100,6 +100,12 @@ pub trait Backend: Sync {
     fn device_memory_used(&self) -> Option<usize> {
         None
     }
+
+    /// Bytes of device memory still free for new buffers (`cuMemGetInfo` on
+    /// CUDA; the kernel's MemAvailable on the CPU; None when unknown).
+    fn device_memory_free(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Everything an op needs to find its operands.

@@ -204,4 +204,20 @@ impl Pipeline {
         let windows = self.vae_windows;
         on_networks!(&self.networks, n => n.generate_many(requests, &windows, progress))
     }
+
+    /// Runs jobs from `jobs` until the channel is closed (every sender
+    /// dropped) and every job received has finished: the engine of a service
+    /// (see `scheduler`). With `options.continuous`, jobs join and leave one
+    /// running batch between sampler steps; each job's audio is still the one
+    /// `generate` gives for the same request (the same bytes on the CPU).
+    pub fn run_scheduler(&mut self, jobs: std::sync::mpsc::Receiver<Job>, options: SchedulerOptions) {
+        let windows = self.vae_windows;
+        on_networks!(&self.networks, n => scheduler::run(n, jobs, options, &windows))
+    }
+
+    /// Bytes in use on the device (None on the CPU), for metrics.
+    pub fn device_memory_used(&self) -> Option<usize> {
+        use crate::backend::Backend;
+        on_networks!(&self.networks, n => n.backend.device_memory_used())
+    }
 }

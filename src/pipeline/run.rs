@@ -36,12 +36,12 @@ pub(crate) struct Loaded<B: Backend> {
 }
 
 /// A request with its features ready, waiting to be sampled.
-struct Prepared {
+pub(super) struct Prepared {
     /// Its index in the `generate_many` call.
-    index: usize,
-    sampler: sampler::Request,
-    settings: SamplerSettings,
-    request: Request,
+    pub index: usize,
+    pub sampler: sampler::Request,
+    pub settings: SamplerSettings,
+    pub request: Request,
     frames: usize,
     seconds: f64,
     seed: u64,
@@ -83,6 +83,10 @@ impl<B: Backend> Loaded<B> {
         self.clip.is_some()
     }
 
+    pub(super) fn dit(&self) -> &Dit<B> {
+        &self.dit
+    }
+
     pub fn generate_many(
         &self,
         requests: Vec<Request>,
@@ -113,7 +117,7 @@ impl<B: Backend> Loaded<B> {
 
     /// Decodes and CLIP-encodes a request's frames (or takes its features), and
     /// makes its sampler request.
-    fn prepare(&self, index: usize, request: Request, progress: &mut dyn Progress) -> Result<Prepared> {
+    pub(super) fn prepare(&self, index: usize, request: Request, progress: &mut dyn Progress) -> Result<Prepared> {
         let opened = request.open(&self.config)?;
         let mut timings = Timings::default();
         let features = match opened.source {
@@ -224,7 +228,7 @@ impl<B: Backend> Loaded<B> {
 
     /// Decodes a request's latents with the VAE (in windows when `windows` asks
     /// for them) to audio of exactly its length.
-    fn finish(
+    pub(super) fn finish(
         &self,
         p: Prepared,
         latents: HostTensor,

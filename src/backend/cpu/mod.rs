@@ -192,6 +192,14 @@ impl Backend for CpuBackend {
         weight.len() * std::mem::size_of::<f32>() + weight.packed().map_or(0, PackedBf16::bytes)
     }
 
+    fn device_memory_free(&self) -> Option<usize> {
+        // MemAvailable: what can be allocated without swapping (Linux only).
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// On a bf16 backend, packs the weight of every Linear op of the graph that
     /// has no bf16 copy yet, so that no step pays for it.
     fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {

@@ -760,6 +760,10 @@ impl Backend for CudaBackend {
         self.ctx.mem_get_info().ok().map(|(free, total)| total.saturating_sub(free))
     }
 
+    fn device_memory_free(&self) -> Option<usize> {
+        self.ctx.mem_get_info().ok().map(|(free, _)| free)
+    }
+
     fn write(&self, buffer: &mut CudaArena, offset: usize, data: &[f32]) -> Result<()> {
         if offset + data.len() > buffer.data.len() {
             return Err(Error::InvalidInput(format!(
