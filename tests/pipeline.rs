@@ -432,7 +432,7 @@ fn the_scheduler_batches_jobs_that_join_at_different_steps() {
                 stats_in.lock().unwrap().push(*s);
                 steps += 1;
                 let guard = sender.lock().unwrap();
-                for (after, j) in later.drain(..).collect::<Vec<_>>() {
+                for (after, j) in std::mem::take(&mut later) {
                     if after <= steps { guard.as_ref().unwrap().send(j).unwrap() } else { later.push((after, j)) }
                 }
                 if steps == 8 {
