@@ -551,3 +551,33 @@ fn cuda_fp16_vectors_get_both_copies_when_uploaded_as_stored() {
         assert_same_device_bits(&cuda, name, &[direct], &[via_f32]);
     }
 }
+
+/// Step-level continuous batching on CUDA: requests with their own schedules
+/// join the running batch at different steps and leave when done (re-planned
+/// and re-captured each time); each one's latents match the request sampled
+/// alone on the CPU within the 8-step bound of the module doc (2e-2), on the
+/// tiny config and on the adaLN one (whose modulation tables are also
+/// selected per request).
+#[test]
+fn cuda_requests_joining_a_running_batch_match_the_cpu_alone() {
+    let Some(cuda) = cuda_or_skip("cuda_requests_joining_a_running_batch_match_the_cpu_alone") else { return };
+    for dir in ["tiny", "adaln"] {
+        let (cpu_dit, cuda_dit) = (load_dit(&CpuBackend, dir), load_dit(&cuda, dir));
+        let width = cpu_dit.config.cond_token_dim;
+        // Deterministic features of any length, distinct per seed.
+        let features = |frames: usize, seed: u64| {
+            let data =
+                (0..frames * width).map(|i| (((i as u64 * 7919 + seed * 104_729) % 2001) as f32 - 1000.0) / 500.0);
+            HostTensor::new(vec![frames, width], data.collect())
+        };
+        let jobs = common::mixed_joining_jobs(features);
+        let (got, compositions) = common::run_joining(&cuda, &cuda_dit, &jobs);
+        assert!(compositions >= 4, "{dir}: the batch changed {compositions} times");
+        for (j, ((request, settings), _)) in jobs.iter().enumerate() {
+            let alone = sample(&CpuBackend, &cpu_dit, std::slice::from_ref(request), settings, &mut |_, _| {}).unwrap();
+            let err = rel_l2(&got[j], &alone[0].data);
+            loud(&format!("{dir} job {j}: cuda in a changing batch vs cpu alone, latents rel L2 {err:.2e}"));
+            assert!(err <= 2e-2, "{dir} job {j}: {err:e}");
+        }
+    }
+}

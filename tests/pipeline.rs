@@ -276,67 +276,18 @@ fn a_batch_without_a_request_goes_on_bit_for_bit() {
 #[test]
 fn requests_joining_and_leaving_a_running_batch_get_their_latents_alone() {
     use lova_fast::backend::CpuBackend;
-    use lova_fast::sampler::{Request as SamplerRequest, RequestNoise, SamplerSettings, Sampling};
     let config = lova_fast::config::LovaConfig::from_file(&fixture("tiny/model_config.json")).unwrap();
     let ckpt = lova_fast::weights::SafetensorsFile::open(&fixture("tiny/checkpoint.safetensors")).unwrap();
     let dit =
         lova_fast::models::Dit::load(&CpuBackend, &ckpt, &config.dit, lova_fast::models::dit::DIT_PREFIX).unwrap();
-    let job = |frames: usize, latent_len: usize, seed: u64, steps: usize, eta: f64| {
-        let request = SamplerRequest {
-            features: tiny_features(frames, seed),
-            latent_len,
-            cfg_scale: 3.0 + seed as f32,
-            noise: RequestNoise { seed, initial: None, steps: None },
-        };
-        (request, SamplerSettings { steps, eta, ..Default::default() })
-    };
-    // (request, the step of the running batch at which it joins).
-    let jobs =
-        [(job(5, 9, 1, 6, 1.0), 0), (job(12, 31, 2, 4, 1.0), 0), (job(3, 4, 3, 6, 0.0), 2), (job(7, 17, 4, 3, 1.0), 5)];
-    let mut got: Vec<Option<Vec<f32>>> = vec![None; jobs.len()];
-    // `in_batch[b]`: the job index of the batch's b-th request.
-    let mut in_batch: Vec<usize> = Vec::new();
-    let mut sampling: Option<Sampling<CpuBackend>> = None;
-    let mut compositions = 0;
-    for tick in 0.. {
-        // Leave: collect the finished requests' latents.
-        let finished: Vec<bool> = match &sampling {
-            Some(s) => (0..s.len()).map(|b| s.is_finished(b)).collect(),
-            None => Vec::new(),
-        };
-        for (b, _) in finished.iter().enumerate().filter(|(_, f)| **f) {
-            let latents = sampling.as_ref().unwrap().latents_of(b).unwrap();
-            got[in_batch[b]] = Some(latents.data);
-        }
-        // Join: the jobs whose time has come.
-        let joining: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].1 == tick).collect();
-        let add = joining.iter().map(|&j| jobs[j].0.clone()).collect::<Vec<_>>();
-        if finished.iter().any(|&f| f) || !add.is_empty() {
-            compositions += 1;
-            let mut b = 0;
-            in_batch.retain(|_| {
-                b += 1;
-                !finished[b - 1]
-            });
-            in_batch.extend(&joining);
-            sampling = match sampling.take() {
-                Some(s) => s.recompose(|b| !finished[b], add).unwrap(),
-                None => Some(Sampling::with_settings(&CpuBackend, &dit, add).unwrap()),
-            };
-        }
-        match &mut sampling {
-            Some(s) => assert!(s.step().unwrap()),
-            None if got.iter().all(Option::is_some) => break,
-            None => {}
-        }
-        assert!(tick < 100, "the batch never emptied");
-    }
+    let jobs = common::mixed_joining_jobs(tiny_features);
+    let (got, compositions) = common::run_joining(&CpuBackend, &dit, &jobs);
     assert!(compositions >= 4, "the batch changed {compositions} times");
     for (j, ((request, settings), _)) in jobs.iter().enumerate() {
         let alone =
             lova_fast::sampler::sample(&CpuBackend, &dit, std::slice::from_ref(request), settings, &mut |_, _| {})
                 .unwrap();
-        assert!(got[j].as_ref().unwrap() == &alone[0].data, "job {j}: latents differ from the request sampled alone");
+        assert!(got[j] == alone[0].data, "job {j}: latents differ from the request sampled alone");
     }
 }
 

@@ -181,3 +181,74 @@ impl Rng {
         &list[self.below(list.len())]
     }
 }
+
+/// A sampler job for `run_joining`: the request with its settings, and the step
+/// of the running batch at which it joins.
+pub type JoiningJob = ((lova_fast::sampler::Request, lova_fast::sampler::SamplerSettings), usize);
+
+/// Drives one running batch as the service's scheduler does: before each step,
+/// finished requests leave (their latents collected) and the jobs whose step
+/// has come join (`Sampling::recompose`). Returns each job's final latents
+/// `[C, T']` data and how many times the batch changed.
+#[allow(dead_code)]
+pub fn run_joining<B: lova_fast::backend::Backend>(
+    backend: &B,
+    dit: &lova_fast::models::Dit<B>,
+    jobs: &[JoiningJob],
+) -> (Vec<Vec<f32>>, usize) {
+    use lova_fast::sampler::Sampling;
+    let mut got: Vec<Option<Vec<f32>>> = vec![None; jobs.len()];
+    // `in_batch[b]`: the job index of the batch's b-th request.
+    let mut in_batch: Vec<usize> = Vec::new();
+    let mut sampling: Option<Sampling<B>> = None;
+    let mut compositions = 0;
+    for tick in 0.. {
+        let finished: Vec<bool> = match &sampling {
+            Some(s) => (0..s.len()).map(|b| s.is_finished(b)).collect(),
+            None => Vec::new(),
+        };
+        for (b, _) in finished.iter().enumerate().filter(|(_, f)| **f) {
+            got[in_batch[b]] = Some(sampling.as_ref().unwrap().latents_of(b).unwrap().data);
+        }
+        let joining: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].1 == tick).collect();
+        let add: Vec<_> = joining.iter().map(|&j| jobs[j].0.clone()).collect();
+        if finished.iter().any(|&f| f) || !add.is_empty() {
+            compositions += 1;
+            let mut b = 0;
+            in_batch.retain(|_| {
+                b += 1;
+                !finished[b - 1]
+            });
+            in_batch.extend(&joining);
+            sampling = match sampling.take() {
+                Some(s) => s.recompose(|b| !finished[b], add).unwrap(),
+                None => Some(Sampling::with_settings(backend, dit, add).unwrap()),
+            };
+        }
+        match &mut sampling {
+            Some(s) => assert!(s.step().unwrap()),
+            None if got.iter().all(Option::is_some) => break,
+            None => {}
+        }
+        assert!(tick < 1000, "the batch never emptied");
+    }
+    (got.into_iter().map(Option::unwrap).collect(), compositions)
+}
+
+/// Jobs of mixed lengths, step counts, eta and CFG for `run_joining` on the
+/// tiny model (`features(frames, seed)` makes a clip's features): two start
+/// together, one joins at step 2, one at step 5.
+#[allow(dead_code)]
+pub fn mixed_joining_jobs(features: impl Fn(usize, u64) -> HostTensor) -> Vec<JoiningJob> {
+    use lova_fast::sampler::{Request, RequestNoise, SamplerSettings};
+    let job = |frames: usize, latent_len: usize, seed: u64, steps: usize, eta: f64| {
+        let request = Request {
+            features: features(frames, seed),
+            latent_len,
+            cfg_scale: 3.0 + seed as f32,
+            noise: RequestNoise { seed, initial: None, steps: None },
+        };
+        (request, SamplerSettings { steps, eta, ..Default::default() })
+    };
+    vec![(job(5, 9, 1, 6, 1.0), 0), (job(12, 31, 2, 4, 1.0), 0), (job(3, 4, 3, 6, 0.0), 2), (job(7, 17, 4, 3, 1.0), 5)]
+}
