@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::output::{Output, SamplingReport, Timings};
 use super::progress::{Event, Progress, Stage};
-use super::request::{Request, Source};
+use super::request::{Request, RequestPlan, Source};
 use super::{PipelineOptions, VaeWindows};
 use crate::audio::{finish, samples_for_seconds};
 use crate::backend::Backend;
@@ -46,6 +46,88 @@ pub(super) struct Prepared {
     seconds: f64,
     seed: u64,
     timings: Timings,
+}
+
+impl Prepared {
+    fn new(index: usize, request: Request, plan: RequestPlan, features: HostTensor, timings: Timings) -> Prepared {
+        let seed = request.seed.unwrap_or_else(random_seed);
+        let sampler = sampler::Request {
+            features,
+            latent_len: plan.latent_len,
+            cfg_scale: request.cfg_scale,
+            noise: RequestNoise { seed, initial: request.initial_noise.clone(), steps: None },
+        };
+        Prepared {
+            index,
+            sampler,
+            settings: request.sampler.clone(),
+            frames: plan.frames,
+            seconds: plan.seconds,
+            seed,
+            timings,
+            request,
+        }
+    }
+}
+
+/// What decoding a request's input needs, without the device (see `decode_input`).
+pub(super) struct Decoding {
+    config: LovaConfig,
+    clip_size: Option<usize>,
+    no_clip: String,
+}
+
+/// A request's input opened and, for frames, decoded and preprocessed for CLIP.
+pub(super) struct Decoded {
+    plan: RequestPlan,
+    input: DecodedInput,
+    decode_s: f64,
+}
+
+enum DecodedInput {
+    Features(HostTensor),
+    /// CLIP's input: `frames` images in batches of `(images, pixels)`.
+    Pixels {
+        frames: usize,
+        batches: Vec<(usize, Vec<f32>)>,
+    },
+}
+
+/// The part of preparing a request that needs no device: opening its input
+/// and, for frames, decoding and preprocessing them in the batches CLIP reads
+/// (a scheduler runs it on a thread of its own while the device samples).
+/// Reports `Decode` progress; checks the cancel token between batches.
+pub(super) fn decode_input(d: &Decoding, request: &Request, progress: &mut dyn Progress) -> Result<Decoded> {
+    let started = Instant::now();
+    let opened = request.open(&d.config)?;
+    let input = match opened.source {
+        Source::Features(f) => DecodedInput::Features(f),
+        Source::Frames(mut reader) => {
+            let size = d.clip_size.ok_or_else(|| Error::InvalidInput(d.no_clip.clone()))?;
+            let frames = reader.frames();
+            let batch = frames.clamp(1, CLIP_BATCH);
+            let (mut batches, mut chunk, mut done) = (Vec::new(), Vec::with_capacity(batch), 0);
+            loop {
+                let frame = reader.next_frame()?;
+                let finished = frame.is_none();
+                chunk.extend(frame);
+                if chunk.len() == batch || (finished && !chunk.is_empty()) {
+                    if request.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    done += chunk.len();
+                    batches.push((chunk.len(), preprocess_batch(size, &chunk)));
+                    chunk.clear();
+                    progress.event(&Event { request: 0, stage: Stage::Decode, done, total: frames });
+                }
+                if finished {
+                    break;
+                }
+            }
+            DecodedInput::Pixels { frames, batches }
+        }
+    };
+    Ok(Decoded { plan: opened.plan, input, decode_s: started.elapsed().as_secs_f64() })
 }
 
 impl<B: Backend> Loaded<B> {
@@ -123,30 +205,63 @@ impl<B: Backend> Loaded<B> {
         let features = match opened.source {
             Source::Features(f) => f,
             Source::Frames(mut reader) => {
-                let clip = self.clip.as_ref().ok_or_else(|| Error::InvalidInput(self.no_clip.clone()))?;
+                let clip = self.clip()?;
                 let (decode, clip_time, f) = encode_video(&mut reader, clip, &self.backend, &request, index, progress)?;
                 timings.decode_s = decode.as_secs_f64();
                 timings.clip_s = clip_time.as_secs_f64();
                 f
             }
         };
-        let seed = request.seed.unwrap_or_else(random_seed);
-        let sampler = sampler::Request {
-            features,
-            latent_len: opened.plan.latent_len,
-            cfg_scale: request.cfg_scale,
-            noise: RequestNoise { seed, initial: request.initial_noise.clone(), steps: None },
+        Ok(Prepared::new(index, request, opened.plan, features, timings))
+    }
+
+    /// The CLIP image tower, or why there is none.
+    fn clip(&self) -> Result<&ClipVision<B>> {
+        self.clip.as_ref().ok_or_else(|| Error::InvalidInput(self.no_clip.clone()))
+    }
+
+    /// What `decode_input` needs to know of the loaded networks: the model's
+    /// config and the CLIP input size (None: video inputs fail, for `why`).
+    pub(super) fn decoding(&self) -> Decoding {
+        Decoding {
+            config: self.config.clone(),
+            clip_size: self.clip.as_ref().map(|c| c.config.image_size),
+            no_clip: self.no_clip.clone(),
+        }
+    }
+
+    /// `prepare` for a request whose input `decode_input` already decoded:
+    /// only CLIP is left, in the same batches `prepare` uses (the same features).
+    pub(super) fn prepare_decoded(
+        &self,
+        index: usize,
+        request: Request,
+        decoded: Decoded,
+        progress: &mut dyn Progress,
+    ) -> Result<Prepared> {
+        let mut timings = Timings { decode_s: decoded.decode_s, ..Default::default() };
+        let features = match decoded.input {
+            DecodedInput::Features(f) => f,
+            DecodedInput::Pixels { frames, batches } => {
+                let clip = self.clip()?;
+                let started = Instant::now();
+                let mut encoder = clip.encoder(&self.backend, frames.clamp(1, CLIP_BATCH))?;
+                let mut features = Vec::with_capacity(frames * clip.config.output_dim);
+                let mut done = 0;
+                for (count, pixels) in batches {
+                    if request.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                    features.extend(encoder.encode(&pixels)?);
+                    done += count;
+                    progress.event(&Event { request: index, stage: Stage::Clip, done, total: frames });
+                }
+                timings.clip_s = started.elapsed().as_secs_f64();
+                let out = clip.config.output_dim;
+                HostTensor::new(vec![features.len() / out, out], features)
+            }
         };
-        Ok(Prepared {
-            index,
-            sampler,
-            settings: request.sampler.clone(),
-            frames: opened.plan.frames,
-            seconds: opened.plan.seconds,
-            seed,
-            timings,
-            request,
-        })
+        Ok(Prepared::new(index, request, decoded.plan, features, timings))
     }
 
     /// Samples a group's requests together. Before each step, cancelled
