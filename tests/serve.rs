@@ -256,7 +256,8 @@ fn concurrent_mixed_lengths_match_infer_byte_for_byte() {
     let seeds = [11u64, 12];
     // (input, seed): 14 jobs from 4 client threads at once.
     let jobs: Vec<(PathBuf, u64)> = seeds.iter().flat_map(|&s| inputs.iter().map(move |i| (i.clone(), s))).collect();
-    let results: Arc<Mutex<HashMap<(PathBuf, u64), Vec<u8>>>> = Default::default();
+    type Wavs = HashMap<(PathBuf, u64), Vec<u8>>;
+    let results: Arc<Mutex<Wavs>> = Default::default();
     std::thread::scope(|scope| {
         for chunk in jobs.chunks(jobs.len().div_ceil(4)) {
             let (server, results) = (&server, results.clone());
@@ -509,4 +510,28 @@ fn events_stream_steps_and_ends_with_the_final_status() {
     assert_eq!(last_event, "status");
     assert!(is_final(last) && last["status"] == "succeeded", "{text}");
     assert_eq!(events[0].1["status"], "queued", "{text}");
+}
+
+#[test]
+fn mp4_result_is_the_video_with_the_audio_muxed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&[]);
+    let fields = [
+        ("video", file(&fixture("video/h264_0.5s.mp4"))),
+        ("format", text("mp4")),
+        ("steps", text(2)),
+        ("seed", text(3)),
+    ];
+    let (status, body, _) = server.post("?wait=true", &fields);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(&body[4..8], b"ftyp", "not an mp4");
+    let out = dir.path().join("out.mp4");
+    std::fs::write(&out, &body).unwrap();
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let streams = String::from_utf8_lossy(&probe.stdout);
+    assert!(streams.contains("video") && streams.contains("audio"), "{streams}");
 }

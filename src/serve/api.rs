@@ -229,8 +229,8 @@ async fn post_audio(
     }
     // ?wait=true: hold the connection until the job is final.
     loop {
-        if let Some((status, _, _)) = state.store.result(&id)
-            && status.is_final()
+        if let Some(outcome) = state.store.result(&id)
+            && outcome.status.is_final()
         {
             break;
         }
@@ -306,8 +306,8 @@ async fn content(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 
 /// The job's result, or why there is none.
 async fn content_of(state: &AppState, id: &str) -> Result<Response, ApiError> {
-    let Some((status, result, error)) = state.store.result(id) else { return Err(unknown(id)) };
-    match (status, result, error) {
+    let Some(outcome) = state.store.result(id) else { return Err(unknown(id)) };
+    match (outcome.status, outcome.result, outcome.error) {
         (Status::Succeeded, Some((path, format)), _) => {
             let bytes = tokio::fs::read(&path)
                 .await

@@ -172,6 +172,17 @@ impl Record {
     }
 }
 
+/// Where a job ended up, for `content`.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Its status.
+    pub status: Status,
+    /// The result file and its format, while downloadable.
+    pub result: Option<(PathBuf, Format)>,
+    /// Why it failed or was cancelled.
+    pub error: Option<JobError>,
+}
+
 /// One event of one job, for SSE and `?wait=true`.
 #[derive(Debug, Clone)]
 pub struct Update {
@@ -291,8 +302,12 @@ impl Store {
     }
 
     /// Status and result file of the job, if it exists.
-    pub fn result(&self, id: &str) -> Option<(Status, Option<(PathBuf, Format)>, Option<JobError>)> {
-        self.lock().get(id).map(|r| (r.status, r.result.clone().map(|p| (p, r.format)), r.error.clone()))
+    pub fn result(&self, id: &str) -> Option<Outcome> {
+        self.lock().get(id).map(|r| Outcome {
+            status: r.status,
+            result: r.result.clone().map(|p| (p, r.format)),
+            error: r.error.clone(),
+        })
     }
 
     /// New events of every job.
