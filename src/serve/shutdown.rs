@@ -30,8 +30,15 @@ pub async fn drain(state: &AppState, grace: Duration) {
     let unfinished = state.store.unfinished();
     eprintln!("shutting down: not admitting new jobs; {unfinished} job(s) have {} s to finish", grace.as_secs_f64());
     let deadline = Instant::now() + grace;
-    while state.store.unfinished() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let finished = async {
+        while state.store.unfinished() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // A second signal is someone who does not want to wait: cancel now.
+    tokio::select! {
+        _ = finished => {}
+        _ = signal() => eprintln!("shutting down: second signal, not waiting for the grace period"),
     }
     let reason = format!("server shutting down: the grace period of {} s ended", grace.as_secs_f64());
     let cancelled = state.store.cancel_all(&reason);
