@@ -179,7 +179,20 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM twice (the second cancels what runs), so that the server removes
+    /// its private folder; SIGKILL if it is still there after a few seconds.
     fn drop(&mut self) {
+        for _ in 0..2 {
+            // SAFETY: kill(2) on our own child's pid; no memory is touched.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
