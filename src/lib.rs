@@ -52,6 +52,7 @@ pub mod output_paths;
 mod partial_file;
 pub mod pipeline;
 pub mod sampler;
+pub mod serve;
 pub mod tensor;
 pub mod video;
 pub mod weights;

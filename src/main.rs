@@ -27,6 +27,7 @@ use clap::{Parser, Subcommand};
                   lova-fast infer videos/ --weights lova.safetensors --steps 100 --seed 1 --batch 8 --json\n  \
                   lova-fast infer frames/ --fps 25 --weights lova.safetensors\n  \
                   lova-fast bench --seconds 10,30,60\n  \
+                  lova-fast serve --weights lova.safetensors --port 8080\n  \
                   lova-fast demo"
 )]
 struct Cli {
@@ -50,6 +51,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// List the embedded CUDA kernels; with --check, compile them with NVRTC (no GPU needed).
     Kernels(cli::kernels::KernelsArgs),
+    /// Serve an HTTP API: POST a video or features, get the audio (jobs, SSE progress, metrics).
+    Serve(Box<cli::serve::ServeArgs>),
 }
 
 /// Exit code when FFmpeg is needed but not installed (1: other errors, 2: usage).
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Kernels(args) => cli::kernels::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
