@@ -262,24 +262,28 @@ fn is_final(v: &serde_json::Value) -> bool {
 fn concurrent_mixed_lengths_match_infer_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&[]);
-    let mut inputs: Vec<PathBuf> = [4, 7, 12, 16, 21, 30].iter().map(|&n| features_file(dir.path(), n)).collect();
+    // 0.5 s to 10 s of features (8 per second), and a video.
+    let mut inputs: Vec<PathBuf> = [4, 9, 17, 30, 47, 63, 80].iter().map(|&n| features_file(dir.path(), n)).collect();
     let video = dir.path().join("video.mp4");
     std::fs::copy(fixture("video/h264_0.5s.mp4"), &video).unwrap();
     inputs.push(video);
-    let seeds = [11u64, 12];
-    // (input, seed): 14 jobs from 4 client threads at once.
-    let jobs: Vec<(PathBuf, u64)> = seeds.iter().flat_map(|&s| inputs.iter().map(move |i| (i.clone(), s))).collect();
+    // Each seed with its own step count, so that the batch mixes schedules.
+    let seeds = [(11u64, 3usize), (12, 5), (13, 4)];
+    // (input, seed, steps): 24 jobs from 4 client threads at once.
+    let jobs: Vec<(PathBuf, u64, usize)> =
+        seeds.iter().flat_map(|&(s, n)| inputs.iter().map(move |i| (i.clone(), s, n))).collect();
+    assert_eq!(jobs.len(), 24);
     type Wavs = HashMap<(PathBuf, u64), Vec<u8>>;
     let results: Arc<Mutex<Wavs>> = Default::default();
     std::thread::scope(|scope| {
-        for chunk in jobs.chunks(jobs.len().div_ceil(4)) {
-            let (server, results) = (&server, results.clone());
+        for client in 0..4 {
+            let (server, results, jobs) = (&server, results.clone(), &jobs);
             scope.spawn(move || {
-                for (input, seed) in chunk {
+                for (input, seed, steps) in jobs.iter().skip(client).step_by(4) {
                     let field = if input.extension().unwrap() == "mp4" { "video" } else { "features" };
                     let (status, body, _) = server.post(
                         "?wait=true",
-                        &[(field, file(input)), ("seed", text(seed)), ("steps", text(3)), ("cfg", text(5))],
+                        &[(field, file(input)), ("seed", text(seed)), ("steps", text(steps)), ("cfg", text(5))],
                     );
                     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
                     assert_eq!(&body[..4], b"RIFF");
@@ -290,7 +294,7 @@ fn concurrent_mixed_lengths_match_infer_byte_for_byte() {
     });
     // `infer` on the same inputs, one call per seed, each in a folder of its own.
     let results = results.lock().unwrap();
-    for seed in seeds {
+    for (seed, steps) in seeds {
         let out = dir.path().join(format!("seed{seed}"));
         std::fs::create_dir(&out).unwrap();
         let copies: Vec<PathBuf> = inputs
@@ -301,8 +305,8 @@ fn concurrent_mixed_lengths_match_infer_byte_for_byte() {
                 c
             })
             .collect();
-        let mut args = vec!["infer", "--weights", s(engine()), "--device", "cpu", "--quiet", "--steps", "3"];
-        let seed_text = seed.to_string();
+        let (seed_text, steps_text) = (seed.to_string(), steps.to_string());
+        let mut args = vec!["infer", "--weights", s(engine()), "--device", "cpu", "--quiet", "--steps", &steps_text];
         args.extend(["--seed", &seed_text]);
         args.extend(copies.iter().map(|c| s(c)));
         ok(&lova_fast(&args));
@@ -312,12 +316,18 @@ fn concurrent_mixed_lengths_match_infer_byte_for_byte() {
             assert!(got == &want, "{} seed {seed}: serve's WAV differs from infer's", input.display());
         }
     }
-    // The metrics saw the steps and the audio.
+    // The metrics saw the steps and the audio, and the batch held several
+    // requests at once (4 clients waiting on their jobs keep it full).
     let (status, metrics) = server.get("/metrics");
     let metrics = String::from_utf8(metrics).unwrap();
     assert_eq!(status, 200);
-    assert!(metrics.contains("lova_requests_total{status=\"succeeded\"} 14"), "{metrics}");
-    assert!(metrics.contains("lova_step_seconds_count"), "{metrics}");
+    assert!(metrics.contains("lova_requests_total{status=\"succeeded\"} 24"), "{metrics}");
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let mean_requests = value("lova_batch_requests_sum") / value("lova_steps_total");
+    assert!(mean_requests > 1.5, "mean requests per step {mean_requests}: the jobs were not batched");
 }
 
 #[test]
