@@ -77,6 +77,8 @@ pub struct StepStats {
     pub seconds: f64,
     /// Bytes of the batch's arena (activations and sampler state).
     pub arena_bytes: usize,
+    /// Bytes in use on the whole device after the step (None on the CPU).
+    pub device_memory_used: Option<usize>,
 }
 
 /// Receives the stats of every step (metrics).
@@ -392,6 +394,7 @@ impl<'a, B: Backend> Scheduler<'a, B> {
                     rows: s.rows(),
                     seconds: started.elapsed().as_secs_f64(),
                     arena_bytes: s.arena_bytes(),
+                    device_memory_used: self.loaded.backend.device_memory_used(),
                 };
                 if let Some(on_step) = &mut self.options.on_step {
                     on_step(&stats);

@@ -26,6 +26,7 @@ struct Counts {
     batch_requests_sum: u64,
     last_batch_rows: usize,
     arena_bytes: usize,
+    device_memory_used: Option<usize>,
     audio_seconds: f64,
     finals: BTreeMap<&'static str, u64>,
 }
@@ -45,6 +46,7 @@ impl Metrics {
         c.batch_requests_sum += s.requests as u64;
         c.last_batch_rows = s.rows;
         c.arena_bytes = s.arena_bytes;
+        c.device_memory_used = s.device_memory_used;
     }
 
     /// A job reached its final status; `audio_seconds` it generated.
@@ -112,6 +114,15 @@ impl Metrics {
             "Device memory planned for the running batch's activations and sampler state (last step).",
             &plain(c.arena_bytes.to_string()),
         );
+        // The CPU backend cannot tell its share of the host's memory: no sample there.
+        if let Some(used) = c.device_memory_used {
+            metric(
+                "lova_device_memory_used_bytes",
+                "gauge",
+                "Memory in use on the whole GPU (this process, others and the driver; last step).",
+                &plain(used.to_string()),
+            );
+        }
         out
     }
 }
