@@ -22,6 +22,10 @@
 #              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py)
 #   startup    writes a full-size random engine file, then lova-fast bench --weights:
 #              process start to first step with the file in the page cache
+#   serve      lova-fast serve on a full-size random engine, tools/load.py (48 clips of
+#              2/5/10 s, 50 steps, 4 per second): continuous batching, then --no-batching;
+#              throughput, p50/p95/p99 latency, mean batch rows per step (goal: batching
+#              >= 3x the one-at-a-time throughput at equal or better p95)
 #   criterion  the criterion benches with short measurement times: dit_step (10/30/60 s),
 #              clip_encode (240 frames), vae_decode (30 s), end_to_end (30 s)
 #   compile    bench_torch.py with torch.compile for a 30 s clip (compiling takes a while)
@@ -29,7 +33,7 @@
 #              and the times of a 30 s VAE decode and of CLIP on 240 frames
 #   full-size  cuda_infer --ignored: full-size random weights, 10 s clip, 10 steps, latents
 #              CUDA vs CPU, and the step time for 10 s and 30 s clips
-# Groups: `checks` = kernels ops sanitize attention infer vae-clip full-size; `speed` = bench startup criterion compile.
+# Groups: `checks` = kernels ops sanitize attention infer vae-clip full-size; `speed` = bench startup serve criterion compile.
 #
 # Everything shares one time budget, BUDGET seconds (default 540, inside a
 # 10-minute remote command): a part starts only if enough is left, else it is
@@ -45,14 +49,14 @@ mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 
-ALL_PARTS="kernels ops sanitize attention infer bench startup criterion vae-clip compile full-size"
+ALL_PARTS="kernels ops sanitize attention infer bench startup serve criterion vae-clip compile full-size"
 parts=""
 for a in "${@:-all}"; do
     case $a in
         all) parts="$parts $ALL_PARTS" ;;
         checks) parts="$parts kernels ops sanitize attention infer vae-clip full-size" ;;
-        speed) parts="$parts bench startup criterion compile" ;;
-        kernels | ops | sanitize | attention | infer | bench | startup | criterion | vae-clip | compile | full-size) parts="$parts $a" ;;
+        speed) parts="$parts bench startup serve criterion compile" ;;
+        kernels | ops | sanitize | attention | infer | bench | startup | serve | criterion | vae-clip | compile | full-size) parts="$parts $a" ;;
         *)
             echo "unknown part $a (parts: $ALL_PARTS; groups: all checks speed)" >&2
             exit 2
@@ -168,13 +172,41 @@ startup() {
     rm -rf "$dir"
     return $rc
 }
+# The service under load: continuous batching, then one job at a time, on the
+# same open-loop load (tools/load.py), each on a fresh server.
+serve_load() {
+    local dir=${TMPDIR:-/tmp}/lova-serve engine mode log pid url
+    engine=$dir/random-vl30.safetensors
+    mkdir -p "$dir" && "$BIN/lova-fast" bench --make-engine "$engine" || return 1
+    for mode in batching no-batching; do
+        log=$dir/serve-$mode.log
+        if [ $mode = batching ]; then
+            "$BIN/lova-fast" serve --weights "$engine" --device cuda --port 0 >"$log" 2>&1 &
+        else
+            "$BIN/lova-fast" serve --weights "$engine" --device cuda --port 0 --no-batching >"$log" 2>&1 &
+        fi
+        pid=$!
+        url=""
+        for _ in $(seq 1 120); do
+            url=$(grep -o -m1 'http://[0-9.]*:[0-9]*' "$log" || true)
+            [ -n "$url" ] && python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + '/readyz')" "$url" 2>/dev/null && break
+            sleep 1
+        done
+        echo "== serve, $mode ($url)"
+        python3 tools/load.py --url "$url" --rate 4 --requests 48 --steps 50 --lengths 2,5,10
+        kill -TERM $pid
+        wait $pid
+        grep -v " succeeded" "$log" | tail -5
+    done
+    rm -rf "$dir"
+}
 criterion_bench() {
     # Criterion's own reports go outside $OUT; --noplot skips the plots.
     CRITERION_HOME=${TMPDIR:-/tmp}/lova-criterion "$BIN/$1" --bench --noplot \
         --warm-up-time 1 --measurement-time 2 --sample-size 10
 }
 
-export -f compare startup criterion_bench
+export -f compare startup serve_load criterion_bench
 export BIN OUT
 
 # Limits in seconds; the last number is the least budget a part needs to start.
@@ -205,6 +237,7 @@ step attention attention-bench 45 20 "$BIN/attention" --bench --noplot
 step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1
 step bench bench 180 60 compare --check --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
 step startup startup 120 60 startup
+step serve serve-load 240 120 serve_load
 step criterion crit-dit-step 90 40 criterion_bench dit_step
 step criterion crit-clip 60 20 criterion_bench clip_encode
 step criterion crit-vae 60 20 criterion_bench vae_decode
@@ -281,6 +314,11 @@ if show bench || show startup || show torch-compile; then
         show $f && grep -v -E "^(lova-fast: /|DiT: )" "$OUT/$f.log" | grep -E -A12 "^check:|^lova-fast bench on|^one sampler step|compile took|failed|NON-FINITE|Error|error" | head -40
     done
     show startup && grep -E "start-up|wrote|error" "$OUT/startup.log"
+fi
+if show serve-load; then
+    echo
+    echo "== lova-fast serve under load (continuous batching vs one at a time)"
+    grep -E "^== serve|^requests|^wall|^latency|^batch|rror|job " "$OUT/serve-load.log" | head -30
 fi
 if ls "$OUT"/crit-*.log >/dev/null 2>&1; then
     echo
