@@ -84,6 +84,13 @@ pub(super) struct Decoded {
     decode_s: f64,
 }
 
+impl Decoded {
+    /// Whether CLIP is left to run (frames), or the features are ready.
+    pub(super) fn needs_clip(&self) -> bool {
+        matches!(self.input, DecodedInput::Pixels { .. })
+    }
+}
+
 enum DecodedInput {
     Features(HostTensor),
     /// CLIP's input: `frames` images in batches of `(images, pixels)`.

@@ -23,8 +23,9 @@
 //!    never for the whole queue.
 //!
 //! Inputs are opened, decoded and preprocessed for CLIP on a thread of its
-//! own (FFmpeg and the resize need no device), up to `DECODED_AHEAD` jobs
-//! ahead, while the batch samples.
+//! own (FFmpeg and the resize need no device), up to `DECODED_AHEAD` videos
+//! ahead, while the batch samples; features inputs are ready as soon as that
+//! thread has read and checked them, and all join at the next step.
 //!
 //! Every request keeps its own step, schedule, DPM++ history and noise stream
 //! (see `sampler::Sampling`), so its audio is the one `generate` gives for the
@@ -106,7 +107,7 @@ impl Default for SchedulerOptions {
 /// The memory the running batch may plan, as a share of what is free when the scheduler starts.
 const MEMORY_SHARE: f64 = 0.5;
 
-/// Jobs decoded (or being decoded) ahead of CLIP: bounds the memory their
+/// Videos decoded (or being decoded) ahead of CLIP: bounds the memory their
 /// preprocessed frames take (a 139 s clip's are about 0.7 GB).
 const DECODED_AHEAD: usize = 2;
 
@@ -260,10 +261,20 @@ impl<'a, B: Backend> Scheduler<'a, B> {
         self.waiting.push_back(Taken::new(job));
     }
 
-    /// Hands waiting jobs to the decoding thread while fewer than `DECODED_AHEAD` are ahead of CLIP.
+    /// Hands waiting jobs to the decoding thread, in order: every features
+    /// input (small), and frame inputs while fewer than `DECODED_AHEAD` of them
+    /// are decoded or being decoded ahead of CLIP (their pixels are large).
     fn send_to_decoder(&mut self, to_decoder: &Sender<(u64, Request)>) {
-        while self.at_decoder.len() + self.decoded.len() < DECODED_AHEAD {
-            let Some(mut t) = self.waiting.pop_front() else { break };
+        let mut frames_ahead =
+            self.decoded.len() + self.at_decoder.iter().filter(|(_, t)| t.job.request.input.needs_clip()).count();
+        let mut kept = VecDeque::new();
+        while let Some(mut t) = self.waiting.pop_front() {
+            let frames = t.job.request.input.needs_clip();
+            if frames && frames_ahead >= DECODED_AHEAD {
+                kept.push_back(t);
+                continue;
+            }
+            frames_ahead += usize::from(frames);
             t.event(JobEvent::Started);
             let number = self.next_number;
             self.next_number += 1;
@@ -273,8 +284,12 @@ impl<'a, B: Backend> Scheduler<'a, B> {
             }
             self.at_decoder.push((number, t));
         }
+        self.waiting = kept;
     }
 
+    /// Takes what the decoding thread sent (waiting up to `wait` for the
+    /// first message): progress goes to its job; a decoded features input is
+    /// ready to join at once (it needs no device), a decoded video waits for CLIP.
     fn receive_decoded(&mut self, from_decoder: &Receiver<Decoder>, wait: Duration) {
         let mut next = from_decoder.recv_timeout(wait).ok();
         while let Some(message) = next {
@@ -288,7 +303,8 @@ impl<'a, B: Backend> Scheduler<'a, B> {
                     if let Some(i) = self.at_decoder.iter().position(|(n, _)| *n == number) {
                         let (_, t) = self.at_decoder.remove(i);
                         match result {
-                            Ok(d) => self.decoded.push_back((t, d)),
+                            Ok(d) if d.needs_clip() => self.decoded.push_back((t, d)),
+                            Ok(d) => self.prepare(t, d),
                             Err(e) => t.finish(Err(e)),
                         }
                     }
@@ -411,9 +427,15 @@ impl<'a, B: Backend> Scheduler<'a, B> {
         }
     }
 
-    /// CLIP for the first decoded job.
+    /// CLIP for the first decoded video.
     fn encode_one(&mut self) {
-        let Some((mut t, decoded)) = self.decoded.pop_front() else { return };
+        if let Some((t, decoded)) = self.decoded.pop_front() {
+            self.prepare(t, decoded);
+        }
+    }
+
+    /// Makes a decoded job ready to join (running CLIP on its frames, if any).
+    fn prepare(&mut self, mut t: Taken, decoded: Decoded) {
         let request = t.job.request.clone();
         let events = &mut t.job.events;
         let mut progress = |e: &Event| events(JobEvent::Progress(*e));
