@@ -279,6 +279,12 @@ impl Backend for UploadRecorder {
     fn weight_bytes(&self, _weight: &Arrived) -> usize {
         0
     }
+    fn weight_len(&self, weight: &Arrived) -> usize {
+        match weight {
+            Arrived::StoredFp16 { bits, .. } => bits.len(),
+            Arrived::ViaF32(t) => t.len(),
+        }
+    }
 }
 
 /// Compares what the recorder received with the CPU backend's f32 weights of

@@ -1,15 +1,18 @@
-//! Every CUDA kernel launch of the backend passes the arguments its kernel
-//! declares: the same count, in the same order, of the same kinds (pointer,
-//! int, unsigned, long long, float). A mismatch compiles on both sides and
-//! only shows on a GPU as garbage or a crash, so it is checked here, from the
-//! sources, on any machine: each `launch`/`launch_elementwise` call in
-//! `src/backend/cuda/` against the `extern "C" __global__` signatures in
-//! `kernels/`. Also: every kernel is launched somewhere (no dead kernels).
+//! Every CUDA kernel is declared once in Rust, in `src/backend/cuda/kernels.rs`
+//! (`kernels! { Type = "name" { param: Type, ... } }`), and launches build
+//! that declaration's struct by field name, so a launch cannot pass arguments
+//! in another order or of another type than the declaration. What remains is
+//! that the declaration matches the kernel: the same count, in the same
+//! order, of the same kinds (pointer, int, unsigned, long long, float). A
+//! mismatch compiles on both sides and only shows on a GPU as garbage or a
+//! crash, so it is checked here, from the sources, on any machine, against the
+//! `extern "C" __global__` signatures in `kernels/`. Also: every kernel is
+//! declared, and every declaration is launched somewhere (no dead kernels).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The kinds of `Arg` in `src/backend/cuda/mod.rs`.
+/// The parameter kinds of a kernel (`kernels::Arg` in src/backend/cuda).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Ptr,
@@ -93,107 +96,109 @@ fn kernel_signatures(dir: &Path) -> BTreeMap<String, Vec<Kind>> {
     kernels
 }
 
-/// One launch site: where, which kernel names it may launch, the argument kinds.
-struct Launch {
-    site: String,
-    kernels: Vec<String>,
-    args: Vec<Kind>,
+/// The text inside the braces that open at `open` (balanced).
+fn braced(text: &str, open: usize) -> &str {
+    assert_eq!(&text[open..open + 1], "{");
+    let mut depth = 0;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[open + 1..open + i];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced braces after byte {open}");
 }
 
-fn launches(dir: &Path, kernel_names: &[&String]) -> Vec<Launch> {
+/// One declaration of `kernels!`: its Rust type, the kernel name, the parameter kinds.
+struct Declaration {
+    ty: String,
+    kernel: String,
+    params: Vec<Kind>,
+}
+
+/// The declarations of the `kernels! { .. }` invocation in `src`.
+fn declarations(src: &str) -> Vec<Declaration> {
+    let src = strip_comments(src);
+    let at = src.find("kernels! {").expect("no `kernels! {` invocation");
+    let block = braced(&src, at + "kernels! ".len());
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let src = strip_comments(&std::fs::read_to_string(&path).unwrap());
-        for pattern in ["self.launch_elementwise(", "self.launch("] {
-            let mut from = 0;
-            while let Some(at) = src[from..].find(pattern).map(|i| from + i) {
-                from = at + pattern.len();
-                let inner = parenthesised(&src, at + pattern.len() - 1);
-                let first = inner.split(',').next().unwrap().trim();
-                // `launch_elementwise` forwards to `launch` with its own arguments.
-                if first == "name" {
-                    continue;
-                }
-                let line = src[..at].lines().count();
-                let site = format!("{}:{line}", path.file_name().unwrap().to_string_lossy());
-                let kernels = if let Some(literal) = first.strip_prefix('"') {
-                    vec![literal.trim_end_matches('"').to_string()]
-                } else {
-                    // A kernel chosen just before the launch (e.g. by the table's
-                    // dtype): every kernel name quoted since the op's match arm began.
-                    let mut above = Vec::new();
-                    for l in src[..at].lines().rev().take(60) {
-                        above.push(l);
-                        if l.contains("Op::") {
-                            break;
-                        }
-                    }
-                    kernel_names
-                        .iter()
-                        .filter(|k| above.iter().any(|l| l.contains(&format!("\"{k}\""))))
-                        .map(|k| k.to_string())
-                        .collect()
-                };
-                assert!(!kernels.is_empty(), "{site}: cannot tell which kernel `{first}` launches");
-                let args = inner
-                    .match_indices("Arg::")
-                    .map(|(i, _)| {
-                        let variant: String =
-                            inner[i + 5..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                        match variant.as_str() {
-                            "Ptr" => Kind::Ptr,
-                            "I32" => Kind::I32,
-                            "U32" => Kind::U32,
-                            "I64" => Kind::I64,
-                            "F32" => Kind::F32,
-                            other => panic!("{site}: unknown argument kind Arg::{other}"),
-                        }
-                    })
-                    .collect();
-                found.push(Launch { site, kernels, args });
-            }
-        }
+    let mut rest = block;
+    while let Some(eq) = rest.find("= \"") {
+        let ty = rest[..eq].split_whitespace().last().unwrap().to_string();
+        let after = &rest[eq + 3..];
+        let kernel = after[..after.find('"').unwrap()].to_string();
+        let open = after.find('{').unwrap();
+        let fields = braced(after, open);
+        let params = fields
+            .split(',')
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| match f.split(':').nth(1).map(str::trim) {
+                Some("Ptr") => Kind::Ptr,
+                Some("i32") => Kind::I32,
+                Some("u32") => Kind::U32,
+                Some("i64") => Kind::I64,
+                Some("f32") => Kind::F32,
+                other => panic!("{ty}: field `{}` has a type ({other:?}) this test does not know", f.trim()),
+            })
+            .collect();
+        found.push(Declaration { ty, kernel, params });
+        rest = &after[open + fields.len() + 2..];
     }
     found
 }
 
+/// The `.rs` sources of `dir` (without `skip`), comments stripped, joined.
+fn launch_sources(dir: &Path, skip: &str) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") || path.file_name().is_some_and(|n| n == skip) {
+            continue;
+        }
+        all.push_str(&strip_comments(&std::fs::read_to_string(&path).unwrap()));
+    }
+    all
+}
+
 #[test]
-fn every_launch_passes_the_arguments_its_kernel_declares() {
+fn every_kernel_declaration_matches_its_kernel_and_is_launched() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let kernels = kernel_signatures(&root.join("kernels"));
     assert!(kernels.len() >= 20, "only {} kernels found: is the parser broken?", kernels.len());
-    let names: Vec<&String> = kernels.keys().collect();
-    let launches = launches(&root.join("src/backend/cuda"), &names);
-    assert!(launches.len() >= 20, "only {} launch sites found: is the parser broken?", launches.len());
+    let decls = declarations(&std::fs::read_to_string(root.join("src/backend/cuda/kernels.rs")).unwrap());
+    assert!(decls.len() >= 20, "only {} declarations found: is the parser broken?", decls.len());
+    let launchers = launch_sources(&root.join("src/backend/cuda"), "kernels.rs");
 
     let mut errors = Vec::new();
-    let mut launched = std::collections::BTreeSet::new();
-    for l in &launches {
-        for k in &l.kernels {
-            launched.insert(k.clone());
-            match kernels.get(k) {
-                None => errors.push(format!("{}: kernel {k} is not defined in kernels/*.cu", l.site)),
-                Some(params) if *params != l.args => errors.push(format!(
-                    "{}: {k} declares {} parameters {params:?}, the launch passes {} {:?}",
-                    l.site,
-                    params.len(),
-                    l.args.len(),
-                    l.args
-                )),
-                Some(_) => {}
-            }
+    for d in &decls {
+        match kernels.get(&d.kernel) {
+            None => errors.push(format!("{}: kernel {} is not defined in kernels/*.cu", d.ty, d.kernel)),
+            Some(params) if *params != d.params => errors.push(format!(
+                "{}: {} declares {} parameters {params:?}, the Rust declaration has {} {:?}",
+                d.ty,
+                d.kernel,
+                params.len(),
+                d.params.len(),
+                d.params
+            )),
+            Some(_) => {}
+        }
+        if !launchers.contains(&format!("k::{} {{", d.ty)) {
+            errors.push(format!("{} ({}) is never launched by src/backend/cuda", d.ty, d.kernel));
         }
     }
     for k in kernels.keys() {
-        if !launched.contains(k) {
-            errors.push(format!("kernel {k} is never launched by src/backend/cuda"));
+        if !decls.iter().any(|d| &d.kernel == k) {
+            errors.push(format!("kernel {k} has no declaration in src/backend/cuda/kernels.rs"));
         }
     }
-    println!("{} kernels, {} launch sites checked", kernels.len(), launches.len());
+    println!("{} kernels, {} declarations checked", kernels.len(), decls.len());
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
@@ -206,7 +211,7 @@ fn the_checker_sees_a_wrong_argument_list() {
     assert_eq!(param_kind("unsigned seed_lo"), Ok(Kind::U32));
     assert_eq!(param_kind("float scale"), Ok(Kind::F32));
     assert!(param_kind("double x").is_err());
-    // A kernel with (ptr, int) and a launch passing (ptr, long long) differ.
+    // A kernel with (ptr, int) and a declaration of (ptr, long long) differ.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("k.cu"),
@@ -215,13 +220,12 @@ fn the_checker_sees_a_wrong_argument_list() {
     .unwrap();
     let kernels = kernel_signatures(dir.path());
     assert_eq!(kernels["k"], vec![Kind::Ptr, Kind::I32]);
-    let rs = dir.path().join("rs");
-    std::fs::create_dir(&rs).unwrap();
-    std::fs::write(rs.join("a.rs"), "fn f() { self.launch_elementwise(\"k\", n, &[Arg::Ptr(p), Arg::I64(n)])?; }\n")
-        .unwrap();
-    let names: Vec<&String> = kernels.keys().collect();
-    let found = launches(&rs, &names);
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].kernels, vec!["k".to_string()]);
-    assert_ne!(found[0].args, kernels["k"]);
+    let decls = declarations(
+        "kernels! {\n    /// k.cu\n    K = \"k\" { x: Ptr, n: i64 }\n    L = \"l\" {\n        y: f32,\n    }\n}\n",
+    );
+    assert_eq!(decls.len(), 2);
+    assert_eq!((decls[0].ty.as_str(), decls[0].kernel.as_str()), ("K", "k"));
+    assert_eq!(decls[0].params, vec![Kind::Ptr, Kind::I64]);
+    assert_ne!(decls[0].params, kernels["k"]);
+    assert_eq!(decls[1].params, vec![Kind::F32]);
 }

@@ -95,6 +95,9 @@ pub trait Backend: Sync {
     /// Bytes of device memory `weight` occupies.
     fn weight_bytes(&self, weight: &Self::Weight) -> usize;
 
+    /// Elements of `weight` (its shape's product), for the graph's shape rules.
+    fn weight_len(&self, weight: &Self::Weight) -> usize;
+
     /// Bytes in use on the whole device (this process, others and the driver),
     /// when the backend can tell (`cuMemGetInfo` on CUDA; None on the CPU).
     fn device_memory_used(&self) -> Option<usize> {

@@ -25,8 +25,10 @@ pub struct Executor<'w, B: Backend> {
 }
 
 impl<'w, B: Backend> Executor<'w, B> {
-    /// Plans the graph, allocates its arena and lets the backend prepare; `weights` are indexed by `WeightId`.
+    /// Checks every op's shapes (`Graph::check`), plans the graph, allocates
+    /// its arena and lets the backend prepare; `weights` are indexed by `WeightId`.
     pub fn new(backend: &'w B, weights: &'w [B::Weight], graph: Graph) -> Result<Self> {
+        graph.check(&|id| weights.get(id.0).map(|w| backend.weight_len(w)))?;
         let plan = ArenaPlan::plan(&graph)?;
         let mut arena = backend.alloc(plan.size)?;
         backend.prepare(&mut OpContext { graph: &graph, plan: &plan, arena: &mut arena, weights })?;

@@ -476,91 +476,9 @@ pub enum Op {
     },
 }
 
-impl Op {
-    /// Tensors the op reads.
-    pub fn reads(&self) -> Vec<TensorId> {
-        use Op::*;
-        match self {
-            Linear { x, residual, .. } => [Some(*x), *residual].into_iter().flatten().collect(),
-            LayerNorm { x, modulation, .. } => [Some(*x), modulation.map(|m| m.table)].into_iter().flatten().collect(),
-            GatedResidual { branch, residual, table, .. } => vec![*branch, *residual, *table],
-            Silu { x, .. } | SwiGlu { x, .. } | TimestepFeatures { t: x, .. } | AddPositional { x, .. } => vec![*x],
-            PrependRow { first, rest, .. } => vec![*first, *rest],
-            DropFirstRow { x, .. } => vec![*x],
-            Attention { q, k, v, .. } => vec![q.tensor, k.tensor, v.tensor],
-            CfgExpand { x, scalars, .. } => vec![*x, *scalars],
-            CfgDenoise { v, x, scalars, .. } => vec![*v, *x, *scalars],
-            Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, .. } => {
-                vec![*x, *denoised, *d1, *d2, *noise, *scalars]
-            }
-            SelectStepRow { table, scalars, .. } => vec![*table, *scalars],
-            Conv1d { x, residual, .. } => [Some(*x), *residual].into_iter().flatten().collect(),
-            ConvTranspose1d { x, .. } | SnakeBeta { x, .. } => vec![*x],
-            Patchify { images, .. } => vec![*images],
-            PrependWeightRow { rest, .. } => vec![*rest],
-            QuickGelu { x, .. } | FirstRows { x, .. } => vec![*x],
-        }
-    }
-
-    /// Tensors the op writes. Only `Dpmpp3mUpdate` writes tensors it also reads
-    /// (state, element by element); everywhere else outputs are fresh tensors.
-    pub fn writes(&self) -> Vec<TensorId> {
-        use Op::*;
-        match self {
-            Linear { out, .. }
-            | LayerNorm { out, .. }
-            | GatedResidual { out, .. }
-            | Silu { out, .. }
-            | SwiGlu { out, .. }
-            | TimestepFeatures { out, .. }
-            | AddPositional { out, .. }
-            | PrependRow { out, .. }
-            | DropFirstRow { out, .. }
-            | Attention { out, .. }
-            | CfgExpand { out, .. }
-            | CfgDenoise { out, .. }
-            | SelectStepRow { out, .. }
-            | Conv1d { out, .. }
-            | ConvTranspose1d { out, .. }
-            | SnakeBeta { out, .. } => vec![*out],
-            Dpmpp3mUpdate { x, d1, d2, .. } => vec![*x, *d1, *d2],
-            Patchify { out, .. } | PrependWeightRow { out, .. } | QuickGelu { out, .. } | FirstRows { out, .. } => {
-                vec![*out]
-            }
-        }
-    }
-
-    /// Short snake_case name of the op kind, for profiles and error messages.
-    pub fn name(&self) -> &'static str {
-        use Op::*;
-        match self {
-            Linear { .. } => "linear",
-            LayerNorm { .. } => "layer_norm",
-            GatedResidual { .. } => "gated_residual",
-            Silu { .. } => "silu",
-            SwiGlu { .. } => "swiglu",
-            TimestepFeatures { .. } => "timestep_features",
-            AddPositional { .. } => "add_positional",
-            PrependRow { .. } => "prepend_row",
-            DropFirstRow { .. } => "drop_first_row",
-            Attention { .. } => "attention",
-            CfgExpand { .. } => "cfg_expand",
-            CfgDenoise { .. } => "cfg_denoise",
-            Dpmpp3mUpdate { .. } => "dpmpp_3m_update",
-            SelectStepRow { .. } => "select_step_row",
-            Conv1d { .. } => "conv1d",
-            ConvTranspose1d { .. } => "conv_transpose1d",
-            SnakeBeta { .. } => "snake_beta",
-            Patchify { .. } => "patchify",
-            PrependWeightRow { .. } => "prepend_weight_row",
-            QuickGelu { .. } => "quick_gelu",
-            FirstRows { .. } => "first_rows",
-        }
-    }
-}
-
 /// An op list with its tensors and sequence layouts. Built by models through
-/// the `add_*`/`push` methods; shapes are checked by the model code that builds it.
+/// the `add_*`/`push` methods; every op's shapes are checked once, when an
+/// executor plans the graph (`Graph::check`, `graph::ops`).
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     /// Every tensor, indexed by `TensorId`.

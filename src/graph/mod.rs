@@ -8,8 +8,8 @@
 //! FlashAttention's `cu_seqlens`: no padding anywhere.
 
 mod executor;
-mod flops;
 mod ir;
+mod ops;
 mod planner;
 
 pub use executor::Executor;
@@ -17,4 +17,5 @@ pub use ir::{
     AdaLnModulation, ColumnSlice, Graph, Op, Rope, Segments, SegmentsId, Snake, TensorDesc, TensorId, TensorKind,
     WeightId, scalar_slot,
 };
+pub use ops::OpKind;
 pub use planner::{ARENA_ALIGN, ArenaPlan};

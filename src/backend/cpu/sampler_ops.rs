@@ -17,18 +17,6 @@ fn scalars_of(scalars: &[f32], r: usize) -> &[f32] {
     &scalars[r * slot::COUNT..(r + 1) * slot::COUNT]
 }
 
-/// Checks that the scalars hold one row per request of `x_segments`.
-pub fn check_scalars(op: &str, scalars_len: usize, x_segments: &Segments) -> Result<()> {
-    if scalars_len != x_segments.count() * slot::COUNT {
-        return Err(Error::InvalidInput(format!(
-            "graph bug: {op} has {scalars_len} step scalars for {} requests of {} each",
-            x_segments.count(),
-            slot::COUNT
-        )));
-    }
-    Ok(())
-}
-
 /// `out = concat(x, x) * c_in` (the cond and uncond halves of the DiT batch),
 /// with each request's `c_in`.
 pub fn cfg_expand(x: &[f32], cols: usize, scalars: &[f32], x_segments: &Segments, out: &mut [f32]) {

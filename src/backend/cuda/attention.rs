@@ -11,7 +11,8 @@
 use cudarc::driver::LaunchConfig;
 use cudarc::driver::sys::CUdeviceptr;
 
-use super::{Arg, CudaBackend, OpContext};
+use super::kernels::{self as k, Ptr};
+use super::launch::{Launcher, wrong_op};
 use crate::error::{Error, Result};
 use crate::graph::{ColumnSlice, Op, Segments, TensorId};
 
@@ -70,115 +71,72 @@ fn flash_operands_aligned(pointers: &[CUdeviceptr], lds: &[usize], out: CUdevice
         && out_ld.is_multiple_of(2)
 }
 
-impl CudaBackend {
-    /// Validates and launches one `Op::Attention` (see the module doc for the kernel choice).
-    pub(super) fn run_attention(
-        &self,
-        op: &Op,
-        ctx: &mut OpContext<'_, Self>,
-        ptr: &dyn Fn(TensorId) -> CUdeviceptr,
-    ) -> Result<()> {
+impl Launcher<'_> {
+    /// Launches one `Op::Attention` (see the module doc for the kernel choice).
+    pub(super) fn attention(&mut self, op: &Op) -> Result<()> {
         let Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } = op else {
-            return Err(Error::InvalidInput(format!("run_attention called with {}", op.name())));
+            return Err(wrong_op(op, "attention"));
         };
-        let g = ctx.graph;
-        let cols = |t: TensorId| g.desc(t).cols;
-        let rows = |t: TensorId| g.desc(t).rows;
-        let (qs, ks) = (g.seg(*q_segments), g.seg(*kv_segments));
-        let (hd, heads, kv_heads) = (*head_dim, *heads, *kv_heads);
-        let name = &g.desc(*out).name;
-        if hd == 0 || hd > F32_MAX_HEAD_DIM {
+        let (qs, hd, heads, kv_heads) = (self.graph.seg(*q_segments), *head_dim, *heads, *kv_heads);
+        let name = &self.desc(*out).name;
+        if hd > F32_MAX_HEAD_DIM {
             return Err(Error::InvalidInput(format!(
                 "attention `{name}`: head_dim {hd} is not supported on CUDA (1..={F32_MAX_HEAD_DIM})"
-            )));
-        }
-        if kv_heads == 0 || heads % kv_heads != 0 || qs.count() != ks.count() {
-            return Err(Error::InvalidInput(format!(
-                "attention `{name}`: {heads} query heads cannot share {kv_heads} kv heads, \
-                 or query and key batches differ"
-            )));
-        }
-        let slice_ok = |s: &ColumnSlice, h: usize, rows_needed: usize| {
-            s.offset + h * hd <= cols(s.tensor) && rows(s.tensor) >= rows_needed
-        };
-        if !slice_ok(q, heads, qs.total()) || !slice_ok(k, kv_heads, ks.total()) || !slice_ok(v, kv_heads, ks.total()) {
-            return Err(Error::InvalidInput(format!(
-                "attention `{name}`: a head slice exceeds its tensor, or a tensor has fewer rows than its segments"
-            )));
-        }
-        if cols(*out) != heads * hd || rows(*out) < qs.total() {
-            return Err(Error::InvalidInput(format!(
-                "attention `{name}`: the output must be [{}, {}]",
-                qs.total(),
-                heads * hd
             )));
         }
         if heads > MAX_GRID_Y {
             return Err(Error::Limit(format!("attention `{name}`: {heads} heads exceed a grid of {MAX_GRID_Y}")));
         }
         let (inv_freq, rotary_dim) = match rope {
-            Some(r) => {
-                if r.rotary_dim % 2 != 0 || r.rotary_dim > hd {
-                    return Err(Error::InvalidInput(format!(
-                        "attention `{name}`: rotary_dim {} must be even and at most {hd}",
-                        r.rotary_dim
-                    )));
-                }
-                (self.weight_f32(ctx.weights, r.inv_freq, r.rotary_dim / 2, "RoPE inv_freq")?, r.rotary_dim)
-            }
-            None => (0, 0),
+            Some(r) => (self.weight_f32(r.inv_freq, "RoPE inv_freq")?, r.rotary_dim),
+            None => (Ptr::NULL, 0),
         };
         let max_q = qs.lengths().max().unwrap_or(0);
         if max_q == 0 || qs.count() == 0 || heads == 0 {
             return Ok(());
         }
-        let (qo, ko) = (self.offsets(ctx.arena, qs)?, self.offsets(ctx.arena, ks)?);
-        let col_ptr = |s: &ColumnSlice| ptr(s.tensor) + (s.offset * std::mem::size_of::<f32>()) as CUdeviceptr;
-        let (qp, kp, vp, op_) = (col_ptr(q), col_ptr(k), col_ptr(v), ptr(*out));
+        let (q_offsets, kv_offsets) = (self.offsets(*q_segments)?, self.offsets(*kv_segments)?);
+        let col_ptr = |s: &ColumnSlice| self.ptr(s.tensor).add_f32(s.offset);
+        let (qp, kp, vp, op_) = (col_ptr(q), col_ptr(k), col_ptr(v), self.ptr(*out));
+        let cols = |t: TensorId| self.desc(t).cols;
         let (q_ld, k_ld, v_ld, out_ld) = (cols(q.tensor), cols(k.tensor), cols(v.tensor), cols(*out));
         let lds = [q_ld, k_ld, v_ld, out_ld];
         if lds.iter().any(|&ld| ld > i32::MAX as usize) {
             return Err(Error::Limit(format!("attention `{name}`: a row of more than 2^31 values")));
         }
         let flash = attention_kernel(hd, rope.map(|r| r.rotary_dim)) == AttentionKernel::Flash
-            && flash_operands_aligned(&[qp, kp, vp], &[q_ld, k_ld, v_ld], op_, out_ld);
+            && flash_operands_aligned(&[qp.0, kp.0, vp.0], &[q_ld, k_ld, v_ld], op_.0, out_ld);
         if flash {
             let starts = tile_starts(qs);
             let total_tiles = starts.last().copied().unwrap_or(0) as usize;
             if total_tiles > i32::MAX as usize {
                 return Err(Error::Limit(format!("attention `{name}`: {total_tiles} query tiles exceed a grid")));
             }
-            let starts = self.table(ctx.arena, starts)?;
             let cfg = LaunchConfig {
                 grid_dim: (total_tiles as u32, heads as u32, 1),
                 block_dim: (FLASH_THREADS, 1, 1),
                 shared_mem_bytes: 0, // static: 35,840 bytes
             };
-            // flash_attention_hd64(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count,
-            //                      heads, kv_heads, scale, inv_freq, rotary_dim, out, out_ld)
-            return self.launch(
-                "flash_attention_hd64",
-                cfg,
-                &[
-                    Arg::Ptr(qp),
-                    Arg::I32(q_ld as i32),
-                    Arg::Ptr(kp),
-                    Arg::I32(k_ld as i32),
-                    Arg::Ptr(vp),
-                    Arg::I32(v_ld as i32),
-                    Arg::Ptr(qo),
-                    Arg::Ptr(ko),
-                    Arg::Ptr(starts),
-                    Arg::I32(qs.count() as i32),
-                    Arg::I32(heads as i32),
-                    Arg::I32(kv_heads as i32),
-                    Arg::F32(*scale),
-                    Arg::Ptr(inv_freq),
-                    Arg::I32(rotary_dim as i32),
-                    Arg::Ptr(op_),
-                    Arg::I32(out_ld as i32),
-                ],
-            );
+            let kernel = k::FlashAttentionHd64 {
+                q: qp,
+                q_ld: q_ld as i32,
+                k: kp,
+                k_ld: k_ld as i32,
+                v: vp,
+                v_ld: v_ld as i32,
+                q_offsets,
+                kv_offsets,
+                tile_starts: self.table(starts)?,
+                count: qs.count() as i32,
+                heads: heads as i32,
+                kv_heads: kv_heads as i32,
+                scale: *scale,
+                inv_freq,
+                rotary_dim: rotary_dim as i32,
+                out: op_,
+                out_ld: out_ld as i32,
+            };
+            return self.launch(cfg, kernel);
         }
         if qs.count() > MAX_GRID_Y {
             return Err(Error::Limit(format!(
@@ -192,30 +150,25 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: (smem_floats * std::mem::size_of::<f32>()) as u32,
         };
-        // attention_f32(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, heads, kv_heads,
-        //               head_dim, scale, inv_freq, rotary_dim, out, out_ld)
-        self.launch(
-            "attention_f32",
-            cfg,
-            &[
-                Arg::Ptr(qp),
-                Arg::I32(q_ld as i32),
-                Arg::Ptr(kp),
-                Arg::I32(k_ld as i32),
-                Arg::Ptr(vp),
-                Arg::I32(v_ld as i32),
-                Arg::Ptr(qo),
-                Arg::Ptr(ko),
-                Arg::I32(heads as i32),
-                Arg::I32(kv_heads as i32),
-                Arg::I32(hd as i32),
-                Arg::F32(*scale),
-                Arg::Ptr(inv_freq),
-                Arg::I32(rotary_dim as i32),
-                Arg::Ptr(op_),
-                Arg::I32(out_ld as i32),
-            ],
-        )
+        let kernel = k::AttentionF32 {
+            q: qp,
+            q_ld: q_ld as i32,
+            k: kp,
+            k_ld: k_ld as i32,
+            v: vp,
+            v_ld: v_ld as i32,
+            q_offsets,
+            kv_offsets,
+            heads: heads as i32,
+            kv_heads: kv_heads as i32,
+            head_dim: hd as i32,
+            scale: *scale,
+            inv_freq,
+            rotary_dim: rotary_dim as i32,
+            out: op_,
+            out_ld: out_ld as i32,
+        };
+        self.launch(cfg, kernel)
     }
 }
 

@@ -33,7 +33,13 @@ pub mod attention;
 mod capture;
 pub mod compile;
 mod conv;
+mod elementwise;
 mod gemm;
+pub mod kernels;
+mod launch;
+mod linear;
+mod norm;
+mod sampler;
 pub mod vgpu;
 mod vision;
 
@@ -43,19 +49,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError};
 use rayon::prelude::*;
 
 use super::{Backend, OpContext};
 use crate::error::{Error, Result};
-use crate::graph::{Op, Segments, TensorId, WeightId, scalar_slot};
+use crate::graph::{Op, Segments};
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
-use gemm::{Gemm, GemmArgs};
-
-const ELEMENTWISE_THREADS: u32 = 256;
+use gemm::Gemm;
 
 fn driver_err(what: impl std::fmt::Display) -> impl Fn(DriverError) -> Error {
     move |e| Error::Cuda(format!("{what}: {e:?}"))
@@ -272,25 +274,6 @@ pub struct WeightCopies {
     pub f32: Option<Vec<f32>>,
 }
 
-/// A kernel argument (pointers are passed as 64-bit device addresses).
-#[derive(Clone, Copy)]
-enum Arg {
-    Ptr(CUdeviceptr),
-    I32(i32),
-    U32(u32),
-    I64(i64),
-    F32(f32),
-}
-
-impl Arg {
-    fn size(&self) -> usize {
-        match self {
-            Arg::Ptr(_) | Arg::I64(_) => 8,
-            Arg::I32(_) | Arg::U32(_) | Arg::F32(_) => 4,
-        }
-    }
-}
-
 /// Each kernel's parameter sizes from the driver (`cuFuncGetParamInfo`, Driver
 /// API "Execution Control", CUDA 12.4+); none when the driver lacks the call.
 fn kernel_param_sizes(functions: &HashMap<String, CudaFunction>) -> HashMap<String, Vec<usize>> {
@@ -459,49 +442,6 @@ impl CudaBackend {
         self.stream.synchronize().map_err(driver_err("CUDA stream synchronize"))
     }
 
-    fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let f = self
-            .functions
-            .get(name)
-            .ok_or_else(|| Error::Cuda(format!("kernel {name} is not in the embedded kernel sources")))?;
-        // The driver copies each parameter by the size the kernel declares,
-        // from the pointers it is given: a missing or narrower argument would
-        // be read past its end, silently. Checked against the cubin.
-        if let Some(sizes) = self.param_sizes.get(name) {
-            let given: Vec<usize> = args.iter().map(Arg::size).collect();
-            if &given != sizes {
-                return Err(Error::Cuda(format!(
-                    "launching {name}: arguments of {given:?} bytes, the kernel's parameters are {sizes:?} bytes"
-                )));
-            }
-        }
-        let mut builder = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                Arg::Ptr(v) => builder.arg(v),
-                Arg::I32(v) => builder.arg(v),
-                Arg::U32(v) => builder.arg(v),
-                Arg::I64(v) => builder.arg(v),
-                Arg::F32(v) => builder.arg(v),
-            };
-        }
-        // SAFETY: argument lists match the kernels' signatures (kept next to
-        // each launch below) and every pointer is inside a live allocation.
-        unsafe { builder.launch(cfg) }.map_err(driver_err(format!("launching {name}")))?;
-        Ok(())
-    }
-
-    /// A 1-D grid-stride launch over `n` elements (nothing to do when n = 0).
-    fn launch_elementwise(&self, name: &str, n: usize, args: &[Arg]) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).min(1 << 20) as u32;
-        let cfg =
-            LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 };
-        self.launch(name, cfg, args)
-    }
-
     /// A constant table in device memory, uploaded once per arena.
     fn table(&self, arena: &mut CudaArena, values: Vec<u32>) -> Result<CUdeviceptr> {
         if !arena.tables.contains_key(&values) {
@@ -526,87 +466,6 @@ impl CudaBackend {
             .collect::<std::result::Result<Vec<u32>, _>>()
             .map_err(|_| Error::Limit(format!("a packed batch of {} rows exceeds 2^31 rows", s.total())))?;
         self.table(arena, values)
-    }
-
-    fn weight<'a>(&self, weights: &'a [CudaWeight], id: WeightId) -> Result<&'a CudaWeight> {
-        weights.get(id.0).ok_or_else(|| Error::InvalidInput(format!("weight {} was not uploaded", id.0)))
-    }
-
-    fn weight_f32(&self, weights: &[CudaWeight], id: WeightId, len: usize, what: &str) -> Result<CUdeviceptr> {
-        let w = self.weight(weights, id)?;
-        match &w.f32 {
-            Some(d) if w.len() >= len => Ok(d.device_ptr(&self.stream).0),
-            Some(_) => Err(Error::InvalidInput(format!("{what} has {} values, the op needs {len}", w.len()))),
-            None => Err(Error::InvalidInput(format!(
-                "{what} {:?} is a matrix (stored as fp16) where the CUDA backend expects a vector",
-                w.shape
-            ))),
-        }
-    }
-
-    fn run_linear(
-        &self,
-        ctx: &mut OpContext<'_, Self>,
-        ptr: &dyn Fn(TensorId) -> CUdeviceptr,
-        (x, w, bias, residual, out): (TensorId, WeightId, Option<WeightId>, Option<TensorId>, TensorId),
-    ) -> Result<()> {
-        let g = ctx.graph;
-        let (m, k, n) = (g.desc(x).rows, g.desc(x).cols, g.desc(out).cols);
-        if k == 0 {
-            return Err(Error::InvalidInput(format!("linear `{}` has no input features", g.desc(out).name)));
-        }
-        let weight = self.weight(ctx.weights, w)?;
-        let Some(wdata) = &weight.f16 else {
-            return Err(Error::InvalidInput(format!(
-                "linear `{}`: weight {:?} is a vector, expected a [{n}, {k}] matrix",
-                g.desc(out).name,
-                weight.shape
-            )));
-        };
-        if weight.len() != n * k {
-            return Err(Error::InvalidInput(format!(
-                "linear `{}`: weight {:?} does not map {k} features to {n}",
-                g.desc(out).name,
-                weight.shape
-            )));
-        }
-        let bias_ptr = bias.map(|b| self.weight_f32(ctx.weights, b, n, "bias")).transpose()?;
-        let arena = &mut *ctx.arena;
-        if m * k > 0 && arena.half.as_ref().is_none_or(|h| h.len() < m * k) {
-            // `prepare` sizes the scratch to the graph's largest Linear input, so
-            // this is reached only by a Linear it did not see; never inside a capture.
-            if capture::is_capturing(&self.stream)? {
-                return Err(Error::Cuda(format!(
-                    "linear `{}` needs a larger fp16 GEMM scratch than was prepared",
-                    g.desc(out).name
-                )));
-            }
-            let buf = self.stream.alloc_zeros::<u16>(m * k).map_err(driver_err("allocating the fp16 GEMM scratch"))?;
-            self.count_allocation();
-            arena.half = Some(buf);
-        }
-        let half = arena.half.as_ref().map(|h| h.device_ptr(&self.stream).0).unwrap_or(0);
-        // f32_to_f16(const float* x, unsigned short* out, long long n)
-        self.launch_elementwise("f32_to_f16", m * k, &[Arg::Ptr(ptr(x)), Arg::Ptr(half), Arg::I64((m * k) as i64)])?;
-        let unfused_bias = self.gemm.run(&GemmArgs {
-            x: half,
-            w: wdata.device_ptr(&self.stream).0,
-            bias: bias_ptr,
-            residual: residual.map(ptr),
-            out: ptr(out),
-            m,
-            n,
-            k,
-        })?;
-        if unfused_bias && let Some(b) = bias_ptr {
-            // add_bias_rows(float* out, const float* bias, long long rows, long long cols)
-            self.launch_elementwise(
-                "add_bias_rows",
-                m * n,
-                &[Arg::Ptr(ptr(out)), Arg::Ptr(b), Arg::I64(m as i64), Arg::I64(n as i64)],
-            )?;
-        }
-        Ok(())
     }
 }
 
@@ -752,6 +611,10 @@ impl Backend for CudaBackend {
         weight.f16.as_ref().map_or(0, |w| w.len() * 2) + weight.f32.as_ref().map_or(0, |w| w.len() * 4)
     }
 
+    fn weight_len(&self, weight: &CudaWeight) -> usize {
+        weight.len()
+    }
+
     fn synchronize(&self) -> Result<()> {
         CudaBackend::synchronize(self)
     }
@@ -821,379 +684,35 @@ impl Backend for CudaBackend {
         Ok(true)
     }
 
+    /// One line per op: each launcher lives with its kernel file's other
+    /// launchers (elementwise, norm, linear, attention, sampler, conv, vision).
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
         check_operands(op, ctx)?;
-        let g = ctx.graph;
-        let plan = ctx.plan;
-        let base = ctx.arena.data.device_ptr(&self.stream).0;
-        let ptr = move |t: TensorId| base + (plan.offsets[t.0] * std::mem::size_of::<f32>()) as CUdeviceptr;
-        let len = |t: TensorId| g.desc(t).len();
-        let cols = |t: TensorId| g.desc(t).cols;
-        let rows = |t: TensorId| g.desc(t).rows;
+        let mut l = launch::Launcher::new(self, ctx);
         match op {
-            Op::Linear { x, w, bias, residual, out } => {
-                self.run_linear(ctx, &ptr, (*x, *w, *bias, *residual, *out))?;
-            }
-            Op::LayerNorm { x, gamma, beta, eps, modulation, out } => {
-                let c = cols(*x);
-                let gamma = self.weight_f32(ctx.weights, *gamma, c, "LayerNorm gamma")?;
-                let beta = self.weight_f32(ctx.weights, *beta, c, "LayerNorm beta")?;
-                let (table, table_cols, scale_off, shift_off, offsets, count) = match modulation {
-                    Some(m) => {
-                        let seg = g.seg(m.segments);
-                        let tc = cols(m.table);
-                        if m.scale_offset.max(m.shift_offset) + c > tc || seg.count() > rows(m.table) {
-                            return Err(Error::InvalidInput(format!(
-                                "adaLN table `{}` is too small for `{}`",
-                                g.desc(m.table).name,
-                                g.desc(*out).name
-                            )));
-                        }
-                        let offsets = self.offsets(ctx.arena, seg)?;
-                        (ptr(m.table), tc, m.scale_offset, m.shift_offset, offsets, seg.count())
-                    }
-                    None => (0, 0, 0, 0, 0, 0),
-                };
-                let r = rows(*x);
-                if r > 0 {
-                    let cfg = LaunchConfig {
-                        grid_dim: (r.div_ceil(4) as u32, 1, 1),
-                        block_dim: (128, 1, 1),
-                        shared_mem_bytes: 0,
-                    };
-                    // layer_norm_f32(x, gamma, beta, eps, rows, cols, table, table_cols,
-                    //                scale_offset, shift_offset, offsets, count, out)
-                    self.launch(
-                        "layer_norm_f32",
-                        cfg,
-                        &[
-                            Arg::Ptr(ptr(*x)),
-                            Arg::Ptr(gamma),
-                            Arg::Ptr(beta),
-                            Arg::F32(*eps),
-                            Arg::I64(r as i64),
-                            Arg::I32(c as i32),
-                            Arg::Ptr(table),
-                            Arg::I32(table_cols as i32),
-                            Arg::I32(scale_off as i32),
-                            Arg::I32(shift_off as i32),
-                            Arg::Ptr(offsets),
-                            Arg::I32(count as i32),
-                            Arg::Ptr(ptr(*out)),
-                        ],
-                    )?;
-                }
-            }
-            Op::GatedResidual { branch, residual, table, gate_offset, segments, out } => {
-                let seg = g.seg(*segments);
-                let c = cols(*out);
-                if gate_offset + c > cols(*table) {
-                    return Err(Error::InvalidInput(format!("gate table `{}` is too narrow", g.desc(*table).name)));
-                }
-                // One table row per sequence, as LayerNorm's modulation checks:
-                // the kernel reads row b for the rows of sequence b.
-                if seg.count() > rows(*table) {
-                    return Err(Error::InvalidInput(format!(
-                        "gate table `{}` has {} rows for {} sequences",
-                        g.desc(*table).name,
-                        rows(*table),
-                        seg.count()
-                    )));
-                }
-                let offsets = self.offsets(ctx.arena, seg)?;
-                // gated_residual_f32(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out)
-                self.launch_elementwise(
-                    "gated_residual_f32",
-                    len(*out),
-                    &[
-                        Arg::Ptr(ptr(*branch)),
-                        Arg::Ptr(ptr(*residual)),
-                        Arg::I64(rows(*out) as i64),
-                        Arg::I64(c as i64),
-                        Arg::Ptr(ptr(*table)),
-                        Arg::I32(cols(*table) as i32),
-                        Arg::I32(*gate_offset as i32),
-                        Arg::Ptr(offsets),
-                        Arg::I32(seg.count() as i32),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )?;
-            }
-            Op::Silu { x, out } => {
-                // silu_f32(x, out, n)
-                self.launch_elementwise(
-                    "silu_f32",
-                    len(*out),
-                    &[Arg::Ptr(ptr(*x)), Arg::Ptr(ptr(*out)), Arg::I64(len(*out) as i64)],
-                )?;
-            }
-            Op::SwiGlu { x, out } => {
-                if cols(*x) != 2 * cols(*out) || rows(*x) != rows(*out) {
-                    return Err(Error::InvalidInput(format!("swiglu `{}`: input must be [M, 2F]", g.desc(*out).name)));
-                }
-                // swiglu_f32(x, out, rows, f)
-                self.launch_elementwise(
-                    "swiglu_f32",
-                    len(*out),
-                    &[Arg::Ptr(ptr(*x)), Arg::Ptr(ptr(*out)), Arg::I64(rows(*out) as i64), Arg::I64(cols(*out) as i64)],
-                )?;
-            }
-            Op::TimestepFeatures { t, w, out } => {
-                let n = cols(*out) / 2;
-                let wptr = self.weight_f32(ctx.weights, *w, n, "timestep feature weights")?;
-                let batch = len(*t);
-                // timestep_features(t, w, out, batch, n)
-                self.launch_elementwise(
-                    "timestep_features",
-                    batch * n,
-                    &[
-                        Arg::Ptr(ptr(*t)),
-                        Arg::Ptr(wptr),
-                        Arg::Ptr(ptr(*out)),
-                        Arg::I32(batch as i32),
-                        Arg::I32(n as i32),
-                    ],
-                )?;
-            }
-            Op::AddPositional { x, table, scale, segments, out } => {
-                let (seg, c) = (g.seg(*segments), cols(*x));
-                let max_len = seg.lengths().max().unwrap_or(0);
-                let tw = self.weight(ctx.weights, *table)?;
-                // Every read is table[p * cols + c] with p < max_len: in bounds exactly when
-                // max_len * cols <= len (the CPU twin's check, so both accept the same tables).
-                if max_len * c > tw.len() {
-                    return Err(Error::Limit(format!(
-                        "a sequence of {max_len} positions exceeds the position table `{}`",
-                        g.desc(*x).name
-                    )));
-                }
-                let (kernel, tptr) = match (&tw.f32, &tw.f16) {
-                    (Some(d), _) => ("add_positional_f32", d.device_ptr(&self.stream).0),
-                    (None, Some(d)) => ("add_positional_f16", d.device_ptr(&self.stream).0),
-                    (None, None) => return Err(Error::InvalidInput("position table without data".into())),
-                };
-                let offsets = self.offsets(ctx.arena, seg)?;
-                // add_positional_*(x, table, scale, offsets, count, cols, out)
-                self.launch_elementwise(
-                    kernel,
-                    seg.total() * c,
-                    &[
-                        Arg::Ptr(ptr(*x)),
-                        Arg::Ptr(tptr),
-                        Arg::F32(*scale),
-                        Arg::Ptr(offsets),
-                        Arg::I32(seg.count() as i32),
-                        Arg::I64(c as i64),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )?;
-            }
-            Op::PrependRow { first, rest, rest_segments, out_segments, out } => {
-                let (rs, os) = (g.seg(*rest_segments), g.seg(*out_segments));
-                if rs.count() != os.count() || rs.lengths().zip(os.lengths()).any(|(r, o)| o != r + 1) {
-                    return Err(Error::InvalidInput(format!(
-                        "prepend_row `{}`: output sequences must be one row longer",
-                        g.desc(*out).name
-                    )));
-                }
-                let (ro, oo) = (self.offsets(ctx.arena, rs)?, self.offsets(ctx.arena, os)?);
-                let c = cols(*out);
-                // prepend_row(first, rest, rest_offsets, out_offsets, count, cols, out)
-                self.launch_elementwise(
-                    "prepend_row",
-                    os.total() * c,
-                    &[
-                        Arg::Ptr(ptr(*first)),
-                        Arg::Ptr(ptr(*rest)),
-                        Arg::Ptr(ro),
-                        Arg::Ptr(oo),
-                        Arg::I32(os.count() as i32),
-                        Arg::I64(c as i64),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )?;
-            }
-            Op::DropFirstRow { x, x_segments, out_segments, out } => {
-                let (xs, os) = (g.seg(*x_segments), g.seg(*out_segments));
-                if xs.count() != os.count() || xs.lengths().zip(os.lengths()).any(|(x, o)| x != o + 1) {
-                    return Err(Error::InvalidInput(format!(
-                        "drop_first_row `{}`: output sequences must be one row shorter",
-                        g.desc(*out).name
-                    )));
-                }
-                let (xo, oo) = (self.offsets(ctx.arena, xs)?, self.offsets(ctx.arena, os)?);
-                let c = cols(*out);
-                // drop_first_row(x, x_offsets, out_offsets, count, cols, out)
-                self.launch_elementwise(
-                    "drop_first_row",
-                    os.total() * c,
-                    &[
-                        Arg::Ptr(ptr(*x)),
-                        Arg::Ptr(xo),
-                        Arg::Ptr(oo),
-                        Arg::I32(os.count() as i32),
-                        Arg::I64(c as i64),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )?;
-            }
-            Op::Attention { .. } => self.run_attention(op, ctx, &ptr)?,
-            Op::CfgExpand { x, scalars, x_segments, out } => {
-                let seg = g.seg(*x_segments);
-                if len(*out) != 2 * len(*x) || seg.total() * cols(*x) != len(*x) {
-                    return Err(Error::InvalidInput("cfg_expand: the output must hold x twice".into()));
-                }
-                check_step_scalars("cfg_expand", len(*scalars), seg)?;
-                let offsets = self.offsets(ctx.arena, seg)?;
-                // cfg_expand(x, scalars, x_offsets, count, cols, out)
-                self.launch_elementwise(
-                    "cfg_expand",
-                    len(*x),
-                    &[
-                        Arg::Ptr(ptr(*x)),
-                        Arg::Ptr(ptr(*scalars)),
-                        Arg::Ptr(offsets),
-                        Arg::I32(seg.count() as i32),
-                        Arg::I64(cols(*x) as i64),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )?;
-            }
-            Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => {
-                let seg = g.seg(*x_segments);
-                if len(*v) != 2 * len(*x) || cfg_scales.len() != seg.count() || seg.total() * cols(*x) != len(*x) {
-                    return Err(Error::InvalidInput(
-                        "cfg_denoise: v must hold cond and uncond rows of x, one CFG scale per request".into(),
-                    ));
-                }
-                check_step_scalars("cfg_denoise", len(*scalars), seg)?;
-                let offsets = self.offsets(ctx.arena, seg)?;
-                let scales = self.table(ctx.arena, cfg_scales.iter().map(|s| s.to_bits()).collect())?;
-                // cfg_denoise(v, x, scalars, x_offsets, cfg, count, cols, out)
-                self.launch_elementwise(
-                    "cfg_denoise",
-                    seg.total() * cols(*x),
-                    &[
-                        Arg::Ptr(ptr(*v)),
-                        Arg::Ptr(ptr(*x)),
-                        Arg::Ptr(ptr(*scalars)),
-                        Arg::Ptr(offsets),
-                        Arg::Ptr(scales),
-                        Arg::I32(seg.count() as i32),
-                        Arg::I64(cols(*x) as i64),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )?;
-            }
-            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, x_segments } => {
-                let seg = g.seg(*x_segments);
-                let n = len(*x);
-                if seg.total() * cols(*x) != n || [*denoised, *d1, *d2, *noise].iter().any(|&t| len(t) != n) {
-                    return Err(Error::InvalidInput(
-                        "dpmpp_3m_update: x, denoised, d1, d2 and noise must have the rows of the requests".into(),
-                    ));
-                }
-                check_step_scalars("dpmpp_3m_update", len(*scalars), seg)?;
-                let offsets = self.offsets(ctx.arena, seg)?;
-                // dpmpp_3m_update(x, denoised, d1, d2, noise, scalars, x_offsets, count, cols)
-                self.launch_elementwise(
-                    "dpmpp_3m_update",
-                    n,
-                    &[
-                        Arg::Ptr(ptr(*x)),
-                        Arg::Ptr(ptr(*denoised)),
-                        Arg::Ptr(ptr(*d1)),
-                        Arg::Ptr(ptr(*d2)),
-                        Arg::Ptr(ptr(*noise)),
-                        Arg::Ptr(ptr(*scalars)),
-                        Arg::Ptr(offsets),
-                        Arg::I32(seg.count() as i32),
-                        Arg::I64(cols(*x) as i64),
-                    ],
-                )?;
-            }
-            Op::Conv1d { .. } | Op::ConvTranspose1d { .. } | Op::SnakeBeta { .. } => self.run_conv_op(op, ctx, &ptr)?,
-            Op::Patchify { .. } | Op::PrependWeightRow { .. } | Op::QuickGelu { .. } | Op::FirstRows { .. } => {
-                self.run_vision_op(op, ctx, &ptr)?
-            }
-            Op::SelectStepRow { table, scalars, out } => {
-                let requests = rows(*scalars);
-                if cols(*table) != cols(*out)
-                    || rows(*table) == 0
-                    || cols(*scalars) != scalar_slot::COUNT
-                    || requests == 0
-                {
-                    return Err(Error::InvalidInput(format!(
-                        "select_step_row: `{}` must be a non-empty table as wide as `{}`, with step scalars",
-                        g.desc(*table).name,
-                        g.desc(*out).name
-                    )));
-                }
-                // select_step_row(table, table_rows, scalars, requests, out, rows, cols)
-                self.launch_elementwise(
-                    "select_step_row",
-                    len(*out),
-                    &[
-                        Arg::Ptr(ptr(*table)),
-                        Arg::I32(rows(*table) as i32),
-                        Arg::Ptr(ptr(*scalars)),
-                        Arg::I32(requests as i32),
-                        Arg::Ptr(ptr(*out)),
-                        Arg::I64(rows(*out) as i64),
-                        Arg::I64(cols(*out) as i64),
-                    ],
-                )?;
-            }
+            Op::Linear { .. } => l.linear(op),
+            Op::LayerNorm { .. } => l.layer_norm(op),
+            Op::GatedResidual { .. } => l.gated_residual(op),
+            Op::Silu { x, out } => l.silu(*x, *out),
+            Op::SwiGlu { x, out } => l.swiglu(*x, *out),
+            Op::TimestepFeatures { .. } => l.timestep_features(op),
+            Op::AddPositional { .. } => l.add_positional(op),
+            Op::PrependRow { .. } => l.prepend_row(op),
+            Op::DropFirstRow { .. } => l.drop_first_row(op),
+            Op::Attention { .. } => l.attention(op),
+            Op::CfgExpand { .. } => l.cfg_expand(op),
+            Op::CfgDenoise { .. } => l.cfg_denoise(op),
+            Op::Dpmpp3mUpdate { .. } => l.dpmpp_3m_update(op),
+            Op::SelectStepRow { .. } => l.select_step_row(op),
+            Op::Conv1d { .. } => l.conv1d(op),
+            Op::ConvTranspose1d { .. } => l.conv_transpose1d(op),
+            Op::SnakeBeta { .. } => l.snake_beta(op),
+            Op::Patchify { .. } => l.patchify(op),
+            Op::PrependWeightRow { .. } => l.prepend_weight_row(op),
+            Op::QuickGelu { x, out } => l.quick_gelu(*x, *out),
+            Op::FirstRows { .. } => l.first_rows(op),
         }
-        Ok(())
-    }
-}
-
-/// Checks that the step scalars hold one row per request of `x_segments`.
-fn check_step_scalars(op: &str, scalars_len: usize, x_segments: &Segments) -> Result<()> {
-    if scalars_len != x_segments.count() * scalar_slot::COUNT {
-        return Err(Error::InvalidInput(format!(
-            "{op}: {scalars_len} step scalars for {} requests of {} each",
-            x_segments.count(),
-            scalar_slot::COUNT
-        )));
-    }
-    Ok(())
-}
-
-impl CudaBackend {
-    /// Fills the arena at `offset` (`[latent_len, channels]` token-major) with
-    /// the seeded Philox noise of `stream`, as `sampler::rng::fill_normal`
-    /// followed by the transpose to token-major (`Backend::fill_noise`).
-    pub fn philox_normal(
-        &self,
-        arena: &mut CudaArena,
-        offset: usize,
-        seed: u64,
-        stream: u32,
-        latent_len: usize,
-        channels: usize,
-    ) -> Result<()> {
-        let n = latent_len * channels;
-        if offset + n > arena.data.len() {
-            return Err(Error::InvalidInput("noise is outside the arena".into()));
-        }
-        self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
-        let base = arena.data.device_ptr(&self.stream).0 + (offset * std::mem::size_of::<f32>()) as CUdeviceptr;
-        // philox_normal(seed_lo, seed_hi, stream, latent_len, channels, out)
-        self.launch_elementwise(
-            "philox_normal",
-            n,
-            &[
-                Arg::U32(seed as u32),
-                Arg::U32((seed >> 32) as u32),
-                Arg::U32(stream),
-                Arg::I64(latent_len as i64),
-                Arg::I64(channels as i64),
-                Arg::Ptr(base),
-            ],
-        )
     }
 }
 

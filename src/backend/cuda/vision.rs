@@ -2,108 +2,58 @@
 //! extraction, the class-token prepend, QuickGELU (a kernel after the fc1 GEMM)
 //! and the gather of the class tokens.
 
-use cudarc::driver::sys::CUdeviceptr;
-
-use super::{Arg, CudaBackend, OpContext};
-use crate::error::{Error, Result};
+use super::kernels::{self as k};
+use super::launch::{Launcher, wrong_op};
+use crate::error::Result;
 use crate::graph::{Op, TensorId};
 
-impl CudaBackend {
-    /// Runs `Op::Patchify`, `Op::PrependWeightRow`, `Op::QuickGelu` or `Op::FirstRows`.
-    pub(super) fn run_vision_op(
-        &self,
-        op: &Op,
-        ctx: &mut OpContext<'_, Self>,
-        ptr: &dyn Fn(TensorId) -> CUdeviceptr,
-    ) -> Result<()> {
-        let g = ctx.graph;
-        match op {
-            Op::Patchify { images, channels, size, patch, out } => {
-                let (id, od) = (g.desc(*images), g.desc(*out));
-                let grid = if *patch == 0 { 0 } else { size / patch };
-                if *patch == 0
-                    || id.cols != channels * size * size
-                    || od.rows != id.rows * grid * grid
-                    || od.cols != channels * patch * patch
-                {
-                    return Err(Error::InvalidInput(format!(
-                        "graph bug: patchify of `{}` [{}, {}] ({channels} x {size} x {size}, patch {patch}) into `{}` [{}, {}]",
-                        id.name, id.rows, id.cols, od.name, od.rows, od.cols
-                    )));
-                }
-                // patchify(images, channels, size, patch, out, n_out)
-                self.launch_elementwise(
-                    "patchify",
-                    od.len(),
-                    &[
-                        Arg::Ptr(ptr(*images)),
-                        Arg::I32(*channels as i32),
-                        Arg::I32(*size as i32),
-                        Arg::I32(*patch as i32),
-                        Arg::Ptr(ptr(*out)),
-                        Arg::I64(od.len() as i64),
-                    ],
-                )
-            }
-            Op::PrependWeightRow { row, rest, rest_segments, out_segments, out } => {
-                let (rs, os) = (g.seg(*rest_segments), g.seg(*out_segments));
-                let cols = g.desc(*out).cols;
-                if rs.count() != os.count() || rs.lengths().zip(os.lengths()).any(|(r, o)| o != r + 1) {
-                    return Err(Error::InvalidInput(format!(
-                        "prepend_weight_row `{}`: output sequences must be one row longer",
-                        g.desc(*out).name
-                    )));
-                }
-                let row = self.weight_f32(ctx.weights, *row, cols, "the prepended row")?;
-                let (ro, oo) = (self.offsets(ctx.arena, rs)?, self.offsets(ctx.arena, os)?);
-                // prepend_weight_row(row, rest, rest_offsets, out_offsets, count, cols, out)
-                self.launch_elementwise(
-                    "prepend_weight_row",
-                    os.total() * cols,
-                    &[
-                        Arg::Ptr(row),
-                        Arg::Ptr(ptr(*rest)),
-                        Arg::Ptr(ro),
-                        Arg::Ptr(oo),
-                        Arg::I32(os.count() as i32),
-                        Arg::I64(cols as i64),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )
-            }
-            Op::QuickGelu { x, out } => {
-                let n = g.desc(*out).len();
-                // quick_gelu_f32(x, out, n)
-                self.launch_elementwise(
-                    "quick_gelu_f32",
-                    n,
-                    &[Arg::Ptr(ptr(*x)), Arg::Ptr(ptr(*out)), Arg::I64(n as i64)],
-                )
-            }
-            Op::FirstRows { x, segments, out } => {
-                let seg = g.seg(*segments);
-                let cols = g.desc(*out).cols;
-                if g.desc(*out).rows != seg.count() || seg.lengths().any(|l| l == 0) {
-                    return Err(Error::InvalidInput(format!(
-                        "first_rows `{}`: one output row per non-empty sequence",
-                        g.desc(*out).name
-                    )));
-                }
-                let offsets = self.offsets(ctx.arena, seg)?;
-                // first_rows(x, offsets, count, cols, out)
-                self.launch_elementwise(
-                    "first_rows",
-                    seg.count() * cols,
-                    &[
-                        Arg::Ptr(ptr(*x)),
-                        Arg::Ptr(offsets),
-                        Arg::I32(seg.count() as i32),
-                        Arg::I64(cols as i64),
-                        Arg::Ptr(ptr(*out)),
-                    ],
-                )
-            }
-            other => Err(Error::UnsupportedOp { backend: "CUDA", op: other.name() }),
-        }
+impl Launcher<'_> {
+    pub(super) fn patchify(&mut self, op: &Op) -> Result<()> {
+        let Op::Patchify { images, channels, size, patch, out } = op else { return Err(wrong_op(op, "patchify")) };
+        let n = self.desc(*out).len();
+        let kernel = k::Patchify {
+            images: self.ptr(*images),
+            channels: *channels as i32,
+            size: *size as i32,
+            patch: *patch as i32,
+            out: self.ptr(*out),
+            n_out: n as i64,
+        };
+        self.elementwise(n, kernel)
+    }
+
+    pub(super) fn prepend_weight_row(&mut self, op: &Op) -> Result<()> {
+        let Op::PrependWeightRow { row, rest, rest_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "prepend_weight_row"));
+        };
+        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
+        let kernel = k::PrependWeightRow {
+            row: self.weight_f32(*row, "the prepended row")?,
+            rest: self.ptr(*rest),
+            rest_offsets: self.offsets(*rest_segments)?,
+            out_offsets: self.offsets(*out_segments)?,
+            count: os.count() as i32,
+            cols: cols as i64,
+            out: self.ptr(*out),
+        };
+        self.elementwise(os.total() * cols, kernel)
+    }
+
+    pub(super) fn quick_gelu(&mut self, x: TensorId, out: TensorId) -> Result<()> {
+        let n = self.desc(out).len();
+        self.elementwise(n, k::QuickGeluF32 { x: self.ptr(x), out: self.ptr(out), n: n as i64 })
+    }
+
+    pub(super) fn first_rows(&mut self, op: &Op) -> Result<()> {
+        let Op::FirstRows { x, segments, out } = op else { return Err(wrong_op(op, "first_rows")) };
+        let (count, cols) = (self.graph.seg(*segments).count(), self.desc(*out).cols);
+        let kernel = k::FirstRows {
+            x: self.ptr(*x),
+            offsets: self.offsets(*segments)?,
+            count: count as i32,
+            cols: cols as i64,
+            out: self.ptr(*out),
+        };
+        self.elementwise(count * cols, kernel)
     }
 }

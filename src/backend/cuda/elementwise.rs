@@ -1,0 +1,75 @@
+//! Launchers of kernels/elementwise.cu: SiLU, SwiGLU, the timestep features,
+//! the positional add and the row prepend/drop of packed sequences.
+
+use super::kernels::{self as k};
+use super::launch::{Launcher, wrong_op};
+use crate::error::Result;
+use crate::graph::{Op, TensorId};
+
+impl Launcher<'_> {
+    pub(super) fn silu(&mut self, x: TensorId, out: TensorId) -> Result<()> {
+        let n = self.desc(out).len();
+        self.elementwise(n, k::SiluF32 { x: self.ptr(x), out: self.ptr(out), n: n as i64 })
+    }
+
+    pub(super) fn swiglu(&mut self, x: TensorId, out: TensorId) -> Result<()> {
+        let d = self.desc(out);
+        let kernel = k::SwigluF32 { x: self.ptr(x), out: self.ptr(out), rows: d.rows as i64, f: d.cols as i64 };
+        self.elementwise(d.len(), kernel)
+    }
+
+    pub(super) fn timestep_features(&mut self, op: &Op) -> Result<()> {
+        let Op::TimestepFeatures { t, w, out } = op else { return Err(wrong_op(op, "timestep_features")) };
+        let (batch, n) = (self.desc(*t).len(), self.desc(*out).cols / 2);
+        let w = self.weight_f32(*w, "timestep feature weights")?;
+        let kernel = k::TimestepFeatures { t: self.ptr(*t), w, out: self.ptr(*out), batch: batch as i32, n: n as i32 };
+        self.elementwise(batch * n, kernel)
+    }
+
+    pub(super) fn add_positional(&mut self, op: &Op) -> Result<()> {
+        let Op::AddPositional { x, table, scale, segments, out } = op else {
+            return Err(wrong_op(op, "add_positional"));
+        };
+        let (seg, cols) = (self.graph.seg(*segments), self.desc(*x).cols);
+        let (n, count) = (seg.total() * cols, seg.count() as i32);
+        let offsets = self.offsets(*segments)?;
+        let (x, out, scale, cols) = (self.ptr(*x), self.ptr(*out), *scale, cols as i64);
+        match self.weight_any(*table)? {
+            (false, table) => self.elementwise(n, k::AddPositionalF32 { x, table, scale, offsets, count, cols, out }),
+            (true, table) => self.elementwise(n, k::AddPositionalF16 { x, table, scale, offsets, count, cols, out }),
+        }
+    }
+
+    pub(super) fn prepend_row(&mut self, op: &Op) -> Result<()> {
+        let Op::PrependRow { first, rest, rest_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "prepend_row"));
+        };
+        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
+        let kernel = k::PrependRow {
+            first: self.ptr(*first),
+            rest: self.ptr(*rest),
+            rest_offsets: self.offsets(*rest_segments)?,
+            out_offsets: self.offsets(*out_segments)?,
+            count: os.count() as i32,
+            cols: cols as i64,
+            out: self.ptr(*out),
+        };
+        self.elementwise(os.total() * cols, kernel)
+    }
+
+    pub(super) fn drop_first_row(&mut self, op: &Op) -> Result<()> {
+        let Op::DropFirstRow { x, x_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "drop_first_row"));
+        };
+        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
+        let kernel = k::DropFirstRow {
+            x: self.ptr(*x),
+            x_offsets: self.offsets(*x_segments)?,
+            out_offsets: self.offsets(*out_segments)?,
+            count: os.count() as i32,
+            cols: cols as i64,
+            out: self.ptr(*out),
+        };
+        self.elementwise(os.total() * cols, kernel)
+    }
+}
