@@ -335,7 +335,7 @@ fn page_makes_plays_draws_and_cancels() {
         assert!(!body.contains("http://") && !body.contains("https://"), "{path} refers to another site");
     }
 
-    let browser = Browser::start(&chromium, &chromedriver, 1280, 1100);
+    let browser = Browser::start(&chromium, &chromedriver, 1280, 1200);
     browser.goto(&format!("{}/", server.base));
     assert_eq!(browser.script("return document.title"), json!("lova-fast: sound for your videos"));
 

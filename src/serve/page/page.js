@@ -292,8 +292,10 @@
       case 'failed':
       case 'cancelled': {
         const detail = record.error ? trimStop(record.error.message) : '';
+        // A cancel from this page needs no explanation; one by the server (shutdown) does.
+        const bySomeoneElse = detail && detail !== 'cancelled' && detail !== 'cancelled by DELETE';
         const words = record.status === 'cancelled'
-          ? 'Cancelled' + (detail && detail !== 'cancelled' ? ' (' + detail + ').' : '.')
+          ? 'Cancelled' + (bySomeoneElse ? ': ' + detail + '.' : '.')
           : 'It failed' + (detail ? ': ' + detail + '.' : '.');
         fail(card, record.status, words);
         card.el('job-status').textContent = record.status === 'cancelled' ? 'Cancelled' : 'Failed';
