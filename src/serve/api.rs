@@ -142,7 +142,7 @@ pub fn job_error(e: &Error, private_dir: &FsPath) -> JobError {
     JobError { http, code, message: e.to_string().replace(&prefix, "") }
 }
 
-/// Every route; all but `/healthz` and `/readyz` behind the token (if any).
+/// Every route; all but `/healthz`, `/readyz` and the page behind the token (if any).
 pub fn router(state: AppState) -> Router {
     // Room for the text fields and the multipart framing beside the file.
     let body_limit = usize::try_from(state.options.max_upload_bytes).unwrap_or(usize::MAX).saturating_add(64 << 10);
@@ -156,6 +156,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .merge(super::page::routes())
         .merge(protected)
         .fallback(|| async { ApiError::new(404, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -8,13 +8,15 @@
 //!
 //! Modules: [`api`] routes and error replies, [`jobs`] the job store,
 //! [`form`] multipart parsing and validation, [`metrics`] Prometheus text,
-//! [`auth`] the bearer token, [`shutdown`] draining on SIGTERM/SIGINT.
+//! [`auth`] the bearer token, [`shutdown`] draining on SIGTERM/SIGINT,
+//! [`page`] the demo web page at `/`.
 
 pub mod api;
 pub mod auth;
 pub mod form;
 pub mod jobs;
 pub mod metrics;
+pub mod page;
 pub mod shutdown;
 
 use std::net::SocketAddr;
