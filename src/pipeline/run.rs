@@ -38,10 +38,10 @@ pub(crate) struct Loaded<B: Backend> {
 /// A request with its features ready, waiting to be sampled.
 pub(super) struct Prepared {
     /// Its index in the `generate_many` call.
-    pub index: usize,
+    index: usize,
     pub sampler: sampler::Request,
     pub settings: SamplerSettings,
-    pub request: Request,
+    request: Request,
     frames: usize,
     seconds: f64,
     seed: u64,
@@ -206,7 +206,7 @@ impl<B: Backend> Loaded<B> {
 
     /// Decodes and CLIP-encodes a request's frames (or takes its features), and
     /// makes its sampler request.
-    pub(super) fn prepare(&self, index: usize, request: Request, progress: &mut dyn Progress) -> Result<Prepared> {
+    fn prepare(&self, index: usize, request: Request, progress: &mut dyn Progress) -> Result<Prepared> {
         let opened = request.open(&self.config)?;
         let mut timings = Timings::default();
         let features = match opened.source {
