@@ -254,7 +254,7 @@
       card.node.dataset.id = record.id;
       card.format = record.format;
       update(card, record);
-      $('notice').textContent = file.name + ' is queued.';
+      $('notice').textContent = file.name + ' was accepted: its progress is under \u201cYour jobs\u201d.';
       follow(card);
     } catch (err) {
       const words = plainWords(err);
