@@ -26,6 +26,8 @@
 // (20.6 KiB at head_dim 64, 40.6 KiB at 128: under the 48 KiB that needs no opt-in).
 // This is the simple correct kernel; the fused tensor-core kernel is a later issue.
 
+#include "common.cuh"
+
 #define KEYS_PER_TILE 32
 #define WARPS 4
 #define QUERIES_PER_WARP 4
@@ -35,11 +37,6 @@
 
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 

@@ -19,3 +19,52 @@ __device__ __forceinline__ int sequence_of_row(const int* __restrict__ offsets, 
     }
     return lo;
 }
+
+// The sum of v over the 32 lanes of a warp, in every lane (butterfly over
+// __shfl_xor_sync; all 32 lanes must take part).
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// fp16 values are kept as their bit patterns (unsigned short): no CUDA header
+// is included (NVRTC needs none), and the conversions are the PTX cvt
+// instructions, exactly what cuda_fp16.h's __float2half_rn / __half2float emit.
+
+// f32 -> fp16, round to nearest even; beyond the fp16 range, +-inf (as under
+// PyTorch autocast, whose fp16 matmuls the reference runs).
+__device__ __forceinline__ unsigned short f32_to_f16_rn(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// fp16 -> f32 (exact).
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// Two floats as one fp16x2 register, `lo` in the low half (the lower column,
+// the lower address in memory), each rounded as f32_to_f16_rn rounds.
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+    unsigned r;
+    // cvt.rn.f16x2.f32 d, a, b puts a in the upper half and b in the lower.
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// d += a * b on tensor cores (mma.sync m16n8k16, sm_80+): a is a 16x16 fp16 A
+// fragment (row-major), b0, b1 a 16x8 fp16 B fragment (column-major), d 16x8
+// f32 accumulators, in the PTX ISA's fragment layouts: lane (g = lane / 4,
+// t = lane % 4) holds a[0] = row g, columns 2t, 2t + 1; a[1] = row g + 8;
+// a[2], a[3] = the same 8 columns later; b0 = rows 2t, 2t + 1 of column g,
+// b1 = 8 rows later; d[0], d[1] = row g, columns 2t, 2t + 1; d[2], d[3] = row g + 8.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}

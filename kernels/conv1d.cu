@@ -69,23 +69,6 @@
 // Rows of the A tile one thread loads: BM / (THREADS / (BK / 2)).
 #define CONV_A_ROWS 16
 
-__device__ __forceinline__ unsigned short conv_f32_to_f16(float f) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
-
-__device__ __forceinline__ unsigned int conv_pack_half2(float lo, float hi) {
-    return (unsigned int)conv_f32_to_f16(lo) | ((unsigned int)conv_f32_to_f16(hi) << 16);
-}
-
-__device__ __forceinline__ void conv_mma(float* c, const unsigned int* a, const unsigned int* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 // What one thread holds of a K tile between its global load and its shared store.
 struct ConvStage {
     float2 a[CONV_A_ROWS];  // raw x values of its column pair, rows a_row + 8 i
@@ -170,7 +153,7 @@ __device__ __forceinline__ void conv_store_tile(const ConvStage& s, bool snake, 
             v0 = v0 + s.inv_beta[0] * s0 * s0;
             v1 = v1 + s.inv_beta[1] * s1 * s1;
         }
-        *reinterpret_cast<unsigned int*>(As + (a_row + 8 * i) * CONV_LD + a_col) = conv_pack_half2(v0, v1);
+        *reinterpret_cast<unsigned int*>(As + (a_row + 8 * i) * CONV_LD + a_col) = pack_half2(v0, v1);
     }
     uint4* bdst = reinterpret_cast<uint4*>(Bs + (tid >> 1) * CONV_LD + 16 * (tid & 1));
     bdst[0] = s.b[0];
@@ -259,7 +242,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
                 af[2] = *reinterpret_cast<const unsigned int*>(ap + 8);
                 af[3] = *reinterpret_cast<const unsigned int*>(ap + 8 * CONV_LD + 8);
 #pragma unroll
-                for (int nf = 0; nf < 4; ++nf) conv_mma(acc[mf][nf], af, bf[nf]);
+                for (int nf = 0; nf < 4; ++nf) mma_16816(acc[mf][nf], af, bf[nf][0], bf[nf][1]);
             }
         }
         __syncthreads();

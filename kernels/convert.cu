@@ -10,14 +10,9 @@
 // (unsigned short), one element per thread and iteration.
 // Launch: 1-D grid-stride, 256 threads per block, any grid size.
 //
-// No CUDA header is included (NVRTC needs none): fp16 conversions are the PTX
-// cvt instructions, exactly what cuda_fp16.h's __float2half_rn emits.
+// The conversion is common.cuh's f32_to_f16_rn (PTX cvt.rn.f16.f32).
 
-__device__ __forceinline__ unsigned short f32_to_f16_rn(float f) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
+#include "common.cuh"
 
 extern "C" __global__ void f32_to_f16(const float* __restrict__ x, unsigned short* __restrict__ out, long long n) {
     long long stride = (long long)gridDim.x * blockDim.x;

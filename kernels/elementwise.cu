@@ -16,12 +16,6 @@
 
 #include "common.cuh"
 
-__device__ __forceinline__ float f16_to_f32(unsigned short h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-
 // Matches the CPU's x / (1 + exp(-x)).
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 

@@ -66,6 +66,8 @@
 // QKV GEMM epilogue) writing fp16 K/V once could avoid. mma.sync cannot reach
 // an H100's dense peak (only wgmma can); expect well under the 50% target there.
 
+#include "common.cuh"
+
 #define FA_HEAD_DIM 64
 #define FA_BLOCK_M 64
 #define FA_BLOCK_N 64
@@ -75,14 +77,6 @@
 #define FA_THREADS (FA_WARPS * 32)
 #define FA_LDS 72 /* shared-memory row stride in halves: 64 + 8 padding */
 #define FA_NEG_INF __int_as_float(0xff800000)
-
-// Two floats as one fp16x2 register, `lo` in the low half (the lower column).
-__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
-    unsigned r;
-    // cvt.rn.f16x2.f32 d, a, b puts a in the upper half and b in the lower.
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);
@@ -101,15 +95,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned add
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
-}
-
-// d += a (16x16, row-major fragment) * b (16x8, column fragment), f32 accumulators.
-__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // sin and cos of position * freq. The product is split exactly into hi + lo

@@ -18,11 +18,6 @@
 
 #include "common.cuh"
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // `table` may be null (no modulation); then offsets is ignored.
 extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, const float* __restrict__ gamma,
                                           const float* __restrict__ beta, float eps, long long rows, int cols,

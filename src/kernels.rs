@@ -14,7 +14,9 @@ mod generated {
 pub const KERNEL_SOURCES: &[(&str, &str)] = generated::KERNEL_SOURCES;
 
 /// `kernels/common.cuh`: helpers the kernel files share (`GRID_STRIDE`,
-/// `sequence_of_row`), pulled in by the line `#include "common.cuh"`.
+/// `sequence_of_row`, `warp_sum`, the fp16 conversions `f32_to_f16_rn` /
+/// `f16_to_f32` / `pack_half2`, the tensor-core `mma_16816`), pulled in by the
+/// line `#include "common.cuh"`.
 pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
 const COMMON_INCLUDE: &str = "#include \"common.cuh\"";
 
@@ -76,8 +78,38 @@ mod tests {
         assert_eq!(expand_common("k", "int x;\n"), "int x;\n");
         // Every kernel file that uses the shared helpers includes them.
         for (name, src) in KERNEL_SOURCES {
-            let uses = src.contains("GRID_STRIDE(") || src.contains("sequence_of_row(");
+            let uses =
+                src.contains("GRID_STRIDE(") || common_functions().iter().any(|f| src.contains(&format!("{f}(")));
             assert!(!uses || src.contains(COMMON_INCLUDE), "{name}.cu uses common.cuh without including it");
+        }
+    }
+
+    /// The names of the functions `common.cuh` defines.
+    fn common_functions() -> Vec<&'static str> {
+        let head = "__device__ __forceinline__ ";
+        let names: Vec<&str> = COMMON_HEADER
+            .match_indices(head)
+            .filter_map(|(i, _)| {
+                let decl = &COMMON_HEADER[i + head.len()..];
+                let name = decl[..decl.find('(')?].rsplit([' ', '*', '&']).next()?;
+                (!name.is_empty()).then_some(name)
+            })
+            .collect();
+        assert!(names.contains(&"pack_half2") && names.contains(&"mma_16816"), "{names:?}");
+        names
+    }
+
+    #[test]
+    fn the_shared_helpers_are_defined_once() {
+        // A kernel file's own copy of a common.cuh helper would compile (as an
+        // overload) or fail only once expanded; either way the helper must live once.
+        for (name, src) in KERNEL_SOURCES {
+            for f in common_functions() {
+                let defines = src.lines().any(|l| {
+                    l.starts_with("__device__") && l.split('(').next().is_some_and(|d| d.ends_with(&format!(" {f}")))
+                });
+                assert!(!defines, "{name}.cu defines `{f}`, which kernels/common.cuh holds");
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 # and snake_beta_f32), compiled by g++ with ../flash-attention-emu/prelude.h
 # standing in for CUDA (128 std::threads per block, std::barrier for
 # __syncthreads, mma.sync m16n8k16 emulated from the PTX ISA fragment layouts,
-# fp16 rounding by _Float16) and conv_shims.h for the kernel's inline-PTX helpers,
-# launched as src/backend/cuda/conv.rs launches it, against an f64 reference of
+# fp16 rounding by _Float16, and the inline-PTX helpers of kernels/common.cuh
+# emulated) and conv_shims.h for the counted output, launched as src/backend/cuda/conv.rs launches it, against an f64 reference of
 # the CPU twin's semantics (main.cpp): dilated convs over packed sequences with
 # per-sequence zero padding, transposed convs (strides 2, 4, 8, checked against
 # PyTorch's scatter form), fused SnakeBeta, bias, residual. Every output element
@@ -41,16 +41,18 @@ def sub(old, new):
         sys.exit(f"conv1d-emu: `{old}` not found in the kernel source; update run.sh")
     s = s.replace(old, new)
 
-# The helpers made of inline PTX are replaced by conv_shims.h's emulations.
-for head in ["__device__ __forceinline__ unsigned short conv_f32_to_f16(",
-             "__device__ __forceinline__ void conv_mma("]:
+# The helpers made of inline PTX (common.cuh's) are replaced by prelude.h's emulations.
+for head in ["__device__ __forceinline__ unsigned short f32_to_f16_rn(",
+             "__device__ __forceinline__ float f16_to_f32(",
+             "__device__ __forceinline__ unsigned pack_half2(",
+             "__device__ __forceinline__ void mma_16816("]:
     if head not in s:
         sys.exit(f"conv1d-emu: `{head}` not found in the kernel source; update run.sh")
     i = s.index(head)
     j = s.index("\n}\n", i) + 3
     s = s[:i] + s[j:]
 if "asm" in re.sub(r"//.*", "", s):
-    sys.exit("conv1d-emu: inline PTX left in the kernel source; emulate it in conv_shims.h")
+    sys.exit("conv1d-emu: inline PTX left in the kernel source; emulate it in prelude.h and strip it here")
 n = len(re.findall(r'extern "C" __global__ void', s))
 s = re.sub(r'extern "C" __global__ void(\s+__launch_bounds__\([^)]*\))?\s+', "void ", s)
 if n != 2:

@@ -49,10 +49,13 @@ static inline unsigned long long smem_addr(const void* p) { return (unsigned lon
 static inline uint16_t f32_to_f16_bits(float f) {
     _Float16 h = (_Float16)f; uint16_t bits; memcpy(&bits, &h, 2); return bits;
 }
+static inline float h2f(uint16_t bits) { _Float16 h; memcpy(&h, &bits, 2); return (float)h; }
+// kernels/common.cuh's inline-PTX helpers (cvt.rn.f16.f32, cvt.f32.f16, cvt.rn.f16x2.f32; mma_16816 below).
+static inline unsigned short f32_to_f16_rn(float f) { return f32_to_f16_bits(f); }
+static inline float f16_to_f32(unsigned short h) { return h2f(h); }
 static inline unsigned pack_half2(float lo, float hi) {
     return (unsigned)f32_to_f16_bits(lo) | ((unsigned)f32_to_f16_bits(hi) << 16);
 }
-static inline float h2f(uint16_t bits) { _Float16 h; memcpy(&h, &bits, 2); return (float)h; }
 static inline void ldmatrix_x4(unsigned (&r)[4], unsigned long long addr) {
     int w = W(), l = L(); wb[w].addr[l] = addr; wsync();
     for (int i = 0; i < 4; i++) memcpy(&r[i], (const char*)wb[w].addr[i * 8 + l / 4] + (l % 4) * 4, 4);
