@@ -5,12 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::serve_process::ServeProcess;
 use common::{fixture, lova_fast, ok, s};
 use lova_fast::tensor::HostTensor;
 
@@ -24,56 +25,29 @@ fn engine() -> &'static Path {
     })
 }
 
-/// A running `lova-fast serve`; killed on drop.
+/// A running `lova-fast serve` (stopped on drop), and the token its requests send.
 struct Server {
-    child: Child,
-    base: String,
-    stderr: Arc<Mutex<String>>,
+    process: ServeProcess,
     token: Option<String>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut ServeProcess {
+        &mut self.process
+    }
 }
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let bin = std::env::var_os("LOVA_FAST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lova-fast").into());
-        let mut child = Command::new(bin)
-            .args(["serve", "--weights", s(engine()), "--port", "0", "--device", "cpu"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lova-fast serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
         let token = extra.windows(2).find(|w| w[0] == "--token").map(|w| w[1].to_string());
-        let mut server = Server { child, base: String::new(), stderr, token };
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no address: {}", server.log()));
-        server.base = line.strip_prefix("listening on ").expect("the address line").to_string();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.get("/readyz").0 != 200 {
-            assert!(Instant::now() < deadline, "never ready: {}", server.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        Server { process: ServeProcess::start(engine(), extra), token }
     }
 
     fn agent() -> ureq::Agent {
@@ -175,26 +149,6 @@ impl Server {
 
     fn wait_final(&self, id: &str, limit: Duration) -> serde_json::Value {
         self.wait_for(id, limit, |v| matches!(v["status"].as_str(), Some("succeeded" | "failed" | "cancelled")))
-    }
-}
-
-impl Drop for Server {
-    /// SIGTERM twice (the second cancels what runs), so that the server removes
-    /// its private folder; SIGKILL if it is still there after a few seconds.
-    fn drop(&mut self) {
-        for _ in 0..2 {
-            // SAFETY: kill(2) on our own child's pid; no memory is touched.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,12 +9,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::serve_process::ServeProcess;
 use common::{fixture, s};
 use serde_json::{Value, json};
 
@@ -36,53 +36,19 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// A running `lova-fast serve`; SIGTERM then SIGKILL on drop.
-struct Server {
-    child: Child,
-    base: String,
-    stderr: Arc<Mutex<String>>,
+/// A running `lova-fast serve` (stopped on drop).
+struct Server(ServeProcess);
+
+impl std::ops::Deref for Server {
+    type Target = ServeProcess;
+    fn deref(&self) -> &ServeProcess {
+        &self.0
+    }
 }
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let bin = std::env::var_os("LOVA_FAST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lova-fast").into());
-        let mut child = Command::new(bin)
-            .args(["serve", "--weights", s(engine()), "--port", "0", "--device", "cpu"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lova-fast serve");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (pipe, log) = (child.stderr.take().unwrap(), stderr.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut server = Server { child, base: String::new(), stderr };
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no address: {}", server.log()));
-        server.base = line.strip_prefix("listening on ").expect("the address line").to_string();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while server.get("/readyz").0 != 200 {
-            assert!(Instant::now() < deadline, "never ready: {}", server.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        Server(ServeProcess::start(engine(), extra))
     }
 
     /// (status, headers we look at, body) of a GET without a token.
@@ -95,24 +61,6 @@ impl Server {
             .collect();
         let body = response.body_mut().read_to_string().unwrap_or_default();
         (response.status().as_u16(), headers, body)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for _ in 0..2 {
-            // SAFETY: kill(2) on our own child's pid; no memory is touched.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,6 +2,8 @@
 //! and error measures.
 #![allow(dead_code)]
 
+pub mod serve_process;
+
 use std::path::PathBuf;
 
 use lova_fast::tensor::HostTensor;
