@@ -218,6 +218,8 @@ pub struct Sampling<'a, B: Backend> {
     noise_buf: Vec<f32>,
     noise_scratch: Vec<f32>,
     scalar_buf: Vec<f32>,
+    /// Per request: whether this step's update adds noise.
+    adds_noise: Vec<bool>,
     /// The ops of one step (the request constants come before them).
     step_ops: std::ops::Range<usize>,
 }
@@ -425,6 +427,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
             noise_buf: Vec::with_capacity(rows * io),
             noise_scratch: Vec::new(),
             scalar_buf: Vec::new(),
+            adds_noise: Vec::new(),
         })
     }
 
@@ -547,8 +550,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
         }
         let io = self.io_channels;
         self.scalar_buf.clear();
-        let mut any_noise = false;
-        let mut noise_scales = Vec::with_capacity(self.members.len());
+        self.adds_noise.clear();
         for m in &mut self.members {
             let (i, sigmas) = (m.done, &m.sigmas);
             let s = VScalings::at(sigmas[i]);
@@ -564,15 +566,14 @@ impl<'a, B: Backend> Sampling<'a, B> {
             row[slot::NOISE] = k.noise as f32;
             row[slot::STEP] = (m.table_row + i) as f32;
             self.scalar_buf.extend_from_slice(&row);
-            any_noise |= k.noise != 0.0;
-            noise_scales.push(k.noise != 0.0);
+            self.adds_noise.push(k.noise != 0.0);
         }
         self.exec.write(self.tensors.scalars, &self.scalar_buf)?;
         // Noise of stream `done + 1` for each request whose update adds noise;
         // the others' rows are not read (a zero coefficient skips the term).
-        if any_noise && !self.noise_on_device(&noise_scales)? {
+        if self.adds_noise.contains(&true) && !self.noise_on_device()? {
             self.noise_buf.clear();
-            for (m, &adds) in self.members.iter().zip(&noise_scales) {
+            for (m, &adds) in self.members.iter().zip(&self.adds_noise) {
                 let r = &m.request;
                 if adds {
                     r.noise.append_token_major(
@@ -593,15 +594,15 @@ impl<'a, B: Backend> Sampling<'a, B> {
         Ok(true)
     }
 
-    /// Generates the seeded noise of each request that needs it (`adds[b]`) on
+    /// Generates the seeded noise of each request that needs it (`adds_noise`) on
     /// the device when the backend can and no request injects its own; false
     /// means: upload host noise. (Same generator: equal to the host's noise up
     /// to a rare last-bit difference of the f64 transcendental functions.)
-    fn noise_on_device(&mut self, adds: &[bool]) -> Result<bool> {
+    fn noise_on_device(&mut self) -> Result<bool> {
         if self.members.iter().any(|m| m.request.noise.steps.is_some()) {
             return Ok(false);
         }
-        for (b, m) in self.members.iter().enumerate().filter(|(b, _)| adds[*b]) {
+        for (b, m) in self.members.iter().enumerate().filter(|(b, _)| self.adds_noise[*b]) {
             let row = self.latent_seg.offsets[b];
             let (seed, stream) = (m.request.noise.seed, (m.done + 1) as u32);
             if !self.exec.fill_noise(self.tensors.noise, row, seed, stream, m.request.latent_len)? {
