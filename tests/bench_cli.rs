@@ -56,6 +56,37 @@ fn bench_reports_lengths_flops_and_memory_as_json() {
 }
 
 #[test]
+fn bench_profile_counts_every_op_of_a_step() {
+    let config_path = fixture("tiny/model_config.json");
+    let args =
+        ["bench", "--device", "cpu", "--config", s(&config_path), "--seconds", "2", "--steps", "2", "--warmup", "1"];
+    let o = lova_fast(&[&args[..], &["--profile", "--json"]].concat());
+    let stderr = ok(&o);
+    assert!(stderr.contains("where a 2 s step's time goes"), "no profile table: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    let profile = report["clips"][0]["profile"].as_array().expect("a profile per clip");
+    let config = LovaConfig::from_file(&config_path).unwrap();
+    let runs = |op: &str| {
+        let entry = profile.iter().find(|p| p["op"] == op).unwrap_or_else(|| panic!("no `{op}` in {profile:?}"));
+        entry["runs_per_step"].as_f64().unwrap()
+    };
+    // Warm-up steps are left out: one DPM++ update and one self-attention per block per step.
+    assert_eq!(runs("dpmpp_3m_update"), 1.0);
+    assert!(runs("attention") >= config.dit.depth as f64, "{profile:?}");
+    let shares: f64 = profile.iter().map(|p| p["share"].as_f64().unwrap()).sum();
+    assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
+    // Without --profile, no profile.
+    let plain: serde_json::Value = serde_json::from_slice(&ok_stdout(&lova_fast(&[&args[..], &["--json"]].concat())))
+        .expect("JSON on stdout");
+    assert!(plain["clips"][0].get("profile").is_none(), "{plain}");
+}
+
+fn ok_stdout(o: &std::process::Output) -> Vec<u8> {
+    ok(o);
+    o.stdout.clone()
+}
+
+#[test]
 fn bench_refuses_bad_lengths_cleanly() {
     failed(&lova_fast(&["bench", "--device", "cpu", "--seconds", "0"]), &["--seconds"]);
     failed(&lova_fast(&["bench", "--device", "cpu", "--seconds", "200", "--steps", "1"]), &["position"]);

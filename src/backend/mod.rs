@@ -4,6 +4,8 @@
 
 pub mod cpu;
 pub mod cuda;
+/// A wrapper that times every op per op kind (`bench --profile`).
+pub mod profiled;
 
 use std::ops::Range;
 

@@ -12,8 +12,10 @@ use clap::Args;
 
 use lova_fast::backend::Backend;
 use lova_fast::backend::cpu::Precision;
+use lova_fast::backend::profiled::{OpTime, Profiled};
 use lova_fast::config::{LovaConfig, RELEASED_CONFIG_JSON};
 use lova_fast::engine::{ModelFile, WeightSource};
+use lova_fast::graph::OpKind;
 use lova_fast::models::ClipVisionConfig;
 use lova_fast::models::Dit;
 use lova_fast::models::clip::CLIP_VIT_L14;
@@ -66,6 +68,12 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with_all = ["weights", "make_engine"])]
     pub peak: bool,
 
+    /// Also time every op of the timed steps and print where a step's time goes, per
+    /// op kind. Each op is then followed by a synchronize and the step is not captured
+    /// as a CUDA graph, so on a GPU the profiled step is slower than the plain one.
+    #[arg(long, conflicts_with_all = ["peak", "make_engine"])]
+    pub profile: bool,
+
     /// Print the results as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -113,7 +121,25 @@ struct ClipResult {
     weights_bytes: usize,
     /// Device memory in use after the steps (whole device, driver included; CUDA only).
     device_memory_used_bytes: Option<usize>,
+    /// With `--profile`: time per op kind over the timed steps, most first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<Vec<OpShare>>,
 }
+
+/// One op kind's part of a step (`--profile`).
+#[derive(Debug, serde::Serialize)]
+struct OpShare {
+    op: &'static str,
+    runs_per_step: f64,
+    ms_per_step: f64,
+    /// CPU time of the process meanwhile (all threads), where it can be read.
+    cpu_ms_per_step: Option<f64>,
+    /// Of the sum over op kinds (which leaves out the host's work between ops).
+    share: f64,
+}
+
+/// Takes the op times gathered since the last call (`Profiled::take_profile`).
+type TakeProfile<'p> = &'p dyn Fn() -> Vec<(OpKind, OpTime)>;
 
 #[derive(Debug, serde::Serialize)]
 struct BenchReport {
@@ -174,6 +200,17 @@ struct BenchJob {
 
 impl WithBackend for BenchJob {
     fn run<B: Backend>(self, backend: B) -> Result<()> {
+        if self.args.profile {
+            let profiled = Profiled::new(backend);
+            self.measure(&profiled, Some(&|| profiled.take_profile()))
+        } else {
+            self.measure(&backend, None)
+        }
+    }
+}
+
+impl BenchJob {
+    fn measure<B: Backend>(self, backend: &B, profile: Option<TakeProfile<'_>>) -> Result<()> {
         let BenchJob { args, config } = self;
         let mut startup = Startup { backend_s: super::process_age().as_secs_f64(), ..Default::default() };
         let loaded = Instant::now();
@@ -181,12 +218,12 @@ impl WithBackend for BenchJob {
             Some(path) => {
                 let file = ModelFile::open(&WeightSource::Engine(path))
                     .with_context(|| format!("loading {}", path.display()))?;
-                let dit = file.load_dit(&backend).with_context(|| format!("loading {}", path.display()))?;
+                let dit = file.load_dit(backend).with_context(|| format!("loading {}", path.display()))?;
                 (file.config().clone(), dit, path.display().to_string())
             }
             None => {
                 let random = RandomWeights { seed: 1 };
-                let dit = Dit::load(&backend, &random, &config.dit, "")?;
+                let dit = Dit::load(backend, &random, &config.dit, "")?;
                 let name = args.config.as_ref().map_or("the released vl30 config".into(), |p| p.display().to_string());
                 (config, dit, format!("{} of {name}", random.describe()))
             }
@@ -196,7 +233,7 @@ impl WithBackend for BenchJob {
 
         let mut clips = Vec::new();
         for (i, &seconds) in args.seconds.iter().enumerate() {
-            let result = bench_clip(&backend, &config, &dit, seconds, &args, (i == 0).then_some(&mut startup))?;
+            let result = bench_clip(backend, &config, &dit, seconds, &args, (i == 0).then_some(&mut startup), profile)?;
             clips.push(result);
         }
         // After the first step: a bf16 CPU backend packs its weights when the step graph is prepared.
@@ -221,6 +258,7 @@ fn bench_clip<B: Backend>(
     seconds: f64,
     args: &BenchArgs,
     mut startup: Option<&mut Startup>,
+    profile: Option<TakeProfile<'_>>,
 ) -> Result<ClipResult> {
     let (frames, latent_len) = clip_lengths(config, seconds);
     let features = RandomWeights { seed: 2 }.tensor("features", &[frames, config.dit.cond_token_dim])?;
@@ -234,6 +272,11 @@ fn bench_clip<B: Backend>(
     let plan_s = planned.elapsed().as_secs_f64();
     let mut times = Vec::with_capacity(args.steps);
     for i in 0..settings.steps {
+        if i == args.warmup
+            && let Some(take) = profile
+        {
+            take(); // the warm-up steps' times are not part of the profile
+        }
         let started = Instant::now();
         sampling.step()?;
         backend.synchronize()?;
@@ -259,6 +302,7 @@ fn bench_clip<B: Backend>(
         (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
     };
     let step_flops = sampling.step_flops();
+    let profile = profile.map(|take| op_shares(&take(), times.len()));
     Ok(ClipResult {
         seconds,
         frames,
@@ -275,7 +319,25 @@ fn bench_clip<B: Backend>(
         arena_bytes: sampling.arena_bytes(),
         weights_bytes: 0,
         device_memory_used_bytes: used,
+        profile,
     })
+}
+
+/// Per-step time of each op kind over `steps` steps, most first.
+fn op_shares(times: &[(OpKind, OpTime)], steps: usize) -> Vec<OpShare> {
+    let total: f64 = times.iter().map(|(_, t)| t.total.as_secs_f64()).sum();
+    let mut shares: Vec<OpShare> = times
+        .iter()
+        .map(|(kind, t)| OpShare {
+            op: kind.name(),
+            runs_per_step: t.runs as f64 / steps as f64,
+            ms_per_step: t.total.as_secs_f64() * 1e3 / steps as f64,
+            cpu_ms_per_step: t.cpu.map(|c| c.as_secs_f64() * 1e3 / steps as f64),
+            share: if total > 0.0 { t.total.as_secs_f64() / total } else { 0.0 },
+        })
+        .collect();
+    shares.sort_by(|a, b| b.ms_per_step.total_cmp(&a.ms_per_step));
+    shares
 }
 
 /// `--peak`: the CPU's FMA ceiling and the Linear op's rate at the DiT's shapes.
@@ -369,6 +431,24 @@ fn format_table(r: &BenchReport) -> String {
                 ""
             }
         );
+    }
+    for c in r.clips.iter().filter(|c| c.profile.is_some()) {
+        out += &format!(
+            "where a {} s step's time goes, op by op with a synchronize after each (per step: wall ms, \
+             and CPU ms of all threads, which on a shared machine leaves out waiting for a core):\n",
+            c.seconds
+        );
+        for p in c.profile.iter().flatten() {
+            let cpu = p.cpu_ms_per_step.map_or("-".into(), |ms| format!("{ms:.2}"));
+            out += &format!(
+                "  {:>20} {:>6.1} runs {:>10.2} ms {:>10} CPU ms {:>6.1} %\n",
+                p.op,
+                p.runs_per_step,
+                p.ms_per_step,
+                cpu,
+                100.0 * p.share
+            );
+        }
     }
     out
 }

@@ -1,10 +1,12 @@
 //! Reference attention: for every sequence of a packed batch, every query head
 //! and every block of 128 queries, gather Q and K (rotating them with RoPE),
-//! `S = Q K^T * scale`, softmax in f32 with the row max subtracted, `O = P V`.
+//! `S = Q K^T * scale`, softmax in f32 with the row max subtracted (`softmax`:
+//! the reference's, or the bf16 backend's fast one), `O = P V`.
 //! Grouped-query: query head j reads kv head `j / (heads / kv_heads)`.
 
 use rayon::prelude::*;
 
+use super::softmax::{Softmax, softmax_rows};
 use crate::graph::Segments;
 
 const QUERY_BLOCK: usize = 128;
@@ -39,6 +41,8 @@ pub struct AttentionParams<'a> {
     pub scale: f32,
     /// `(inv_freq, rotary_dim)`: rotate the first `rotary_dim` dims of q and k heads.
     pub rope: Option<(&'a [f32], usize)>,
+    /// The reference softmax, or the bf16 backend's fast one.
+    pub softmax: Softmax,
 }
 
 #[derive(Clone, Copy)]
@@ -49,19 +53,50 @@ unsafe impl Sync for SendPtr {}
 /// Copies one head vector, applying RoPE for `position` (angles in f64):
 /// `v[i] = r[i] cos - r[i+h] sin`, `v[i+h] = r[i+h] cos + r[i] sin`, h = rotary_dim / 2.
 pub fn load_head(src: &[f32], position: usize, rope: Option<(&[f32], usize)>, dst: &mut [f32]) {
-    dst.copy_from_slice(src);
-    if let Some((inv_freq, rotary_dim)) = rope {
+    match rope {
+        Some((inv_freq, rotary_dim)) => {
+            let angles = RopeTable::new(inv_freq, rotary_dim, position + 1);
+            angles.rotate(src, position, dst);
+        }
+        None => dst.copy_from_slice(src),
+    }
+}
+
+/// `(sin, cos)` of `position * inv_freq[i]` in f64 for every position an op
+/// needs, computed once per op rather than once per (head, query block): the
+/// values, and so the rotated vectors, are exactly those of computing each
+/// angle where it is used.
+struct RopeTable {
+    half: usize,
+    sin_cos: Vec<(f64, f64)>,
+}
+
+impl RopeTable {
+    fn new(inv_freq: &[f32], rotary_dim: usize, positions: usize) -> Self {
         let half = rotary_dim / 2;
-        for i in 0..half {
-            let (sin, cos) = (position as f64 * inv_freq[i] as f64).sin_cos();
-            let (a, b) = (src[i] as f64, src[i + half] as f64);
+        let sin_cos = (0..positions)
+            .flat_map(|pos| inv_freq[..half].iter().map(move |&f| (pos as f64 * f as f64).sin_cos()))
+            .collect();
+        RopeTable { half, sin_cos }
+    }
+
+    /// `dst` = `src` with its first `2 * half` dims rotated for `position`.
+    fn rotate(&self, src: &[f32], position: usize, dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+        let angles = &self.sin_cos[position * self.half..(position + 1) * self.half];
+        for (i, &(sin, cos)) in angles.iter().enumerate() {
+            let (a, b) = (src[i] as f64, src[i + self.half] as f64);
             dst[i] = (a * cos - b * sin) as f32;
-            dst[i + half] = (b * cos + a * sin) as f32;
+            dst[i + self.half] = (b * cos + a * sin) as f32;
         }
     }
 }
 
 /// `out` is `[total queries, heads * head_dim]`.
+///
+/// K is rotated once per (sequence, kv head) and shared by every query head
+/// and query block that reads it; V (and K without RoPE) is read in place by
+/// the GEMM, whose packing makes the result independent of the stride.
 pub fn attention(
     q: Strided,
     k: Strided,
@@ -74,6 +109,27 @@ pub fn attention(
     let hd = p.head_dim;
     let ld_out = p.heads * hd;
     let group = p.heads / p.kv_heads;
+    let longest = (0..q_seg.count()).map(|b| q_seg.len_of(b).max(kv_seg.len_of(b))).max().unwrap_or(0);
+    let rope = p.rope.map(|(inv_freq, rotary_dim)| RopeTable::new(inv_freq, rotary_dim, longest));
+    let rope = rope.as_ref();
+
+    // Rotated keys, [sequence][kv head] -> [len, hd] (only with RoPE).
+    let rotated_keys: Vec<Vec<f32>> = match rope {
+        Some(table) => (0..kv_seg.count() * p.kv_heads)
+            .into_par_iter()
+            .map(|i| {
+                let (b, kvh) = (i / p.kv_heads, i % p.kv_heads);
+                let kr = kv_seg.range(b);
+                let mut ks = vec![0.0f32; kr.len() * hd];
+                for (j, dst) in ks.chunks_exact_mut(hd.max(1)).enumerate() {
+                    table.rotate(k.row(kr.start + j, kvh * hd, hd), j, dst);
+                }
+                ks
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+
     let mut tasks = Vec::new();
     for b in 0..q_seg.count() {
         for h in 0..p.heads {
@@ -92,16 +148,28 @@ pub fn attention(
         let kvh = h / group;
         let mut qs = vec![0.0f32; nq * hd];
         for i in 0..nq {
-            load_head(q.row(qr.start + q0 + i, h * hd, hd), q0 + i, p.rope, &mut qs[i * hd..(i + 1) * hd]);
+            let src = q.row(qr.start + q0 + i, h * hd, hd);
+            let dst = &mut qs[i * hd..(i + 1) * hd];
+            match rope {
+                Some(table) => table.rotate(src, q0 + i, dst),
+                None => dst.copy_from_slice(src),
+            }
         }
-        let mut ks = vec![0.0f32; nk * hd];
-        let mut vs = vec![0.0f32; nk * hd];
-        for j in 0..nk {
-            load_head(k.row(kr.start + j, kvh * hd, hd), j, p.rope, &mut ks[j * hd..(j + 1) * hd]);
-            vs[j * hd..(j + 1) * hd].copy_from_slice(v.row(kr.start + j, kvh * hd, hd));
+        if nk > 0 {
+            // Bounds of the in-place reads below: the last key and value rows
+            // (slice indexing panics rather than reading past the arena).
+            let _ = (k.row(kr.end - 1, kvh * hd, hd), v.row(kr.end - 1, kvh * hd, hd));
         }
+        // K^T as the GEMM's right operand: element (d, j) of key j.
+        let (k_ptr, k_row_stride) = match rope {
+            Some(_) => (rotated_keys[b * p.kv_heads + kvh].as_ptr(), hd),
+            None if nk > 0 => (k.row(kr.start, kvh * hd, hd).as_ptr(), k.ld),
+            None => (qs.as_ptr(), hd), // no keys: the GEMM reads nothing
+        };
+        let v_ptr = if nk > 0 { v.row(kr.start, kvh * hd, hd).as_ptr() } else { qs.as_ptr() };
         let mut s = vec![0.0f32; nq * nk];
-        // SAFETY: plain row-major buffers of the sizes passed.
+        // SAFETY: k_ptr addresses nk rows of hd values k_row_stride apart (the
+        // first and last checked above); qs and s are plain row-major buffers.
         unsafe {
             matrixmultiply::sgemm(
                 nq,
@@ -111,26 +179,18 @@ pub fn attention(
                 qs.as_ptr(),
                 hd as isize,
                 1,
-                ks.as_ptr(),
+                k_ptr,
                 1,
-                hd as isize,
+                k_row_stride as isize,
                 0.0,
                 s.as_mut_ptr(),
                 nk as isize,
                 1,
             );
         }
-        for row in s.chunks_mut(nk.max(1)) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f64;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x as f64;
-            }
-            let inv = (1.0 / sum) as f32;
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
-        // SAFETY: this task alone writes rows qr.start+q0.. of head h's columns.
+        softmax_rows(p.softmax, &mut s, nk);
+        // SAFETY: v_ptr addresses nk rows of hd values v.ld apart; this task
+        // alone writes rows qr.start+q0.. of head h's columns.
         unsafe {
             matrixmultiply::sgemm(
                 nq,
@@ -140,8 +200,8 @@ pub fn attention(
                 s.as_ptr(),
                 nk as isize,
                 1,
-                vs.as_ptr(),
-                hd as isize,
+                v_ptr,
+                v.ld as isize,
                 1,
                 0.0,
                 out_ptr.0.add((qr.start + q0) * ld_out + h * hd),
@@ -179,7 +239,8 @@ mod tests {
         let q: Vec<f32> = (0..q_seg.total() * heads * hd).map(val).collect();
         let kv: Vec<f32> = (0..kv_seg.total() * 2 * kv_heads * hd).map(|i| val(i + 17)).collect();
         let mut out = vec![0.0; q_seg.total() * heads * hd];
-        let params = AttentionParams { heads, kv_heads, head_dim: hd, scale: 0.3, rope: None };
+        let params =
+            AttentionParams { heads, kv_heads, head_dim: hd, scale: 0.3, rope: None, softmax: Softmax::Reference };
         let kvw = 2 * kv_heads * hd;
         attention(
             Strided { data: &q, ld: heads * hd, offset: 0 },
@@ -209,6 +270,56 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs self-attention over packed sequences of `lens` (q, k, v from one
+    /// `[rows, 3 * heads * hd]` matrix, RoPE on half of each head, 4 query
+    /// heads over 2 kv heads) with `softmax`.
+    fn packed_self_attention(lens: &[usize], qkv: &[f32], softmax: Softmax) -> Vec<f32> {
+        let (heads, kv_heads, hd) = (4, 2, 16);
+        let width = (heads + 2 * kv_heads) * hd;
+        let seg = Segments::from_lengths(lens.iter().copied());
+        let inv_freq: Vec<f32> = (0..hd / 4).map(|i| 10000f32.powf(-(i as f32) / (hd / 4) as f32)).collect();
+        let params =
+            AttentionParams { heads, kv_heads, head_dim: hd, scale: 0.25, rope: Some((&inv_freq, hd / 2)), softmax };
+        let mut out = vec![0.0; seg.total() * heads * hd];
+        attention(
+            Strided { data: qkv, ld: width, offset: 0 },
+            Strided { data: qkv, ld: width, offset: heads * hd },
+            Strided { data: qkv, ld: width, offset: (heads + kv_heads) * hd },
+            &seg,
+            &seg,
+            &params,
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn fast_softmax_attention_is_close_to_the_reference_and_the_same_alone_or_packed() {
+        let lens = [37, 150, 1];
+        let width = 8 * 16;
+        let rows: usize = lens.iter().sum();
+        // Scores of a few units, as in a trained model's attention.
+        let qkv: Vec<f32> = (0..rows * width).map(|i| ((i * 2654435761usize % 1000) as f32 / 250.0) - 2.0).collect();
+        let reference = packed_self_attention(&lens, &qkv, Softmax::Reference);
+        for isa in crate::backend::cpu::Isa::available() {
+            let fast = packed_self_attention(&lens, &qkv, Softmax::Fast(isa));
+            // Each output is a convex combination of values |v| <= 2 whose
+            // weights (softmax.rs) are within 1e-6 relative of the reference's:
+            // |error| <= 1e-6 * sum |p v| <= 2e-6, plus f32 rounding of the GEMM.
+            for (i, (f, r)) in fast.iter().zip(&reference).enumerate() {
+                assert!((f - r).abs() <= 4e-6, "{isa:?} element {i}: {f} vs {r}");
+            }
+            // The middle sequence alone: the same bits as packed between the others.
+            let (start, end) = (lens[0] * width, (lens[0] + lens[1]) * width);
+            let alone = packed_self_attention(&lens[1..2], &qkv[start..end], Softmax::Fast(isa));
+            let out_width = 4 * 16;
+            assert!(
+                alone == fast[lens[0] * out_width..(lens[0] + lens[1]) * out_width],
+                "{isa:?}: a sequence's attention depends on the sequences packed with it"
+            );
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! With `Precision::Bf16` (or `Auto` on a CPU with a SIMD kernel for it) the
 //! Linear ops run on weights rounded to bf16 and packed once
-//! (`gemm_bf16`); everything else stays as in the f32 reference.
+//! (`gemm_bf16`), and attention takes the fast softmax (`softmax`);
+//! everything else stays as in the f32 reference.
 
 /// Reference attention with RoPE over packed sequences.
 pub mod attention;
@@ -25,6 +26,8 @@ pub mod peak;
 pub mod precision;
 /// The sampler's CFG and DPM++ 3M SDE element-wise ops.
 pub mod sampler_ops;
+/// Row softmax of attention scores: the reference and the bf16 backend's fast one.
+pub mod softmax;
 /// Bounds on how many CPU threads a run may start.
 pub mod threads;
 /// Ops of the CLIP image tower.
@@ -142,6 +145,15 @@ impl CpuBackend {
         self.gemm
     }
 
+    /// The attention softmax: the reference on the f32 path, the fast one
+    /// (polynomial exp, f32 sums) with bf16 GEMMs, on the same instruction set.
+    pub fn softmax(&self) -> softmax::Softmax {
+        match self.gemm {
+            Resolved::F32 => softmax::Softmax::Reference,
+            Resolved::Bf16(isa) => softmax::Softmax::Fast(isa),
+        }
+    }
+
     /// Bytes of the bf16 copies made so far of `weights` (0 on the f32 path).
     pub fn packed_bytes(weights: &[CpuWeight]) -> usize {
         weights.iter().filter_map(|w| w.packed()).map(PackedBf16::bytes).sum()
@@ -156,7 +168,7 @@ impl Backend for CpuBackend {
         match self.gemm {
             Resolved::F32 => format!("cpu (f32, {} threads)", rayon::current_num_threads()),
             Resolved::Bf16(isa) => format!(
-                "cpu (bf16 weights in Linear ops, {} kernel; f32 elsewhere; {} threads)",
+                "cpu (bf16 weights in Linear ops, {} kernel; fast softmax; f32 elsewhere; {} threads)",
                 isa.name(),
                 rayon::current_num_threads()
             ),
@@ -321,6 +333,7 @@ impl Backend for CpuBackend {
                     head_dim: *head_dim,
                     scale: *scale,
                     rope: rope.map(|r| (w(r.inv_freq), r.rotary_dim)),
+                    softmax: self.softmax(),
                 };
                 attention::attention(
                     strided(q),
