@@ -259,7 +259,7 @@ const LOG2_E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// Cephes' `expf` polynomial: e^r = 1 + r + r^2 (((((P0 r + P1) r + P2) r + P3) r + P4) r + P5).
-const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 /// Below this, 2^n with the polynomial's value would leave the normal range.
 const EXP_CLAMP: f32 = -87.0;
 
