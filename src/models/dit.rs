@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::graph::{AdaLnModulation, ColumnSlice, Executor, Graph, Rope, Segments, SegmentsId, TensorId, WeightId};
 use crate::models::declare::{self, Linear, Norm, Scope};
 use crate::models::layers::{
-    Heads, add_positional, attention, drop_first_row, gated_residual, layer_norm, linear, prepend_row, self_attention,
-    silu, swiglu, timestep_features,
+    Heads, add_positional, attention, drop_first_row, gated_residual, layer_norm, linear, prepend_row_positional,
+    self_attention, silu, swiglu, timestep_features,
 };
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
@@ -272,11 +272,14 @@ impl<B: Backend> Dit<B> {
         // Audio tokens: x + preprocess_conv(x), project_in, (prepend te), PE_z.
         let xp = linear(g, "preprocessed", x, &ids.preprocess_conv, Some(x));
         let audio = linear(g, "project_in", xp, &ids.project_in, None);
-        let tokens = match c.global_cond_type {
-            GlobalCondType::Prepend => prepend_row(g, "tokens", cond.timestep, audio, latent_seg, token_seg),
-            GlobalCondType::AdaLn => audio,
+        let (pe, pe_scale) = (ids.pos_emb, (e as f32).powf(-0.5));
+        let mut h = match c.global_cond_type {
+            // One pass for both: the prepended rows are never stored.
+            GlobalCondType::Prepend => {
+                prepend_row_positional(g, "tokens_pe", cond.timestep, audio, (pe, pe_scale), latent_seg, token_seg)
+            }
+            GlobalCondType::AdaLn => add_positional(g, "tokens_pe", audio, pe, pe_scale, token_seg),
         };
-        let mut h = add_positional(g, "tokens_pe", tokens, ids.pos_emb, (e as f32).powf(-0.5), token_seg);
 
         let seqs = Segs { tokens: token_seg, context: context_seg };
         for (i, block) in ids.blocks.iter().enumerate() {

@@ -91,17 +91,19 @@ pub fn add_positional(
     out
 }
 
-/// Per sequence b: row b of `first`, then the rows of `rest` for b (`out_segments`: one row longer each).
-pub fn prepend_row(
+/// Per sequence b: row b of `first`, then the rows of `rest` for b (`out_segments`:
+/// one row longer each), plus `table[position] * scale`: `Op::PrependRowPositional`.
+pub fn prepend_row_positional(
     g: &mut Graph,
     name: impl Into<String>,
     first: TensorId,
     rest: TensorId,
+    (table, scale): (WeightId, f32),
     rest_segments: SegmentsId,
     out_segments: SegmentsId,
 ) -> TensorId {
     let out = g.temp(name, g.seg(out_segments).total(), g.desc(rest).cols);
-    g.push(Op::PrependRow { first, rest, rest_segments, out_segments, out });
+    g.push(Op::PrependRowPositional { first, rest, table, scale, rest_segments, out_segments, out });
     out
 }
 
