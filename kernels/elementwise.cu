@@ -7,6 +7,8 @@
 // - add_positional_*:  out[r] = x[r] + table[position of r in its sequence] * scale;
 //                      the table is f32 or fp16 (matrices are stored as fp16)
 // - prepend_row:       per sequence b: out rows = first[b], then rest's rows of b
+// - prepend_row_positional_*: prepend_row, then add_positional over the output
+//                      sequences, in one pass (the DiT's tokens before its blocks)
 // - drop_first_row:    per sequence b: out rows = x's rows of b except the first
 //
 // Layout: every tensor is row-major [rows, cols] f32; a packed batch is
@@ -65,16 +67,49 @@ extern "C" __global__ void add_positional_f16(const float* __restrict__ x, const
     }
 }
 
+// The value prepend_row writes at row r, column c; *p is r's position in its sequence.
 // out_offsets[b + 1] - out_offsets[b] = rest_offsets[b + 1] - rest_offsets[b] + 1.
+__device__ __forceinline__ float prepended(const float* __restrict__ first, const float* __restrict__ rest,
+                                           const int* __restrict__ rest_offsets, const int* __restrict__ out_offsets,
+                                           int count, long long cols, long long r, long long c, long long* p) {
+    int b = sequence_of_row(out_offsets, count, r);
+    *p = r - out_offsets[b];
+    return *p == 0 ? first[(long long)b * cols + c] : rest[(rest_offsets[b] + *p - 1) * cols + c];
+}
+
 extern "C" __global__ void prepend_row(const float* __restrict__ first, const float* __restrict__ rest,
                                        const int* __restrict__ rest_offsets, const int* __restrict__ out_offsets,
                                        int count, long long cols, float* __restrict__ out) {
     long long n = (long long)out_offsets[count] * cols;
     GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols;
-        int b = sequence_of_row(out_offsets, count, r);
-        long long p = r - out_offsets[b];
-        out[i] = p == 0 ? first[(long long)b * cols + c] : rest[(rest_offsets[b] + p - 1) * cols + c];
+        long long r = i / cols, c = i - r * cols, p;
+        out[i] = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
+    }
+}
+
+extern "C" __global__ void prepend_row_positional_f32(const float* __restrict__ first, const float* __restrict__ rest,
+                                                      const float* __restrict__ table, float scale,
+                                                      const int* __restrict__ rest_offsets,
+                                                      const int* __restrict__ out_offsets, int count, long long cols,
+                                                      float* __restrict__ out) {
+    long long n = (long long)out_offsets[count] * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols, p;
+        float v = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
+        out[i] = v + table[p * cols + c] * scale;
+    }
+}
+
+extern "C" __global__ void prepend_row_positional_f16(const float* __restrict__ first, const float* __restrict__ rest,
+                                                      const unsigned short* __restrict__ table, float scale,
+                                                      const int* __restrict__ rest_offsets,
+                                                      const int* __restrict__ out_offsets, int count, long long cols,
+                                                      float* __restrict__ out) {
+    long long n = (long long)out_offsets[count] * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols, p;
+        float v = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
+        out[i] = v + f16_to_f32(table[p * cols + c]) * scale;
     }
 }
 

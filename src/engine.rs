@@ -239,7 +239,7 @@ pub fn engine_tensors(config: &LovaConfig, clip: Option<&ClipVisionConfig>) -> V
     }));
     list.extend(vae::tensor_specs(&config.vae_decoder).iter().map(|spec| EngineTensor {
         name: format!("{VAE_KEYS}{}", spec.key),
-        shape: spec.engine_shape(),
+        shape: spec.shape.clone(),
         component: "vae",
     }));
     if let Some(clip) = clip {

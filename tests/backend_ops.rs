@@ -244,6 +244,20 @@ fn elementwise_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         c.graph.push(Op::PrependRow { first, rest, rest_segments, out_segments, out });
         cases.push(c);
 
+        // The same sequences with the positional add fused in; a 1-wide table stays f32 on the GPU.
+        let table_rows = lens.iter().max().copied().unwrap_or(0) + 3;
+        let label = format!("rows {lens:?} cols {cols} ({} table)", if cols == 1 { "f32" } else { "fp16" });
+        let mut c = Case::new("prepend_row_positional", label, 1e-6);
+        let first = c.input("first", b, cols, rng.vec(b * cols, -1.0, 1.0));
+        let rest = c.input("rest", rest_seg.total(), cols, rng.vec(rest_seg.total() * cols, -1.0, 1.0));
+        let table = c.weight(vec![table_rows, cols], rng.vec_f16(table_rows * cols, -3.0, 3.0));
+        let rest_segments = c.graph.add_segments(rest_seg.clone());
+        let out_segments = c.graph.add_segments(out_seg.clone());
+        let out = c.output("out", out_seg.total(), cols);
+        let scale = (cols as f32).powf(-0.5);
+        c.graph.push(Op::PrependRowPositional { first, rest, table, scale, rest_segments, out_segments, out });
+        cases.push(c);
+
         let mut c = Case::new("drop_first_row", format!("rows {lens:?} + 1 cols {cols}"), 0.0);
         let x = c.input("x", out_seg.total(), cols, rng.vec(out_seg.total() * cols, -1.0, 1.0));
         let x_segments = c.graph.add_segments(out_seg.clone());

@@ -38,7 +38,8 @@ use common::{Watched, cuda_or_skip, fixture, load, loud, lova_fast, max_abs, ok,
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend};
 use lova_fast::config::LovaConfig;
 use lova_fast::models::clip::{CLIP_VIT_L14, ClipVision, open_clip};
-use lova_fast::models::vae::{VaeTensorKind, original_tensor};
+use lova_fast::models::declare::Layout;
+use lova_fast::models::vae::original_tensor;
 use lova_fast::models::{Dit, VaeDecoder};
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, Sampling, sample};
 use lova_fast::tensor::HostTensor;
@@ -367,11 +368,11 @@ fn cuda_infer_on_a_video_matches_cpu() {
 fn full_size_vae<B: Backend>(backend: &B, config: &LovaConfig) -> VaeDecoder<B> {
     let random = RandomWeights { seed: 5 };
     VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, &mut |spec| {
-        let mut t = random.tensor(&spec.key, &spec.engine_shape())?;
-        let fan_in = match spec.kind {
-            VaeTensorKind::Conv { cin, kernel, .. } => kernel * cin,
-            VaeTensorKind::ConvTranspose { cin, .. } => 2 * cin,
-            VaeTensorKind::Vector(_) => return Ok(t),
+        let mut t = random.tensor(&spec.key, &spec.shape)?;
+        let fan_in = match spec.layout {
+            Layout::Conv1d { cin, kernel, .. } => kernel * cin,
+            Layout::ConvTranspose1d { cin, .. } => 2 * cin,
+            _ => return Ok(t),
         };
         // RandomWeights are uniform in [-0.05, 0.05): standard deviation 0.05 / sqrt(3).
         let scale = 3f32.sqrt() / (0.05 * (fan_in as f32).sqrt());
@@ -502,7 +503,7 @@ fn cuda_engine_weights_are_uploaded_as_stored() {
     let vae_f32 = VaeDecoder::load_stored(&cuda, vae_cfg, scale, &via_f32, "vae.").unwrap();
     assert_same_device_bits(&cuda, "vae", vae_direct.weights(), vae_f32.weights());
     for (spec, w) in lova_fast::models::vae::tensor_specs(vae_cfg).iter().zip(vae_direct.weights()) {
-        if let Some(bits) = file.tensor_f16(&format!("vae.{}", spec.key), &spec.engine_shape()).unwrap() {
+        if let Some(bits) = file.tensor_f16(&format!("vae.{}", spec.key), &spec.shape).unwrap() {
             assert_eq!(cuda.weight_to_host(w).unwrap().f16.as_deref(), Some(&*bits), "vae.{}", spec.key);
         }
     }

@@ -325,7 +325,7 @@ fn engine_tensors_used_as_stored_take_the_fp16_path_and_no_other() {
     let vae = VaeDecoder::load_stored(&UploadRecorder, vae_cfg, scale, &watched, VAE_KEYS).unwrap();
     let cpu_vae = load_vae(&CpuBackend, &WeightSource::Engine(&path)).unwrap();
     let stored = assert_same_weights("vae", vae.weights(), cpu_vae.weights());
-    assert_eq!(stored, vae::tensor_specs(vae_cfg).iter().filter(|s| s.engine_shape().len() >= 2).count());
+    assert_eq!(stored, vae::tensor_specs(vae_cfg).iter().filter(|s| s.shape.len() >= 2).count());
 
     let clip_cfg = load_clip(&CpuBackend, &file).unwrap().expect("the engine file has CLIP").config;
     let clip = ClipVision::load(&UploadRecorder, &watched, CLIP_KEYS, &clip_cfg).unwrap();

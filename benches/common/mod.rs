@@ -64,7 +64,7 @@ pub fn random_dit<B: Backend>(backend: &B, config: &LovaConfig) -> Dit<B> {
 pub fn random_vae<B: Backend>(backend: &B, config: &LovaConfig) -> VaeDecoder<B> {
     let random = RandomWeights { seed: 3 };
     VaeDecoder::load(backend, &config.vae_decoder, config.latent_scale, &mut |spec| {
-        random.tensor(&spec.key, &spec.engine_shape())
+        random.tensor(&spec.key, &spec.shape)
     })
     .expect("random VAE")
 }

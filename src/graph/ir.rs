@@ -266,6 +266,25 @@ pub enum Op {
         /// Output `[rows + B, D]`.
         out: TensorId,
     },
+    /// `PrependRow` then `AddPositional` in one pass: per sequence b, row 0 is
+    /// `first[b]` and row p > 0 is row p - 1 of b in `rest`, each plus
+    /// `table[p] * scale` (the DiT's timestep token and audio tokens with PE_z).
+    PrependRowPositional {
+        /// One row per sequence, `[B, D]`.
+        first: TensorId,
+        /// Packed sequences `[rows, D]`.
+        rest: TensorId,
+        /// Positional table `[max_len, D]`, at least as many rows as the longest output sequence.
+        table: WeightId,
+        /// Factor applied to the table rows before the add.
+        scale: f32,
+        /// Sequence layout of `rest`.
+        rest_segments: SegmentsId,
+        /// Sequence layout of `out`: each sequence one row longer; positions restart at 0.
+        out_segments: SegmentsId,
+        /// Output `[rows + B, D]`.
+        out: TensorId,
+    },
     /// Per sequence: drop the first row (inverse of `PrependRow`).
     DropFirstRow {
         /// Packed sequences `[rows, D]`.

@@ -63,6 +63,7 @@ op_kinds! {
     TimestepFeatures => "timestep_features",
     AddPositional => "add_positional",
     PrependRow => "prepend_row",
+    PrependRowPositional => "prepend_row_positional",
     DropFirstRow => "drop_first_row",
     Attention => "attention",
     CfgExpand => "cfg_expand",
@@ -106,7 +107,9 @@ impl Op {
             Silu { x, out } | SwiGlu { x, out } => (vec![*x], vec![*out]),
             TimestepFeatures { t, out, .. } => (vec![*t], vec![*out]),
             AddPositional { x, out, .. } => (vec![*x], vec![*out]),
-            PrependRow { first, rest, out, .. } => (vec![*first, *rest], vec![*out]),
+            PrependRow { first, rest, out, .. } | PrependRowPositional { first, rest, out, .. } => {
+                (vec![*first, *rest], vec![*out])
+            }
             DropFirstRow { x, out, .. } => (vec![*x], vec![*out]),
             Attention { q, k, v, out, .. } => (vec![q.tensor, k.tensor, v.tensor], vec![*out]),
             CfgExpand { x, scalars, out, .. } => (vec![*x, *scalars], vec![*out]),
@@ -155,6 +158,7 @@ impl Graph {
             | Op::TimestepFeatures { .. }
             | Op::AddPositional { .. }
             | Op::PrependRow { .. }
+            | Op::PrependRowPositional { .. }
             | Op::DropFirstRow { .. }
             | Op::CfgExpand { .. }
             | Op::CfgDenoise { .. }
@@ -234,6 +238,36 @@ impl Rules<'_> {
             && inp.lengths().zip(out.lengths()).all(|(i, o)| if longer { o == i + 1 } else { i == o + 1 });
         self.ensure(ok, || format!("output sequences must be one row {}", if longer { "longer" } else { "shorter" }))
     }
+    /// `out` is `first`'s rows prepended to the sequences of `rest`.
+    fn prepended(
+        &self,
+        first: TensorId,
+        rest: TensorId,
+        rest_seg: SegmentsId,
+        out_seg: SegmentsId,
+        out: TensorId,
+    ) -> Result<()> {
+        let (rs, os) = (self.seg(rest_seg)?, self.seg(out_seg)?);
+        self.one_row_apart(rs, os, true)?;
+        self.rows_of(rest, rs)?;
+        self.rows_of(out, os)?;
+        let (first, rest, out) = (self.g.desc(first), self.g.desc(rest), self.g.desc(out));
+        self.ensure(first.rows == rs.count(), || "one first row per sequence".into())?;
+        self.ensure(first.cols == out.cols && rest.cols == out.cols, || "widths differ".into())
+    }
+    /// The position table `table` has a row of `cols` values for every position of `seg`.
+    fn position_table(&self, table: WeightId, seg: &Segments, cols: usize) -> Result<()> {
+        // Every read is table[p * cols + c] with p < max_len: in bounds
+        // exactly when max_len * cols <= len.
+        let max_len = seg.lengths().max().unwrap_or(0);
+        if max_len * cols > self.weight(table)? {
+            return Err(Error::Limit(format!(
+                "a sequence of {max_len} positions exceeds the position table of `{}`",
+                self.out
+            )));
+        }
+        Ok(())
+    }
     /// One row of `scalar_slot::COUNT` step scalars per request of `seg`.
     fn step_scalars(&self, scalars: TensorId, seg: &Segments) -> Result<()> {
         let n = self.g.desc(scalars).len();
@@ -305,23 +339,14 @@ impl Op {
                 let seg = r.seg(*segments)?;
                 r.same_shape(*x, *out)?;
                 r.rows_of(*x, seg)?;
-                // Every read is table[p * cols + c] with p < max_len: in bounds
-                // exactly when max_len * cols <= len.
-                let max_len = seg.lengths().max().unwrap_or(0);
-                if max_len * cols(*x) > r.weight(*table)? {
-                    return Err(Error::Limit(format!(
-                        "a sequence of {max_len} positions exceeds the position table `{}`",
-                        g.desc(*x).name
-                    )));
-                }
+                r.position_table(*table, seg, cols(*x))?;
             }
             Op::PrependRow { first, rest, rest_segments, out_segments, out } => {
-                let (rs, os) = (r.seg(*rest_segments)?, r.seg(*out_segments)?);
-                r.one_row_apart(rs, os, true)?;
-                r.rows_of(*rest, rs)?;
-                r.rows_of(*out, os)?;
-                r.ensure(rows(*first) == rs.count(), || "one first row per sequence".into())?;
-                r.ensure(cols(*first) == cols(*out) && cols(*rest) == cols(*out), || "widths differ".into())?;
+                r.prepended(*first, *rest, *rest_segments, *out_segments, *out)?;
+            }
+            Op::PrependRowPositional { first, rest, table, rest_segments, out_segments, out, .. } => {
+                r.prepended(*first, *rest, *rest_segments, *out_segments, *out)?;
+                r.position_table(*table, r.seg(*out_segments)?, cols(*out))?;
             }
             Op::DropFirstRow { x, x_segments, out_segments, out } => {
                 let (xs, os) = (r.seg(*x_segments)?, r.seg(*out_segments)?);

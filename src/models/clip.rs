@@ -18,7 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, WeightSet};
 use crate::error::{Error, Result, ensure_finite};
-use crate::graph::{ColumnSlice, Executor, Graph, Op, Segments, TensorId, WeightId};
+use crate::graph::{Executor, Graph, Segments, TensorId, WeightId};
+use crate::models::declare::{self, Layout, Linear, Norm, Scope};
+use crate::models::layers::{
+    Heads, add_positional, first_rows, layer_norm, linear, patchify, prepend_weight_row, quick_gelu, self_attention,
+};
 use crate::tensor::HostTensor;
 use crate::weights::{SafetensorsFile, TensorSource};
 
@@ -170,107 +174,72 @@ pub fn open_clip(file: &SafetensorsFile) -> Result<(ClipVisionConfig, ClipCheckp
     Ok((ckpt.config()?, ckpt))
 }
 
-/// Every tensor the image tower reads: OpenAI-layout key (no prefix) and shape,
-/// in load order. A converter copies exactly these into an engine file.
+/// Every tensor the image tower reads: OpenAI-layout key (no prefix) and
+/// stored shape, in load order. A converter copies exactly these into an engine file.
 pub fn clip_tensor_list(cfg: &ClipVisionConfig) -> Vec<(String, Vec<usize>)> {
-    let (w, mlp) = (cfg.width, cfg.mlp_width());
-    let mut list: Vec<(String, Vec<usize>)> = vec![
-        ("visual.conv1.weight".into(), vec![w, CHANNELS, cfg.patch, cfg.patch]),
-        ("visual.class_embedding".into(), vec![w]),
-        ("visual.positional_embedding".into(), vec![cfg.tokens(), w]),
-        ("visual.ln_pre.weight".into(), vec![w]),
-        ("visual.ln_pre.bias".into(), vec![w]),
-    ];
-    for i in 0..cfg.layers {
-        let p = format!("visual.transformer.resblocks.{i}");
-        list.extend([
-            (format!("{p}.ln_1.weight"), vec![w]),
-            (format!("{p}.ln_1.bias"), vec![w]),
-            (format!("{p}.attn.in_proj_weight"), vec![3 * w, w]),
-            (format!("{p}.attn.in_proj_bias"), vec![3 * w]),
-            (format!("{p}.attn.out_proj.weight"), vec![w, w]),
-            (format!("{p}.attn.out_proj.bias"), vec![w]),
-            (format!("{p}.ln_2.weight"), vec![w]),
-            (format!("{p}.ln_2.bias"), vec![w]),
-            (format!("{p}.mlp.c_fc.weight"), vec![mlp, w]),
-            (format!("{p}.mlp.c_fc.bias"), vec![mlp]),
-            (format!("{p}.mlp.c_proj.weight"), vec![w, mlp]),
-            (format!("{p}.mlp.c_proj.bias"), vec![w]),
-        ]);
-    }
-    list.extend([
-        ("visual.ln_post.weight".into(), vec![w]),
-        ("visual.ln_post.bias".into(), vec![w]),
-        ("visual.proj".into(), vec![w, cfg.output_dim]),
-    ]);
-    list
-}
-
-struct LinearIds {
-    w: WeightId,
-    b: WeightId,
-}
-
-struct NormIds {
-    gamma: WeightId,
-    beta: WeightId,
+    // Listing declares into a Vec: it cannot fail.
+    let (list, _) = declare::list(|d| declare(cfg, d)).expect("listing never fails");
+    list.into_iter().map(|d| (d.key, d.shape)).collect()
 }
 
 struct BlockIds {
-    ln_1: NormIds,
-    in_proj: LinearIds,
-    out_proj: LinearIds,
-    ln_2: NormIds,
-    c_fc: LinearIds,
-    c_proj: LinearIds,
+    ln_1: Norm,
+    in_proj: Linear,
+    out_proj: Linear,
+    ln_2: Norm,
+    c_fc: Linear,
+    c_proj: Linear,
 }
 
 struct ClipIds {
-    /// `conv1.weight` viewed as `[W, 3 * P * P]`.
-    patch_embed: WeightId,
+    /// `conv1.weight` used as `[W, 3 * P * P]`.
+    patch_embed: Linear,
     class_embedding: WeightId,
     positional: WeightId,
-    ln_pre: NormIds,
+    ln_pre: Norm,
     blocks: Vec<BlockIds>,
-    ln_post: NormIds,
-    /// `proj` transposed to `[out, W]`, the `Linear` layout.
-    proj_t: WeightId,
+    ln_post: Norm,
+    /// `proj` used transposed, `[out, W]`: the `Linear` layout.
+    proj_t: Linear,
 }
 
-/// Fetches tensors by OpenAI key under a prefix, with shape checks, and uploads them.
-struct Loader<'a, B: Backend> {
-    backend: &'a B,
-    source: &'a dyn TensorSource,
-    prefix: &'a str,
-    set: WeightSet<B>,
-}
-
-impl<B: Backend> Loader<'_, B> {
-    fn fetch(&self, key: &str, shape: &[usize]) -> Result<(String, HostTensor)> {
-        let full = format!("{}{key}", self.prefix);
-        let t = self.source.tensor(&full, shape)?;
-        Ok((full, t))
+/// Declares every image-tower weight under its OpenAI key (lova-model.md section 3), in load order.
+fn declare(c: &ClipVisionConfig, d: &mut Scope) -> Result<ClipIds> {
+    let (w, mlp) = (c.width, c.mlp_width());
+    fn ln(d: &mut Scope, name: &str, w: usize) -> Result<Norm> {
+        d.pp(name).layer_norm(w, ["weight", "bias"], LN_EPS)
     }
-
-    /// A tensor used as stored (the backend may copy its stored bits directly);
-    /// one that is rearranged first goes through `fetch` and `WeightSet::push`.
-    fn get(&mut self, key: &str, shape: &[usize]) -> Result<WeightId> {
-        self.set.push_from(self.backend, self.source, &format!("{}{key}", self.prefix), shape)
+    let mut d = d.pp("visual");
+    let conv1 = Layout::Reshaped(vec![w, c.patch_len()]);
+    let patch_embed = Linear {
+        weight: d.declare_as("conv1.weight", &[w, CHANNELS, c.patch, c.patch], conv1)?,
+        bias: None,
+        out_features: w,
+    };
+    let class_embedding = d.declare("class_embedding", &[w])?;
+    let positional = d.declare("positional_embedding", &[c.tokens(), w])?;
+    let ln_pre = ln(&mut d, "ln_pre", w)?;
+    let mut blocks = Vec::with_capacity(c.layers);
+    for i in 0..c.layers {
+        let mut d = d.pp(format!("transformer.resblocks.{i}"));
+        blocks.push(BlockIds {
+            ln_1: ln(&mut d, "ln_1", w)?,
+            // nn.MultiheadAttention names its packed projection `in_proj_weight`/`in_proj_bias`.
+            in_proj: Linear {
+                weight: d.declare("attn.in_proj_weight", &[3 * w, w])?,
+                bias: Some(d.declare("attn.in_proj_bias", &[3 * w])?),
+                out_features: 3 * w,
+            },
+            out_proj: d.pp("attn.out_proj").linear(w, w, true)?,
+            ln_2: ln(&mut d, "ln_2", w)?,
+            c_fc: d.pp("mlp.c_fc").linear(mlp, w, true)?,
+            c_proj: d.pp("mlp.c_proj").linear(w, mlp, true)?,
+        });
     }
-
-    fn linear(&mut self, key: &str, out: usize, inp: usize) -> Result<LinearIds> {
-        Ok(LinearIds {
-            w: self.get(&format!("{key}.weight"), &[out, inp])?,
-            b: self.get(&format!("{key}.bias"), &[out])?,
-        })
-    }
-
-    fn norm(&mut self, key: &str, dim: usize) -> Result<NormIds> {
-        Ok(NormIds {
-            gamma: self.get(&format!("{key}.weight"), &[dim])?,
-            beta: self.get(&format!("{key}.bias"), &[dim])?,
-        })
-    }
+    let ln_post = ln(&mut d, "ln_post", w)?;
+    let proj = d.declare_as("proj", &[w, c.output_dim], Layout::Transposed)?;
+    let proj_t = Linear { weight: proj, bias: None, out_features: c.output_dim };
+    Ok(ClipIds { patch_embed, class_embedding, positional, ln_pre, blocks, ln_post, proj_t })
 }
 
 /// The CLIP image tower: its config and its weights uploaded to backend `B`; builds graphs that run it.
@@ -287,35 +256,8 @@ impl<B: Backend> ClipVision<B> {
     /// file's prefix otherwise). Errors name the missing or misshapen key.
     pub fn load(backend: &B, source: &dyn TensorSource, prefix: &str, config: &ClipVisionConfig) -> Result<Self> {
         config.validate().map_err(Error::InvalidInput)?;
-        let c = config;
-        let (w, mlp) = (c.width, c.mlp_width());
-        let mut l = Loader { backend, source, prefix, set: WeightSet::default() };
-
-        let (key, conv1) = l.fetch("visual.conv1.weight", &[w, CHANNELS, c.patch, c.patch])?;
-        let patch_embed = l.set.push(backend, &key, &conv1.reshaped(vec![w, c.patch_len()]))?;
-        let class_embedding = l.get("visual.class_embedding", &[w])?;
-        let positional = l.get("visual.positional_embedding", &[c.tokens(), w])?;
-        let ln_pre = l.norm("visual.ln_pre", w)?;
-        let mut blocks = Vec::with_capacity(c.layers);
-        for i in 0..c.layers {
-            let p = format!("visual.transformer.resblocks.{i}");
-            blocks.push(BlockIds {
-                ln_1: l.norm(&format!("{p}.ln_1"), w)?,
-                in_proj: LinearIds {
-                    w: l.get(&format!("{p}.attn.in_proj_weight"), &[3 * w, w])?,
-                    b: l.get(&format!("{p}.attn.in_proj_bias"), &[3 * w])?,
-                },
-                out_proj: l.linear(&format!("{p}.attn.out_proj"), w, w)?,
-                ln_2: l.norm(&format!("{p}.ln_2"), w)?,
-                c_fc: l.linear(&format!("{p}.mlp.c_fc"), mlp, w)?,
-                c_proj: l.linear(&format!("{p}.mlp.c_proj"), w, mlp)?,
-            });
-        }
-        let ln_post = l.norm("visual.ln_post", w)?;
-        let (key, proj) = l.fetch("visual.proj", &[w, c.output_dim])?;
-        let proj_t = l.set.push(backend, &key, &proj.transposed())?;
-        let ids = ClipIds { patch_embed, class_embedding, positional, ln_pre, blocks, ln_post, proj_t };
-        Ok(ClipVision { config: *config, weights: l.set, ids })
+        let (weights, ids) = declare::upload(backend, source, prefix, |d| declare(config, d))?;
+        Ok(ClipVision { config: *config, weights, ids })
     }
 
     /// The uploaded weights, indexed by the `WeightId`s of the graphs this tower builds.
@@ -328,62 +270,44 @@ impl<B: Backend> ClipVision<B> {
     pub fn build(&self, g: &mut Graph, images: TensorId, n: usize) -> TensorId {
         let c = &self.config;
         let ids = &self.ids;
-        let (w, patches_per_image) = (c.width, c.grid() * c.grid());
+        let patches_per_image = c.grid() * c.grid();
         let patch_seg = g.add_segments(Segments::from_lengths(std::iter::repeat_n(patches_per_image, n)));
         let token_seg = g.add_segments(Segments::from_lengths(std::iter::repeat_n(c.tokens(), n)));
-        let rows = n * c.tokens();
 
         // Patch embedding: the stride-P conv without bias as im2col + Linear.
-        let patches = g.temp("patches", n * patches_per_image, c.patch_len());
-        g.push(Op::Patchify { images, channels: CHANNELS, size: c.image_size, patch: c.patch, out: patches });
-        let embedded = linear(g, "patch_embed", patches, ids.patch_embed, None, w, None);
+        let patches = patchify(g, "patches", images, CHANNELS, c.image_size, c.patch);
+        let embedded = linear(g, "patch_embed", patches, &ids.patch_embed, None);
 
         // Class token first, then learned positions (unscaled), then ln_pre.
-        let tokens = g.temp("tokens", rows, w);
-        g.push(Op::PrependWeightRow {
-            row: ids.class_embedding,
-            rest: embedded,
-            rest_segments: patch_seg,
-            out_segments: token_seg,
-            out: tokens,
-        });
-        let with_pos = g.temp("tokens_pos", rows, w);
-        g.push(Op::AddPositional { x: tokens, table: ids.positional, scale: 1.0, segments: token_seg, out: with_pos });
-        let mut h = layer_norm(g, "ln_pre".into(), with_pos, &ids.ln_pre);
+        let tokens = prepend_weight_row(g, "tokens", ids.class_embedding, embedded, patch_seg, token_seg);
+        let with_pos = add_positional(g, "tokens_pos", tokens, ids.positional, 1.0, token_seg);
+        let mut h = layer_norm(g, "ln_pre", with_pos, &ids.ln_pre, None);
 
+        let heads = Heads {
+            heads: c.heads,
+            kv_heads: c.heads,
+            head_dim: CLIP_HEAD_DIM,
+            scale: (CLIP_HEAD_DIM as f32).powf(-0.5),
+            rope: None,
+        };
         for (i, block) in ids.blocks.iter().enumerate() {
             // x = x + out_proj(attn(ln_1(x))): every image attends to its own tokens, no mask.
-            let n1 = layer_norm(g, format!("l{i}.ln_1"), h, &block.ln_1);
-            let qkv = linear(g, &format!("l{i}.qkv"), n1, block.in_proj.w, Some(block.in_proj.b), 3 * w, None);
-            let attn = g.temp(format!("l{i}.attn"), rows, w);
-            g.push(Op::Attention {
-                q: ColumnSlice { tensor: qkv, offset: 0, width: w },
-                k: ColumnSlice { tensor: qkv, offset: w, width: w },
-                v: ColumnSlice { tensor: qkv, offset: 2 * w, width: w },
-                q_segments: token_seg,
-                kv_segments: token_seg,
-                heads: c.heads,
-                kv_heads: c.heads,
-                head_dim: CLIP_HEAD_DIM,
-                scale: (CLIP_HEAD_DIM as f32).powf(-0.5),
-                rope: None,
-                out: attn,
-            });
-            h = linear(g, &format!("l{i}.after_attn"), attn, block.out_proj.w, Some(block.out_proj.b), w, Some(h));
+            let n1 = layer_norm(g, format!("l{i}.ln_1"), h, &block.ln_1, None);
+            let qkv = linear(g, format!("l{i}.qkv"), n1, &block.in_proj, None);
+            let attn = self_attention(g, format!("l{i}.attn"), qkv, token_seg, &heads);
+            h = linear(g, format!("l{i}.after_attn"), attn, &block.out_proj, Some(h));
 
             // x = x + c_proj(QuickGELU(c_fc(ln_2(x)))).
-            let n2 = layer_norm(g, format!("l{i}.ln_2"), h, &block.ln_2);
-            let up = linear(g, &format!("l{i}.c_fc"), n2, block.c_fc.w, Some(block.c_fc.b), c.mlp_width(), None);
-            let act = g.temp(format!("l{i}.quick_gelu"), rows, c.mlp_width());
-            g.push(Op::QuickGelu { x: up, out: act });
-            h = linear(g, &format!("l{i}.after_mlp"), act, block.c_proj.w, Some(block.c_proj.b), w, Some(h));
+            let n2 = layer_norm(g, format!("l{i}.ln_2"), h, &block.ln_2, None);
+            let up = linear(g, format!("l{i}.c_fc"), n2, &block.c_fc, None);
+            let act = quick_gelu(g, format!("l{i}.quick_gelu"), up);
+            h = linear(g, format!("l{i}.after_mlp"), act, &block.c_proj, Some(h));
         }
 
         // Only the class tokens go on: ln_post, then x @ proj. No L2 normalisation.
-        let cls = g.temp("class_tokens", n, w);
-        g.push(Op::FirstRows { x: h, segments: token_seg, out: cls });
-        let cls = layer_norm(g, "ln_post".into(), cls, &ids.ln_post);
-        linear(g, "features", cls, ids.proj_t, None, c.output_dim, None)
+        let cls = first_rows(g, "class_tokens", h, token_seg);
+        let cls = layer_norm(g, "ln_post", cls, &ids.ln_post, None);
+        linear(g, "features", cls, &ids.proj_t, None)
     }
 
     /// Encodes preprocessed images `[n, 3, S, S]` into features `[n, output_dim]`,
@@ -473,27 +397,6 @@ impl<B: Backend> ClipEncoder<'_, B> {
         out.truncate(n * (out.len() / self.batch));
         Ok(out)
     }
-}
-
-fn linear(
-    g: &mut Graph,
-    name: &str,
-    x: TensorId,
-    w: WeightId,
-    bias: Option<WeightId>,
-    out_cols: usize,
-    residual: Option<TensorId>,
-) -> TensorId {
-    let out = g.temp(name, g.desc(x).rows, out_cols);
-    g.push(Op::Linear { x, w, bias, residual, out });
-    out
-}
-
-fn layer_norm(g: &mut Graph, name: String, x: TensorId, ids: &NormIds) -> TensorId {
-    let d = g.desc(x).clone();
-    let out = g.temp(name, d.rows, d.cols);
-    g.push(Op::LayerNorm { x, gamma: ids.gamma, beta: ids.beta, eps: LN_EPS, modulation: None, out });
-    out
 }
 
 #[cfg(test)]

@@ -9,7 +9,12 @@
 use crate::backend::{Backend, WeightSet};
 use crate::config::{DitConfig, GlobalCondType, HEAD_DIM, ROTARY_DIM};
 use crate::error::{Error, Result};
-use crate::graph::{AdaLnModulation, ColumnSlice, Executor, Graph, Op, Rope, Segments, SegmentsId, TensorId, WeightId};
+use crate::graph::{AdaLnModulation, ColumnSlice, Executor, Graph, Rope, Segments, SegmentsId, TensorId, WeightId};
+use crate::models::declare::{self, Linear, Norm, Scope};
+use crate::models::layers::{
+    Heads, add_positional, attention, drop_first_row, gated_residual, layer_norm, linear, prepend_row_positional,
+    self_attention, silu, swiglu, timestep_features,
+};
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
 
@@ -19,39 +24,29 @@ pub const DIT_PREFIX: &str = "model.model.";
 const TIMESTEP_FEATURES: usize = 256;
 const LN_EPS: f32 = 1e-5;
 
-struct LinearIds {
-    w: WeightId,
-    b: Option<WeightId>,
-}
-
-struct NormIds {
-    gamma: WeightId,
-    beta: WeightId,
-}
-
 struct BlockIds {
-    pre_norm: NormIds,
-    to_qkv: WeightId,
-    self_out: WeightId,
-    cross_norm: NormIds,
-    to_q: WeightId,
-    to_kv: WeightId,
-    cross_out: WeightId,
-    ff_norm: NormIds,
-    ff_in: LinearIds,
-    ff_out: LinearIds,
+    pre_norm: Norm,
+    to_qkv: Linear,
+    self_out: Linear,
+    cross_norm: Norm,
+    to_q: Linear,
+    to_kv: Linear,
+    cross_out: Linear,
+    ff_norm: Norm,
+    ff_in: Linear,
+    ff_out: Linear,
     /// `to_scale_shift_gate.1`, adaLN configs only.
-    modulation: Option<WeightId>,
+    modulation: Option<Linear>,
 }
 
 struct DitIds {
     timestep_features: WeightId,
-    timestep_embed: [LinearIds; 2],
-    cond_embed: [WeightId; 2],
-    preprocess_conv: WeightId,
-    postprocess_conv: WeightId,
-    project_in: WeightId,
-    project_out: WeightId,
+    timestep_embed: [Linear; 2],
+    cond_embed: [Linear; 2],
+    preprocess_conv: Linear,
+    postprocess_conv: Linear,
+    project_in: Linear,
+    project_out: Linear,
     inv_freq: WeightId,
     pos_emb: WeightId,
     pos_emb_cond: WeightId,
@@ -101,97 +96,68 @@ pub struct Dit<B: Backend> {
     ids: DitIds,
 }
 
-/// Walks the DiT's weights in a fixed order: `take(key, shape)` is called for each
-/// (key relative to the DiT prefix) and returns its id. Loading, listing for
-/// `convert` and anything else that needs the weight list share this one description.
-struct Describer<'a> {
-    take: &'a mut dyn FnMut(&str, &[usize]) -> Result<WeightId>,
-}
-
-impl Describer<'_> {
-    fn get(&mut self, key: &str, shape: &[usize]) -> Result<WeightId> {
-        (self.take)(key, shape)
+/// Declares every DiT weight (keys under the DiT prefix, lova-model.md section 4),
+/// in the order of the engine file.
+fn declare(c: &DitConfig, d: &mut Scope) -> Result<DitIds> {
+    let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
+    fn ln(d: &mut Scope, name: &str, e: usize) -> Result<Norm> {
+        d.pp(name).layer_norm(e, ["gamma", "beta"], LN_EPS)
     }
-
-    fn linear(&mut self, key: &str, out: usize, inp: usize, bias: bool) -> Result<LinearIds> {
-        Ok(LinearIds {
-            w: self.get(&format!("{key}.weight"), &[out, inp])?,
-            b: if bias { Some(self.get(&format!("{key}.bias"), &[out])?) } else { None },
-        })
+    let mut blocks = Vec::with_capacity(c.depth);
+    for i in 0..c.depth {
+        let mut d = d.pp(format!("transformer.layers.{i}"));
+        blocks.push(BlockIds {
+            pre_norm: ln(&mut d, "pre_norm", e)?,
+            to_qkv: d.pp("self_attn.to_qkv").linear(3 * e, e, false)?,
+            self_out: d.pp("self_attn.to_out").linear(e, e, false)?,
+            cross_norm: ln(&mut d, "cross_attend_norm", e)?,
+            to_q: d.pp("cross_attn.to_q").linear(e, e, false)?,
+            to_kv: d.pp("cross_attn.to_kv").linear(2 * cd, cd, false)?,
+            cross_out: d.pp("cross_attn.to_out").linear(e, e, false)?,
+            ff_norm: ln(&mut d, "ff_norm", e)?,
+            ff_in: d.pp("ff.ff.0.proj").linear(2 * c.ff_inner(), e, true)?,
+            ff_out: d.pp("ff.ff.2").linear(e, c.ff_inner(), true)?,
+            modulation: match c.global_cond_type {
+                GlobalCondType::AdaLn => Some(d.pp("to_scale_shift_gate.1").linear(6 * e, e, false)?),
+                GlobalCondType::Prepend => None,
+            },
+        });
     }
-
-    fn norm(&mut self, key: &str, dim: usize) -> Result<NormIds> {
-        Ok(NormIds {
-            gamma: self.get(&format!("{key}.gamma"), &[dim])?,
-            beta: self.get(&format!("{key}.beta"), &[dim])?,
-        })
+    // A 1x1 Conv1d `[out, in, 1]` holds the same data as a linear layer `[out, in]`.
+    fn conv1x1(d: &mut Scope, key: &str, io: usize) -> Result<Linear> {
+        Ok(Linear { weight: d.declare(key, &[io, io, 1])?, bias: None, out_features: io })
     }
-
-    fn describe(&mut self, c: &DitConfig) -> Result<DitIds> {
-        let (e, cd, io) = (c.embed_dim, c.cond_token_dim, c.io_channels);
-        let mut blocks = Vec::with_capacity(c.depth);
-        for i in 0..c.depth {
-            let p = format!("transformer.layers.{i}");
-            blocks.push(BlockIds {
-                pre_norm: self.norm(&format!("{p}.pre_norm"), e)?,
-                to_qkv: self.get(&format!("{p}.self_attn.to_qkv.weight"), &[3 * e, e])?,
-                self_out: self.get(&format!("{p}.self_attn.to_out.weight"), &[e, e])?,
-                cross_norm: self.norm(&format!("{p}.cross_attend_norm"), e)?,
-                to_q: self.get(&format!("{p}.cross_attn.to_q.weight"), &[e, e])?,
-                to_kv: self.get(&format!("{p}.cross_attn.to_kv.weight"), &[2 * cd, cd])?,
-                cross_out: self.get(&format!("{p}.cross_attn.to_out.weight"), &[e, e])?,
-                ff_norm: self.norm(&format!("{p}.ff_norm"), e)?,
-                ff_in: self.linear(&format!("{p}.ff.ff.0.proj"), 2 * c.ff_inner(), e, true)?,
-                ff_out: self.linear(&format!("{p}.ff.ff.2"), e, c.ff_inner(), true)?,
-                modulation: match c.global_cond_type {
-                    GlobalCondType::AdaLn => Some(self.get(&format!("{p}.to_scale_shift_gate.1.weight"), &[6 * e, e])?),
-                    GlobalCondType::Prepend => None,
-                },
-            });
-        }
-        Ok(DitIds {
-            timestep_features: self.get("timestep_features.weight", &[TIMESTEP_FEATURES / 2, 1])?,
-            timestep_embed: [
-                self.linear("to_timestep_embed.0", e, TIMESTEP_FEATURES, true)?,
-                self.linear("to_timestep_embed.2", e, e, true)?,
-            ],
-            cond_embed: [
-                self.get("to_cond_embed.0.weight", &[cd, cd])?,
-                self.get("to_cond_embed.2.weight", &[cd, cd])?,
-            ],
-            // 1x1 Conv1d [out, in, 1]: the same data as a linear layer [out, in].
-            preprocess_conv: self.get("preprocess_conv.weight", &[io, io, 1])?,
-            postprocess_conv: self.get("postprocess_conv.weight", &[io, io, 1])?,
-            project_in: self.get("transformer.project_in.weight", &[e, io])?,
-            project_out: self.get("transformer.project_out.weight", &[io, e])?,
-            inv_freq: self.get("transformer.rotary_pos_emb.inv_freq", &[ROTARY_DIM / 2])?,
-            pos_emb: self.get("transformer.pos_emb.emb.weight", &[c.max_positions, e])?,
-            pos_emb_cond: self.get("transformer.pos_emb_cond.emb.weight", &[c.max_positions, cd])?,
-            blocks,
-        })
-    }
+    Ok(DitIds {
+        timestep_features: d.declare("timestep_features.weight", &[TIMESTEP_FEATURES / 2, 1])?,
+        timestep_embed: [
+            d.pp("to_timestep_embed.0").linear(e, TIMESTEP_FEATURES, true)?,
+            d.pp("to_timestep_embed.2").linear(e, e, true)?,
+        ],
+        cond_embed: [d.pp("to_cond_embed.0").linear(cd, cd, false)?, d.pp("to_cond_embed.2").linear(cd, cd, false)?],
+        preprocess_conv: conv1x1(d, "preprocess_conv.weight", io)?,
+        postprocess_conv: conv1x1(d, "postprocess_conv.weight", io)?,
+        project_in: d.pp("transformer.project_in").linear(e, io, false)?,
+        project_out: d.pp("transformer.project_out").linear(io, e, false)?,
+        inv_freq: d.declare("transformer.rotary_pos_emb.inv_freq", &[ROTARY_DIM / 2])?,
+        pos_emb: d.declare("transformer.pos_emb.emb.weight", &[c.max_positions, e])?,
+        pos_emb_cond: d.declare("transformer.pos_emb_cond.emb.weight", &[c.max_positions, cd])?,
+        blocks,
+    })
 }
 
 /// Every DiT tensor the engine needs: key (relative to the DiT prefix) and shape.
 pub fn tensor_list(config: &DitConfig) -> Vec<(String, Vec<usize>)> {
-    let mut list = Vec::new();
-    let mut take = |key: &str, shape: &[usize]| {
-        list.push((key.to_string(), shape.to_vec()));
-        Ok(WeightId(list.len() - 1))
-    };
-    Describer { take: &mut take }.describe(config).expect("listing never fails");
-    list
+    // Listing declares into a Vec: it cannot fail.
+    let (list, _) = declare::list(|d| declare(config, d)).expect("listing never fails");
+    list.into_iter().map(|d| (d.key, d.shape)).collect()
 }
 
 impl<B: Backend> Dit<B> {
     /// Loads the DiT from `source`, keys `{prefix}{key}` (`model.model.` in a LoVA
     /// checkpoint, `dit.` in an engine file); tensors it does not use are ignored.
     pub fn load(backend: &B, source: &dyn TensorSource, config: &DitConfig, prefix: &str) -> Result<Self> {
-        let mut set = WeightSet::default();
-        // Every DiT tensor is used as stored: each may take the backend's direct path.
-        let mut take = |key: &str, shape: &[usize]| set.push_from(backend, source, &format!("{prefix}{key}"), shape);
-        let ids = Describer { take: &mut take }.describe(config)?;
-        Ok(Dit { config: config.clone(), weights: set, ids })
+        let (weights, ids) = declare::upload(backend, source, prefix, |d| declare(config, d))?;
+        Ok(Dit { config: config.clone(), weights, ids })
     }
 
     /// The uploaded weights, indexed by the `WeightId`s of the graphs this DiT builds.
@@ -239,14 +205,11 @@ impl<B: Backend> Dit<B> {
     pub fn build_timestep(&self, g: &mut Graph, t: TensorId) -> TimestepTables {
         let c = &self.config;
         let ids = &self.ids;
-        let e = c.embed_dim;
-        let rows = g.desc(t).rows;
         // Fourier features -> Linear -> SiLU -> Linear.
-        let feat = g.temp("timestep_features", rows, TIMESTEP_FEATURES);
-        g.push(Op::TimestepFeatures { t, w: ids.timestep_features, out: feat });
-        let te_hidden = linear(g, "timestep_hidden", feat, &ids.timestep_embed[0], e, None);
+        let feat = timestep_features(g, "timestep_features", t, ids.timestep_features, TIMESTEP_FEATURES);
+        let te_hidden = linear(g, "timestep_hidden", feat, &ids.timestep_embed[0], None);
         let te_hidden = silu(g, te_hidden);
-        let embed = linear(g, "timestep_embed", te_hidden, &ids.timestep_embed[1], e, None);
+        let embed = linear(g, "timestep_embed", te_hidden, &ids.timestep_embed[1], None);
         // adaLN: each block's scale/shift/gate table is a linear map of SiLU(te).
         let modulation = match c.global_cond_type {
             GlobalCondType::AdaLn => {
@@ -255,7 +218,7 @@ impl<B: Backend> Dit<B> {
                     .iter()
                     .enumerate()
                     .filter_map(|(i, block)| {
-                        block.modulation.map(|w| plain_linear(g, format!("l{i}.modulation"), te_act, w, 6 * e, None))
+                        block.modulation.map(|w| linear(g, format!("l{i}.modulation"), te_act, &w, None))
                     })
                     .collect()
             }
@@ -274,21 +237,13 @@ impl<B: Backend> Dit<B> {
         let ids = &self.ids;
         let cd = c.cond_token_dim;
         let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
-        let context_rows = batch.context_rows();
         // Video tokens: MLP without biases, then PE_c.
-        let ch = plain_linear(g, "cond_hidden", features, ids.cond_embed[0], cd, None);
+        let ch = linear(g, "cond_hidden", features, &ids.cond_embed[0], None);
         let ch = silu(g, ch);
-        let ctx = plain_linear(g, "cond_tokens", ch, ids.cond_embed[1], cd, None);
-        let context = g.temp("context", context_rows, cd);
-        g.push(Op::AddPositional {
-            x: ctx,
-            table: ids.pos_emb_cond,
-            scale: (cd as f32).powf(-0.5),
-            segments: context_seg,
-            out: context,
-        });
+        let ctx = linear(g, "cond_tokens", ch, &ids.cond_embed[1], None);
+        let context = add_positional(g, "context", ctx, ids.pos_emb_cond, (cd as f32).powf(-0.5), context_seg);
         (0..ids.blocks.len())
-            .map(|i| plain_linear(g, format!("l{i}.cross_kv"), context, ids.blocks[i].to_kv, 2 * cd, None))
+            .map(|i| linear(g, format!("l{i}.cross_kv"), context, &ids.blocks[i].to_kv, None))
             .collect()
     }
 
@@ -298,13 +253,11 @@ impl<B: Backend> Dit<B> {
     pub fn build_denoiser(&self, g: &mut Graph, batch: &DitBatch, x: TensorId, cond: &DitConditioning) -> TensorId {
         let c = &self.config;
         let ids = &self.ids;
-        let (e, io) = (c.embed_dim, c.io_channels);
+        let e = c.embed_dim;
         let latent_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.latent_len)));
         let token_seg =
             g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| c.transformer_len(s.latent_len))));
         let context_seg = g.add_segments(Segments::from_lengths(batch.sequences.iter().map(|s| s.context_len)));
-        let latent_rows = batch.latent_rows();
-        let token_rows = g.seg(token_seg).total();
         // A graph-construction bug, not a user error.
         let adaln = c.global_cond_type == GlobalCondType::AdaLn;
         assert!(
@@ -317,30 +270,16 @@ impl<B: Backend> Dit<B> {
         );
 
         // Audio tokens: x + preprocess_conv(x), project_in, (prepend te), PE_z.
-        let xp = plain_linear(g, "preprocessed", x, ids.preprocess_conv, io, Some(x));
-        let audio = plain_linear(g, "project_in", xp, ids.project_in, e, None);
-        let tokens = match c.global_cond_type {
+        let xp = linear(g, "preprocessed", x, &ids.preprocess_conv, Some(x));
+        let audio = linear(g, "project_in", xp, &ids.project_in, None);
+        let (pe, pe_scale) = (ids.pos_emb, (e as f32).powf(-0.5));
+        let mut h = match c.global_cond_type {
+            // One pass for both: the prepended rows are never stored.
             GlobalCondType::Prepend => {
-                let h = g.temp("tokens", token_rows, e);
-                g.push(Op::PrependRow {
-                    first: cond.timestep,
-                    rest: audio,
-                    rest_segments: latent_seg,
-                    out_segments: token_seg,
-                    out: h,
-                });
-                h
+                prepend_row_positional(g, "tokens_pe", cond.timestep, audio, (pe, pe_scale), latent_seg, token_seg)
             }
-            GlobalCondType::AdaLn => audio,
+            GlobalCondType::AdaLn => add_positional(g, "tokens_pe", audio, pe, pe_scale, token_seg),
         };
-        let mut h = g.temp("tokens_pe", token_rows, e);
-        g.push(Op::AddPositional {
-            x: tokens,
-            table: ids.pos_emb,
-            scale: (e as f32).powf(-0.5),
-            segments: token_seg,
-            out: h,
-        });
 
         let seqs = Segs { tokens: token_seg, context: context_seg };
         for (i, block) in ids.blocks.iter().enumerate() {
@@ -348,16 +287,12 @@ impl<B: Backend> Dit<B> {
             h = self.block(g, i, block, h, layer, &seqs);
         }
 
-        let out_tokens = plain_linear(g, "project_out", h, ids.project_out, io, None);
+        let out_tokens = linear(g, "project_out", h, &ids.project_out, None);
         let out_latent = match c.global_cond_type {
-            GlobalCondType::Prepend => {
-                let o = g.temp("project_out_audio", latent_rows, io);
-                g.push(Op::DropFirstRow { x: out_tokens, x_segments: token_seg, out_segments: latent_seg, out: o });
-                o
-            }
+            GlobalCondType::Prepend => drop_first_row(g, "project_out_audio", out_tokens, token_seg, latent_seg),
             GlobalCondType::AdaLn => out_tokens,
         };
-        plain_linear(g, "v", out_latent, ids.postprocess_conv, io, Some(out_latent))
+        linear(g, "v", out_latent, &ids.postprocess_conv, Some(out_latent))
     }
 
     fn block(
@@ -371,9 +306,8 @@ impl<B: Backend> Dit<B> {
     ) -> TensorId {
         let c = &self.config;
         let (e, cd) = (c.embed_dim, c.cond_token_dim);
-        let rows = g.desc(h).rows;
-        let heads = c.num_heads;
         let scale = (HEAD_DIM as f32).powf(-0.5);
+        let heads = |kv_heads, rope| Heads { heads: c.num_heads, kv_heads, head_dim: HEAD_DIM, scale, rope };
         // adaLN: one [B, 6E] table per block: scale/shift/gate for self-attn, then for FF.
         let table = layer.modulation.filter(|_| ids.modulation.is_some());
         let modulation = |k: usize| {
@@ -384,82 +318,44 @@ impl<B: Backend> Dit<B> {
                 segments: seqs.tokens,
             })
         };
+        // `h + w(branch_in)`, or with adaLN `h + w(branch_in) * sigmoid(1 - gate)`.
         let residual =
-            |g: &mut Graph, name: String, branch_in: TensorId, w: WeightId, gate: usize, h: TensorId| match table {
-                None => plain_linear(g, name, branch_in, w, e, Some(h)),
+            |g: &mut Graph, name: String, branch_in: TensorId, w: &Linear, gate: usize, h: TensorId| match table {
+                None => linear(g, name, branch_in, w, Some(h)),
                 Some(table) => {
-                    let branch = plain_linear(g, format!("{name}.branch"), branch_in, w, e, None);
-                    let out = g.temp(name, rows, e);
-                    g.push(Op::GatedResidual {
-                        branch,
-                        residual: h,
-                        table,
-                        gate_offset: gate * e,
-                        segments: seqs.tokens,
-                        out,
-                    });
-                    out
+                    let branch = linear(g, format!("{name}.branch"), branch_in, w, None);
+                    gated_residual(g, name, branch, h, table, gate * e, seqs.tokens)
                 }
             };
 
         // Self-attention with RoPE over each sequence's own tokens.
         let n = layer_norm(g, format!("l{i}.pre_norm"), h, &ids.pre_norm, modulation(0));
-        let qkv = plain_linear(g, format!("l{i}.qkv"), n, ids.to_qkv, 3 * e, None);
-        let attn = g.temp(format!("l{i}.self_attn"), rows, e);
-        g.push(Op::Attention {
-            q: ColumnSlice { tensor: qkv, offset: 0, width: e },
-            k: ColumnSlice { tensor: qkv, offset: e, width: e },
-            v: ColumnSlice { tensor: qkv, offset: 2 * e, width: e },
-            q_segments: seqs.tokens,
-            kv_segments: seqs.tokens,
-            heads,
-            kv_heads: heads,
-            head_dim: HEAD_DIM,
-            scale,
-            rope: Some(Rope { inv_freq: self.ids.inv_freq, rotary_dim: ROTARY_DIM }),
-            out: attn,
-        });
-        let h = residual(g, format!("l{i}.after_self_attn"), attn, ids.self_out, 2, h);
+        let qkv = linear(g, format!("l{i}.qkv"), n, &ids.to_qkv, None);
+        let rope = Rope { inv_freq: self.ids.inv_freq, rotary_dim: ROTARY_DIM };
+        let attn = self_attention(g, format!("l{i}.self_attn"), qkv, seqs.tokens, &heads(c.num_heads, Some(rope)));
+        let h = residual(g, format!("l{i}.after_self_attn"), attn, &ids.self_out, 2, h);
 
         // Cross-attention to the video tokens (grouped-query, no RoPE, never modulated).
         let n = layer_norm(g, format!("l{i}.cross_norm"), h, &ids.cross_norm, None);
-        let q = plain_linear(g, format!("l{i}.cross_q"), n, ids.to_q, e, None);
+        let q = linear(g, format!("l{i}.cross_q"), n, &ids.to_q, None);
         let kv = layer.cross_kv;
-        let attn = g.temp(format!("l{i}.cross_attn"), rows, e);
-        g.push(Op::Attention {
-            q: ColumnSlice { tensor: q, offset: 0, width: e },
-            k: ColumnSlice { tensor: kv, offset: 0, width: cd },
-            v: ColumnSlice { tensor: kv, offset: cd, width: cd },
-            q_segments: seqs.tokens,
-            kv_segments: seqs.context,
-            heads,
-            kv_heads: c.kv_heads(),
-            head_dim: HEAD_DIM,
-            scale,
-            rope: None,
-            out: attn,
-        });
-        let h = plain_linear(g, format!("l{i}.after_cross_attn"), attn, ids.cross_out, e, Some(h));
+        let qkv = [
+            ColumnSlice { tensor: q, offset: 0, width: e },
+            ColumnSlice { tensor: kv, offset: 0, width: cd },
+            ColumnSlice { tensor: kv, offset: cd, width: cd },
+        ];
+        let attn = attention(g, format!("l{i}.cross_attn"), qkv, seqs.tokens, seqs.context, &heads(c.kv_heads(), None));
+        let h = linear(g, format!("l{i}.after_cross_attn"), attn, &ids.cross_out, Some(h));
 
         // SwiGLU feed-forward.
         let n = layer_norm(g, format!("l{i}.ff_norm"), h, &ids.ff_norm, modulation(3));
-        let up = linear(g, &format!("l{i}.ff_up"), n, &ids.ff_in, 2 * c.ff_inner(), None);
-        let act = g.temp(format!("l{i}.ff_act"), rows, c.ff_inner());
-        g.push(Op::SwiGlu { x: up, out: act });
+        let up = linear(g, format!("l{i}.ff_up"), n, &ids.ff_in, None);
+        let act = swiglu(g, format!("l{i}.ff_act"), up);
         match table {
-            None => linear(g, &format!("l{i}.after_ff"), act, &ids.ff_out, e, Some(h)),
+            None => linear(g, format!("l{i}.after_ff"), act, &ids.ff_out, Some(h)),
             Some(table) => {
-                let branch = linear(g, &format!("l{i}.ff_branch"), act, &ids.ff_out, e, None);
-                let out = g.temp(format!("l{i}.after_ff"), rows, e);
-                g.push(Op::GatedResidual {
-                    branch,
-                    residual: h,
-                    table,
-                    gate_offset: 5 * e,
-                    segments: seqs.tokens,
-                    out,
-                });
-                out
+                let branch = linear(g, format!("l{i}.ff_branch"), act, &ids.ff_out, None);
+                gated_residual(g, format!("l{i}.after_ff"), branch, h, table, 5 * e, seqs.tokens)
             }
         }
     }
@@ -539,50 +435,4 @@ struct Segs {
     /// Transformer tokens per sequence (also maps a token row to its sequence's adaLN row).
     tokens: SegmentsId,
     context: SegmentsId,
-}
-
-fn plain_linear(
-    g: &mut Graph,
-    name: impl Into<String>,
-    x: TensorId,
-    w: WeightId,
-    out_cols: usize,
-    residual: Option<TensorId>,
-) -> TensorId {
-    let out = g.temp(name, g.desc(x).rows, out_cols);
-    g.push(Op::Linear { x, w, bias: None, residual, out });
-    out
-}
-
-fn linear(
-    g: &mut Graph,
-    name: &str,
-    x: TensorId,
-    ids: &LinearIds,
-    out_cols: usize,
-    residual: Option<TensorId>,
-) -> TensorId {
-    let out = g.temp(name, g.desc(x).rows, out_cols);
-    g.push(Op::Linear { x, w: ids.w, bias: ids.b, residual, out });
-    out
-}
-
-fn silu(g: &mut Graph, x: TensorId) -> TensorId {
-    let d = g.desc(x).clone();
-    let out = g.temp(format!("{}.silu", d.name), d.rows, d.cols);
-    g.push(Op::Silu { x, out });
-    out
-}
-
-fn layer_norm(
-    g: &mut Graph,
-    name: String,
-    x: TensorId,
-    ids: &NormIds,
-    modulation: Option<AdaLnModulation>,
-) -> TensorId {
-    let d = g.desc(x).clone();
-    let out = g.temp(name, d.rows, d.cols);
-    g.push(Op::LayerNorm { x, gamma: ids.gamma, beta: ids.beta, eps: LN_EPS, modulation, out });
-    out
 }

@@ -1,18 +1,18 @@
 //! The Oobleck VAE decoder (lova-model.md section 6): latents `[64, T']` to
 //! audio `[2, T' * 2048]`, as graph ops over token-major sequences.
 //!
-//! Weights are described once, as a list of `VaeTensorSpec`s in the engine's
-//! layout (weight norm folded, convolutions rearranged for im2col GEMMs; see
-//! `backend::cpu::conv`). The same list drives loading from an engine file,
-//! loading from the original checkpoint (`original_tensor` folds and rearranges
-//! on the fly) and `lova-fast convert`.
-
-use std::collections::HashMap;
+//! Weights are declared once (`declare`) in the engine's layout (weight norm
+//! folded, convolutions rearranged for im2col GEMMs; see `backend::cpu::conv`).
+//! The same declaration drives loading from an engine file, loading from the
+//! original checkpoint (`original_tensor` folds and rearranges on the fly) and
+//! `lova-fast convert`.
 
 use crate::backend::{Backend, WeightSet};
 use crate::config::VaeDecoderConfig;
 use crate::error::{Error, Result, ensure_finite, ensure_within};
-use crate::graph::{ArenaPlan, Executor, Graph, Op, Segments, SegmentsId, Snake, TensorId, WeightId};
+use crate::graph::{ArenaPlan, Executor, Graph, Segments, Snake, TensorId};
+use crate::models::declare::{self, Declared, Layout, Scope};
+use crate::models::layers::{Conv, conv_transpose1d, conv1d};
 use crate::tensor::HostTensor;
 use crate::weights::{MAX_LATENT_ABS, SafetensorsFile, TensorSource};
 
@@ -23,50 +23,10 @@ pub const ORIGINAL_PREFIX: &str = "pretransform.model.";
 const DILATIONS: [usize; 3] = [1, 3, 9];
 const KERNEL: usize = 7;
 
-/// The role and PyTorch shape of one decoder tensor.
-#[derive(Debug, Clone, PartialEq)]
-pub enum VaeTensorKind {
-    /// Conv1d `[C_out, C_in, K]` in PyTorch, `[C_out, K * C_in]` here.
-    Conv {
-        /// Output channels.
-        cout: usize,
-        /// Input channels.
-        cin: usize,
-        /// Kernel width in time steps.
-        kernel: usize,
-    },
-    /// ConvTranspose1d `[C_in, C_out, 2s]` in PyTorch, `[s, C_out, 2 * C_in]` here.
-    ConvTranspose {
-        /// Input channels.
-        cin: usize,
-        /// Output channels.
-        cout: usize,
-        /// Upsampling factor `s` (the kernel is `2s` wide).
-        stride: usize,
-    },
-    /// Bias or SnakeBeta parameter.
-    Vector(usize),
-}
-
-/// One decoder tensor: key relative to `pretransform.model.` (`decoder.layers.0.weight`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct VaeTensorSpec {
-    /// Key relative to `pretransform.model.`.
-    pub key: String,
-    /// What the tensor is, which fixes its expected shape.
-    pub kind: VaeTensorKind,
-}
-
-impl VaeTensorSpec {
-    /// Shape in the engine's layout.
-    pub fn engine_shape(&self) -> Vec<usize> {
-        match self.kind {
-            VaeTensorKind::Conv { cout, cin, kernel } => vec![cout, kernel * cin],
-            VaeTensorKind::ConvTranspose { cin, cout, stride } => vec![stride, cout, 2 * cin],
-            VaeTensorKind::Vector(n) => vec![n],
-        }
-    }
-}
+/// One decoder tensor: key relative to `pretransform.model.`
+/// (`decoder.layers.0.weight`), engine shape and layout (`Layout::Conv1d`,
+/// `Layout::ConvTranspose1d`, or `Layout::Stored` for biases and SnakeBeta parameters).
+pub type VaeTensorSpec = Declared;
 
 /// `(C_in, C_out, stride)` of decoder blocks `layers.1 ..`, widest first. Block
 /// i goes from `c_mults[i]` to the multiplier before it (1 for the first) at
@@ -107,48 +67,82 @@ pub fn check_config(cfg: &VaeDecoderConfig) -> Result<()> {
     Ok(())
 }
 
-/// Every decoder tensor the engine needs, in a fixed order.
-pub fn tensor_specs(cfg: &VaeDecoderConfig) -> Vec<VaeTensorSpec> {
-    let mut specs = Vec::new();
-    let conv = |specs: &mut Vec<VaeTensorSpec>, name: &str, kind: VaeTensorKind, bias: bool| {
-        let out = match kind {
-            VaeTensorKind::Conv { cout, .. } | VaeTensorKind::ConvTranspose { cout, .. } => cout,
-            VaeTensorKind::Vector(n) => n,
-        };
-        specs.push(VaeTensorSpec { key: format!("decoder.layers.{name}.weight"), kind });
-        if bias {
-            specs.push(VaeTensorSpec { key: format!("decoder.layers.{name}.bias"), kind: VaeTensorKind::Vector(out) });
-        }
-    };
-    let snake = |specs: &mut Vec<VaeTensorSpec>, name: &str, channels: usize| {
-        for p in ["alpha", "beta"] {
-            specs.push(VaeTensorSpec {
-                key: format!("decoder.layers.{name}.{p}"),
-                kind: VaeTensorKind::Vector(channels),
-            });
-        }
-    };
+struct Unit {
+    snake_in: Snake,
+    conv: Conv,
+    snake_mid: Snake,
+    conv_1x1: Conv,
+}
+
+struct Block {
+    snake: Snake,
+    upsample: Conv,
+    stride: usize,
+    units: Vec<Unit>,
+}
+
+/// The decoder's weights: `decoder.layers.0`, the blocks, the last SnakeBeta and conv.
+struct VaeIds {
+    first: Conv,
+    blocks: Vec<Block>,
+    snake: Snake,
+    last: Conv,
+}
+
+/// Declares every decoder tensor (keys under `pretransform.model.`), in the engine file's order.
+fn declare(cfg: &VaeDecoderConfig, d: &mut Scope) -> Result<VaeIds> {
+    fn conv(d: &mut Scope, (cout, cin, kernel): (usize, usize, usize), bias: bool) -> Result<Conv> {
+        let layout = Layout::Conv1d { cout, cin, kernel };
+        Ok(Conv {
+            weight: d.declare_as("weight", &[cout, kernel * cin], layout)?,
+            bias: if bias { Some(d.declare("bias", &[cout])?) } else { None },
+            cout,
+            kernel,
+        })
+    }
+    fn snake(d: &mut Scope, channels: usize) -> Result<Snake> {
+        Ok(Snake { alpha: d.declare("alpha", &[channels])?, beta: d.declare("beta", &[channels])? })
+    }
+    let mut d = d.pp("decoder.layers");
     let blocks = blocks(cfg);
     // The first conv feeds the widest block (or, with none, the last conv's `channels`).
     let widest = blocks.first().map_or(cfg.channels, |b| b.0);
-    conv(&mut specs, "0", VaeTensorKind::Conv { cout: widest, cin: cfg.latent_dim, kernel: KERNEL }, true);
+    let first = conv(&mut d.pp(0), (widest, cfg.latent_dim, KERNEL), true)?;
+    let mut declared = Vec::with_capacity(blocks.len());
     for (b, &(cin, cout, stride)) in blocks.iter().enumerate() {
-        let b = b + 1;
-        snake(&mut specs, &format!("{b}.layers.0"), cin);
-        conv(&mut specs, &format!("{b}.layers.1"), VaeTensorKind::ConvTranspose { cin, cout, stride }, true);
-        for j in 2..5 {
-            let unit = format!("{b}.layers.{j}.layers");
-            snake(&mut specs, &format!("{unit}.0"), cout);
-            conv(&mut specs, &format!("{unit}.1"), VaeTensorKind::Conv { cout, cin: cout, kernel: KERNEL }, true);
-            snake(&mut specs, &format!("{unit}.2"), cout);
-            conv(&mut specs, &format!("{unit}.3"), VaeTensorKind::Conv { cout, cin: cout, kernel: 1 }, true);
-        }
+        let mut d = d.pp(format!("{}.layers", b + 1));
+        let snake_in = snake(&mut d.pp(0), cin)?;
+        let mut up = d.pp(1);
+        let layout = Layout::ConvTranspose1d { cin, cout, stride };
+        let upsample = Conv {
+            weight: up.declare_as("weight", &[stride, cout, 2 * cin], layout)?,
+            bias: Some(up.declare("bias", &[cout])?),
+            cout,
+            kernel: 2 * stride,
+        };
+        let units = (2..5)
+            .map(|j| {
+                let mut d = d.pp(format!("{j}.layers"));
+                Ok(Unit {
+                    snake_in: snake(&mut d.pp(0), cout)?,
+                    conv: conv(&mut d.pp(1), (cout, cout, KERNEL), true)?,
+                    snake_mid: snake(&mut d.pp(2), cout)?,
+                    conv_1x1: conv(&mut d.pp(3), (cout, cout, 1), true)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        declared.push(Block { snake: snake_in, upsample, stride, units });
     }
     let last = blocks.len() + 1;
-    snake(&mut specs, &last.to_string(), cfg.channels);
-    let kind = VaeTensorKind::Conv { cout: cfg.out_channels, cin: cfg.channels, kernel: KERNEL };
-    conv(&mut specs, &(last + 1).to_string(), kind, false);
-    specs
+    let snake = snake(&mut d.pp(last), cfg.channels)?;
+    let last = conv(&mut d.pp(last + 1), (cfg.out_channels, cfg.channels, KERNEL), false)?;
+    Ok(VaeIds { first, blocks: declared, snake, last })
+}
+
+/// Every decoder tensor the engine needs, in a fixed order.
+pub fn tensor_specs(cfg: &VaeDecoderConfig) -> Vec<VaeTensorSpec> {
+    // Listing declares into a Vec: it cannot fail.
+    declare::list(|d| declare(cfg, d)).expect("listing never fails").0
 }
 
 /// A decoder tensor from the original checkpoint, in the engine's layout:
@@ -157,10 +151,10 @@ pub fn tensor_specs(cfg: &VaeDecoderConfig) -> Vec<VaeTensorSpec> {
 /// `weight` is taken as already folded) and convolutions rearranged.
 pub fn original_tensor(file: &SafetensorsFile, spec: &VaeTensorSpec) -> Result<HostTensor> {
     let key = format!("{ORIGINAL_PREFIX}{}", spec.key);
-    let shape = match spec.kind {
-        VaeTensorKind::Vector(n) => return file.tensor(&key, &[n]),
-        VaeTensorKind::Conv { cout, cin, kernel } => vec![cout, cin, kernel],
-        VaeTensorKind::ConvTranspose { cin, cout, stride } => vec![cin, cout, 2 * stride],
+    let shape = match spec.layout {
+        Layout::Conv1d { cout, cin, kernel } => vec![cout, cin, kernel],
+        Layout::ConvTranspose1d { cin, cout, stride } => vec![cin, cout, 2 * stride],
+        _ => return file.tensor(&key, &spec.shape),
     };
     let base = key.trim_end_matches(".weight");
     let folded = if file.contains(&key) {
@@ -180,9 +174,9 @@ pub fn original_tensor(file: &SafetensorsFile, spec: &VaeTensorSpec) -> Result<H
         let g = file.tensor(&g_key, &[shape[0], 1, 1])?;
         fold_weight_norm(&g.data, v)
     };
-    Ok(match spec.kind {
-        VaeTensorKind::ConvTranspose { .. } => rearrange_conv_transpose(&folded, &spec.kind),
-        _ => rearrange_conv(&folded, &spec.kind),
+    Ok(match spec.layout {
+        Layout::ConvTranspose1d { cin, cout, stride } => rearrange_conv_transpose(&folded, cin, cout, stride),
+        _ => rearrange_conv(&folded, shape[0], shape[1], shape[2]),
     })
 }
 
@@ -197,8 +191,7 @@ pub fn fold_weight_norm(g: &[f32], mut v: HostTensor) -> HostTensor {
     v
 }
 
-fn rearrange_conv(w: &HostTensor, kind: &VaeTensorKind) -> HostTensor {
-    let VaeTensorKind::Conv { cout, cin, kernel } = *kind else { unreachable!("conv spec") };
+fn rearrange_conv(w: &HostTensor, cout: usize, cin: usize, kernel: usize) -> HostTensor {
     let mut out = vec![0.0; w.len()];
     for co in 0..cout {
         for ci in 0..cin {
@@ -210,8 +203,7 @@ fn rearrange_conv(w: &HostTensor, kind: &VaeTensorKind) -> HostTensor {
     HostTensor::new(vec![cout, kernel * cin], out)
 }
 
-fn rearrange_conv_transpose(w: &HostTensor, kind: &VaeTensorKind) -> HostTensor {
-    let VaeTensorKind::ConvTranspose { cin, cout, stride: s } = *kind else { unreachable!("conv transpose spec") };
+fn rearrange_conv_transpose(w: &HostTensor, cin: usize, cout: usize, s: usize) -> HostTensor {
     let mut out = vec![0.0; w.len()];
     for r in 0..s {
         for co in 0..cout {
@@ -225,12 +217,6 @@ fn rearrange_conv_transpose(w: &HostTensor, kind: &VaeTensorKind) -> HostTensor 
     HostTensor::new(vec![s, cout, 2 * cin], out)
 }
 
-/// Weight ids by key for the weights of `tensor_specs`, in its order (the order
-/// `VaeDecoder::load` uploads them in), with their engine shapes.
-fn spec_ids(cfg: &VaeDecoderConfig) -> HashMap<String, (WeightId, Vec<usize>)> {
-    tensor_specs(cfg).into_iter().enumerate().map(|(i, s)| (s.key.clone(), (WeightId(i), s.engine_shape()))).collect()
-}
-
 /// The decoder graph: `z` `[sum T', latent_dim]` to audio `[sum T' * upsampling, out_channels]`.
 ///
 /// SnakeBeta is fused into the input load of the conv that follows it (`Op::Conv1d`'s
@@ -241,81 +227,25 @@ fn spec_ids(cfg: &VaeDecoderConfig) -> HashMap<String, (WeightId, Vec<usize>)> {
 /// stores only `x`, and the conv's gather, which reads each input row `kernel` times,
 /// is where the activation is computed (in f32, before the fp16 rounding of the GEMM
 /// operand on the GPU).
-fn build_decoder(
-    cfg: &VaeDecoderConfig,
-    ids: &HashMap<String, (WeightId, Vec<usize>)>,
-    g: &mut Graph,
-    latent_lens: &[usize],
-    z: TensorId,
-) -> TensorId {
-    let id = |key: String| ids[&key].0;
-    let snake = |name: &str| {
-        Some(Snake {
-            alpha: id(format!("decoder.layers.{name}.alpha")),
-            beta: id(format!("decoder.layers.{name}.beta")),
-        })
-    };
-    let conv = |g: &mut Graph, x: TensorId, input_snake: Option<Snake>, name: &str, conv: ConvShape| {
-        let key = format!("decoder.layers.{name}.weight");
-        let cout = ids[&key].1[0];
-        let out = g.temp(format!("vae.{name}"), g.desc(x).rows, cout);
-        g.push(Op::Conv1d {
-            x,
-            input_snake,
-            w: id(key),
-            bias: conv.bias.then(|| id(format!("decoder.layers.{name}.bias"))),
-            kernel: conv.kernel,
-            dilation: conv.dilation,
-            padding: conv.dilation * (conv.kernel - 1) / 2,
-            residual: conv.residual,
-            segments: conv.segments,
-            out,
-        });
-        out
-    };
+fn build_decoder(ids: &VaeIds, g: &mut Graph, latent_lens: &[usize], z: TensorId) -> TensorId {
     let mut lens: Vec<usize> = latent_lens.to_vec();
     let mut seg = g.add_segments(Segments::from_lengths(lens.iter().copied()));
-    let shape = |kernel, dilation, segments, residual, bias| ConvShape { kernel, dilation, segments, residual, bias };
-    let mut h = conv(g, z, None, "0", shape(KERNEL, 1, seg, None, true));
-    for (b, &(_, cout, stride)) in blocks(cfg).iter().enumerate() {
+    let mut h = conv1d(g, "vae.0", z, None, &ids.first, 1, None, seg);
+    for (b, block) in ids.blocks.iter().enumerate() {
         let b = b + 1;
-        lens.iter_mut().for_each(|l| *l *= stride);
+        lens.iter_mut().for_each(|l| *l *= block.stride);
         let up_seg = g.add_segments(Segments::from_lengths(lens.iter().copied()));
-        let x = h;
-        h = g.temp(format!("vae.{b}.upsampled"), g.seg(up_seg).total(), cout);
-        g.push(Op::ConvTranspose1d {
-            x,
-            input_snake: snake(&format!("{b}.layers.0")),
-            w: id(format!("decoder.layers.{b}.layers.1.weight")),
-            bias: Some(id(format!("decoder.layers.{b}.layers.1.bias"))),
-            stride,
-            in_segments: seg,
-            out_segments: up_seg,
-            out: h,
-        });
+        let name = format!("vae.{b}.upsampled");
+        h = conv_transpose1d(g, name, h, Some(block.snake), &block.upsample, block.stride, seg, up_seg);
         seg = up_seg;
-        for (j, dilation) in DILATIONS.iter().enumerate() {
-            let unit = format!("{b}.layers.{}.layers", j + 2);
-            let u = conv(
-                g,
-                h,
-                snake(&format!("{unit}.0")),
-                &format!("{unit}.1"),
-                shape(KERNEL, *dilation, seg, None, true),
-            );
-            h = conv(g, u, snake(&format!("{unit}.2")), &format!("{unit}.3"), shape(1, 1, seg, Some(h), true));
+        for ((j, dilation), unit) in DILATIONS.iter().enumerate().zip(&block.units) {
+            let unit_name = format!("vae.{b}.layers.{}.layers", j + 2);
+            let u = conv1d(g, format!("{unit_name}.1"), h, Some(unit.snake_in), &unit.conv, *dilation, None, seg);
+            h = conv1d(g, format!("{unit_name}.3"), u, Some(unit.snake_mid), &unit.conv_1x1, 1, Some(h), seg);
         }
     }
-    let last = blocks(cfg).len() + 1;
-    conv(g, h, snake(&last.to_string()), &(last + 1).to_string(), shape(KERNEL, 1, seg, None, false))
-}
-
-struct ConvShape {
-    kernel: usize,
-    dilation: usize,
-    segments: SegmentsId,
-    residual: Option<TensorId>,
-    bias: bool,
+    let last = ids.blocks.len() + 1;
+    conv1d(g, format!("vae.{}", last + 1), h, Some(ids.snake), &ids.last, 1, None, seg)
 }
 
 /// The Oobleck VAE decoder with its weights loaded on backend `B`.
@@ -325,8 +255,7 @@ pub struct VaeDecoder<B: Backend> {
     /// Latents are multiplied by this before decoding (`model.pretransform.scale`).
     pub latent_scale: f32,
     weights: WeightSet<B>,
-    /// Weight id and engine shape by key.
-    ids: HashMap<String, (WeightId, Vec<usize>)>,
+    ids: VaeIds,
 }
 
 impl<B: Backend> VaeDecoder<B> {
@@ -338,18 +267,9 @@ impl<B: Backend> VaeDecoder<B> {
         latent_scale: f64,
         fetch: &mut dyn FnMut(&VaeTensorSpec) -> Result<HostTensor>,
     ) -> Result<Self> {
-        Self::load_with(config, latent_scale, &mut |spec, weights| {
-            let t = fetch(spec)?;
-            if t.shape != spec.engine_shape() {
-                return Err(Error::ShapeMismatch {
-                    key: spec.key.clone(),
-                    file: "the VAE weights".into(),
-                    expected: spec.engine_shape(),
-                    found: t.shape,
-                });
-            }
-            weights.push(backend, &spec.key, &t)
-        })
+        check_config(config)?;
+        let (weights, ids) = declare::upload_with(backend, "the VAE weights", fetch, |d| declare(config, d))?;
+        Ok(VaeDecoder { config: config.clone(), latent_scale: latent_scale as f32, weights, ids })
     }
 
     /// Loads every tensor of `tensor_specs` from `source` under the keys
@@ -363,24 +283,8 @@ impl<B: Backend> VaeDecoder<B> {
         source: &dyn TensorSource,
         prefix: &str,
     ) -> Result<Self> {
-        Self::load_with(config, latent_scale, &mut |spec, weights| {
-            weights.push_from(backend, source, &format!("{prefix}{}", spec.key), &spec.engine_shape())
-        })
-    }
-
-    /// `take` uploads the tensor of one spec, with its engine shape, into the set.
-    fn load_with(
-        config: &VaeDecoderConfig,
-        latent_scale: f64,
-        take: &mut dyn FnMut(&VaeTensorSpec, &mut WeightSet<B>) -> Result<WeightId>,
-    ) -> Result<Self> {
         check_config(config)?;
-        let mut weights = WeightSet::default();
-        let mut ids = HashMap::new();
-        for spec in tensor_specs(config) {
-            let id = take(&spec, &mut weights)?;
-            ids.insert(spec.key.clone(), (id, spec.engine_shape()));
-        }
+        let (weights, ids) = declare::upload(backend, source, prefix, |d| declare(config, d))?;
         Ok(VaeDecoder { config: config.clone(), latent_scale: latent_scale as f32, weights, ids })
     }
 
@@ -397,7 +301,7 @@ impl<B: Backend> VaeDecoder<B> {
     /// Adds the decoder to `g`: `z` `[sum T', latent_dim]` (already scaled) to
     /// audio `[sum T' * upsampling, out_channels]`.
     pub fn build(&self, g: &mut Graph, latent_lens: &[usize], z: TensorId) -> TensorId {
-        build_decoder(&self.config, &self.ids, g, latent_lens, z)
+        build_decoder(&self.ids, g, latent_lens, z)
     }
 
     /// Decodes latents `[latent_dim, T']` (one per clip) to audio `[out_channels, T' * upsampling]`,
@@ -557,7 +461,9 @@ pub fn planned_arena_bytes(cfg: &VaeDecoderConfig, latent_lens: &[usize]) -> Res
     check_config(cfg)?;
     let mut g = Graph::new();
     let z = g.input("latents", latent_lens.iter().sum(), cfg.latent_dim);
-    let audio = build_decoder(cfg, &spec_ids(cfg), &mut g, latent_lens, z);
+    // Listing gives the ids the graph refers to, without any weights.
+    let (_, ids) = declare::list(|d| declare(cfg, d))?;
+    let audio = build_decoder(&ids, &mut g, latent_lens, z);
     g.mark_output(audio);
     Ok(ArenaPlan::plan(&g)?.size * std::mem::size_of::<f32>())
 }
@@ -568,9 +474,8 @@ pub fn weight_bytes_fp16(cfg: &VaeDecoderConfig) -> usize {
     tensor_specs(cfg)
         .iter()
         .map(|s| {
-            let shape = s.engine_shape();
-            let n: usize = shape.iter().product();
-            if shape.len() >= 2 { 2 * n } else { 4 * n }
+            let n: usize = s.shape.iter().product();
+            if s.shape.len() >= 2 { 2 * n } else { 4 * n }
         })
         .sum()
 }
@@ -598,7 +503,7 @@ mod tests {
         }
         let empty = VaeDecoderConfig { strides: vec![], c_mults: vec![], ..released };
         assert!(blocks(&empty).is_empty());
-        assert_eq!(tensor_specs(&empty)[0].engine_shape(), vec![empty.channels, KERNEL * empty.latent_dim]);
+        assert_eq!(tensor_specs(&empty)[0].shape, vec![empty.channels, KERNEL * empty.latent_dim]);
     }
 
     #[test]

@@ -60,6 +60,31 @@ pub fn prepend_row(first: &[f32], rest: &[f32], cols: usize, rest_seg: &Segments
     }
 }
 
+/// `prepend_row` and `add_positional` in one pass: per sequence b, row p of
+/// `out` is `first[b]` (p = 0) or row p - 1 of b in `rest`, plus
+/// `table[p] * scale`; the same arithmetic as the two ops, without storing
+/// the prepended rows.
+pub fn prepend_row_positional(
+    first: &[f32],
+    rest: &[f32],
+    cols: usize,
+    (table, scale): (&[f32], f32),
+    rest_seg: &Segments,
+    out_seg: &Segments,
+    out: &mut [f32],
+) {
+    for b in 0..rest_seg.count() {
+        let (r, o) = (rest_seg.range(b), out_seg.range(b));
+        out[o.start * cols..o.end * cols].par_chunks_mut(cols).enumerate().for_each(|(p, o)| {
+            let xr = if p == 0 { &first[b * cols..] } else { &rest[(r.start + p - 1) * cols..] };
+            let pe = &table[p * cols..];
+            for i in 0..cols {
+                o[i] = xr[i] + pe[i] * scale;
+            }
+        });
+    }
+}
+
 /// Per sequence b: the rows of `x` for b except the first.
 pub fn drop_first_row(x: &[f32], cols: usize, x_seg: &Segments, out_seg: &Segments, out: &mut [f32]) {
     for b in 0..x_seg.count() {

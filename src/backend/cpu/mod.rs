@@ -319,6 +319,17 @@ impl Backend for CpuBackend {
                 g.seg(*out_segments),
                 io.output(*out),
             ),
+            Op::PrependRowPositional { first, rest, table, scale, rest_segments, out_segments, out } => {
+                elementwise::prepend_row_positional(
+                    io.input(*first),
+                    io.input(*rest),
+                    g.desc(*out).cols,
+                    (w(*table), *scale),
+                    g.seg(*rest_segments),
+                    g.seg(*out_segments),
+                    io.output(*out),
+                )
+            }
             Op::DropFirstRow { x, x_segments, out_segments, out } => elementwise::drop_first_row(
                 io.input(*x),
                 g.desc(*out).cols,

@@ -1,5 +1,6 @@
 //! Launchers of kernels/elementwise.cu: SiLU, SwiGLU, the timestep features,
-//! the positional add and the row prepend/drop of packed sequences.
+//! the positional add and the row prepend/drop of packed sequences (and the
+//! prepend fused with the positional add).
 
 use super::kernels::{self as k};
 use super::launch::{Launcher, wrong_op};
@@ -55,6 +56,27 @@ impl Launcher<'_> {
             out: self.ptr(*out),
         };
         self.elementwise(os.total() * cols, kernel)
+    }
+
+    pub(super) fn prepend_row_positional(&mut self, op: &Op) -> Result<()> {
+        let Op::PrependRowPositional { first, rest, table, scale, rest_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "prepend_row_positional"));
+        };
+        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
+        let n = os.total() * cols;
+        let (first, rest, scale, out) = (self.ptr(*first), self.ptr(*rest), *scale, self.ptr(*out));
+        let (rest_offsets, out_offsets) = (self.offsets(*rest_segments)?, self.offsets(*out_segments)?);
+        let (count, cols) = (os.count() as i32, cols as i64);
+        match self.weight_any(*table)? {
+            (false, table) => self.elementwise(
+                n,
+                k::PrependRowPositionalF32 { first, rest, table, scale, rest_offsets, out_offsets, count, cols, out },
+            ),
+            (true, table) => self.elementwise(
+                n,
+                k::PrependRowPositionalF16 { first, rest, table, scale, rest_offsets, out_offsets, count, cols, out },
+            ),
+        }
     }
 
     pub(super) fn drop_first_row(&mut self, op: &Op) -> Result<()> {

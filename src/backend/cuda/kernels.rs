@@ -131,6 +131,16 @@ kernels! {
     PrependRow = "prepend_row" {
         first: Ptr, rest: Ptr, rest_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64, out: Ptr,
     }
+    /// elementwise.cu: `prepend_row`, then `add_positional` with an f32 table, in one pass.
+    PrependRowPositionalF32 = "prepend_row_positional_f32" {
+        first: Ptr, rest: Ptr, table: Ptr, scale: f32, rest_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64,
+        out: Ptr,
+    }
+    /// elementwise.cu: as `PrependRowPositionalF32`, fp16 table.
+    PrependRowPositionalF16 = "prepend_row_positional_f16" {
+        first: Ptr, rest: Ptr, table: Ptr, scale: f32, rest_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64,
+        out: Ptr,
+    }
     /// elementwise.cu: every sequence without its first row.
     DropFirstRow = "drop_first_row" { x: Ptr, x_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64, out: Ptr }
 

@@ -699,6 +699,7 @@ impl Backend for CudaBackend {
             Op::TimestepFeatures { .. } => l.timestep_features(op),
             Op::AddPositional { .. } => l.add_positional(op),
             Op::PrependRow { .. } => l.prepend_row(op),
+            Op::PrependRowPositional { .. } => l.prepend_row_positional(op),
             Op::DropFirstRow { .. } => l.drop_first_row(op),
             Op::Attention { .. } => l.attention(op),
             Op::CfgExpand { .. } => l.cfg_expand(op),
