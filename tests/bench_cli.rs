@@ -76,8 +76,8 @@ fn bench_profile_counts_every_op_of_a_step() {
     let shares: f64 = profile.iter().map(|p| p["share"].as_f64().unwrap()).sum();
     assert!((shares - 1.0).abs() < 1e-9, "shares sum to {shares}");
     // Without --profile, no profile.
-    let plain: serde_json::Value = serde_json::from_slice(&ok_stdout(&lova_fast(&[&args[..], &["--json"]].concat())))
-        .expect("JSON on stdout");
+    let plain: serde_json::Value =
+        serde_json::from_slice(&ok_stdout(&lova_fast(&[&args[..], &["--json"]].concat()))).expect("JSON on stdout");
     assert!(plain["clips"][0].get("profile").is_none(), "{plain}");
 }
 

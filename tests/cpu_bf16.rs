@@ -1,5 +1,7 @@
-//! The CPU backend's bf16 path (`Precision::Bf16`: Linear weights rounded to
-//! bf16 and packed, everything else f32) against the f32 reference path, on
+//! The CPU backend's bf16 path (`Precision::Bf16`: Linear and convolution
+//! weights rounded to bf16 and packed, attention's softmax with a polynomial
+//! exp (its own tests are in src/backend/cpu/softmax.rs and attention.rs),
+//! everything else f32) against the f32 reference path, on
 //! every bf16 kernel this CPU can run (`Isa::available`; the ones it cannot run
 //! are named as skipped in the output).
 //!
@@ -242,7 +244,8 @@ fn bf16_requests_batched_together_equal_requests_run_alone_bit_for_bit() {
 /// the top of this file), i.e. by a few 1e-3 through the tiny DiT's layers; CFG
 /// 5 scales the difference of two such outputs by 5, and the sampler carries
 /// errors over 8 steps. Measured on the development machine (AVX-512F kernel):
-/// latents rel L2 6.9e-3, audio SNR 41 dB. The bounds, 2e-2 and 30 dB, leave
+/// latents rel L2 6.9e-3, audio SNR 41 dB (40.3 dB with the VAE's
+/// convolutions in bf16 too). The bounds, 2e-2 and 30 dB, leave
 /// a 3x (11 dB) margin for other kernels' machines; a kernel bug (wrong
 /// column, wrong row) gives O(1), an SNR near 0 dB.
 #[test]
@@ -307,4 +310,41 @@ fn bench_takes_the_precision_to_the_cpu_backend() {
     let auto = device("auto");
     assert_eq!(auto.contains("bf16"), Isa::detect() != Isa::Scalar, "{auto}");
     common::failed(&run("fp8"), &["fp8", "f32, bf16 or auto"]);
+}
+
+/// The VAE alone on the bf16 path (its convolutions' weights rounded to bf16
+/// and run by the Linear kernel on im2col rows): the same latents decoded on
+/// the f32 and bf16 paths, and a clip decoded alone and next to another.
+///
+/// Bound: each convolution's output moves by ~1.6e-3 relative (the Linear
+/// derivation at the top of this file: K * C_in products of random sign), and
+/// the tiny decoder chains 16 of them (5 blocks of upsampling + 3 residual
+/// units, and the first and last convs); errors of independent layers add in
+/// quadrature, 1.6e-3 * sqrt(16) = 6.4e-3, an SNR of 44 dB, less where SnakeBeta
+/// and the residual paths amplify. 30 dB is a 14 dB margin; a wrong column,
+/// phase or tap gives an SNR near 0 dB.
+#[test]
+fn bf16_vae_is_close_to_f32_and_the_same_alone_or_batched() {
+    let config = tiny_config();
+    let file = SafetensorsFile::open(&fixture("tiny/checkpoint.safetensors")).unwrap();
+    let vae = VaeDecoder::load(&CpuBackend, &config.vae_decoder, config.latent_scale, &mut |spec| {
+        original_tensor(&file, spec)
+    })
+    .unwrap();
+    let channels = config.vae_decoder.latent_dim;
+    let mut rng = Rng(11);
+    let mut latents = |len: usize| HostTensor::new(vec![channels, len], rng.vec(channels * len, -2.0, 2.0));
+    let (long, short) = (latents(12), latents(5));
+    let want = vae.decode(&CpuBackend, std::slice::from_ref(&long)).unwrap().remove(0);
+    for (isa, backend) in bf16_backends() {
+        let got = vae.decode(&backend, std::slice::from_ref(&long)).unwrap().remove(0);
+        let noise: f64 = got.data.iter().zip(&want.data).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let signal: f64 = want.data.iter().map(|a| (*a as f64).powi(2)).sum();
+        let snr_db = 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10();
+        println!("tiny VAE, bf16 ({}) vs f32: audio SNR {snr_db:.1} dB", isa.name());
+        assert!(snr_db >= 30.0, "{}: audio SNR {snr_db} dB", isa.name());
+        assert!(noise > 0.0, "{}: bf16 gave the f32 bits: the bf16 convolutions did not run", isa.name());
+        let batched = vae.decode(&backend, &[short.clone(), long.clone()]).unwrap();
+        assert_eq!(batched[1], got, "{}: a clip decoded next to another differs from alone", isa.name());
+    }
 }

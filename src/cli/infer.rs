@@ -141,9 +141,10 @@ pub struct InferArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
 
-    /// CPU arithmetic: f32 (the reference), bf16 (Linear weights rounded to bf16
-    /// once at load, f32 accumulation: about half the memory traffic, faster on
-    /// CPUs with AVX-512 or AVX2), or auto (bf16 where this CPU has a fast kernel).
+    /// CPU arithmetic: f32 (the reference), bf16 (Linear and VAE convolution weights
+    /// rounded to bf16 once at load, f32 accumulation, a polynomial exp in attention's
+    /// softmax: several times faster on CPUs with AVX-512 or AVX2), or auto (bf16
+    /// where this CPU has a fast kernel).
     /// CUDA always runs fp16 weights.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,

@@ -13,8 +13,42 @@
 
 use rayon::prelude::*;
 
+use super::gemm_bf16::{PackedBf16, linear_bf16};
 use super::linear::linear;
+use super::precision::Isa;
 use crate::graph::Segments;
+
+/// A convolution's weight as its GEMMs read it: the f32 reference, or the bf16
+/// backend's packed matrices (one for conv1d, one per phase for a transposed
+/// conv), run by the Linear op's kernel on the same im2col rows.
+#[derive(Clone, Copy)]
+pub enum ConvWeight<'a> {
+    /// f32 in the engine layout (see the module comment).
+    F32(&'a [f32]),
+    /// `[C_out, row]` matrices rounded to bf16 and packed, with the kernel to run.
+    Bf16(Isa, &'a [PackedBf16]),
+}
+
+impl ConvWeight<'_> {
+    /// `out = x @ w_group^T + bias + residual`, `x` being `[m, k]`.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        self,
+        group: usize,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        match self {
+            ConvWeight::F32(w) => linear(x, m, k, &w[group * n * k..(group + 1) * n * k], n, bias, residual, out),
+            ConvWeight::Bf16(isa, packed) => linear_bf16(isa, x, m, k, &packed[group], n, bias, residual, out),
+        }
+    }
+}
 
 /// Rows per im2col chunk: about 4 MiB of f32 per chunk.
 fn chunk_rows(row_len: usize) -> usize {
@@ -34,7 +68,7 @@ pub fn conv1d(
     x: &[f32],
     cin: usize,
     snake: InputSnake<'_>,
-    w: &[f32],
+    w: ConvWeight<'_>,
     cout: usize,
     kernel: usize,
     dilation: usize,
@@ -79,7 +113,8 @@ pub fn conv1d(
                 }
             });
             let rows = (seq.start + t0) * cout..(seq.start + t0 + n) * cout;
-            linear(&cols[..n * row_len], n, row_len, w, cout, bias, residual.map(|r| &r[rows.clone()]), &mut out[rows]);
+            let residual = residual.map(|r| &r[rows.clone()]);
+            w.product(0, &cols[..n * row_len], n, row_len, cout, bias, residual, &mut out[rows]);
         }
     }
 }
@@ -93,7 +128,7 @@ pub fn conv_transpose1d(
     x: &[f32],
     cin: usize,
     snake: InputSnake<'_>,
-    w: &[f32],
+    w: ConvWeight<'_>,
     cout: usize,
     stride: usize,
     bias: Option<&[f32]>,
@@ -120,7 +155,6 @@ pub fn conv_transpose1d(
         let (src, dst) = (in_segments.range(b), out_segments.range(b));
         let lin = src.len();
         for phase in 0..stride {
-            let w_phase = &w[phase * cout * row_len..(phase + 1) * cout * row_len];
             // Output rows j = i0 * stride + phase - padding, for i0 with 0 <= j < lout.
             let first_i0 = (padding.saturating_sub(phase)).div_ceil(stride);
             let js: Vec<usize> =
@@ -139,7 +173,7 @@ pub fn conv_transpose1d(
                         }
                     }
                 });
-                linear(&cols[..n * row_len], n, row_len, w_phase, cout, bias, None, &mut tmp[..n * cout]);
+                w.product(phase, &cols[..n * row_len], n, row_len, cout, bias, None, &mut tmp[..n * cout]);
                 for (m, &j) in chunk.iter().enumerate() {
                     let r = dst.start + j;
                     out[r * cout..(r + 1) * cout].copy_from_slice(&tmp[m * cout..(m + 1) * cout]);
@@ -236,7 +270,7 @@ mod tests {
             lens.iter().enumerate().map(|(b, &l)| (0..cin * l).map(|i| val(i + 100 * b)).collect()).collect();
         let x: Vec<f32> = xs.iter().zip(lens).flat_map(|(x, l)| to_token_major(x, cin, l)).collect();
         let mut out = vec![0.0; seg.total() * cout];
-        conv1d(&x, cin, None, &we, cout, k, d, p, None, None, &seg, &mut out);
+        conv1d(&x, cin, None, ConvWeight::F32(&we), cout, k, d, p, None, None, &seg, &mut out);
         for (b, &l) in lens.iter().enumerate() {
             let want = to_token_major(&direct_conv(&xs[b], cin, l, &w, cout, k, d, p), cout, l);
             let got = &out[seg.offsets[b] * cout..seg.offsets[b + 1] * cout];
@@ -266,7 +300,7 @@ mod tests {
             let xs: Vec<Vec<f32>> = lens.iter().map(|&l| (0..cin * l).map(|i| val(i * 3 + 1)).collect()).collect();
             let x: Vec<f32> = xs.iter().zip(lens).flat_map(|(x, l)| to_token_major(x, cin, l)).collect();
             let mut out = vec![f32::NAN; seg_out.total() * cout];
-            conv_transpose1d(&x, cin, None, &we, cout, s, None, &seg_in, &seg_out, &mut out);
+            conv_transpose1d(&x, cin, None, ConvWeight::F32(&we), cout, s, None, &seg_in, &seg_out, &mut out);
             for (b, &l) in lens.iter().enumerate() {
                 let want = to_token_major(&direct_conv_t(&xs[b], cin, l, &w, cout, s), cout, l * s);
                 let got = &out[seg_out.offsets[b] * cout..seg_out.offsets[b + 1] * cout];
@@ -292,16 +326,16 @@ mod tests {
             let w: Vec<f32> = (0..cout * k * cin).map(|i| val(i + 3)).collect();
             let p = d * (k - 1) / 2;
             let (mut fused, mut want) = (vec![0.0; seg.total() * cout], vec![0.0; seg.total() * cout]);
-            conv1d(&x, cin, Some((&alpha, &beta)), &w, cout, k, d, p, None, None, &seg, &mut fused);
-            conv1d(&activated, cin, None, &w, cout, k, d, p, None, None, &seg, &mut want);
+            conv1d(&x, cin, Some((&alpha, &beta)), ConvWeight::F32(&w), cout, k, d, p, None, None, &seg, &mut fused);
+            conv1d(&activated, cin, None, ConvWeight::F32(&w), cout, k, d, p, None, None, &seg, &mut want);
             assert_eq!(fused, want, "k {k} d {d}");
         }
         let s = 4;
         let up = Segments::from_lengths(seg.lengths().map(|l| l * s));
         let w: Vec<f32> = (0..s * cout * 2 * cin).map(|i| val(i + 9)).collect();
         let (mut fused, mut want) = (vec![0.0; up.total() * cout], vec![0.0; up.total() * cout]);
-        conv_transpose1d(&x, cin, Some((&alpha, &beta)), &w, cout, s, None, &seg, &up, &mut fused);
-        conv_transpose1d(&activated, cin, None, &w, cout, s, None, &seg, &up, &mut want);
+        conv_transpose1d(&x, cin, Some((&alpha, &beta)), ConvWeight::F32(&w), cout, s, None, &seg, &up, &mut fused);
+        conv_transpose1d(&activated, cin, None, ConvWeight::F32(&w), cout, s, None, &seg, &up, &mut want);
         assert_eq!(fused, want, "transposed");
     }
 

@@ -4,12 +4,13 @@
 //!
 //! With `Precision::Bf16` (or `Auto` on a CPU with a SIMD kernel for it) the
 //! Linear ops run on weights rounded to bf16 and packed once
-//! (`gemm_bf16`), and attention takes the fast softmax (`softmax`);
+//! (`gemm_bf16`), as do the VAE's convolutions (im2col rows times the packed
+//! weight), and attention takes the fast softmax (`softmax`);
 //! everything else stays as in the f32 reference.
 
 /// Reference attention with RoPE over packed sequences.
 pub mod attention;
-/// The VAE decoder's convolutions and SnakeBeta.
+/// The VAE decoder's convolutions (f32, or bf16 weights) and SnakeBeta.
 pub mod conv;
 /// Row- and element-wise ops of the DiT.
 pub mod elementwise;
@@ -64,13 +65,14 @@ impl Default for CpuBackend {
 }
 
 /// A weight on the CPU: the f32 tensor every op reads, and, for the weights of
-/// Linear ops on a bf16 backend, a bf16 copy in the GEMM kernel's panel layout,
-/// made once (`Backend::prepare` of the first graph that uses it; later
-/// executors of the same model reuse it).
+/// Linear and convolution ops on a bf16 backend, a bf16 copy in the GEMM
+/// kernel's panel layout, made once (`Backend::prepare` of the first graph
+/// that uses it; later executors of the same model reuse it). A transposed
+/// convolution's weight is `stride` matrices, packed one by one.
 #[derive(Debug)]
 pub struct CpuWeight {
     tensor: HostTensor,
-    packed: OnceLock<PackedBf16>,
+    packed: OnceLock<Vec<PackedBf16>>,
 }
 
 impl CpuWeight {
@@ -79,28 +81,38 @@ impl CpuWeight {
         CpuWeight { tensor, packed: OnceLock::new() }
     }
 
-    /// The bf16 copy, when one was made.
-    pub fn packed(&self) -> Option<&PackedBf16> {
-        self.packed.get()
+    /// The bf16 copy (one packed matrix per group), when one was made.
+    pub fn packed(&self) -> Option<&[PackedBf16]> {
+        self.packed.get().map(Vec::as_slice)
     }
 
     /// The bf16 copy of this `[n, k]` weight, packing it on first use.
     fn packed_as(&self, n: usize, k: usize) -> Result<&PackedBf16> {
-        if self.tensor.len() != n * k {
+        Ok(&self.packed_groups(1, n, k)?[0])
+    }
+
+    /// The bf16 copies of this weight seen as `groups` stacked `[n, k]`
+    /// matrices, packing them on first use.
+    fn packed_groups(&self, groups: usize, n: usize, k: usize) -> Result<&[PackedBf16]> {
+        if self.tensor.len() != groups * n * k {
             return Err(Error::InvalidInput(format!(
-                "graph bug: a Linear of [{n}, {k}] on a weight of {} values",
+                "graph bug: a product of {groups} x [{n}, {k}] on a weight of {} values",
                 self.tensor.len()
             )));
         }
-        let p = self.packed.get_or_init(|| PackedBf16::pack(&self.tensor.data, n, k));
-        if (p.n(), p.k()) != (n, k) {
+        let packed = self.packed.get_or_init(|| {
+            let data = &self.tensor.data;
+            (0..groups).map(|g| PackedBf16::pack(&data[g * n * k..(g + 1) * n * k], n, k)).collect()
+        });
+        if packed.len() != groups || packed.iter().any(|p| (p.n(), p.k()) != (n, k)) {
             return Err(Error::InvalidInput(format!(
-                "graph bug: one weight used as [{}, {}] and as [{n}, {k}]",
-                p.n(),
-                p.k()
+                "graph bug: one weight used as {} x [{}, {}] and as {groups} x [{n}, {k}]",
+                packed.len(),
+                packed[0].n(),
+                packed[0].k()
             )));
         }
-        Ok(p)
+        Ok(packed)
     }
 }
 
@@ -154,9 +166,24 @@ impl CpuBackend {
         }
     }
 
+    /// A convolution's weight as its products read it: f32, or (bf16 backend)
+    /// its `groups` packed `[n, k]` matrices.
+    fn conv_weight<'w>(
+        &self,
+        weight: &'w CpuWeight,
+        groups: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<conv::ConvWeight<'w>> {
+        Ok(match self.gemm {
+            Resolved::F32 => conv::ConvWeight::F32(&weight.tensor.data),
+            Resolved::Bf16(isa) => conv::ConvWeight::Bf16(isa, weight.packed_groups(groups, n, k)?),
+        })
+    }
+
     /// Bytes of the bf16 copies made so far of `weights` (0 on the f32 path).
     pub fn packed_bytes(weights: &[CpuWeight]) -> usize {
-        weights.iter().filter_map(|w| w.packed()).map(PackedBf16::bytes).sum()
+        weights.iter().filter_map(|w| w.packed()).flatten().map(PackedBf16::bytes).sum()
     }
 }
 
@@ -168,7 +195,7 @@ impl Backend for CpuBackend {
         match self.gemm {
             Resolved::F32 => format!("cpu (f32, {} threads)", rayon::current_num_threads()),
             Resolved::Bf16(isa) => format!(
-                "cpu (bf16 weights in Linear ops, {} kernel; fast softmax; f32 elsewhere; {} threads)",
+                "cpu (bf16 weights in Linear and conv ops, {} kernel; fast softmax; f32 elsewhere; {} threads)",
                 isa.name(),
                 rayon::current_num_threads()
             ),
@@ -201,7 +228,8 @@ impl Backend for CpuBackend {
 
     /// The f32 tensor, plus its bf16 copy once made.
     fn weight_bytes(&self, weight: &CpuWeight) -> usize {
-        weight.len() * std::mem::size_of::<f32>() + weight.packed().map_or(0, PackedBf16::bytes)
+        weight.len() * std::mem::size_of::<f32>()
+            + weight.packed().map_or(0, |groups| groups.iter().map(PackedBf16::bytes).sum())
     }
 
     fn weight_len(&self, weight: &CpuWeight) -> usize {
@@ -222,8 +250,17 @@ impl Backend for CpuBackend {
         if let Resolved::Bf16(_) = self.gemm {
             let g = ctx.graph;
             for op in &g.ops {
-                if let Op::Linear { x, w, out, .. } = op {
-                    ctx.weights[w.0].packed_as(g.desc(*out).cols, g.desc(*x).cols)?;
+                match op {
+                    Op::Linear { x, w, out, .. } => {
+                        ctx.weights[w.0].packed_as(g.desc(*out).cols, g.desc(*x).cols)?;
+                    }
+                    Op::Conv1d { x, w, kernel, out, .. } => {
+                        ctx.weights[w.0].packed_as(g.desc(*out).cols, kernel * g.desc(*x).cols)?;
+                    }
+                    Op::ConvTranspose1d { x, w, stride, out, .. } => {
+                        ctx.weights[w.0].packed_groups(*stride, g.desc(*out).cols, 2 * g.desc(*x).cols)?;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -394,7 +431,7 @@ impl Backend for CpuBackend {
                     io.input(*x),
                     g.desc(*x).cols,
                     input_snake.map(|s| (w(s.alpha), w(s.beta))),
-                    w(*wid),
+                    self.conv_weight(&ctx.weights[wid.0], 1, g.desc(*out).cols, kernel * g.desc(*x).cols)?,
                     g.desc(*out).cols,
                     *kernel,
                     *dilation,
@@ -410,7 +447,7 @@ impl Backend for CpuBackend {
                     io.input(*x),
                     g.desc(*x).cols,
                     input_snake.map(|s| (w(s.alpha), w(s.beta))),
-                    w(*wid),
+                    self.conv_weight(&ctx.weights[wid.0], *stride, g.desc(*out).cols, 2 * g.desc(*x).cols)?,
                     g.desc(*out).cols,
                     *stride,
                     bias.map(w),

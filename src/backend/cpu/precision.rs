@@ -18,8 +18,9 @@ pub enum Precision {
     /// the CPU backend always computed.
     #[default]
     F32,
-    /// Linear weights rounded to bf16 once at load and packed for the
-    /// microkernel; activations, accumulation and every other op in f32.
+    /// Linear and convolution weights rounded to bf16 once and packed for the
+    /// microkernel, and attention's softmax with a polynomial exp (within 2 ulp);
+    /// activations, accumulation and every other op in f32.
     Bf16,
     /// bf16 where this CPU has a SIMD kernel for it (AVX-512F, or AVX2 + FMA), else f32.
     Auto,
