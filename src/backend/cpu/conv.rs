@@ -14,7 +14,9 @@
 use rayon::prelude::*;
 
 use super::linear::linear;
-use crate::graph::Segments;
+use super::operands::{Operands, wrong_op};
+use crate::error::Result;
+use crate::graph::{Op, Segments};
 
 /// Rows per im2col chunk: about 4 MiB of f32 per chunk.
 fn chunk_rows(row_len: usize) -> usize {
@@ -161,6 +163,54 @@ pub fn snake_beta(x: &[f32], alpha: &[f32], beta: &[f32], out: &mut [f32]) {
             o[c] = x[c] + inv_b[c] * s * s;
         }
     });
+}
+
+impl Operands<'_> {
+    pub(super) fn conv1d(&self, op: &Op) -> Result<()> {
+        let Op::Conv1d { x, input_snake, w, bias, kernel, dilation, padding, residual, segments, out } = op else {
+            return Err(wrong_op(op, "conv1d"));
+        };
+        conv1d(
+            self.input(*x),
+            self.desc(*x).cols,
+            input_snake.map(|s| (self.weight(s.alpha), self.weight(s.beta))),
+            self.weight(*w),
+            self.desc(*out).cols,
+            *kernel,
+            *dilation,
+            *padding,
+            bias.map(|b| self.weight(b)),
+            residual.map(|r| self.input(r)),
+            self.seg(*segments),
+            self.output(*out),
+        );
+        Ok(())
+    }
+
+    pub(super) fn conv_transpose1d(&self, op: &Op) -> Result<()> {
+        let Op::ConvTranspose1d { x, input_snake, w, bias, stride, in_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "conv_transpose1d"));
+        };
+        conv_transpose1d(
+            self.input(*x),
+            self.desc(*x).cols,
+            input_snake.map(|s| (self.weight(s.alpha), self.weight(s.beta))),
+            self.weight(*w),
+            self.desc(*out).cols,
+            *stride,
+            bias.map(|b| self.weight(b)),
+            self.seg(*in_segments),
+            self.seg(*out_segments),
+            self.output(*out),
+        );
+        Ok(())
+    }
+
+    pub(super) fn snake_beta(&self, op: &Op) -> Result<()> {
+        let Op::SnakeBeta { x, alpha, beta, out } = op else { return Err(wrong_op(op, "snake_beta")) };
+        snake_beta(self.input(*x), self.weight(*alpha), self.weight(*beta), self.output(*out));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
