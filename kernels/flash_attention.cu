@@ -186,15 +186,10 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     __shared__ __align__(16) unsigned short vs[FA_BLOCK_N * FA_LDS];
     __shared__ __align__(16) float2 rope_cs[FA_BLOCK_N * FA_MAX_ROPE_FREQS];
 
-    // Which sequence: the largest b with tile_starts[b] <= blockIdx.x
-    // (invariant tile_starts[lo] <= x < tile_starts[hi]; empty sequences have no tiles).
+    // Which sequence: the largest b with tile_starts[b] <= blockIdx.x (empty
+    // sequences have no tiles); tile_starts is cumulative like row offsets.
     const int x = blockIdx.x;
-    int lo = 0, hi = count;
-    while (hi - lo > 1) {
-        int mid = (lo + hi) >> 1;
-        if (tile_starts[mid] <= x) lo = mid; else hi = mid;
-    }
-    const int b = lo;
+    const int b = sequence_of_row(tile_starts, count, x);
     const int h = blockIdx.y;
     const int kvh = h / (heads / kv_heads);
     const int q_start = q_offsets[b], q_len = q_offsets[b + 1] - q_start;

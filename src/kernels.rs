@@ -110,6 +110,38 @@ mod tests {
                 });
                 assert!(!defines, "{name}.cu defines `{f}`, which kernels/common.cuh holds");
             }
+            // Nor may a kernel spell a helper's body out inline (as flash_attention.cu
+            // once did with sequence_of_row's binary search under other names):
+            // no two consecutive statements of a helper appear in a row in a kernel.
+            let lines = statements(src);
+            for (f, body) in common_bodies() {
+                for w in body.windows(2.min(body.len()).max(1)) {
+                    let copied = lines.windows(w.len()).any(|l| l == w);
+                    assert!(!copied, "{name}.cu has {w:?} of `{f}` inline; call the one in kernels/common.cuh");
+                }
+            }
         }
+    }
+
+    /// The lines of CUDA source `src` that say something: comments dropped,
+    /// trimmed, shorter than 16 characters (braces, `return r;`) left out.
+    fn statements(src: &str) -> Vec<&str> {
+        src.lines().map(|l| l.split("//").next().unwrap_or("").trim()).filter(|l| l.len() >= 16).collect()
+    }
+
+    /// Each function of `common.cuh` with the statements of its body.
+    fn common_bodies() -> Vec<(&'static str, Vec<&'static str>)> {
+        let bodies: Vec<_> = common_functions()
+            .into_iter()
+            .map(|f| {
+                let start = COMMON_HEADER.find(&format!(" {f}(")).expect("the helper is in the header");
+                let body = &COMMON_HEADER[start..];
+                let body = &body[body.find('{').expect("a body")..body.find("\n}").expect("a closing brace")];
+                (f, statements(&body[1..]))
+            })
+            .collect();
+        let binary_search = &bodies.iter().find(|(f, _)| *f == "sequence_of_row").expect("sequence_of_row").1;
+        assert!(binary_search.contains(&"while (hi - lo > 1) {"), "{binary_search:?}");
+        bodies
     }
 }

@@ -6,8 +6,10 @@
 
 use rayon::prelude::*;
 
+use super::operands::{Operands, wrong_op};
 use super::softmax::{Softmax, softmax_rows};
-use crate::graph::Segments;
+use crate::error::Result;
+use crate::graph::{ColumnSlice, Op, Segments};
 
 const QUERY_BLOCK: usize = 128;
 
@@ -210,6 +212,28 @@ pub fn attention(
             );
         }
     });
+}
+
+impl Operands<'_> {
+    /// With the backend's softmax (`CpuBackend::softmax`).
+    pub(super) fn attention(&self, op: &Op) -> Result<()> {
+        let Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } = op else {
+            return Err(wrong_op(op, "attention"));
+        };
+        let strided =
+            |s: &ColumnSlice| Strided { data: self.input(s.tensor), ld: self.desc(s.tensor).cols, offset: s.offset };
+        let params = AttentionParams {
+            heads: *heads,
+            kv_heads: *kv_heads,
+            head_dim: *head_dim,
+            scale: *scale,
+            rope: rope.map(|r| (self.weight(r.inv_freq), r.rotary_dim)),
+            softmax: self.backend.softmax(),
+        };
+        let (q_seg, kv_seg) = (self.seg(*q_segments), self.seg(*kv_segments));
+        attention(strided(q), strided(k), strided(v), q_seg, kv_seg, &params, self.output(*out));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,10 @@ use rayon::prelude::*;
 
 use super::gemm_bf16::{PackedBf16, linear_bf16};
 use super::linear::linear;
+use super::operands::{Operands, wrong_op};
 use super::precision::Isa;
-use crate::graph::Segments;
+use crate::error::Result;
+use crate::graph::{Op, Segments};
 
 /// A convolution's weight as its GEMMs read it: the f32 reference, or the bf16
 /// backend's packed matrices (one for conv1d, one per phase for a transposed
@@ -195,6 +197,54 @@ pub fn snake_beta(x: &[f32], alpha: &[f32], beta: &[f32], out: &mut [f32]) {
             o[c] = x[c] + inv_b[c] * s * s;
         }
     });
+}
+
+impl Operands<'_> {
+    pub(super) fn conv1d(&self, op: &Op) -> Result<()> {
+        let Op::Conv1d { x, input_snake, w, bias, kernel, dilation, padding, residual, segments, out } = op else {
+            return Err(wrong_op(op, "conv1d"));
+        };
+        conv1d(
+            self.input(*x),
+            self.desc(*x).cols,
+            input_snake.map(|s| (self.weight(s.alpha), self.weight(s.beta))),
+            self.backend.conv_weight(&self.weights[w.0], 1, self.desc(*out).cols, kernel * self.desc(*x).cols)?,
+            self.desc(*out).cols,
+            *kernel,
+            *dilation,
+            *padding,
+            bias.map(|b| self.weight(b)),
+            residual.map(|r| self.input(r)),
+            self.seg(*segments),
+            self.output(*out),
+        );
+        Ok(())
+    }
+
+    pub(super) fn conv_transpose1d(&self, op: &Op) -> Result<()> {
+        let Op::ConvTranspose1d { x, input_snake, w, bias, stride, in_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "conv_transpose1d"));
+        };
+        conv_transpose1d(
+            self.input(*x),
+            self.desc(*x).cols,
+            input_snake.map(|s| (self.weight(s.alpha), self.weight(s.beta))),
+            self.backend.conv_weight(&self.weights[w.0], *stride, self.desc(*out).cols, 2 * self.desc(*x).cols)?,
+            self.desc(*out).cols,
+            *stride,
+            bias.map(|b| self.weight(b)),
+            self.seg(*in_segments),
+            self.seg(*out_segments),
+            self.output(*out),
+        );
+        Ok(())
+    }
+
+    pub(super) fn snake_beta(&self, op: &Op) -> Result<()> {
+        let Op::SnakeBeta { x, alpha, beta, out } = op else { return Err(wrong_op(op, "snake_beta")) };
+        snake_beta(self.input(*x), self.weight(*alpha), self.weight(*beta), self.output(*out));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 
 use rayon::prelude::*;
 
-use crate::graph::Segments;
+use super::operands::{Operands, wrong_op};
+use crate::error::Result;
+use crate::graph::{Op, Segments, TensorId};
 
 /// SiLU: `x * sigmoid(x)`.
 pub fn silu(x: f32) -> f32 {
@@ -90,5 +92,66 @@ pub fn drop_first_row(x: &[f32], cols: usize, x_seg: &Segments, out_seg: &Segmen
     for b in 0..x_seg.count() {
         let (r, o) = (x_seg.range(b), out_seg.range(b));
         out[o.start * cols..o.end * cols].copy_from_slice(&x[(r.start + 1) * cols..r.end * cols]);
+    }
+}
+
+impl Operands<'_> {
+    pub(super) fn silu(&self, x: TensorId, out: TensorId) -> Result<()> {
+        silu_all(self.input(x), self.output(out));
+        Ok(())
+    }
+
+    pub(super) fn swiglu(&self, x: TensorId, out: TensorId) -> Result<()> {
+        swiglu(self.input(x), self.desc(out).cols, self.output(out));
+        Ok(())
+    }
+
+    pub(super) fn timestep_features(&self, op: &Op) -> Result<()> {
+        let Op::TimestepFeatures { t, w, out } = op else { return Err(wrong_op(op, "timestep_features")) };
+        timestep_features(self.input(*t), self.weight(*w), self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn add_positional(&self, op: &Op) -> Result<()> {
+        let Op::AddPositional { x, table, scale, segments, out } = op else {
+            return Err(wrong_op(op, "add_positional"));
+        };
+        let cols = self.desc(*x).cols;
+        add_positional(self.input(*x), cols, self.weight(*table), *scale, self.seg(*segments), self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn prepend_row(&self, op: &Op) -> Result<()> {
+        let Op::PrependRow { first, rest, rest_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "prepend_row"));
+        };
+        let (first, rest, cols) = (self.input(*first), self.input(*rest), self.desc(*out).cols);
+        prepend_row(first, rest, cols, self.seg(*rest_segments), self.seg(*out_segments), self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn prepend_row_positional(&self, op: &Op) -> Result<()> {
+        let Op::PrependRowPositional { first, rest, table, scale, rest_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "prepend_row_positional"));
+        };
+        prepend_row_positional(
+            self.input(*first),
+            self.input(*rest),
+            self.desc(*out).cols,
+            (self.weight(*table), *scale),
+            self.seg(*rest_segments),
+            self.seg(*out_segments),
+            self.output(*out),
+        );
+        Ok(())
+    }
+
+    pub(super) fn drop_first_row(&self, op: &Op) -> Result<()> {
+        let Op::DropFirstRow { x, x_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "drop_first_row"));
+        };
+        let (x, cols) = (self.input(*x), self.desc(*out).cols);
+        drop_first_row(x, cols, self.seg(*x_segments), self.seg(*out_segments), self.output(*out));
+        Ok(())
     }
 }

@@ -4,6 +4,12 @@
 
 use rayon::prelude::*;
 
+use super::gemm_bf16::linear_bf16;
+use super::operands::{Operands, wrong_op};
+use super::precision::Resolved;
+use crate::error::Result;
+use crate::graph::Op;
+
 /// Raw output pointer shared by threads that write disjoint parts.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -72,6 +78,26 @@ pub fn linear(
         (0..n.div_ceil(cols_per)).into_par_iter().for_each(|j| {
             block(0, m, j * cols_per, ((j + 1) * cols_per).min(n));
         });
+    }
+}
+
+impl Operands<'_> {
+    /// In f32, or on the weight's bf16 copy with the backend's kernel.
+    pub(super) fn linear(&self, op: &Op) -> Result<()> {
+        let Op::Linear { x, w, bias, residual, out } = op else { return Err(wrong_op(op, "linear")) };
+        let (xd, n) = (self.desc(*x), self.desc(*out).cols);
+        let bias = bias.map(|b| self.weight(b));
+        let residual = residual.map(|r| self.input(r));
+        match self.backend.gemm {
+            Resolved::F32 => {
+                linear(self.input(*x), xd.rows, xd.cols, self.weight(*w), n, bias, residual, self.output(*out))
+            }
+            Resolved::Bf16(isa) => {
+                let packed = self.weights[w.0].packed_as(n, xd.cols)?;
+                linear_bf16(isa, self.input(*x), xd.rows, xd.cols, packed, n, bias, residual, self.output(*out))
+            }
+        }
+        Ok(())
     }
 }
 

@@ -42,7 +42,7 @@ pub use precision::{Isa, Precision, Resolved};
 
 use super::{Backend, OpContext};
 use crate::error::{Error, Result};
-use crate::graph::{ColumnSlice, Op};
+use crate::graph::Op;
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
 
@@ -277,204 +277,34 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// One line per op: each op's operand plumbing lives with its function
+    /// in the topic module (elementwise, norm, linear, attention, sampler_ops,
+    /// conv, vision_ops), the shared part once in `operands`.
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()> {
-        let g = ctx.graph;
-        let w = |id: crate::graph::WeightId| ctx.weights[id.0].data.as_slice();
-        let io = Operands::new(ctx.arena, g, ctx.plan, op)?;
-        let strided = |s: &ColumnSlice| attention::Strided {
-            data: io.input(s.tensor),
-            ld: g.desc(s.tensor).cols,
-            offset: s.offset,
-        };
+        let io = Operands::new(*self, ctx, op)?;
         match op {
-            Op::Linear { x, w: wid, bias, residual, out } => {
-                let (xd, od) = (g.desc(*x), g.desc(*out));
-                match self.gemm {
-                    Resolved::F32 => linear::linear(
-                        io.input(*x),
-                        xd.rows,
-                        xd.cols,
-                        w(*wid),
-                        od.cols,
-                        bias.map(w),
-                        residual.map(|r| io.input(r)),
-                        io.output(*out),
-                    ),
-                    Resolved::Bf16(isa) => gemm_bf16::linear_bf16(
-                        isa,
-                        io.input(*x),
-                        xd.rows,
-                        xd.cols,
-                        ctx.weights[wid.0].packed_as(od.cols, xd.cols)?,
-                        od.cols,
-                        bias.map(w),
-                        residual.map(|r| io.input(r)),
-                        io.output(*out),
-                    ),
-                }
-            }
-            Op::LayerNorm { x, gamma, beta, eps, modulation, out } => {
-                let m = modulation.map(|m| norm::Modulation {
-                    table: io.input(m.table),
-                    table_cols: g.desc(m.table).cols,
-                    scale_offset: m.scale_offset,
-                    shift_offset: m.shift_offset,
-                    segments: g.seg(m.segments),
-                });
-                norm::layer_norm(io.input(*x), g.desc(*x).cols, w(*gamma), w(*beta), *eps, m.as_ref(), io.output(*out));
-            }
-            Op::GatedResidual { branch, residual, table, gate_offset, segments, out } => norm::gated_residual(
-                io.input(*branch),
-                io.input(*residual),
-                g.desc(*out).cols,
-                io.input(*table),
-                g.desc(*table).cols,
-                *gate_offset,
-                g.seg(*segments),
-                io.output(*out),
-            ),
-            Op::Silu { x, out } => elementwise::silu_all(io.input(*x), io.output(*out)),
-            Op::SwiGlu { x, out } => elementwise::swiglu(io.input(*x), g.desc(*out).cols, io.output(*out)),
-            Op::TimestepFeatures { t, w: wid, out } => {
-                elementwise::timestep_features(io.input(*t), w(*wid), io.output(*out))
-            }
-            Op::AddPositional { x, table, scale, segments, out } => {
-                elementwise::add_positional(
-                    io.input(*x),
-                    g.desc(*x).cols,
-                    w(*table),
-                    *scale,
-                    g.seg(*segments),
-                    io.output(*out),
-                );
-            }
-            Op::PrependRow { first, rest, rest_segments, out_segments, out } => elementwise::prepend_row(
-                io.input(*first),
-                io.input(*rest),
-                g.desc(*out).cols,
-                g.seg(*rest_segments),
-                g.seg(*out_segments),
-                io.output(*out),
-            ),
-            Op::PrependRowPositional { first, rest, table, scale, rest_segments, out_segments, out } => {
-                elementwise::prepend_row_positional(
-                    io.input(*first),
-                    io.input(*rest),
-                    g.desc(*out).cols,
-                    (w(*table), *scale),
-                    g.seg(*rest_segments),
-                    g.seg(*out_segments),
-                    io.output(*out),
-                )
-            }
-            Op::DropFirstRow { x, x_segments, out_segments, out } => elementwise::drop_first_row(
-                io.input(*x),
-                g.desc(*out).cols,
-                g.seg(*x_segments),
-                g.seg(*out_segments),
-                io.output(*out),
-            ),
-            Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } => {
-                let params = attention::AttentionParams {
-                    heads: *heads,
-                    kv_heads: *kv_heads,
-                    head_dim: *head_dim,
-                    scale: *scale,
-                    rope: rope.map(|r| (w(r.inv_freq), r.rotary_dim)),
-                    softmax: self.softmax(),
-                };
-                attention::attention(
-                    strided(q),
-                    strided(k),
-                    strided(v),
-                    g.seg(*q_segments),
-                    g.seg(*kv_segments),
-                    &params,
-                    io.output(*out),
-                );
-            }
-            Op::CfgExpand { x, scalars, x_segments, out } => sampler_ops::cfg_expand(
-                io.input(*x),
-                g.desc(*x).cols,
-                io.input(*scalars),
-                g.seg(*x_segments),
-                io.output(*out),
-            ),
-            Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => sampler_ops::cfg_denoise(
-                io.input(*v),
-                io.input(*x),
-                g.desc(*x).cols,
-                io.input(*scalars),
-                g.seg(*x_segments),
-                cfg_scales,
-                io.output(*out),
-            ),
-            Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, x_segments } => {
-                let state = sampler_ops::SamplerState { x: io.output(*x), d1: io.output(*d1), d2: io.output(*d2) };
-                sampler_ops::dpmpp_3m_update(
-                    state,
-                    io.input(*denoised),
-                    io.input(*noise),
-                    g.desc(*x).cols,
-                    io.input(*scalars),
-                    g.seg(*x_segments),
-                )
-            }
-            Op::SelectStepRow { table, scalars, out } => sampler_ops::select_step_row(
-                io.input(*table),
-                g.desc(*table).rows,
-                io.input(*scalars),
-                io.output(*out),
-            )?,
-            Op::Conv1d { x, input_snake, w: wid, bias, kernel, dilation, padding, residual, segments, out } => {
-                conv::conv1d(
-                    io.input(*x),
-                    g.desc(*x).cols,
-                    input_snake.map(|s| (w(s.alpha), w(s.beta))),
-                    self.conv_weight(&ctx.weights[wid.0], 1, g.desc(*out).cols, kernel * g.desc(*x).cols)?,
-                    g.desc(*out).cols,
-                    *kernel,
-                    *dilation,
-                    *padding,
-                    bias.map(w),
-                    residual.map(|r| io.input(r)),
-                    g.seg(*segments),
-                    io.output(*out),
-                )
-            }
-            Op::ConvTranspose1d { x, input_snake, w: wid, bias, stride, in_segments, out_segments, out } => {
-                conv::conv_transpose1d(
-                    io.input(*x),
-                    g.desc(*x).cols,
-                    input_snake.map(|s| (w(s.alpha), w(s.beta))),
-                    self.conv_weight(&ctx.weights[wid.0], *stride, g.desc(*out).cols, 2 * g.desc(*x).cols)?,
-                    g.desc(*out).cols,
-                    *stride,
-                    bias.map(w),
-                    g.seg(*in_segments),
-                    g.seg(*out_segments),
-                    io.output(*out),
-                )
-            }
-            Op::SnakeBeta { x, alpha, beta, out } => {
-                conv::snake_beta(io.input(*x), w(*alpha), w(*beta), io.output(*out))
-            }
-            Op::Patchify { images, channels, size, patch, out } => {
-                vision_ops::patchify(io.input(*images), *channels, *size, *patch, io.output(*out));
-            }
-            Op::PrependWeightRow { row, rest, rest_segments, out_segments, out } => vision_ops::prepend_weight_row(
-                w(*row),
-                io.input(*rest),
-                g.desc(*out).cols,
-                g.seg(*rest_segments),
-                g.seg(*out_segments),
-                io.output(*out),
-            ),
-            Op::QuickGelu { x, out } => vision_ops::quick_gelu_all(io.input(*x), io.output(*out)),
-            Op::FirstRows { x, segments, out } => {
-                vision_ops::first_rows(io.input(*x), g.desc(*out).cols, g.seg(*segments), io.output(*out))
-            }
+            Op::Linear { .. } => io.linear(op),
+            Op::LayerNorm { .. } => io.layer_norm(op),
+            Op::GatedResidual { .. } => io.gated_residual(op),
+            Op::Silu { x, out } => io.silu(*x, *out),
+            Op::SwiGlu { x, out } => io.swiglu(*x, *out),
+            Op::TimestepFeatures { .. } => io.timestep_features(op),
+            Op::AddPositional { .. } => io.add_positional(op),
+            Op::PrependRow { .. } => io.prepend_row(op),
+            Op::PrependRowPositional { .. } => io.prepend_row_positional(op),
+            Op::DropFirstRow { .. } => io.drop_first_row(op),
+            Op::Attention { .. } => io.attention(op),
+            Op::CfgExpand { .. } => io.cfg_expand(op),
+            Op::CfgDenoise { .. } => io.cfg_denoise(op),
+            Op::Dpmpp3mUpdate { .. } => io.dpmpp_3m_update(op),
+            Op::SelectStepRow { .. } => io.select_step_row(op),
+            Op::Conv1d { .. } => io.conv1d(op),
+            Op::ConvTranspose1d { .. } => io.conv_transpose1d(op),
+            Op::SnakeBeta { .. } => io.snake_beta(op),
+            Op::Patchify { .. } => io.patchify(op),
+            Op::PrependWeightRow { .. } => io.prepend_weight_row(op),
+            Op::QuickGelu { x, out } => io.quick_gelu(*x, *out),
+            Op::FirstRows { .. } => io.first_rows(op),
         }
-        Ok(())
     }
 }

@@ -2,7 +2,9 @@
 
 use rayon::prelude::*;
 
-use crate::graph::Segments;
+use super::operands::{Operands, wrong_op};
+use crate::error::Result;
+use crate::graph::{Op, Segments};
 
 /// Which sequence of `segments` row `r` belongs to.
 pub fn sequence_of_row(segments: &Segments, r: usize) -> usize {
@@ -71,4 +73,39 @@ pub fn gated_residual(
             y[i] = residual[r * cols + i] + branch[r * cols + i] * g;
         }
     });
+}
+
+impl Operands<'_> {
+    pub(super) fn layer_norm(&self, op: &Op) -> Result<()> {
+        let Op::LayerNorm { x, gamma, beta, eps, modulation, out } = op else {
+            return Err(wrong_op(op, "layer_norm"));
+        };
+        let m = modulation.map(|m| Modulation {
+            table: self.input(m.table),
+            table_cols: self.desc(m.table).cols,
+            scale_offset: m.scale_offset,
+            shift_offset: m.shift_offset,
+            segments: self.seg(m.segments),
+        });
+        let (gamma, beta) = (self.weight(*gamma), self.weight(*beta));
+        layer_norm(self.input(*x), self.desc(*x).cols, gamma, beta, *eps, m.as_ref(), self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn gated_residual(&self, op: &Op) -> Result<()> {
+        let Op::GatedResidual { branch, residual, table, gate_offset, segments, out } = op else {
+            return Err(wrong_op(op, "gated_residual"));
+        };
+        gated_residual(
+            self.input(*branch),
+            self.input(*residual),
+            self.desc(*out).cols,
+            self.input(*table),
+            self.desc(*table).cols,
+            *gate_offset,
+            self.seg(*segments),
+            self.output(*out),
+        );
+        Ok(())
+    }
 }

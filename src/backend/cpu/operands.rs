@@ -1,4 +1,9 @@
-//! Safe access to the operands of one op inside the CPU arena.
+//! One op's view of the CPU backend, the graph, the weights and the arena,
+//! written once for every op: `run_op` makes one and hands the op to its
+//! topic module (`elementwise`, `norm`, `linear`, `attention`, `sampler_ops`,
+//! `conv`, `vision_ops`), where a method reads the op's operands and calls the
+//! op's function over slices. Shapes are the graph's business (`Graph::check`
+//! ran when the executor was made).
 //!
 //! All tensors of a graph live in one `Vec<f32>`; an op needs several of them
 //! at once, some read and some written. The planner guarantees that tensors
@@ -9,10 +14,15 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 
+use super::{CpuBackend, CpuWeight};
+use crate::backend::OpContext;
 use crate::error::{Error, Result};
-use crate::graph::{ArenaPlan, Graph, Op, TensorId};
+use crate::graph::{Graph, Op, Segments, SegmentsId, TensorDesc, TensorId, WeightId};
 
-pub struct Operands<'a> {
+pub(super) struct Operands<'a> {
+    pub(super) backend: CpuBackend,
+    pub(super) graph: &'a Graph,
+    pub(super) weights: &'a [CpuWeight],
     base: *mut f32,
     ranges: Vec<Range<usize>>,
     written: Vec<TensorId>,
@@ -20,7 +30,9 @@ pub struct Operands<'a> {
 }
 
 impl<'a> Operands<'a> {
-    pub fn new(arena: &'a mut [f32], graph: &Graph, plan: &ArenaPlan, op: &Op) -> Result<Self> {
+    pub(super) fn new(backend: CpuBackend, ctx: &'a mut OpContext<'_, CpuBackend>, op: &Op) -> Result<Self> {
+        let (graph, plan, weights) = (ctx.graph, ctx.plan, ctx.weights);
+        let arena: &'a mut [f32] = ctx.arena;
         let ranges: Vec<Range<usize>> = (0..graph.tensors.len()).map(|i| plan.range(graph, i)).collect();
         if let Some(r) = ranges.iter().find(|r| r.end > arena.len()) {
             return Err(Error::InvalidInput(format!("arena too small for range {r:?}")));
@@ -39,11 +51,11 @@ impl<'a> Operands<'a> {
                 )));
             }
         }
-        Ok(Operands { base: arena.as_mut_ptr(), ranges, written, _arena: PhantomData })
+        Ok(Operands { backend, graph, weights, base: arena.as_mut_ptr(), ranges, written, _arena: PhantomData })
     }
 
     /// A tensor the op reads. Never ask for a tensor that is also taken with `output`.
-    pub fn input(&self, t: TensorId) -> &'a [f32] {
+    pub(super) fn input(&self, t: TensorId) -> &'a [f32] {
         let r = self.ranges[t.0].clone();
         // SAFETY: `r` lies inside the arena (checked in `new`), and no writable
         // slice overlaps it: written tensors were checked disjoint from read ones.
@@ -52,10 +64,28 @@ impl<'a> Operands<'a> {
 
     /// A tensor the op writes (each at most once per op).
     #[allow(clippy::mut_from_ref)]
-    pub fn output(&self, t: TensorId) -> &'a mut [f32] {
+    pub(super) fn output(&self, t: TensorId) -> &'a mut [f32] {
         assert!(self.written.contains(&t), "op asked to write a tensor it does not declare");
         let r = self.ranges[t.0].clone();
         // SAFETY: inside the arena, and disjoint from every other operand of this op (checked in `new`).
         unsafe { std::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) }
     }
+
+    pub(super) fn desc(&self, t: TensorId) -> &'a TensorDesc {
+        self.graph.desc(t)
+    }
+
+    pub(super) fn seg(&self, s: SegmentsId) -> &'a Segments {
+        self.graph.seg(s)
+    }
+
+    /// A weight's f32 values.
+    pub(super) fn weight(&self, id: WeightId) -> &'a [f32] {
+        self.weights[id.0].data.as_slice()
+    }
+}
+
+/// The error of an op method given another op (a dispatch bug).
+pub(super) fn wrong_op(op: &Op, method: &str) -> Error {
+    Error::InvalidInput(format!("the CPU {method} was given a {} op", op.name()))
 }

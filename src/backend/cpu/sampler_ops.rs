@@ -8,9 +8,10 @@
 
 use rayon::prelude::*;
 
+use super::operands::{Operands, wrong_op};
 use crate::error::{Error, Result};
-use crate::graph::Segments;
 use crate::graph::scalar_slot as slot;
+use crate::graph::{Op, Segments};
 
 /// Request `r`'s row of the step scalars.
 fn scalars_of(scalars: &[f32], r: usize) -> &[f32] {
@@ -128,4 +129,37 @@ pub fn select_step_row(table: &[f32], table_rows: usize, scalars: &[f32], out: &
         o.copy_from_slice(&table[step as usize * cols..(step as usize + 1) * cols]);
     }
     Ok(())
+}
+
+impl Operands<'_> {
+    pub(super) fn cfg_expand(&self, op: &Op) -> Result<()> {
+        let Op::CfgExpand { x, scalars, x_segments, out } = op else { return Err(wrong_op(op, "cfg_expand")) };
+        let (cols, scalars) = (self.desc(*x).cols, self.input(*scalars));
+        cfg_expand(self.input(*x), cols, scalars, self.seg(*x_segments), self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn cfg_denoise(&self, op: &Op) -> Result<()> {
+        let Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } = op else {
+            return Err(wrong_op(op, "cfg_denoise"));
+        };
+        let (v, cols, scalars) = (self.input(*v), self.desc(*x).cols, self.input(*scalars));
+        cfg_denoise(v, self.input(*x), cols, scalars, self.seg(*x_segments), cfg_scales, self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn dpmpp_3m_update(&self, op: &Op) -> Result<()> {
+        let Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, x_segments } = op else {
+            return Err(wrong_op(op, "dpmpp_3m_update"));
+        };
+        let state = SamplerState { x: self.output(*x), d1: self.output(*d1), d2: self.output(*d2) };
+        let (denoised, noise, cols) = (self.input(*denoised), self.input(*noise), self.desc(*x).cols);
+        dpmpp_3m_update(state, denoised, noise, cols, self.input(*scalars), self.seg(*x_segments));
+        Ok(())
+    }
+
+    pub(super) fn select_step_row(&self, op: &Op) -> Result<()> {
+        let Op::SelectStepRow { table, scalars, out } = op else { return Err(wrong_op(op, "select_step_row")) };
+        select_step_row(self.input(*table), self.desc(*table).rows, self.input(*scalars), self.output(*out))
+    }
 }

@@ -8,7 +8,9 @@
 
 use rayon::prelude::*;
 
-use crate::graph::Segments;
+use super::operands::{Operands, wrong_op};
+use crate::error::Result;
+use crate::graph::{Op, Segments, TensorId};
 
 /// im2col for a conv with stride = kernel = `patch` and no padding.
 ///
@@ -72,6 +74,34 @@ pub fn first_rows(x: &[f32], cols: usize, segments: &Segments, out: &mut [f32]) 
     for b in 0..segments.count() {
         let start = segments.offsets[b];
         out[b * cols..(b + 1) * cols].copy_from_slice(&x[start * cols..(start + 1) * cols]);
+    }
+}
+
+impl Operands<'_> {
+    pub(super) fn patchify(&self, op: &Op) -> Result<()> {
+        let Op::Patchify { images, channels, size, patch, out } = op else { return Err(wrong_op(op, "patchify")) };
+        patchify(self.input(*images), *channels, *size, *patch, self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn prepend_weight_row(&self, op: &Op) -> Result<()> {
+        let Op::PrependWeightRow { row, rest, rest_segments, out_segments, out } = op else {
+            return Err(wrong_op(op, "prepend_weight_row"));
+        };
+        let (row, rest, cols) = (self.weight(*row), self.input(*rest), self.desc(*out).cols);
+        prepend_weight_row(row, rest, cols, self.seg(*rest_segments), self.seg(*out_segments), self.output(*out));
+        Ok(())
+    }
+
+    pub(super) fn quick_gelu(&self, x: TensorId, out: TensorId) -> Result<()> {
+        quick_gelu_all(self.input(x), self.output(out));
+        Ok(())
+    }
+
+    pub(super) fn first_rows(&self, op: &Op) -> Result<()> {
+        let Op::FirstRows { x, segments, out } = op else { return Err(wrong_op(op, "first_rows")) };
+        first_rows(self.input(*x), self.desc(*out).cols, self.seg(*segments), self.output(*out));
+        Ok(())
     }
 }
 
