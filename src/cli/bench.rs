@@ -66,6 +66,26 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with_all = ["weights", "make_engine"])]
     pub peak: bool,
 
+    /// Only print a roofline model of the planned step for the --seconds lengths
+    /// (no GPU, no weights: computed from the graph of the config): per op kind
+    /// FLOP, bytes, launches and the predicted time on the CUDA backend as it runs today.
+    #[arg(long, conflicts_with_all = ["peak", "make_engine"])]
+    pub roofline: bool,
+
+    /// Peaks of --roofline: h100 (989 TFLOP/s dense fp16, 3350 GB/s), h200 (989, 4800),
+    /// or TFLOPS,GBPS (dense fp16 tensor-core TFLOP/s and memory GB/s).
+    #[arg(long, default_value = "h100", value_name = "h100|h200|TFLOPS,GBPS", requires = "roofline")]
+    pub gpu: String,
+
+    /// --roofline: the step as plain launches (LOVA_CUDA_GRAPHS=0), each paying the
+    /// launch overhead, instead of one captured CUDA graph (the backend's default).
+    #[arg(long, requires = "roofline")]
+    pub uncaptured: bool,
+
+    /// --roofline: cost of one launch the host issues, in microseconds.
+    #[arg(long, default_value_t = lova_fast::roofline::DEFAULT_LAUNCH_OVERHEAD_US, value_name = "US", requires = "roofline")]
+    pub launch_us: f64,
+
     /// Print the results as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -159,6 +179,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(path) => lova_fast::engine::open_engine_file(path)?.1,
         None => config,
     };
+    if args.roofline {
+        let name = match (&args.weights, &args.config) {
+            (Some(path), _) | (None, Some(path)) => path.display().to_string(),
+            (None, None) => "the released vl30 config".into(),
+        };
+        return super::roofline::run(
+            &config,
+            name,
+            &args.seconds,
+            &args.gpu,
+            !args.uncaptured,
+            args.launch_us,
+            args.json,
+        );
+    }
     for &seconds in &args.seconds {
         let (frames, latent_len) = clip_lengths(&config, seconds);
         config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;
