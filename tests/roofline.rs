@@ -163,6 +163,8 @@ fn cli_takes_other_gpus_and_configs_and_refuses_bad_ones() {
     failed(&lova_fast(&["bench", "--roofline", "--gpu", "0,3000"]), &["--gpu"]);
     failed(&lova_fast(&["bench", "--roofline", "--launch-us=-1"]), &["--launch-us"]);
     failed(&lova_fast(&["bench", "--roofline", "--seconds", "200"]), &["200 s clip", "position"]);
-    // Peaks without --roofline would be silently ignored: refused instead.
+    // Options that would be silently ignored are refused: a measurement's with
+    // --roofline, peaks without it.
+    failed(&lova_fast(&["bench", "--roofline", "--device", "cuda"]), &["--device"]);
     failed(&lova_fast(&["bench", "--gpu", "h200", "--device", "cpu"]), &["--roofline"]);
 }

@@ -69,7 +69,8 @@ pub struct BenchArgs {
     /// Only print a roofline model of the planned step for the --seconds lengths
     /// (no GPU, no weights: computed from the graph of the config): per op kind
     /// FLOP, bytes, launches and the predicted time on the CUDA backend as it runs today.
-    #[arg(long, conflicts_with_all = ["peak", "make_engine"])]
+    /// (Options of a measurement, such as --device or --steps, are refused with it.)
+    #[arg(long, conflicts_with_all = ["peak", "make_engine", "device", "precision", "threads", "steps", "warmup"])]
     pub roofline: bool,
 
     /// Peaks of --roofline: h100 (989 TFLOP/s dense fp16, 3350 GB/s), h200 (989, 4800),
@@ -83,7 +84,12 @@ pub struct BenchArgs {
     pub uncaptured: bool,
 
     /// --roofline: cost of one launch the host issues, in microseconds.
-    #[arg(long, default_value_t = lova_fast::roofline::DEFAULT_LAUNCH_OVERHEAD_US, value_name = "US", requires = "roofline")]
+    #[arg(
+        long,
+        default_value_t = lova_fast::roofline::DEFAULT_LAUNCH_OVERHEAD_US,
+        value_name = "US",
+        requires = "roofline"
+    )]
     pub launch_us: f64,
 
     /// Print the results as JSON on stdout (the table then goes to stderr).

@@ -11,7 +11,8 @@
 //! that and the fp16 weight and writes f32, with the bias and the residual in
 //! its epilogue (assumed fused: cuBLASLt's heuristic offers the bias epilogue
 //! for these shapes; when it does not, the backend adds one `add_bias_rows`
-//! launch, which this model does not count).
+//! launch, which this model does not count). A GEMM counts as one kernel,
+//! though cuBLASLt may pick a split-K algorithm with a second, reducing one.
 //!
 //! Bytes are the traffic at the memory interface with each byte a launch
 //! touches counted once: reuse inside a launch is taken to hit the caches
@@ -69,7 +70,10 @@ impl KernelCost {
     }
 }
 
-/// The launches of `op` in `g` on the CUDA backend, in order (none for an op with nothing to do).
+/// The launches of `op` in `g` on the CUDA backend, in order. (The backend
+/// skips a launch over zero elements; no step has one, so they are counted.)
+/// A match over every op: adding an op to the graph means saying here what
+/// its launcher does.
 pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
     let len = |t: TensorId| g.desc(t).len() as u64;
     let cols = |t: TensorId| g.desc(t).cols as u64;
@@ -77,12 +81,8 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
     let offsets = |s: &Segments| (s.count() as u64 + 1) * F32;
     let flops = g.op_flops(op);
     // An elementwise-style launch: reads `read` activation bytes, writes `write`.
-    let simple = |kernel, read: u64, write: u64| KernelCost {
-        kernel,
-        read_bytes: read,
-        write_bytes: write,
-        ..KernelCost::new(kernel)
-    };
+    let simple =
+        |kernel, read_bytes: u64, write_bytes: u64| KernelCost { read_bytes, write_bytes, ..KernelCost::new(kernel) };
     match op {
         Op::Linear { x, bias, residual, out, .. } => {
             let (m, k, n) = (g.desc(*x).rows as u64, cols(*x), cols(*out));

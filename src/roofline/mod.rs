@@ -165,6 +165,7 @@ pub fn predict(step: &StepGraph, settings: &Settings) -> ClipPrediction {
     let sum = |f: fn(&KindCost) -> u64| kinds.iter().map(f).sum::<u64>();
     let sum_us = |f: fn(&KindCost) -> f64| kinds.iter().map(f).sum::<f64>();
     let launch_count = sum(|c| c.launches);
+    // One request per planned step (`plan_step`): one noise launch.
     let noise_launches = 1;
     let host_launches = if settings.captured { 1 + noise_launches } else { launch_count };
     let overhead_ms = host_launches as f64 * settings.launch_overhead_us * 1e-3;
