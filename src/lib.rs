@@ -51,6 +51,7 @@ pub mod models;
 pub mod output_paths;
 mod partial_file;
 pub mod pipeline;
+pub mod roofline;
 pub mod sampler;
 pub mod serve;
 pub mod tensor;

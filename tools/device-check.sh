@@ -19,7 +19,8 @@
 #   infer      cuda_infer: DiT vs the PyTorch fixtures, infer --device cuda vs cpu (tiny model),
 #              infer --batch 3 vs each input alone on CUDA
 #   bench      one sampler step for 10/30/60 s clips: lova-fast bench (latency, TFLOP/s,
-#              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py)
+#              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py), and
+#              next to the roofline prediction for this card (lova-fast bench --roofline)
 #   startup    writes a full-size random engine file, then lova-fast bench --weights:
 #              process start to first step with the file in the page cache
 #   serve      lova-fast serve on a full-size random engine, tools/load.py (48 clips of
@@ -151,6 +152,23 @@ echo "parts:$parts; budget ${BUDGET}s"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
 arch=${arch:+sm_$arch}
 
+# Peaks for the roofline prediction (bench --roofline --gpu): dense fp16
+# tensor-core TFLOP/s and memory GB/s from NVIDIA's data sheets (the same
+# dense figures as `peak` below). GH200 first: its name contains H200.
+case "$CARD" in
+    *GH200*) roofline_gpu=989,4000 ;;
+    *H200*NVL*) roofline_gpu=835,4800 ;;
+    *H200*) roofline_gpu=h200 ;;
+    *H100*NVL*) roofline_gpu=835,3900 ;;
+    *H100*PCIe*) roofline_gpu=756,2000 ;;
+    *H100*) roofline_gpu=h100 ;;
+    *A100*) roofline_gpu=312,2039 ;;
+    *L40S*) roofline_gpu=362,864 ;;
+    *L4*) roofline_gpu=121,300 ;;
+    *) roofline_gpu=h100 ;;
+esac
+export roofline_gpu
+
 # The PyTorch comparison runs lova-fast bench itself; without PyTorch, lova-fast alone.
 compare() {
     if python3 -c 'import torch' >/dev/null 2>&1; then
@@ -206,7 +224,13 @@ criterion_bench() {
         --warm-up-time 1 --measurement-time 2 --sample-size 10
 }
 
-export -f compare startup serve_load criterion_bench
+# The roofline of the same step for this card's peaks (computed, no GPU needed):
+# the JSON for the comparison below, the table in the log.
+roofline() {
+    "$BIN/lova-fast" bench --roofline --gpu "$roofline_gpu" --seconds 10,30,60 --json >"$OUT/roofline.json"
+}
+
+export -f compare startup serve_load criterion_bench roofline
 export BIN OUT
 
 # Limits in seconds; the last number is the least budget a part needs to start.
@@ -236,6 +260,7 @@ fi
 step attention attention-bench 45 20 "$BIN/attention" --bench --noplot
 step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1
 step bench bench 180 60 compare --check --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
+step bench roofline 30 5 roofline
 step startup startup 120 60 startup
 step serve serve-load 240 120 serve_load
 step criterion crit-dit-step 90 40 criterion_bench dit_step
@@ -314,6 +339,29 @@ if show bench || show startup || show torch-compile; then
         show $f && grep -v -E "^(lova-fast: /|DiT: )" "$OUT/$f.log" | grep -E -A12 "^check:|^lova-fast bench on|^one sampler step|compile took|failed|NON-FINITE|Error|error" | head -40
     done
     show startup && grep -E "start-up|wrote|error" "$OUT/startup.log"
+fi
+if [ -s "$OUT/roofline.json" ]; then
+    echo
+    echo "== measured step next to the roofline prediction (--gpu $roofline_gpu; the prediction is a floor for today's kernels)"
+    python3 - "$OUT/roofline.json" "$OUT/bench.json" <<'PY' || grep -E "^ *[0-9]+ +[0-9]+ " "$OUT/roofline.log"
+import json, sys
+pred = json.load(open(sys.argv[1]))
+try:
+    rows = {r["seconds"]: r for r in json.load(open(sys.argv[2]))["rows"]}
+except (OSError, ValueError, KeyError):
+    rows = {}
+gpu = pred["settings"]["gpu"]
+print(f"peaks: {gpu['name']} {gpu['tensor_tflops']} TFLOP/s, {gpu['bandwidth_gbps']} GB/s; "
+      f"captured CUDA graph: {pred['settings']['captured']}")
+print(f"{'seconds':>7} | {'GFLOP':>8} | {'GB moved':>8} | {'launches':>8} | {'predicted ms':>12} | "
+      f"{'measured ms':>11} | {'measured / predicted':>20}")
+for c in pred["clips"]:
+    measured = (rows.get(c["seconds"]) or {}).get("lova_fast_ms")
+    ratio = f"{measured / c['predicted_ms']:.2f}" if measured else "-"
+    shown = f"{measured:.2f}" if measured else "-"
+    print(f"{c['seconds']:>7g} | {c['flops'] * 1e-9:>8.1f} | {c['bytes'] * 1e-9:>8.2f} | {c['launches']:>8} | "
+          f"{c['predicted_ms']:>12.2f} | {shown:>11} | {ratio:>20}")
+PY
 fi
 if show serve-load; then
     echo

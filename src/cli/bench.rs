@@ -71,8 +71,30 @@ pub struct BenchArgs {
     /// Also time every op of the timed steps and print where a step's time goes, per
     /// op kind. Each op is then followed by a synchronize and the step is not captured
     /// as a CUDA graph, so on a GPU the profiled step is slower than the plain one.
-    #[arg(long, conflicts_with_all = ["peak", "make_engine"])]
+    #[arg(long, conflicts_with_all = ["peak", "make_engine", "roofline"])]
     pub profile: bool,
+
+    /// Only print a roofline model of the planned step for the --seconds lengths
+    /// (no GPU, no weights: computed from the graph of the config): per op kind
+    /// FLOP, bytes, launches and the predicted time on the CUDA backend as it runs today.
+    /// (Options of a measurement, such as --device or --steps, are refused with it.)
+    #[arg(long, conflicts_with_all = ["peak", "make_engine", "device", "precision", "threads", "steps", "warmup"])]
+    pub roofline: bool,
+
+    /// Peaks of --roofline: h100 (989 TFLOP/s dense fp16, 3350 GB/s), h200 (989, 4800),
+    /// or TFLOPS,GBPS (dense fp16 tensor-core TFLOP/s and memory GB/s).
+    /// [default: h100]
+    #[arg(long, value_name = "h100|h200|TFLOPS,GBPS", requires = "roofline")]
+    pub gpu: Option<String>,
+
+    /// --roofline: the step as plain launches (LOVA_CUDA_GRAPHS=0), each paying the
+    /// launch overhead, instead of one captured CUDA graph (the backend's default).
+    #[arg(long, requires = "roofline")]
+    pub uncaptured: bool,
+
+    /// --roofline: cost of one launch the host issues, in microseconds [default: 3].
+    #[arg(long, value_name = "US", requires = "roofline")]
+    pub launch_us: Option<f64>,
 
     /// Print the results as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
@@ -150,6 +172,11 @@ struct BenchReport {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    // clap skips `requires = "roofline"` when an option --roofline conflicts
+    // with is given too (`--gpu h200 --device cpu`), so check it here as well.
+    if !args.roofline && (args.gpu.is_some() || args.uncaptured || args.launch_us.is_some()) {
+        bail!("--gpu, --uncaptured and --launch-us are options of --roofline; add --roofline");
+    }
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -185,6 +212,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(path) => lova_fast::engine::open_engine_file(path)?.1,
         None => config,
     };
+    if args.roofline {
+        let name = match (&args.weights, &args.config) {
+            (Some(path), _) | (None, Some(path)) => path.display().to_string(),
+            (None, None) => "the released vl30 config".into(),
+        };
+        return super::roofline::run(
+            &config,
+            name,
+            &args.seconds,
+            args.gpu.as_deref().unwrap_or("h100"),
+            !args.uncaptured,
+            args.launch_us.unwrap_or(lova_fast::roofline::DEFAULT_LAUNCH_OVERHEAD_US),
+            args.json,
+        );
+    }
     for &seconds in &args.seconds {
         let (frames, latent_len) = clip_lengths(&config, seconds);
         config.check_lengths(latent_len, frames).with_context(|| format!("a {seconds} s clip"))?;

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod infer;
 pub mod info;
 pub mod kernels;
+pub mod roofline;
 pub mod serve;
 
 use std::path::{Path, PathBuf};

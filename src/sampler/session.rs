@@ -525,6 +525,12 @@ impl<'a, B: Backend> Sampling<'a, B> {
         self.exec.arena_bytes()
     }
 
+    /// The planned graph (request constants, then one step) and the range of
+    /// its ops that is one step: what a cost model of the step reads.
+    pub fn step_graph(&self) -> (&Graph, std::ops::Range<usize>) {
+        (self.exec.graph(), self.step_ops.clone())
+    }
+
     /// Matrix-product FLOP of one step (DiT on cond + uncond; see `Graph::flops`),
     /// to turn a measured step time into achieved TFLOP/s. Only the step's ops
     /// count: the request constants are computed once, before the first step.
