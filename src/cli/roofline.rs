@@ -83,12 +83,12 @@ fn format_table(r: &Report) -> String {
             c.seconds, c.frames, c.latent_frames, c.tokens
         );
         out += &format!(
-            "{:<44} {:>8} {:>9} {:>9} {:>10} {:>12} {:>8}\n",
+            "{:<52} {:>8} {:>9} {:>9} {:>10} {:>12} {:>8}\n",
             "op / kernel", "launches", "GFLOP", "MB read", "MB written", "predicted us", "bound"
         );
         for k in &c.kinds {
             out += &format!(
-                "{:<44} {:>8} {:>9.1} {:>9.1} {:>10.1} {:>12.1} {:>8}\n",
+                "{:<52} {:>8} {:>9.1} {:>9.1} {:>10.1} {:>12.1} {:>8}\n",
                 format!("{} / {}", k.op, k.kernel),
                 k.launches,
                 k.flops as f64 * 1e-9,
@@ -99,7 +99,7 @@ fn format_table(r: &Report) -> String {
             );
         }
         out += &format!(
-            "{:<44} {:>8} {:>9.1} {:>9.1} {:>10.1} {:>12.1}\n",
+            "{:<52} {:>8} {:>9.1} {:>9.1} {:>10.1} {:>12.1}\n",
             "total",
             c.launches,
             c.flops as f64 * 1e-9,

@@ -108,30 +108,13 @@ pub fn attention(
     p: &AttentionParams,
     out: &mut [f32],
 ) {
-    let hd = p.head_dim;
-    let ld_out = p.heads * hd;
-    let group = p.heads / p.kv_heads;
     let longest = (0..q_seg.count()).map(|b| q_seg.len_of(b).max(kv_seg.len_of(b))).max().unwrap_or(0);
     let rope = p.rope.map(|(inv_freq, rotary_dim)| RopeTable::new(inv_freq, rotary_dim, longest));
-    let rope = rope.as_ref();
-
-    // Rotated keys, [sequence][kv head] -> [len, hd] (only with RoPE).
-    let rotated_keys: Vec<Vec<f32>> = match rope {
-        Some(table) => (0..kv_seg.count() * p.kv_heads)
-            .into_par_iter()
-            .map(|i| {
-                let (b, kvh) = (i / p.kv_heads, i % p.kv_heads);
-                let kr = kv_seg.range(b);
-                let mut ks = vec![0.0f32; kr.len() * hd];
-                for (j, dst) in ks.chunks_exact_mut(hd.max(1)).enumerate() {
-                    table.rotate(k.row(kr.start + j, kvh * hd, hd), j, dst);
-                }
-                ks
-            })
-            .collect(),
+    let rotated_keys = match &rope {
+        Some(table) => rotate_keys(k, kv_seg, p, table),
         None => Vec::new(),
     };
-
+    let op = OneAttention { q, k, v, q_seg, kv_seg, p, rope: rope.as_ref(), rotated_keys };
     let mut tasks = Vec::new();
     for b in 0..q_seg.count() {
         for h in 0..p.heads {
@@ -145,14 +128,60 @@ pub fn attention(
         // Capture the whole Send wrapper, not (edition 2021+) its raw-pointer field.
         #[allow(clippy::redundant_locals)]
         let out_ptr = out_ptr;
-        let (qr, kr) = (q_seg.range(b), kv_seg.range(b));
+        // SAFETY: out is [total queries, heads * head_dim] and this task alone
+        // writes rows q0.. of sequence b in head h's columns.
+        unsafe { op.query_block(b, h, q0, out_ptr.0) };
+    });
+}
+
+/// Keys rotated by RoPE, `[sequence][kv head] -> [len, head_dim]`.
+fn rotate_keys(k: Strided, kv_seg: &Segments, p: &AttentionParams, table: &RopeTable) -> Vec<Vec<f32>> {
+    let hd = p.head_dim;
+    (0..kv_seg.count() * p.kv_heads)
+        .into_par_iter()
+        .map(|i| {
+            let (b, kvh) = (i / p.kv_heads, i % p.kv_heads);
+            let kr = kv_seg.range(b);
+            let mut ks = vec![0.0f32; kr.len() * hd];
+            for (j, dst) in ks.chunks_exact_mut(hd.max(1)).enumerate() {
+                table.rotate(k.row(kr.start + j, kvh * hd, hd), j, dst);
+            }
+            ks
+        })
+        .collect()
+}
+
+/// The operands of one attention op, shared by its query-block tasks.
+struct OneAttention<'a> {
+    q: Strided<'a>,
+    k: Strided<'a>,
+    v: Strided<'a>,
+    q_seg: &'a Segments,
+    kv_seg: &'a Segments,
+    p: &'a AttentionParams<'a>,
+    rope: Option<&'a RopeTable>,
+    /// `rotate_keys`' output with RoPE, else empty.
+    rotated_keys: Vec<Vec<f32>>,
+}
+
+impl OneAttention<'_> {
+    /// Queries `q0..q0 + QUERY_BLOCK` of sequence `b`, head `h`: rotate them,
+    /// `S = Q K^T * scale`, softmax, `O = P V` into `out`.
+    ///
+    /// # Safety
+    /// `out` points at the op's `[total queries, heads * head_dim]` output, and
+    /// no other thread writes this block of it.
+    unsafe fn query_block(&self, b: usize, h: usize, q0: usize, out: *mut f32) {
+        let (q, k, v, p) = (self.q, self.k, self.v, self.p);
+        let hd = p.head_dim;
+        let (qr, kr) = (self.q_seg.range(b), self.kv_seg.range(b));
         let (nq, nk) = ((qr.len() - q0).min(QUERY_BLOCK), kr.len());
-        let kvh = h / group;
+        let kvh = h / (p.heads / p.kv_heads);
         let mut qs = vec![0.0f32; nq * hd];
         for i in 0..nq {
             let src = q.row(qr.start + q0 + i, h * hd, hd);
             let dst = &mut qs[i * hd..(i + 1) * hd];
-            match rope {
+            match self.rope {
                 Some(table) => table.rotate(src, q0 + i, dst),
                 None => dst.copy_from_slice(src),
             }
@@ -163,8 +192,8 @@ pub fn attention(
             let _ = (k.row(kr.end - 1, kvh * hd, hd), v.row(kr.end - 1, kvh * hd, hd));
         }
         // K^T as the GEMM's right operand: element (d, j) of key j.
-        let (k_ptr, k_row_stride) = match rope {
-            Some(_) => (rotated_keys[b * p.kv_heads + kvh].as_ptr(), hd),
+        let (k_ptr, k_row_stride) = match self.rope {
+            Some(_) => (self.rotated_keys[b * p.kv_heads + kvh].as_ptr(), hd),
             None if nk > 0 => (k.row(kr.start, kvh * hd, hd).as_ptr(), k.ld),
             None => (qs.as_ptr(), hd), // no keys: the GEMM reads nothing
         };
@@ -191,8 +220,9 @@ pub fn attention(
             );
         }
         softmax_rows(p.softmax, &mut s, nk);
-        // SAFETY: v_ptr addresses nk rows of hd values v.ld apart; this task
-        // alone writes rows qr.start+q0.. of head h's columns.
+        let ld_out = p.heads * hd;
+        // SAFETY: v_ptr addresses nk rows of hd values v.ld apart; the caller
+        // gives this task rows qr.start+q0.. of head h's columns of out.
         unsafe {
             matrixmultiply::sgemm(
                 nq,
@@ -206,12 +236,12 @@ pub fn attention(
                 v.ld as isize,
                 1,
                 0.0,
-                out_ptr.0.add((qr.start + q0) * ld_out + h * hd),
+                out.add((qr.start + q0) * ld_out + h * hd),
                 ld_out as isize,
                 1,
             );
         }
-    });
+    }
 }
 
 impl Operands<'_> {
