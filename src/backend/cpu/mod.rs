@@ -105,11 +105,10 @@ impl CpuWeight {
             (0..groups).map(|g| PackedBf16::pack(&data[g * n * k..(g + 1) * n * k], n, k)).collect()
         });
         if packed.len() != groups || packed.iter().any(|p| (p.n(), p.k()) != (n, k)) {
+            let (pn, pk) = packed.first().map_or((0, 0), |p| (p.n(), p.k()));
             return Err(Error::InvalidInput(format!(
-                "graph bug: one weight used as {} x [{}, {}] and as {groups} x [{n}, {k}]",
-                packed.len(),
-                packed[0].n(),
-                packed[0].k()
+                "graph bug: one weight used as {} x [{pn}, {pk}] and as {groups} x [{n}, {k}]",
+                packed.len()
             )));
         }
         Ok(packed)
