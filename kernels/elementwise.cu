@@ -45,26 +45,33 @@ extern "C" __global__ void timestep_features(const float* __restrict__ t, const 
     }
 }
 
-extern "C" __global__ void add_positional_f32(const float* __restrict__ x, const float* __restrict__ table, float scale,
-                                              const int* __restrict__ offsets, int count, long long cols,
-                                              float* __restrict__ out) {
+// A table entry as f32: positional tables are f32, or fp16 where the weight
+// is stored as a matrix; one kernel body serves both element types.
+__device__ __forceinline__ float table_at(const float* t, long long i) { return t[i]; }
+__device__ __forceinline__ float table_at(const unsigned short* t, long long i) { return f16_to_f32(t[i]); }
+
+template <typename Table>
+__device__ __forceinline__ void add_positional(const float* __restrict__ x, const Table* __restrict__ table,
+                                               float scale, const int* __restrict__ offsets, int count,
+                                               long long cols, float* __restrict__ out) {
     long long n = (long long)offsets[count] * cols;
     GRID_STRIDE(i, n) {
         long long r = i / cols, c = i - r * cols;
         long long p = r - offsets[sequence_of_row(offsets, count, r)];
-        out[i] = x[i] + table[p * cols + c] * scale;
+        out[i] = x[i] + table_at(table, p * cols + c) * scale;
     }
+}
+
+extern "C" __global__ void add_positional_f32(const float* __restrict__ x, const float* __restrict__ table, float scale,
+                                              const int* __restrict__ offsets, int count, long long cols,
+                                              float* __restrict__ out) {
+    add_positional(x, table, scale, offsets, count, cols, out);
 }
 
 extern "C" __global__ void add_positional_f16(const float* __restrict__ x, const unsigned short* __restrict__ table,
                                               float scale, const int* __restrict__ offsets, int count, long long cols,
                                               float* __restrict__ out) {
-    long long n = (long long)offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols;
-        long long p = r - offsets[sequence_of_row(offsets, count, r)];
-        out[i] = x[i] + f16_to_f32(table[p * cols + c]) * scale;
-    }
+    add_positional(x, table, scale, offsets, count, cols, out);
 }
 
 // The value prepend_row writes at row r, column c; *p is r's position in its sequence.
@@ -87,17 +94,26 @@ extern "C" __global__ void prepend_row(const float* __restrict__ first, const fl
     }
 }
 
+template <typename Table>
+__device__ __forceinline__ void prepend_row_positional(const float* __restrict__ first, const float* __restrict__ rest,
+                                                       const Table* __restrict__ table, float scale,
+                                                       const int* __restrict__ rest_offsets,
+                                                       const int* __restrict__ out_offsets, int count, long long cols,
+                                                       float* __restrict__ out) {
+    long long n = (long long)out_offsets[count] * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols, p;
+        float v = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
+        out[i] = v + table_at(table, p * cols + c) * scale;
+    }
+}
+
 extern "C" __global__ void prepend_row_positional_f32(const float* __restrict__ first, const float* __restrict__ rest,
                                                       const float* __restrict__ table, float scale,
                                                       const int* __restrict__ rest_offsets,
                                                       const int* __restrict__ out_offsets, int count, long long cols,
                                                       float* __restrict__ out) {
-    long long n = (long long)out_offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols, p;
-        float v = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
-        out[i] = v + table[p * cols + c] * scale;
-    }
+    prepend_row_positional(first, rest, table, scale, rest_offsets, out_offsets, count, cols, out);
 }
 
 extern "C" __global__ void prepend_row_positional_f16(const float* __restrict__ first, const float* __restrict__ rest,
@@ -105,12 +121,7 @@ extern "C" __global__ void prepend_row_positional_f16(const float* __restrict__ 
                                                       const int* __restrict__ rest_offsets,
                                                       const int* __restrict__ out_offsets, int count, long long cols,
                                                       float* __restrict__ out) {
-    long long n = (long long)out_offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols, p;
-        float v = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
-        out[i] = v + f16_to_f32(table[p * cols + c]) * scale;
-    }
+    prepend_row_positional(first, rest, table, scale, rest_offsets, out_offsets, count, cols, out);
 }
 
 extern "C" __global__ void drop_first_row(const float* __restrict__ x, const int* __restrict__ x_offsets,

@@ -5,7 +5,6 @@
 //! before returning, the profiled step is the step.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,15 +56,11 @@ impl<B: Backend> Profiled<B> {
 
     fn record(&self, kind: OpKind, elapsed: Duration, cpu: Option<Duration>) {
         let mut times = self.times.lock().unwrap_or_else(|e| e.into_inner());
-        let first = !times.contains_key(&kind);
         let entry = times.entry(kind).or_default();
+        // Unknown (None) once any run's CPU time could not be read.
+        entry.cpu = if entry.runs == 0 { cpu } else { entry.cpu.zip(cpu).map(|(sum, c)| sum + c) };
         entry.runs += 1;
         entry.total += elapsed;
-        entry.cpu = match (first, entry.cpu, cpu) {
-            (true, _, Some(c)) => Some(c),
-            (false, Some(sum), Some(c)) => Some(sum + c),
-            _ => None,
-        };
     }
 
     /// Ops through `OpContext<Profiled<B>>` run on the inner backend, whose
@@ -111,15 +106,8 @@ impl<B: Backend> Backend for Profiled<B> {
     fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         self.inner.prepare(&mut Self::inner_ctx(ctx))
     }
-    // `run_repeated` keeps the trait's default (op by op through `run_op`):
-    // a captured replay could not be timed per op.
-    fn run_repeated(&self, ops: Range<usize>, ctx: &mut OpContext<'_, Self>) -> Result<()> {
-        let graph = ctx.graph;
-        for op in &graph.ops[ops] {
-            self.run_op(op, ctx)?;
-        }
-        Ok(())
-    }
+    // `run_repeated` is the trait's default, op by op through `run_op`: a
+    // captured replay could not be timed per op.
     fn fill_noise(
         &self,
         buffer: &mut Self::Buffer,
