@@ -27,8 +27,17 @@
 // residual. An epilogue fusion would have to write both x and snake(x); the
 // load fusion writes only x and computes snake(x) in f32 where the GEMM operand
 // is formed, rounding the activated value (not x) to fp16, as the reference's
-// autocast does. The cost is recomputation: each input value is activated once
-// per tap and per column tile (7 * C_out / 64 times). sin is __sinf (the
+// autocast does. Within a K tile the activation is computed once per loaded A
+// element: the thread that loads x[src, ci] from global memory activates it
+// (one __sinf), rounds the pair it holds with one packed cvt.rn.f16x2.f32 and
+// stores it; the MMAs of both column warps then read the stored fp16 value.
+// What remains is recomputation across tiles: the same x value is loaded and
+// activated again for each tap whose window covers it (a different K tile of
+// the same CTA) and for each column tile (another CTA), 7 * C_out / 64 times
+// for a 7-tap conv. Removing the tap factor needs a different K order (a
+// C_in chunk of x rows [row0 - pad, row0 + 127 + 6 * dilation - pad] activated
+// once into shared memory and read shifted by each tap, with the sequence
+// mask applied per tap and fragment row); not done. sin is __sinf (the
 // special-function unit; a full sinf would cost more than the MMAs): its
 // absolute error (~1e-6 for |alpha x| <= pi, growing ~|alpha x| * 2^-22
 // beyond) enters y = x + sin^2 / b additively, far below the fp16 rounding of
@@ -44,11 +53,17 @@
 // everywhere but the final 128 -> 2 conv (where a wider tile would only add
 // waste); BM = 128 because M (time) is long everywhere (up to 6.2 M rows) and a
 // tall warp tile reuses each B fragment over 4 A fragments. Shared memory per
-// CTA: A 128 x 40 fp16 + B 64 x 40 fp16 (rows padded from 32 to 40 halves so
-// the fragment loads of the 8 row groups g hit distinct banks: g * 20 + t
-// words) + 3 x 128 int row tables = 16.9 KB, static, so several CTAs fit on an
-// SM; the next K tile is loaded from global memory into registers while the
-// MMAs run on the current one (register double buffering).
+// CTA: A 128 x 40 fp16 + B 64 x 40 fp16 (rows padded from 32 to 40 halves,
+// 80 bytes, so that the 8 16-byte rows one ldmatrix phase reads fall on
+// distinct banks: row g at word 20 g mod 32 = 0, 20, 8, 28, 16, 4, 24, 12, four
+// words each) + 3 x 128 int row tables = 16.9 KB, static, so several CTAs fit
+// on an SM. Fragments are read with ldmatrix.x4 (16 bytes per lane and
+// instruction): per k16 step a warp issues 4 for its A fragments and 2 for its
+// B fragments (4 column tiles), where 4-byte loads took 16 and 8. The tile is
+// stored 4 bytes per thread and row for A (the packed pair of columns a
+// thread activates) and 16 bytes for B. The next K tile is loaded from global
+// memory into registers while the MMAs run on the current one (register
+// double buffering).
 //
 // Layout: x [rows_in, C_in] f32, out and residual [rows_out, C_out] f32, all
 // row-major in the arena; w fp16 bit patterns. Sequences: int32 cumulative row
@@ -68,6 +83,20 @@
 #define CONV_THREADS 128
 // Rows of the A tile one thread loads: BM / (THREADS / (BK / 2)).
 #define CONV_A_ROWS 16
+
+__device__ __forceinline__ unsigned conv_smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// Four 8x8 fp16 matrices from shared memory (16 bytes per row and lane): lane l
+// gives the row address of row l % 8 of matrix l / 8; lane (g = l / 4, t = l % 4)
+// receives, of matrix i, row g, columns 2t, 2t + 1 in r[i], which is the mma
+// fragment layout (common.cuh, mma_16816).
+__device__ __forceinline__ void conv_ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
 
 // What one thread holds of a K tile between its global load and its shared store.
 struct ConvStage {
@@ -214,6 +243,12 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     const bool snake = snake_alpha != nullptr;
     const int warp_m = (warp >> 1) * 64, warp_n = (warp & 1) * 32;
     const int g = lane >> 2, t = lane & 3;
+    // ldmatrix row addresses (lane l gives row l % 8 of matrix l / 8). A, matrices
+    // {rows 0-7, rows 8-15} x {columns 0-7, 8-15} of a 16 x 16 fragment = a[0..3];
+    // B, {columns 0-7, 8-15} of column tile 2p, then of 2p + 1 = b0, b1 of each.
+    const unsigned a_addr = conv_smem_addr(As + (warp_m + (lane & 15)) * CONV_LD + 8 * (lane >> 4));
+    const unsigned b_addr =
+        conv_smem_addr(Bs + (warp_n + (lane & 7) + 8 * (lane >> 4)) * CONV_LD + 8 * ((lane >> 3) & 1));
 
     ConvStage stage;
     conv_load_tile(stage, 0, x, snake_alpha, snake_beta, w, n, cin, K, dilation, pad, row0, col0, row_lo, row_hi);
@@ -226,21 +261,21 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
         }
 #pragma unroll
         for (int ks = 0; ks < CONV_BK; ks += 16) {
-            unsigned int bf[4][2];
+            // bf[nf] = {b0, b1} of column tile nf: one ldmatrix.x4 per two column tiles.
+            unsigned bf[4][2];
 #pragma unroll
-            for (int nf = 0; nf < 4; ++nf) {
-                const unsigned short* bp = Bs + (warp_n + nf * 8 + g) * CONV_LD + ks + 2 * t;
-                bf[nf][0] = *reinterpret_cast<const unsigned int*>(bp);
-                bf[nf][1] = *reinterpret_cast<const unsigned int*>(bp + 8);
+            for (int p = 0; p < 2; ++p) {
+                unsigned r[4];
+                conv_ldmatrix_x4(r, b_addr + (p * 16 * CONV_LD + ks) * 2);
+                bf[2 * p][0] = r[0];
+                bf[2 * p][1] = r[1];
+                bf[2 * p + 1][0] = r[2];
+                bf[2 * p + 1][1] = r[3];
             }
 #pragma unroll
             for (int mf = 0; mf < 4; ++mf) {
-                const unsigned short* ap = As + (warp_m + mf * 16 + g) * CONV_LD + ks + 2 * t;
-                unsigned int af[4];
-                af[0] = *reinterpret_cast<const unsigned int*>(ap);
-                af[1] = *reinterpret_cast<const unsigned int*>(ap + 8 * CONV_LD);
-                af[2] = *reinterpret_cast<const unsigned int*>(ap + 8);
-                af[3] = *reinterpret_cast<const unsigned int*>(ap + 8 * CONV_LD + 8);
+                unsigned af[4];
+                conv_ldmatrix_x4(af, a_addr + (mf * 16 * CONV_LD + ks) * 2);
 #pragma unroll
                 for (int nf = 0; nf < 4; ++nf) mma_16816(acc[mf][nf], af, bf[nf][0], bf[nf][1]);
             }
