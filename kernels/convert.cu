@@ -3,8 +3,9 @@
 // Computes: out[i] = fp16(x[i]), round to nearest even (values beyond the fp16
 // range become +-inf, as under PyTorch autocast, whose fp16 matmuls the
 // reference runs). The arena holds activations in f32; cuBLASLt's fp16 GEMM
-// wants fp16 operands, so each Linear converts its input into a scratch buffer
-// first. (A later issue fuses this into the producer of the GEMM input.)
+// wants fp16 operands, so a Linear whose input is f32 converts it into a
+// scratch buffer first. (A Linear whose input is an fp16 block activation,
+// written so by its producer, needs no conversion: src/backend/cuda/linear.rs.)
 //
 // Layout: x and out are contiguous, n elements; out holds fp16 bit patterns
 // (unsigned short), one element per thread and iteration.
@@ -29,5 +30,16 @@ extern "C" __global__ void add_bias_rows(float* __restrict__ out, const float* _
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         out[i] += bias[i % cols];
+    }
+}
+
+// add_bias_rows for an fp16 out (a GEMM writing fp16 activations): the sum in
+// f32, rounded once.
+extern "C" __global__ void add_bias_rows_f16(unsigned short* __restrict__ out, const float* __restrict__ bias,
+                                             long long rows, long long cols) {
+    long long n = rows * cols;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        out[i] = f32_to_f16_rn(f16_to_f32(out[i]) + bias[i % cols]);
     }
 }

@@ -11,7 +11,7 @@
 //                      sequences, in one pass (the DiT's tokens before its blocks)
 // - drop_first_row:    per sequence b: out rows = x's rows of b except the first
 //
-// Layout: every tensor is row-major [rows, cols] f32; a packed batch is
+// Layout: every tensor is row-major [rows, cols] f32 (swiglu_f16: fp16); a packed batch is
 // described by cumulative row offsets (int32, count + 1 entries, offsets[0] = 0).
 // Launch: 1-D grid-stride over output elements, 256 threads per block, any
 // grid size. A row's sequence is found by binary search in the offsets.
@@ -30,6 +30,23 @@ extern "C" __global__ void swiglu_f32(const float* __restrict__ x, float* __rest
         long long r = i / f, j = i - r * f;
         const float* xr = x + r * 2 * f;
         out[i] = xr[j] * silu(xr[f + j]);
+    }
+}
+
+// swiglu on fp16 x and out (the DiT's feed-forward on CUDA), two columns per
+// thread: f is even (checked by the launcher), so each pair is one 4-byte
+// fp16x2 load from each half of the row and one store; f32 arithmetic.
+extern "C" __global__ void swiglu_f16(const unsigned short* __restrict__ x, unsigned short* __restrict__ out,
+                                      long long rows, long long f) {
+    const long long pairs = f / 2;
+    GRID_STRIDE(i, rows * pairs) {
+        long long r = i / pairs, j = 2 * (i - r * pairs);
+        const unsigned short* xr = x + r * 2 * f;
+        const unsigned a = *reinterpret_cast<const unsigned*>(xr + j);
+        const unsigned gate = *reinterpret_cast<const unsigned*>(xr + f + j);
+        const float lo = f16_to_f32(a & 0xffffu) * silu(f16_to_f32(gate & 0xffffu));
+        const float hi = f16_to_f32(a >> 16) * silu(f16_to_f32(gate >> 16));
+        *reinterpret_cast<unsigned*>(out + r * f + j) = pack_half2(lo, hi);
     }
 }
 

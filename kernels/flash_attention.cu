@@ -16,14 +16,17 @@
 // (8 angles per thread), then the loader rotates with it.
 //
 // Layout: q, k, v point at the first column of their head block inside a
-// row-major f32 matrix (ld q_ld / k_ld / v_ld floats per row); head j is columns
-// j*64..j*64+63. out is [rows, heads*64] f32, row stride out_ld. q_offsets /
+// row-major matrix (ld q_ld / k_ld / v_ld elements per row); head j is columns
+// j*64..j*64+63. out is [rows, heads*64], row stride out_ld. Two entry points,
+// one body: flash_attention_hd64 reads and writes f32, flash_attention_hd64_f16
+// fp16 (the DiT's block activations on CUDA: half the bytes, and the loader's
+// fp16 rounding of an fp16 value that is not rotated is exact). q_offsets /
 // kv_offsets: int32 [count + 1] cumulative rows of each sequence. tile_starts:
 // int32 [count + 1] cumulative numbers of 64-query tiles (ceil(q_len / 64)).
-// Needs (checked by the launcher, src/backend/cuda/attention.rs): q, k, v 16-byte
-// aligned, lds multiples of 4 (float4 loads), rotary_dim a multiple of 8 and
-// <= 32 (the angle table holds 16 frequencies), out 8-byte aligned with an even
-// out_ld.
+// Needs (checked by the launcher, src/backend/cuda/attention.rs): q, k, v
+// aligned for a 4-element load (16 bytes f32, 8 bytes fp16), lds multiples of 4,
+// rotary_dim a multiple of 8 and <= 32 (the angle table holds 16 frequencies),
+// out aligned for a 2-element store with an even out_ld.
 //
 // Launch: grid (total query tiles, heads), 128 threads (4 warps). Block
 // (x, h) finds its sequence b by binary search in tile_starts, so a packed batch
@@ -32,8 +35,8 @@
 // tiles of one (sequence, head), which then share K/V in L2.
 //
 // Tiles: 64 queries per block (each warp owns 16 rows = one mma M), 64 keys per
-// step, the full head (64 dims) at once. Q, K, V tiles are read as f32 (float4),
-// rotated in f32, rounded to fp16 and stored in shared memory with rows padded to
+// step, the full head (64 dims) at once. Q, K, V tiles are read 4 elements at a
+// time (float4, or 4 halves converted to f32), rotated in f32, rounded to fp16 and stored in shared memory with rows padded to
 // 72 halves (144 bytes: the 8 rows an ldmatrix phase reads fall on distinct
 // banks). Per key tile each warp loads its Q fragments (16 registers) from shared
 // memory with ldmatrix and handles the 64 keys in two halves of 32, each with its
@@ -60,10 +63,11 @@
 // waves of which the second is nearly empty, and 8 warps x 16 rows or 32 rows per
 // warp would need more registers than 4 blocks per SM allow.
 // Honest limits (todo - measure on a GPU): the K/V tile is loaded through
-// registers (f32 -> fp16 conversion and RoPE make cp.async impossible), with no
-// double buffering; latency is hidden by the 4 resident blocks. Converting and
-// rotating K once per (query tile, head) repeats work that a pre-pass (or the
-// QKV GEMM epilogue) writing fp16 K/V once could avoid. mma.sync cannot reach
+// registers, with no double buffering; latency is hidden by the 4 resident
+// blocks. With fp16 operands (the DiT on CUDA) V and an unrotated K need no
+// conversion, so cp.async double buffering of them is the next step; rotating
+// K once per (query tile, head) repeats work that a pre-pass (or the QKV GEMM
+// epilogue) writing rotated fp16 K once could avoid. mma.sync cannot reach
 // an H100's dense peak (only wgmma can); expect well under the 50% target there.
 
 #include "common.cuh"
@@ -129,12 +133,29 @@ __device__ __forceinline__ void fill_rope_table(float2* __restrict__ table, int 
     }
 }
 
-// Loads rows [0, rows) of a 64-row tile (row-major f32, `ld` floats per row,
-// starting at the head's column 0) into `dst` ([64][FA_LDS] fp16), rotating the
-// first rotary_dim dims with the angles of `rope` (fill_rope_table) when
-// `rotate`; rows >= rows are zero. Thread t handles dims 4 (t % 16) .. +3 of rows
-// t / 16 + 8 i: a half-warp reads one 256-byte row.
-__device__ __forceinline__ void load_tile(const float* __restrict__ src, int ld, int rows, bool rotate,
+// Four consecutive elements of a row as f32: a float4 of an f32 tensor, or four
+// halves (8 bytes) of an fp16 one; the pointer is aligned for that load.
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const unsigned short* p) {
+    const uint2 h = *reinterpret_cast<const uint2*>(p);
+    return make_float4(f16_to_f32(h.x & 0xffffu), f16_to_f32(h.x >> 16), f16_to_f32(h.y & 0xffffu),
+                       f16_to_f32(h.y >> 16));
+}
+
+// Two consecutive output elements: a float2, or an fp16x2 word rounded as pack_half2 rounds.
+__device__ __forceinline__ void store2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+__device__ __forceinline__ void store2(unsigned short* p, float a, float b) {
+    *reinterpret_cast<unsigned*>(p) = pack_half2(a, b);
+}
+
+// Loads rows [0, rows) of a 64-row tile (row-major f32 or fp16, `ld` elements
+// per row, starting at the head's column 0) into `dst` ([64][FA_LDS] fp16),
+// rotating the first rotary_dim dims in f32 with the angles of `rope`
+// (fill_rope_table) when `rotate`; rows >= rows are zero. Thread t handles dims
+// 4 (t % 16) .. +3 of rows t / 16 + 8 i: a half-warp reads one row (256 bytes
+// of f32, 128 of fp16).
+template <typename T>
+__device__ __forceinline__ void load_tile(const T* __restrict__ src, int ld, int rows, bool rotate,
                                           const float2* __restrict__ rope, int rotary_dim,
                                           unsigned short* __restrict__ dst) {
     const int c = (threadIdx.x & 15) * 4;
@@ -144,13 +165,13 @@ __device__ __forceinline__ void load_tile(const float* __restrict__ src, int ld,
         const int r = (threadIdx.x >> 4) + i * (FA_THREADS / 16);
         float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (r < rows) {
-            const float* row = src + (long long)r * ld;
-            x = *reinterpret_cast<const float4*>(row + c);
+            const T* row = src + (long long)r * ld;
+            x = load4(row + c);
             if (rotate && c < rotary_dim) {
-                // The partner dims are 4 aligned floats too (half is a multiple of 4).
+                // The partner dims are 4 aligned elements too (half is a multiple of 4).
                 const bool first = c < half;
                 const int f0 = first ? c : c - half;
-                const float4 y = *reinterpret_cast<const float4*>(row + (first ? c + half : c - half));
+                const float4 y = load4(row + (first ? c + half : c - half));
                 // (cos, sin) of frequencies f0, f0 + 1 and f0 + 2, f0 + 3: 16-byte aligned (f0 % 4 == 0).
                 const float4 a = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0);
                 const float4 b = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0 + 2);
@@ -176,15 +197,31 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64(
-    const float* __restrict__ q, int q_ld, const float* __restrict__ k, int k_ld, const float* __restrict__ v, int v_ld,
-    const int* __restrict__ q_offsets, const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts,
-    int count, int heads, int kv_heads, float scale, const float* __restrict__ inv_freq, int rotary_dim,
-    float* __restrict__ out, int out_ld) {
-    __shared__ __align__(16) unsigned short qs[FA_BLOCK_M * FA_LDS];
-    __shared__ __align__(16) unsigned short ks[FA_BLOCK_N * FA_LDS];
-    __shared__ __align__(16) unsigned short vs[FA_BLOCK_N * FA_LDS];
-    __shared__ __align__(16) float2 rope_cs[FA_BLOCK_N * FA_MAX_ROPE_FREQS];
+// A block's shared memory: the Q, K and V tiles as fp16 (rows padded to
+// FA_LDS halves) and the RoPE angle table.
+struct FlashShared {
+    unsigned short q[FA_BLOCK_M * FA_LDS];
+    unsigned short k[FA_BLOCK_N * FA_LDS];
+    unsigned short v[FA_BLOCK_N * FA_LDS];
+    float2 rope[FA_BLOCK_N * FA_MAX_ROPE_FREQS];
+};
+
+// The kernel body for q, k, v and out of element type T (float or fp16 bits).
+// The shared memory is declared by each entry point and passed in: a
+// __shared__ local of a template has vague linkage, which the virtual GPU
+// (tools/vgpu, where __shared__ becomes a static in one linker section)
+// cannot place in its shared window.
+template <typename T>
+__device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_ld, const T* __restrict__ k, int k_ld,
+                                                const T* __restrict__ v, int v_ld, const int* __restrict__ q_offsets,
+                                                const int* __restrict__ kv_offsets,
+                                                const int* __restrict__ tile_starts, int count, int heads,
+                                                int kv_heads, float scale, const float* __restrict__ inv_freq,
+                                                int rotary_dim, T* __restrict__ out, int out_ld, FlashShared& smem) {
+    unsigned short* qs = smem.q;
+    unsigned short* ks = smem.k;
+    unsigned short* vs = smem.v;
+    float2* rope_cs = smem.rope;
 
     // Which sequence: the largest b with tile_starts[b] <= blockIdx.x (empty
     // sequences have no tiles); tile_starts is cumulative like row offsets.
@@ -216,8 +253,8 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
 #pragma unroll
     for (int dt = 0; dt < 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
 
-    const float* kbase = k + (long long)kv_start * k_ld + kvh * FA_HEAD_DIM;
-    const float* vbase = v + (long long)kv_start * v_ld + kvh * FA_HEAD_DIM;
+    const T* kbase = k + (long long)kv_start * k_ld + kvh * FA_HEAD_DIM;
+    const T* vbase = v + (long long)kv_start * v_ld + kvh * FA_HEAD_DIM;
     for (int j0 = 0; j0 < kv_len; j0 += FA_BLOCK_N) {
         const int tile_keys = min(FA_BLOCK_N, kv_len - j0);
         __syncthreads();  // every warp is done with the previous K/V tile (and the loader with the angles)
@@ -331,18 +368,37 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     // Rows are recomputed from the sequence index here rather than kept live through the loop.
     const int row_in_seq = (x - tile_starts[b]) * FA_BLOCK_M + warp * 16 + g;
     const int row_end = q_offsets[b + 1];
-    float* obase = out + (long long)blockIdx.y * FA_HEAD_DIM + tig * 2;
+    T* obase = out + (long long)blockIdx.y * FA_HEAD_DIM + tig * 2;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float l = quad_sum(l_run[r]);
         const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // no keys: zeros, like the CPU
         const int qrow = q_offsets[b] + row_in_seq + r * 8;
         if (qrow < row_end) {
-            float* orow = obase + (long long)qrow * out_ld;
+            T* orow = obase + (long long)qrow * out_ld;
 #pragma unroll
-            for (int dt = 0; dt < 8; dt++) {
-                *reinterpret_cast<float2*>(orow + dt * 8) = make_float2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-            }
+            for (int dt = 0; dt < 8; dt++) store2(orow + dt * 8, o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64(
+    const float* __restrict__ q, int q_ld, const float* __restrict__ k, int k_ld, const float* __restrict__ v, int v_ld,
+    const int* __restrict__ q_offsets, const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts,
+    int count, int heads, int kv_heads, float scale, const float* __restrict__ inv_freq, int rotary_dim,
+    float* __restrict__ out, int out_ld) {
+    __shared__ __align__(16) FlashShared smem;
+    flash_attention(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count, heads, kv_heads, scale,
+                    inv_freq, rotary_dim, out, out_ld, smem);
+}
+
+// The same with fp16 q, k, v and out (the DiT's block activations on CUDA).
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64_f16(
+    const unsigned short* __restrict__ q, int q_ld, const unsigned short* __restrict__ k, int k_ld,
+    const unsigned short* __restrict__ v, int v_ld, const int* __restrict__ q_offsets,
+    const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts, int count, int heads, int kv_heads,
+    float scale, const float* __restrict__ inv_freq, int rotary_dim, unsigned short* __restrict__ out, int out_ld) {
+    __shared__ __align__(16) FlashShared smem;
+    flash_attention(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count, heads, kv_heads, scale,
+                    inv_freq, rotary_dim, out, out_ld, smem);
 }

@@ -10,25 +10,36 @@
 // - gated_residual: out = residual + branch * sigmoid(1 - gate), gate from row b
 //   of `table` at gate_offset for the rows of sequence b.
 //
-// Layout: row-major f32 [rows, cols]; gamma, beta f32 [cols]; offsets int32
-// [count + 1] (cumulative rows).
+// Layout: row-major [rows, cols]; x, residual, gamma, beta, table f32, offsets
+// int32 [count + 1] (cumulative rows). The _f16 variants keep a block
+// activation in fp16 (src/graph: `DType`): layer_norm_f16 writes its output
+// as fp16 (the next Linear's GEMM input, with no conversion pass),
+// gated_residual_f16 reads an fp16 branch; statistics and arithmetic stay f32,
+// and an fp16 value is rounded once, at its store.
 // Launch: layer_norm: one warp per row, 4 warps (128 threads) per block, grid
 // ceil(rows / 4); gated_residual: 1-D grid-stride, 256 threads per block.
 // (todo: one pass with the row in registers for cols known at compile time.)
 
 #include "common.cuh"
 
+// An element of an f32 or fp16 tensor, as f32; and the store of an f32 value.
+__device__ __forceinline__ float load_value(const float* p) { return *p; }
+__device__ __forceinline__ float load_value(const unsigned short* p) { return f16_to_f32(*p); }
+__device__ __forceinline__ void store_value(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_value(unsigned short* p, float v) { *p = f32_to_f16_rn(v); }
+
 // `table` may be null (no modulation); then offsets is ignored.
-extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, const float* __restrict__ gamma,
-                                          const float* __restrict__ beta, float eps, long long rows, int cols,
-                                          const float* __restrict__ table, int table_cols, int scale_offset,
-                                          int shift_offset, const int* __restrict__ offsets, int count,
-                                          float* __restrict__ out) {
+template <typename Out>
+__device__ __forceinline__ void layer_norm(const float* __restrict__ x, const float* __restrict__ gamma,
+                                           const float* __restrict__ beta, float eps, long long rows, int cols,
+                                           const float* __restrict__ table, int table_cols, int scale_offset,
+                                           int shift_offset, const int* __restrict__ offsets, int count,
+                                           Out* __restrict__ out) {
     long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float* xr = x + row * cols;
-    float* yr = out + row * cols;
+    Out* yr = out + row * cols;
 
     float sum = 0.0f;
     for (int c = lane; c < cols; c += 32) sum += xr[c];
@@ -51,7 +62,37 @@ extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, const flo
     for (int c = lane; c < cols; c += 32) {
         float y = (xr[c] - mean) * rstd * gamma[c] + beta[c];
         if (table != nullptr) y = y * (1.0f + scale[c]) + shift[c];
-        yr[c] = y;
+        store_value(yr + c, y);
+    }
+}
+
+extern "C" __global__ void layer_norm_f32(const float* __restrict__ x, const float* __restrict__ gamma,
+                                          const float* __restrict__ beta, float eps, long long rows, int cols,
+                                          const float* __restrict__ table, int table_cols, int scale_offset,
+                                          int shift_offset, const int* __restrict__ offsets, int count,
+                                          float* __restrict__ out) {
+    layer_norm(x, gamma, beta, eps, rows, cols, table, table_cols, scale_offset, shift_offset, offsets, count, out);
+}
+
+extern "C" __global__ void layer_norm_f16(const float* __restrict__ x, const float* __restrict__ gamma,
+                                          const float* __restrict__ beta, float eps, long long rows, int cols,
+                                          const float* __restrict__ table, int table_cols, int scale_offset,
+                                          int shift_offset, const int* __restrict__ offsets, int count,
+                                          unsigned short* __restrict__ out) {
+    layer_norm(x, gamma, beta, eps, rows, cols, table, table_cols, scale_offset, shift_offset, offsets, count, out);
+}
+
+template <typename Branch>
+__device__ __forceinline__ void gated_residual(const Branch* __restrict__ branch, const float* __restrict__ residual,
+                                               long long rows, long long cols, const float* __restrict__ table,
+                                               int table_cols, int gate_offset, const int* __restrict__ offsets,
+                                               int count, float* __restrict__ out) {
+    long long n = rows * cols;
+    GRID_STRIDE(i, n) {
+        long long r = i / cols, c = i - r * cols;
+        float gate = table[(long long)sequence_of_row(offsets, count, r) * table_cols + gate_offset + c];
+        float g = 1.0f / (1.0f + expf(-(1.0f - gate)));
+        out[i] = residual[i] + load_value(branch + i) * g;
     }
 }
 
@@ -59,11 +100,12 @@ extern "C" __global__ void gated_residual_f32(const float* __restrict__ branch, 
                                               long long rows, long long cols, const float* __restrict__ table,
                                               int table_cols, int gate_offset, const int* __restrict__ offsets,
                                               int count, float* __restrict__ out) {
-    long long n = rows * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols;
-        float gate = table[(long long)sequence_of_row(offsets, count, r) * table_cols + gate_offset + c];
-        float g = 1.0f / (1.0f + expf(-(1.0f - gate)));
-        out[i] = residual[i] + branch[i] * g;
-    }
+    gated_residual(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out);
+}
+
+extern "C" __global__ void gated_residual_f16(const unsigned short* __restrict__ branch,
+                                              const float* __restrict__ residual, long long rows, long long cols,
+                                              const float* __restrict__ table, int table_cols, int gate_offset,
+                                              const int* __restrict__ offsets, int count, float* __restrict__ out) {
+    gated_residual(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out);
 }

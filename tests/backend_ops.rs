@@ -30,6 +30,15 @@
 //!   wrong fragment layout, mask or softmax gives O(1). (The kernel's source run
 //!   on the CPU by tools/flash-attention-emu/run.sh gives 1.8e-4 to 4.5e-4.)
 //! - element-wise ops: 1e-6 (expf vs Rust's exp, FMA contraction: a few ulp).
+//! - fp16 tensors (`DType::F16`, the DiT's block activations on CUDA; cases
+//!   labelled "fp16"): an fp16 input holds the same values on both backends
+//!   (the host's values rounded once as they are written), so it adds nothing.
+//!   An fp16 output is the f32 result rounded to fp16 on both (the CPU rounds
+//!   after the op, the GPU at its store): where the two f32 results differ by
+//!   the op's own error, a rounding can land on neighbouring fp16 values, one
+//!   ulp apart, at most 2^-10 of the value. So an fp16 output's tolerance is
+//!   the op's f32 tolerance plus 1e-3 (every element one ulp off); a wrong
+//!   layout, a lost bias or a misread half still gives O(0.1) or more.
 //! - prepend_row, drop_first_row: 0 (copies).
 //! - conv1d, conv_transpose1d (implicit GEMMs on tensor cores), without the fused
 //!   SnakeBeta and with fp16-representable x and w: 1e-5, the linear case (exact
@@ -52,8 +61,8 @@ use common::{Rng, cuda_or_skip, loud, max_abs, rel_l2};
 use lova_fast::backend::cuda::attention::{AttentionKernel, attention_kernel};
 use lova_fast::backend::{Backend, CpuBackend, CudaBackend, WeightSet};
 use lova_fast::graph::{
-    AdaLnModulation, ColumnSlice, Executor, Graph, Op, OpKind, Rope, Segments, Snake, TensorId, TensorKind, WeightId,
-    scalar_slot,
+    AdaLnModulation, ColumnSlice, DType, Executor, Graph, Op, OpKind, Rope, Segments, Snake, TensorId, TensorKind,
+    WeightId, scalar_slot,
 };
 use lova_fast::sampler::rng::fill_normal;
 use lova_fast::tensor::{HostTensor, transpose};
@@ -104,7 +113,22 @@ impl Case {
         self.check.push(t);
         t
     }
+    /// `input` stored as `dtype` (the written values are rounded to it).
+    fn input_as(&mut self, dtype: DType, name: &str, rows: usize, cols: usize, data: Vec<f32>) -> TensorId {
+        let t = self.input(name, rows, cols, data);
+        self.graph.set_dtype(t, dtype);
+        t
+    }
+    /// `output` stored as `dtype`.
+    fn output_as(&mut self, dtype: DType, name: &str, rows: usize, cols: usize) -> TensorId {
+        let t = self.output(name, rows, cols);
+        self.graph.set_dtype(t, dtype);
+        t
+    }
 }
+
+/// What an fp16 output adds to an op's tolerance (module doc: one fp16 ulp).
+const FP16_OUTPUT_TOL: f64 = 1e-3;
 
 fn run_case<B: Backend>(backend: &B, case: &Case) -> lova_fast::Result<Vec<f32>> {
     let mut weights = WeightSet::default();
@@ -151,6 +175,42 @@ fn linear_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
     }
 }
 
+/// Linear ops on fp16 tensors: an fp16 input (no conversion pass) with an f32
+/// or fp16 output, an f32 input with an fp16 output; with and without bias and
+/// residual (a residual has the output's type, as cuBLASLt's C has D's).
+fn linear_fp16_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
+    use DType::{F16, F32};
+    let shapes = [
+        (1, 64, 1, F16, F16, true, false),
+        (7, 33, 17, F16, F32, false, true),
+        (217, 64, 1536, F16, F16, true, true),
+        (129, 1536, 64, F16, F32, true, true),
+        (300, 768, 1536, F32, F16, true, false),
+        (218, 1536, 4608, F16, F16, false, false),
+    ];
+    for (m, k, n, x_type, out_type, bias, residual) in shapes {
+        let label = format!(
+            "m{m} k{k} n{n}{}{} {} x, {} out",
+            if bias { " +bias" } else { "" },
+            if residual { " +residual" } else { "" },
+            x_type.name(),
+            out_type.name()
+        );
+        // fp16-exact weights; an fp16 x is exact too, an f32 one is rounded on the GPU only.
+        let base = if x_type == F16 { 1e-5 } else { 3e-3 };
+        let tol = base + if out_type == F16 { FP16_OUTPUT_TOL } else { 0.0 };
+        let mut c = Case::new("linear", label, tol);
+        let scale = 1.0 / (k as f32).sqrt();
+        let x = c.input_as(x_type, "x", m, k, rng.vec(m * k, -1.0, 1.0));
+        let w = c.weight(vec![n, k], rng.vec_f16(n * k, -scale, scale));
+        let b = bias.then(|| c.weight(vec![n], rng.vec(n, -0.5, 0.5)));
+        let r = residual.then(|| c.input_as(out_type, "residual", m, n, rng.vec(m * n, -1.0, 1.0)));
+        let out = c.output_as(out_type, "out", m, n);
+        c.graph.push(Op::Linear { x, w, bias: b, residual: r, out });
+        cases.push(c);
+    }
+}
+
 fn layer_norm_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
     let shapes: [(&[usize], usize, bool); 6] = [
         (&[1], 1, false),
@@ -160,11 +220,14 @@ fn layer_norm_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         (&[100, 118], 1536, false),
         (&[109, 1, 108], 1536, true),
     ];
-    for (lens, cols, modulated) in shapes {
+    // Every shape with an f32 output, and with an fp16 one (the next GEMM's input on CUDA).
+    for ((lens, cols, modulated), out_type) in shapes.into_iter().flat_map(|s| [(s, DType::F32), (s, DType::F16)]) {
         let seg = Segments::from_lengths(lens.iter().copied());
         let rows = seg.total();
-        let label = format!("rows {lens:?} cols {cols}{}", if modulated { " adaLN" } else { "" });
-        let mut c = Case::new("layer_norm", label, 1e-5);
+        let fp16 = if out_type == DType::F16 { " fp16 out" } else { "" };
+        let label = format!("rows {lens:?} cols {cols}{}{fp16}", if modulated { " adaLN" } else { "" });
+        let tol = 1e-5 + if out_type == DType::F16 { FP16_OUTPUT_TOL } else { 0.0 };
+        let mut c = Case::new("layer_norm", label, tol);
         let x = c.input("x", rows, cols, rng.vec(rows * cols, -2.0, 4.0));
         let gamma = c.weight(vec![cols], rng.vec(cols, 0.5, 1.5));
         let beta = c.weight(vec![cols], rng.vec(cols, -0.5, 0.5));
@@ -174,18 +237,21 @@ fn layer_norm_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
             let segments = c.graph.add_segments(seg.clone());
             AdaLnModulation { table, scale_offset: 3 * cols, shift_offset: 4 * cols, segments }
         });
-        let out = c.output("out", rows, cols);
+        let out = c.output_as(out_type, "out", rows, cols);
         c.graph.push(Op::LayerNorm { x, gamma, beta, eps: 1e-5, modulation, out });
         cases.push(c);
     }
 }
 
 fn gated_residual_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
-    for (lens, cols) in [(&[1usize][..], 1usize), (&[3, 4], 33), (&[218, 218], 1536)] {
+    let shapes = [(&[1usize][..], 1usize), (&[3, 4], 33), (&[218, 218], 1536)];
+    // An fp16 branch too (the DiT's adaLN branch on CUDA): same values on both backends.
+    for ((lens, cols), branch_type) in shapes.into_iter().flat_map(|s| [(s, DType::F32), (s, DType::F16)]) {
         let seg = Segments::from_lengths(lens.iter().copied());
         let (rows, b) = (seg.total(), seg.count());
-        let mut c = Case::new("gated_residual", format!("rows {lens:?} cols {cols}"), 1e-6);
-        let branch = c.input("branch", rows, cols, rng.vec(rows * cols, -2.0, 2.0));
+        let fp16 = if branch_type == DType::F16 { " fp16 branch" } else { "" };
+        let mut c = Case::new("gated_residual", format!("rows {lens:?} cols {cols}{fp16}"), 1e-6);
+        let branch = c.input_as(branch_type, "branch", rows, cols, rng.vec(rows * cols, -2.0, 2.0));
         let residual = c.input("residual", rows, cols, rng.vec(rows * cols, -2.0, 2.0));
         let table = c.input("table", b, 6 * cols, rng.vec(b * 6 * cols, -3.0, 3.0));
         let segments = c.graph.add_segments(seg.clone());
@@ -207,6 +273,14 @@ fn elementwise_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         let mut c = Case::new("swiglu", format!("[{rows}, 2 x {f}]"), 1e-6);
         let x = c.input("x", rows, 2 * f, rng.vec(rows * 2 * f, -6.0, 6.0));
         let out = c.output("out", rows, f);
+        c.graph.push(Op::SwiGlu { x, out });
+        cases.push(c);
+    }
+    // fp16 in and out (the DiT's feed-forward on CUDA; the kernel takes column pairs).
+    for (rows, f) in [(1, 2), (3, 8), (218, 6144)] {
+        let mut c = Case::new("swiglu", format!("[{rows}, 2 x {f}] fp16"), 1e-6 + FP16_OUTPUT_TOL);
+        let x = c.input_as(DType::F16, "x", rows, 2 * f, rng.vec(rows * 2 * f, -6.0, 6.0));
+        let out = c.output_as(DType::F16, "out", rows, f);
         c.graph.push(Op::SwiGlu { x, out });
         cases.push(c);
     }
@@ -276,6 +350,8 @@ struct AttentionShape {
     /// None: self-attention over the query sequences with q, k, v sliced from one fused tensor.
     kv_lens: Option<&'static [usize]>,
     rotary_dim: usize,
+    /// Type of q, k, v and out: fp16 is the DiT's block activations on CUDA (flash kernel only).
+    dtype: DType,
 }
 
 fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
@@ -286,6 +362,7 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         q_lens,
         kv_lens: None,
         rotary_dim,
+        dtype: DType::F32,
     };
     let cross = |heads, kv_heads, q_lens, kv_lens| AttentionShape {
         heads,
@@ -294,7 +371,9 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         q_lens,
         kv_lens: Some(kv_lens),
         rotary_dim: 0,
+        dtype: DType::F32,
     };
+    let fp16 = |s: AttentionShape| AttentionShape { dtype: DType::F16, ..s };
     let shapes = [
         // head_dim 64: the flash kernel. Lengths around its 64-query / 64-key tiles (and the
         // 32-key halves of its softmax), CLIP's 257, 30 s / 60 s / 139 s DiT sequences (T'+1);
@@ -319,12 +398,18 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
         cross(2, 1, &[9], &[1]),
         cross(4, 1, &[3], &[700]),
         cross(4, 2, &[1, 64, 65, 300, 2], &[5, 1, 130, 64, 70]),
+        // fp16 q, k, v and out: the DiT's self- and cross-attention on CUDA.
+        fp16(self_attn(4, &[65], 32)),
+        fp16(self_attn(2, &[647], 32)),
+        fp16(self_attn(2, &[1, 2, 63, 0, 64, 65, 257, 31], 32)),
+        fp16(cross(24, 12, &[218, 218], &[80, 80])),
+        fp16(cross(4, 2, &[1, 64, 65, 300, 2], &[5, 1, 130, 64, 70])),
         // Other head dims, a rotary_dim that is no multiple of 8 or over 32: the f32 kernel.
-        AttentionShape { heads: 3, kv_heads: 3, head_dim: 33, q_lens: &[31, 2], kv_lens: None, rotary_dim: 16 },
-        AttentionShape { heads: 2, kv_heads: 2, head_dim: 128, q_lens: &[40], kv_lens: None, rotary_dim: 128 },
-        AttentionShape { heads: 4, kv_heads: 2, head_dim: 8, q_lens: &[3, 130], kv_lens: Some(&[5, 2]), rotary_dim: 0 },
-        AttentionShape { heads: 2, kv_heads: 2, head_dim: 64, q_lens: &[40, 3], kv_lens: None, rotary_dim: 20 },
-        AttentionShape { heads: 2, kv_heads: 2, head_dim: 64, q_lens: &[40], kv_lens: None, rotary_dim: 64 },
+        AttentionShape { head_dim: 33, rotary_dim: 16, ..self_attn(3, &[31, 2], 0) },
+        AttentionShape { head_dim: 128, rotary_dim: 128, ..self_attn(2, &[40], 0) },
+        AttentionShape { head_dim: 8, ..cross(4, 2, &[3, 130], &[5, 2]) },
+        self_attn(2, &[40, 3], 20),
+        self_attn(2, &[40], 64),
     ];
     for s in shapes {
         let hd = s.head_dim;
@@ -342,8 +427,9 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
                 Some(k) => format!("kv{k:?}"),
             },
             if s.rotary_dim > 0 { format!(" rope{}", s.rotary_dim) } else { String::new() }
-        );
-        let tol = if kernel == AttentionKernel::Flash { 3e-3 } else { 1e-5 };
+        ) + if s.dtype == DType::F16 { " fp16" } else { "" };
+        let tol = if kernel == AttentionKernel::Flash { 3e-3 } else { 1e-5 }
+            + if s.dtype == DType::F16 { FP16_OUTPUT_TOL } else { 0.0 };
         let mut c = Case::new("attention", label, tol);
         if kernel == AttentionKernel::Flash {
             // 64 x 64 tiles: per (query tile, key tile) 4 warps x (32 QK^T + 32 PV) MMAs.
@@ -356,7 +442,7 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
             None => {
                 let rows = q_seg.total();
                 let width = qw + 2 * kvw;
-                let qkv = c.input("qkv", rows, width, rng.vec(rows * width, -2.0, 2.0));
+                let qkv = c.input_as(s.dtype, "qkv", rows, width, rng.vec(rows * width, -2.0, 2.0));
                 let seg = c.graph.add_segments(q_seg.clone());
                 (
                     ColumnSlice { tensor: qkv, offset: 0, width: qw },
@@ -368,8 +454,8 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
             Some(kv_lens) => {
                 let kv_seg = Segments::from_lengths(kv_lens.iter().copied());
                 let (rows, kvr) = (q_seg.total(), kv_seg.total());
-                let q = c.input("q", rows, qw, rng.vec(rows * qw, -2.0, 2.0));
-                let kv = c.input("kv", kvr, 2 * kvw, rng.vec(kvr * 2 * kvw, -2.0, 2.0));
+                let q = c.input_as(s.dtype, "q", rows, qw, rng.vec(rows * qw, -2.0, 2.0));
+                let kv = c.input_as(s.dtype, "kv", kvr, 2 * kvw, rng.vec(kvr * 2 * kvw, -2.0, 2.0));
                 let seg = c.graph.add_segments(kv_seg);
                 (
                     ColumnSlice { tensor: q, offset: 0, width: qw },
@@ -385,7 +471,7 @@ fn attention_cases(rng: &mut Rng, cases: &mut Vec<Case>) {
             let inv: Vec<f32> = (0..half).map(|i| 10000f32.powf(-((2 * i) as f32) / s.rotary_dim as f32)).collect();
             Rope { inv_freq: c.weight(vec![half], inv), rotary_dim: s.rotary_dim }
         });
-        let out = c.output("out", q_seg.total(), qw);
+        let out = c.output_as(s.dtype, "out", q_seg.total(), qw);
         c.graph.push(Op::Attention {
             q,
             k,
@@ -647,6 +733,7 @@ fn all_cases() -> Vec<Case> {
     let mut rng = Rng(0x5eed);
     let mut cases = Vec::new();
     linear_cases(&mut rng, &mut cases);
+    linear_fp16_cases(&mut rng, &mut cases);
     layer_norm_cases(&mut rng, &mut cases);
     gated_residual_cases(&mut rng, &mut cases);
     elementwise_cases(&mut rng, &mut cases);
@@ -704,10 +791,12 @@ fn cuda_linear_with_the_bias_added_by_its_own_kernel() {
     let cases: Vec<Case> = all_cases().into_iter().filter(|c| c.op == "linear" && c.label.contains("+bias")).collect();
     assert!(cases.len() >= 4, "linear cases with a bias");
     vgpu::withhold_bias_epilogue(true).unwrap();
-    let before = vgpu::launches("add_bias_rows").unwrap();
+    // An f32 output's bias by add_bias_rows, an fp16 output's by add_bias_rows_f16.
+    let bias_launches = || vgpu::launches("add_bias_rows").unwrap() + vgpu::launches("add_bias_rows_f16").unwrap();
+    let before = bias_launches();
     let results: Vec<_> = cases.iter().map(|c| run_case(&cuda, c)).collect();
     vgpu::withhold_bias_epilogue(false).unwrap();
-    let launched = vgpu::launches("add_bias_rows").unwrap() - before;
+    let launched = bias_launches() - before;
     assert!(launched >= cases.len() as u64, "add_bias_rows ran {launched} times for {} GEMMs with a bias", cases.len());
     for (c, got) in cases.iter().zip(results) {
         let got = got.unwrap_or_else(|e| panic!("{}: {e}", c.label));

@@ -6,10 +6,11 @@ mod common;
 
 use common::{failed, fixture, lova_fast, ok, s};
 use lova_fast::config::LovaConfig;
+use lova_fast::graph::DType;
 use lova_fast::roofline::{self, Gpu, Settings};
 
 fn h100(captured: bool) -> Settings {
-    Settings { gpu: Gpu::h100(), captured, launch_overhead_us: 3.0 }
+    Settings { gpu: Gpu::h100(), captured, launch_overhead_us: 3.0, f32_activations: false }
 }
 
 /// Every op's launches carry exactly `Graph::op_flops` (the CUDA GEMMs and the
@@ -37,58 +38,69 @@ fn flops_are_the_graphs() {
 }
 
 /// Bytes and launches of DiT block 0 in a 30 s step, counted by hand from the
-/// shapes (lova-model.md section 4) and what the CUDA backend does with them.
+/// shapes (lova-model.md section 4) and what the CUDA backend does with them:
+/// with f32 block activations (`LOVA_CUDA_ACTIVATIONS=f32`, as the backend ran
+/// before fp16 ones) and with fp16 ones (the default).
 #[test]
 fn one_block_bytes_match_a_hand_count() {
-    let step = roofline::plan_step(&LovaConfig::released(), 30.0).unwrap();
-    assert_eq!((step.frames, step.latent_len, step.tokens), (240, 646, 647));
-    let g = &step.graph;
-    let block: Vec<_> =
-        g.ops[step.step_ops.clone()].iter().filter(|op| g.desc(op.writes()[0]).name.starts_with("l0.")).collect();
-    let launches: Vec<_> = block.iter().flat_map(|op| roofline::kernels(g, op)).collect();
-    let bytes: u64 = launches.iter().map(|k| k.bytes()).sum();
+    for (activations, hand, conversions) in [(DType::F32, 564_996_232, 6), (DType::F16, 325_011_592, 0)] {
+        let step = roofline::plan_step_with(&LovaConfig::released(), 30.0, activations).unwrap();
+        assert_eq!((step.frames, step.latent_len, step.tokens), (240, 646, 647));
+        let g = &step.graph;
+        let block: Vec<_> =
+            g.ops[step.step_ops.clone()].iter().filter(|op| g.desc(op.writes()[0]).name.starts_with("l0.")).collect();
+        let launches: Vec<_> = block.iter().flat_map(|op| roofline::kernels(g, op)).collect();
+        let bytes: u64 = launches.iter().map(|k| k.bytes()).sum();
+        let a = activations.bytes() as u64;
+        assert_eq!(block_hand_count(a), hand, "the hand count itself, {} activations", activations.name());
+        assert_eq!(bytes, hand, "{} activations", activations.name());
+        // 3 LayerNorms, 6 Linears (each with an f32 input first converted), 2 attentions, 1 SwiGLU.
+        assert_eq!(block.len(), 12);
+        assert_eq!(launches.len(), 3 + 6 + conversions + 2 + 1);
+        assert_eq!(launches.iter().filter(|k| k.kernel == "f32_to_f16").count(), conversions);
 
+        // The flash kernel's per-tile K/V reads (from L2, reported apart):
+        // self: 11 query tiles x 24 heads x 2 sequences, each 647 keys x 64 dims x (K + V);
+        // cross: the same blocks, each 240 video tokens of its kv head.
+        let kv: u64 = launches.iter().map(|k| k.kv_tile_bytes).sum();
+        assert_eq!(kv, 11 * 24 * 2 * (647 + 240) * 64 * 2 * a);
+    }
+}
+
+/// Bytes of one DiT block of a 30 s step whose block activations take `a`
+/// bytes each (4: f32, every Linear input converted to fp16 first; 2: fp16,
+/// written so by their producers, no conversion).
+fn block_hand_count(a: u64) -> u64 {
     // Shapes: E = 1536 (width), F = 6144 (SwiGLU inner), cd = 768 (video
     // tokens), B = 2 sequences (cond + uncond) of 647 tokens: M = 1294 rows;
-    // N = 2 x 240 video-token rows. Activations are f32 (4 B), matrix weights
-    // fp16 (2 B), vector weights (gamma, beta, biases, inv_freq) f32, segment
-    // tables int32 [B + 1].
+    // N = 2 x 240 video-token rows. The residual stream is f32 (4 B), matrix
+    // weights fp16 (2 B), vector weights (gamma, beta, biases, inv_freq) f32,
+    // segment tables int32 [B + 1]. Block activations: the LayerNorm outputs,
+    // the projections, the attention outputs, SwiGLU's input and output, and
+    // the request's cross-attention K/V.
     let (e, f, cd, b, m, n) = (1536u64, 6144u64, 768u64, 2u64, 1294u64, 480u64);
-    // LayerNorm: read x, gamma and beta; write y.
-    let layer_norm = m * e * 4 + 2 * e * 4 + m * e * 4;
-    // Every Linear first converts its [M, K] input: read f32, write fp16 ...
-    let convert = |k: u64| m * k * 4 + m * k * 2;
-    // ... then the GEMM reads the fp16 input and the fp16 weight [N, K], writes f32 [M, N].
-    let gemm = |k: u64, n_out: u64| m * k * 2 + n_out * k * 2 + m * n_out * 4;
+    // LayerNorm: read x (the residual stream), gamma and beta; write y.
+    let layer_norm = m * e * 4 + 2 * e * 4 + m * e * a;
+    // An f32 Linear input is converted first: read f32, write fp16.
+    let convert = |k: u64| if a == 4 { m * k * 4 + m * k * 2 } else { 0 };
+    // The GEMM reads the fp16 input and the fp16 weight [N, K], writes [M, N] of `out` bytes.
+    let gemm = |k: u64, n_out: u64, out: u64| m * k * 2 + n_out * k * 2 + m * n_out * out;
     // Three tables (q offsets, kv offsets, query-tile starts) per attention.
     let tables = 3 * (b + 1) * 4;
-    let qkv = convert(e) + gemm(e, 3 * e);
+    let qkv = convert(e) + gemm(e, 3 * e, a);
     // Self-attention reads q, k, v (all of qkv), RoPE's 16 inv_freq, writes [M, E].
-    let self_attn = m * 3 * e * 4 + 16 * 4 + tables + m * e * 4;
-    // Output projections also read the residual [M, E].
-    let self_out = convert(e) + gemm(e, e) + m * e * 4;
-    let cross_q = convert(e) + gemm(e, e);
+    let self_attn = m * 3 * e * a + 16 * 4 + tables + m * e * a;
+    // Output projections write the residual stream (f32) and read it as their residual.
+    let self_out = convert(e) + gemm(e, e, 4) + m * e * 4;
+    let cross_q = convert(e) + gemm(e, e, a);
     // Cross-attention reads q [M, E] and k, v [N, cd] each (the request's constants).
-    let cross_attn = m * e * 4 + 2 * n * cd * 4 + tables + m * e * 4;
-    let cross_out = convert(e) + gemm(e, e) + m * e * 4;
+    let cross_attn = m * e * a + 2 * n * cd * a + tables + m * e * a;
+    let cross_out = convert(e) + gemm(e, e, 4) + m * e * 4;
     // FF up has a bias [2F] (f32), FF down a bias [E] and the residual.
-    let ff_up = convert(e) + gemm(e, 2 * f) + 2 * f * 4;
-    let swiglu = m * 2 * f * 4 + m * f * 4;
-    let ff_down = convert(f) + gemm(f, e) + e * 4 + m * e * 4;
-    let hand =
-        3 * layer_norm + qkv + self_attn + self_out + cross_q + cross_attn + cross_out + ff_up + swiglu + ff_down;
-    assert_eq!(hand, 564_996_232, "the hand count itself, about 565 MB per block");
-    assert_eq!(bytes, hand);
-    // 3 LayerNorms, 6 Linears of 2 launches (conversion + GEMM), 2 attentions, 1 SwiGLU.
-    assert_eq!(block.len(), 12);
-    assert_eq!(launches.len(), 3 + 6 * 2 + 2 + 1);
-    assert_eq!(launches.iter().filter(|k| k.kernel == "f32_to_f16").count(), 6);
-
-    // The flash kernel's per-tile K/V reads (from L2, reported apart):
-    // self: 11 query tiles x 24 heads x 2 sequences, each 647 keys x 64 dims x (K + V) x 4 B;
-    // cross: the same blocks, each 240 video tokens of its kv head.
-    let kv: u64 = launches.iter().map(|k| k.kv_tile_bytes).sum();
-    assert_eq!(kv, 11 * 24 * 2 * (647 + 240) * 64 * 2 * 4);
+    let ff_up = convert(e) + gemm(e, 2 * f, a) + 2 * f * 4;
+    let swiglu = m * 2 * f * a + m * f * a;
+    let ff_down = convert(f) + gemm(f, e, 4) + e * 4 + m * e * 4;
+    3 * layer_norm + qkv + self_attn + self_out + cross_q + cross_attn + cross_out + ff_up + swiglu + ff_down
 }
 
 /// The prediction is the sum over launches of the roofline plus the overhead
@@ -137,7 +149,8 @@ fn cli_prints_the_roofline_as_json() {
         previous = ms;
         let kinds = clip["kinds"].as_array().unwrap();
         let names: Vec<&str> = kinds.iter().map(|k| k["kernel"].as_str().unwrap()).collect();
-        for kernel in ["cublaslt_gemm", "f32_to_f16", "flash_attention_hd64", "layer_norm_f32", "swiglu_f32"] {
+        // fp16 block activations; the DiT's f32 inputs (latents, residual stream) still converted.
+        for kernel in ["cublaslt_gemm", "f32_to_f16", "flash_attention_hd64_f16", "layer_norm_f16", "swiglu_f16"] {
             assert!(names.contains(&kernel), "{kernel} missing: {names:?}");
         }
         let bytes: u64 = kinds.iter().map(|k| k["bytes"].as_u64().unwrap()).sum();
@@ -158,6 +171,15 @@ fn cli_takes_other_gpus_and_configs_and_refuses_bad_ones() {
     assert_eq!(report["settings"]["gpu"]["bandwidth_gbps"], 1000.0);
     let plain = lova_fast(&["bench", "--roofline", "--seconds", "10", "--uncaptured"]);
     assert!(String::from_utf8_lossy(&plain.stdout).contains("plain launches"));
+    // f32 block activations: more bytes than the fp16 default, the same FLOP.
+    let clip = |args: &[&str]| -> serde_json::Value {
+        let o = lova_fast(&[&["bench", "--roofline", "--seconds", "30", "--json"][..], args].concat());
+        ok(&o);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["clips"][0].clone()
+    };
+    let (fp16, f32) = (clip(&[]), clip(&["--f32-activations"]));
+    assert_eq!(fp16["flops"], f32["flops"]);
+    assert!(fp16["bytes"].as_u64().unwrap() * 3 < f32["bytes"].as_u64().unwrap() * 2, "{fp16} {f32}");
 
     failed(&lova_fast(&["bench", "--roofline", "--gpu", "a100"]), &["--gpu", "h100", "TFLOPS,GBPS"]);
     failed(&lova_fast(&["bench", "--roofline", "--gpu", "0,3000"]), &["--gpu"]);

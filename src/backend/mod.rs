@@ -1,6 +1,6 @@
 //! Backends run graph ops on one kind of device. The CPU backend (f32) is the
 //! reference every other backend is tested against, op by op; the CUDA backend
-//! (fp16 weights, f32 activations) loads the CUDA libraries at run time.
+//! (fp16 weights, fp16 block activations) loads the CUDA libraries at run time.
 
 pub mod cpu;
 pub mod cuda;
@@ -10,7 +10,7 @@ pub mod profiled;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
-use crate::graph::{ArenaPlan, Graph, Op, WeightId};
+use crate::graph::{ArenaPlan, DType, Graph, Op, WeightId};
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
 
@@ -26,6 +26,12 @@ pub trait Backend: Sync {
 
     /// The backend in words, for reports (`cpu (f32, 2 threads)`, the GPU's name).
     fn name(&self) -> String;
+    /// The type this backend keeps block activations in (`Graph::activations`):
+    /// a model graph built for this backend starts with
+    /// `Graph::with_activations(backend.activation_dtype())`. Default: f32.
+    fn activation_dtype(&self) -> DType {
+        DType::F32
+    }
     /// Allocates a buffer of `len` f32 values (an arena).
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
     /// Puts a weight on the device (in the layout and precision the backend keeps it in).
@@ -42,6 +48,21 @@ pub trait Backend: Sync {
     fn write(&self, buffer: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()>;
     /// Copies `out.len()` values of `buffer` from element `offset` on into `out`.
     fn read(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
+
+    /// Writes `data` into the fp16 tensor (`DType::F16`) at f32 slot `offset`
+    /// of `buffer`, each value rounded to fp16 (nearest even). Default: the
+    /// rounded values stored as f32, which is how the CPU backend keeps an fp16
+    /// tensor (`DType`); a device storing fp16 overrides it.
+    fn write_f16(&self, buffer: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()> {
+        let rounded: Vec<f32> = data.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        self.write(buffer, offset, &rounded)
+    }
+
+    /// Reads the fp16 tensor at f32 slot `offset` of `buffer` as f32 values
+    /// into `out` (exact). Default: as `read` (see `write_f16`).
+    fn read_f16(&self, buffer: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()> {
+        self.read(buffer, offset, out)
+    }
     /// Runs one op; its tensors live in `ctx.arena` at the offsets of `ctx.plan`.
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()>;
 

@@ -97,6 +97,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "US", requires = "roofline")]
     pub launch_us: Option<f64>,
 
+    /// --roofline: model the step with the DiT's block activations in f32
+    /// (the CUDA backend under LOVA_CUDA_ACTIVATIONS=f32) instead of fp16.
+    #[arg(long, requires = "roofline")]
+    pub f32_activations: bool,
+
     /// Print the results as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -175,8 +180,8 @@ struct BenchReport {
 pub fn run(args: BenchArgs) -> Result<()> {
     // clap skips `requires = "roofline"` when an option --roofline conflicts
     // with is given too (`--gpu h200 --device cpu`), so check it here as well.
-    if !args.roofline && (args.gpu.is_some() || args.uncaptured || args.launch_us.is_some()) {
-        bail!("--gpu, --uncaptured and --launch-us are options of --roofline; add --roofline");
+    if !args.roofline && (args.gpu.is_some() || args.uncaptured || args.launch_us.is_some() || args.f32_activations) {
+        bail!("--gpu, --uncaptured, --launch-us and --f32-activations are options of --roofline; add --roofline");
     }
     if args.steps == 0 {
         bail!("--steps must be at least 1");
@@ -218,15 +223,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (Some(path), _) | (None, Some(path)) => path.display().to_string(),
             (None, None) => "the released vl30 config".into(),
         };
-        return super::roofline::run(
-            &config,
-            name,
-            &args.seconds,
-            args.gpu.as_deref().unwrap_or("h100"),
-            !args.uncaptured,
-            args.launch_us.unwrap_or(lova_fast::roofline::DEFAULT_LAUNCH_OVERHEAD_US),
-            args.json,
-        );
+        let settings = lova_fast::roofline::Settings {
+            gpu: lova_fast::roofline::Gpu::parse(args.gpu.as_deref().unwrap_or("h100"))?,
+            captured: !args.uncaptured,
+            launch_overhead_us: args.launch_us.unwrap_or(lova_fast::roofline::DEFAULT_LAUNCH_OVERHEAD_US),
+            f32_activations: args.f32_activations,
+        };
+        return super::roofline::run(&config, name, &args.seconds, settings, args.json);
     }
     for &seconds in &args.seconds {
         let (frames, latent_len) = clip_lengths(&config, seconds);

@@ -128,7 +128,7 @@ pub enum Device {
     Auto,
     /// The CPU (f32 reference backend).
     Cpu,
-    /// The first CUDA GPU (fp16 weights, f32 activations); an error when CUDA is not usable.
+    /// The first CUDA GPU (fp16 weights and block activations); an error when CUDA is not usable.
     Cuda,
 }
 

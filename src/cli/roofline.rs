@@ -5,7 +5,8 @@
 use anyhow::{Context, Result};
 
 use lova_fast::config::LovaConfig;
-use lova_fast::roofline::{self, ClipPrediction, Gpu, Settings};
+use lova_fast::graph::DType;
+use lova_fast::roofline::{self, ClipPrediction, Settings};
 
 /// What `bench --roofline --json` prints.
 #[derive(serde::Serialize)]
@@ -22,23 +23,14 @@ const WHAT: &str = "roofline prediction of one sampler step (DiT cond + uncond, 
                     bytes / bandwidth), plus the launch overhead; a floor for today's kernels, not a measurement";
 
 /// Plans each clip's step from `config` and prints its roofline.
-pub fn run(
-    config: &LovaConfig,
-    config_name: String,
-    seconds: &[f64],
-    gpu: &str,
-    captured: bool,
-    launch_us: f64,
-    json: bool,
-) -> Result<()> {
-    let gpu = Gpu::parse(gpu)?;
-    if !(launch_us.is_finite() && launch_us >= 0.0) {
+pub fn run(config: &LovaConfig, config_name: String, seconds: &[f64], settings: Settings, json: bool) -> Result<()> {
+    if !(settings.launch_overhead_us.is_finite() && settings.launch_overhead_us >= 0.0) {
         anyhow::bail!("--launch-us must be a number of microseconds, 0 or more");
     }
-    let settings = Settings { gpu, captured, launch_overhead_us: launch_us };
+    let activations = if settings.f32_activations { DType::F32 } else { DType::F16 };
     let mut clips = Vec::with_capacity(seconds.len());
     for &s in seconds {
-        let step = roofline::plan_step(config, s).with_context(|| format!("a {s} s clip"))?;
+        let step = roofline::plan_step_with(config, s, activations).with_context(|| format!("a {s} s clip"))?;
         clips.push(roofline::predict(&step, &settings));
     }
     let report = Report { model: WHAT, config: config_name, settings, clips };
@@ -76,6 +68,11 @@ fn format_table(r: &Report) -> String {
         )
     } else {
         format!("launches: plain launches (LOVA_CUDA_GRAPHS=0), {} us each\n", s.launch_overhead_us)
+    };
+    out += if s.f32_activations {
+        "activations: the DiT's block activations in f32 (LOVA_CUDA_ACTIVATIONS=f32), the residual stream f32\n"
+    } else {
+        "activations: the DiT's block activations in fp16 (the default), the residual stream f32\n"
     };
     for c in &r.clips {
         out += &format!(

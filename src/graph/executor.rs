@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use super::ir::{Graph, TensorId, TensorKind};
+use super::ir::{DType, Graph, TensorId, TensorKind};
 use super::planner::ArenaPlan;
 use crate::backend::{Backend, OpContext};
 use crate::error::{Error, Result};
@@ -66,7 +66,10 @@ impl<'w, B: Backend> Executor<'w, B> {
                 data.len()
             )));
         }
-        self.backend.write(&mut self.arena, self.plan.offsets[t.0], data)
+        match desc.dtype {
+            DType::F32 => self.backend.write(&mut self.arena, self.plan.offsets[t.0], data),
+            DType::F16 => self.backend.write_f16(&mut self.arena, self.plan.offsets[t.0], data),
+        }
     }
 
     /// Fills rows `row..row + latent_len` of input `t` (`channels` = its width)
@@ -95,7 +98,10 @@ impl<'w, B: Backend> Executor<'w, B> {
             )));
         }
         let mut out = vec![0.0; desc.len()];
-        self.backend.read(&self.arena, self.plan.offsets[t.0], &mut out)?;
+        match desc.dtype {
+            DType::F32 => self.backend.read(&self.arena, self.plan.offsets[t.0], &mut out)?,
+            DType::F16 => self.backend.read_f16(&self.arena, self.plan.offsets[t.0], &mut out)?,
+        }
         Ok(out)
     }
 
@@ -107,6 +113,10 @@ impl<'w, B: Backend> Executor<'w, B> {
                 "rows {rows:?} of `{}` ({} rows) cannot be read",
                 desc.name, desc.rows
             )));
+        }
+        if desc.dtype != DType::F32 {
+            // An fp16 row range need not start on a whole f32 slot: read it all.
+            return Ok(self.read(t)?[rows.start * desc.cols..rows.end * desc.cols].to_vec());
         }
         let mut out = vec![0.0; rows.len() * desc.cols];
         self.backend.read(&self.arena, self.plan.offsets[t.0] + rows.start * desc.cols, &mut out)?;

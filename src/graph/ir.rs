@@ -31,7 +31,42 @@ pub enum TensorKind {
     Output,
 }
 
-/// Shape and lifetime of one graph tensor, a row-major f32 `[rows, cols]` matrix.
+/// How a backend stores a graph tensor's values.
+///
+/// The host sees f32 values whatever the type (`Executor::read`/`write`
+/// convert). Model graphs use `F16` only for block activations a backend keeps
+/// in half precision (`Graph::activations`); op tests use it anywhere. The CPU backend stores an
+/// `F16` tensor as f32 values rounded to fp16 after the op that writes it,
+/// which is exactly the value set a GPU kernel storing fp16 can hold: that
+/// makes it the GPU's twin, op by op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DType {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// IEEE binary16 (round to nearest even on store).
+    F16,
+}
+
+impl DType {
+    /// Bytes per element on a device that stores this type natively.
+    pub fn bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+
+    /// Short name, for error messages and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "fp16",
+        }
+    }
+}
+
+/// Shape and lifetime of one graph tensor, a row-major `[rows, cols]` matrix.
 #[derive(Debug, Clone)]
 pub struct TensorDesc {
     /// Debug name, used in error messages and dumps (not necessarily unique).
@@ -42,6 +77,8 @@ pub struct TensorDesc {
     pub cols: usize,
     /// Lifetime class, which decides arena sharing.
     pub kind: TensorKind,
+    /// Element type on the device.
+    pub dtype: DType,
 }
 
 impl TensorDesc {
@@ -506,6 +543,13 @@ pub struct Graph {
     pub segments: Vec<Segments>,
     /// The ops, in execution order.
     pub ops: Vec<Op>,
+    /// The type model builders give the activations that only other ops read
+    /// inside a transformer block (normalised rows, projections, attention
+    /// and feed-forward outputs; `Graph::activation`): `F32` by default (the
+    /// CPU reference), `F16` on a backend that keeps them in half precision
+    /// (`Backend::activation_dtype`). The residual stream, inputs, outputs and
+    /// state stay f32 whatever this says.
+    pub activations: DType,
 }
 
 impl Graph {
@@ -516,8 +560,13 @@ impl Graph {
 
     /// Adds a `[rows, cols]` tensor of the given kind and returns its id.
     pub fn tensor(&mut self, name: impl Into<String>, rows: usize, cols: usize, kind: TensorKind) -> TensorId {
-        self.tensors.push(TensorDesc { name: name.into(), rows, cols, kind });
+        self.tensors.push(TensorDesc { name: name.into(), rows, cols, kind, dtype: DType::F32 });
         TensorId(self.tensors.len() - 1)
+    }
+
+    /// An empty graph whose block activations have type `activations`.
+    pub fn with_activations(activations: DType) -> Self {
+        Graph { activations, ..Self::default() }
     }
 
     /// Adds a `[rows, cols]` input tensor the host writes before a run.
@@ -525,9 +574,29 @@ impl Graph {
         self.tensor(name, rows, cols, TensorKind::Input)
     }
 
+    /// Gives tensor `t` the element type `dtype` (op tests; model builders use `as_activation`).
+    pub fn set_dtype(&mut self, t: TensorId, dtype: DType) {
+        self.tensors[t.0].dtype = dtype;
+    }
+
     /// Adds a `[rows, cols]` temporary; `mark_output`/`mark_state` can promote it.
     pub fn temp(&mut self, name: impl Into<String>, rows: usize, cols: usize) -> TensorId {
         self.tensor(name, rows, cols, TensorKind::Temp)
+    }
+
+    /// Gives the temporary `t`, which the last op pushed writes and no op has
+    /// read yet, the type `self.activations`: a block activation that only
+    /// ops read. Returns `t`, so that a builder writes
+    /// `let n = layer_norm(g, ...); let n = g.as_activation(n);`.
+    pub fn as_activation(&mut self, t: TensorId) -> TensorId {
+        let fresh =
+            self.ops.last().is_some_and(|op| op.writes() == [t]) && !self.ops.iter().any(|op| op.reads().contains(&t));
+        assert!(
+            self.tensors[t.0].kind == TensorKind::Temp && fresh,
+            "graph bug: only a fresh temporary becomes a block activation"
+        );
+        self.tensors[t.0].dtype = self.activations;
+        t
     }
 
     /// Adds a sequence layout, reusing the id of an equal one already present.

@@ -14,8 +14,8 @@ mod planner;
 
 pub use executor::Executor;
 pub use ir::{
-    AdaLnModulation, ColumnSlice, Graph, Op, Rope, Segments, SegmentsId, Snake, TensorDesc, TensorId, TensorKind,
-    WeightId, scalar_slot,
+    AdaLnModulation, ColumnSlice, DType, Graph, Op, Rope, Segments, SegmentsId, Snake, TensorDesc, TensorId,
+    TensorKind, WeightId, scalar_slot,
 };
 pub use ops::OpKind;
 pub use planner::{ARENA_ALIGN, ArenaPlan};

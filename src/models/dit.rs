@@ -243,7 +243,10 @@ impl<B: Backend> Dit<B> {
         let ctx = linear(g, "cond_tokens", ch, &ids.cond_embed[1], None);
         let context = add_positional(g, "context", ctx, ids.pos_emb_cond, (cd as f32).powf(-0.5), context_seg);
         (0..ids.blocks.len())
-            .map(|i| linear(g, format!("l{i}.cross_kv"), context, &ids.blocks[i].to_kv, None))
+            .map(|i| {
+                let kv = linear(g, format!("l{i}.cross_kv"), context, &ids.blocks[i].to_kv, None);
+                g.as_activation(kv)
+            })
             .collect()
     }
 
@@ -324,20 +327,28 @@ impl<B: Backend> Dit<B> {
                 None => linear(g, name, branch_in, w, Some(h)),
                 Some(table) => {
                     let branch = linear(g, format!("{name}.branch"), branch_in, w, None);
+                    let branch = g.as_activation(branch);
                     gated_residual(g, name, branch, h, table, gate * e, seqs.tokens)
                 }
             };
 
+        // Every tensor of a block but the residual stream `h` is a block
+        // activation (`Graph::activations`: fp16 on CUDA, f32 on the CPU).
         // Self-attention with RoPE over each sequence's own tokens.
         let n = layer_norm(g, format!("l{i}.pre_norm"), h, &ids.pre_norm, modulation(0));
+        let n = g.as_activation(n);
         let qkv = linear(g, format!("l{i}.qkv"), n, &ids.to_qkv, None);
+        let qkv = g.as_activation(qkv);
         let rope = Rope { inv_freq: self.ids.inv_freq, rotary_dim: ROTARY_DIM };
         let attn = self_attention(g, format!("l{i}.self_attn"), qkv, seqs.tokens, &heads(c.num_heads, Some(rope)));
+        let attn = g.as_activation(attn);
         let h = residual(g, format!("l{i}.after_self_attn"), attn, &ids.self_out, 2, h);
 
         // Cross-attention to the video tokens (grouped-query, no RoPE, never modulated).
         let n = layer_norm(g, format!("l{i}.cross_norm"), h, &ids.cross_norm, None);
+        let n = g.as_activation(n);
         let q = linear(g, format!("l{i}.cross_q"), n, &ids.to_q, None);
+        let q = g.as_activation(q);
         let kv = layer.cross_kv;
         let qkv = [
             ColumnSlice { tensor: q, offset: 0, width: e },
@@ -345,16 +356,21 @@ impl<B: Backend> Dit<B> {
             ColumnSlice { tensor: kv, offset: cd, width: cd },
         ];
         let attn = attention(g, format!("l{i}.cross_attn"), qkv, seqs.tokens, seqs.context, &heads(c.kv_heads(), None));
+        let attn = g.as_activation(attn);
         let h = linear(g, format!("l{i}.after_cross_attn"), attn, &ids.cross_out, Some(h));
 
         // SwiGLU feed-forward.
         let n = layer_norm(g, format!("l{i}.ff_norm"), h, &ids.ff_norm, modulation(3));
+        let n = g.as_activation(n);
         let up = linear(g, format!("l{i}.ff_up"), n, &ids.ff_in, None);
-        let act = swiglu(g, format!("l{i}.ff_act"), up);
+        let up = g.as_activation(up);
+        let ff = swiglu(g, format!("l{i}.ff_act"), up);
+        let ff = g.as_activation(ff);
         match table {
-            None => linear(g, format!("l{i}.after_ff"), act, &ids.ff_out, Some(h)),
+            None => linear(g, format!("l{i}.after_ff"), ff, &ids.ff_out, Some(h)),
             Some(table) => {
-                let branch = linear(g, format!("l{i}.ff_branch"), act, &ids.ff_out, None);
+                let branch = linear(g, format!("l{i}.ff_branch"), ff, &ids.ff_out, None);
+                let branch = g.as_activation(branch);
                 gated_residual(g, format!("l{i}.after_ff"), branch, h, table, 5 * e, seqs.tokens)
             }
         }
@@ -380,7 +396,7 @@ impl<B: Backend> Dit<B> {
                 .collect(),
         };
         self.check_batch(&batch)?;
-        let mut g = Graph::new();
+        let mut g = Graph::with_activations(backend.activation_dtype());
         let x = g.input("x", batch.latent_rows(), io);
         let t = g.input("t", batch.len(), 1);
         let f = g.input("features", batch.context_rows(), cd);

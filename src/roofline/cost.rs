@@ -3,13 +3,15 @@
 //! and small tables) and bytes written. This mirrors src/backend/cuda (the
 //! launchers) and kernels/*.cu; change it with them.
 //!
-//! Dtypes, from the backend: the arena (every activation, the residual stream,
-//! the sampler state) is f32; weights with two or more dimensions are fp16
-//! (linear layers, conv weights, the position tables), vectors are f32 (gamma,
-//! beta, biases, inv_freq; `CudaWeight`). A Linear is two launches: `f32_to_f16`
-//! writes its input as fp16 into a scratch buffer, then a cuBLASLt GEMM reads
-//! that and the fp16 weight and writes f32, with the bias and the residual in
-//! its epilogue (assumed fused: cuBLASLt's heuristic offers the bias epilogue
+//! Dtypes, from the graph and the backend: every tensor has its `DType` (the
+//! DiT's block activations are fp16 on CUDA, `Graph::activations`; the
+//! residual stream, the sampler state and everything else f32); weights with
+//! two or more dimensions are fp16 (linear layers, conv weights, the position
+//! tables), vectors are f32 (gamma, beta, biases, inv_freq; `CudaWeight`). A
+//! Linear with an fp16 input is one launch, a cuBLASLt GEMM reading it and the
+//! fp16 weight and writing the output's type; with an f32 input it is two:
+//! `f32_to_f16` writes the input as fp16 into a scratch buffer first. The
+//! GEMM has the bias and the residual in its epilogue (assumed fused: cuBLASLt's heuristic offers the bias epilogue
 //! for these shapes; when it does not, the backend adds one `add_bias_rows`
 //! launch, which this model does not count). A GEMM counts as one kernel,
 //! though cuBLASLt may pick a split-K algorithm with a second, reducing one.
@@ -29,9 +31,9 @@
 //! last tile (the roofline's compute time uses it).
 
 use crate::backend::cuda::attention::{AttentionKernel, attention_kernel};
-use crate::graph::{ColumnSlice, Graph, Op, Segments, TensorId};
+use crate::graph::{ColumnSlice, DType, Graph, Op, Segments, TensorId};
 
-/// Bytes of an f32 value (the arena, vector weights, tables of offsets).
+/// Bytes of an f32 value (f32 tensors, vector weights, tables of offsets).
 const F32: u64 = 4;
 /// Bytes of an fp16 value (matrix weights, GEMM operands).
 const F16: u64 = 2;
@@ -76,6 +78,9 @@ impl KernelCost {
 /// its launcher does.
 pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
     let len = |t: TensorId| g.desc(t).len() as u64;
+    // A whole tensor's bytes in its own type.
+    let bytes = |t: TensorId| len(t) * g.desc(t).dtype.bytes() as u64;
+    let fp16 = |t: TensorId| g.desc(t).dtype == DType::F16;
     let cols = |t: TensorId| g.desc(t).cols as u64;
     // A segment table: `count + 1` int32 offsets.
     let offsets = |s: &Segments| (s.count() as u64 + 1) * F32;
@@ -86,20 +91,20 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
     match op {
         Op::Linear { x, bias, residual, out, .. } => {
             let (m, k, n) = (g.desc(*x).rows as u64, cols(*x), cols(*out));
-            let convert = simple("f32_to_f16", m * k * F32, m * k * F16);
             let gemm = KernelCost {
                 flops,
                 tile_flops: flops,
                 weight_bytes: n * k * F16 + bias.map_or(0, |_| n * F32),
-                read_bytes: m * k * F16 + residual.map_or(0, |r| len(r) * F32),
-                write_bytes: m * n * F32,
+                read_bytes: m * k * F16 + residual.map_or(0, bytes),
+                write_bytes: bytes(*out),
                 ..KernelCost::new("cublaslt_gemm")
             };
-            vec![convert, gemm]
+            if fp16(*x) { vec![gemm] } else { vec![simple("f32_to_f16", m * k * F32, m * k * F16), gemm] }
         }
         Op::LayerNorm { x, modulation, out, .. } => {
             let c = cols(*x);
-            let mut k = simple("layer_norm_f32", len(*x) * F32, len(*out) * F32);
+            let kernel = if fp16(*out) { "layer_norm_f16" } else { "layer_norm_f32" };
+            let mut k = simple(kernel, bytes(*x), bytes(*out));
             k.weight_bytes = 2 * c * F32;
             if let Some(m) = modulation {
                 let seg = g.seg(m.segments);
@@ -110,13 +115,16 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
         }
         Op::GatedResidual { branch, residual, segments, out, .. } => {
             let seg = g.seg(*segments);
-            let mut k = simple("gated_residual_f32", (len(*branch) + len(*residual)) * F32, len(*out) * F32);
+            let kernel = if fp16(*branch) { "gated_residual_f16" } else { "gated_residual_f32" };
+            let mut k = simple(kernel, bytes(*branch) + bytes(*residual), bytes(*out));
             k.table_bytes = offsets(seg) + seg.count() as u64 * cols(*out) * F32;
             vec![k]
         }
         Op::Silu { x, out } => vec![simple("silu_f32", len(*x) * F32, len(*out) * F32)],
         Op::QuickGelu { x, out } => vec![simple("quick_gelu_f32", len(*x) * F32, len(*out) * F32)],
-        Op::SwiGlu { x, out } => vec![simple("swiglu_f32", len(*x) * F32, len(*out) * F32)],
+        Op::SwiGlu { x, out } => {
+            vec![simple(if fp16(*x) { "swiglu_f16" } else { "swiglu_f32" }, bytes(*x), bytes(*out))]
+        }
         Op::TimestepFeatures { t, out, .. } => {
             let mut k = simple("timestep_features", len(*t) * F32, len(*out) * F32);
             k.weight_bytes = cols(*out) / 2 * F32;
@@ -228,13 +236,16 @@ fn attention(g: &Graph, op: &Op, flops: u64) -> KernelCost {
     };
     let (qs, ks) = (g.seg(*q_segments), g.seg(*kv_segments));
     let (heads, kv_heads, hd) = (*heads as u64, *kv_heads as u64, *head_dim as u64);
+    // One element type for q, k, v and out (the launcher refuses a mix).
+    let elem = g.desc(*out).dtype.bytes() as u64;
     let kernel = match attention_kernel(*head_dim, rope.map(|r| r.rotary_dim)) {
+        AttentionKernel::Flash if elem == F16 => "flash_attention_hd64_f16",
         AttentionKernel::Flash => "flash_attention_hd64",
         // Other head dims (no model has one) run the f32 kernel; modelled with the same bytes.
         AttentionKernel::F32 => "attention_f32",
     };
     // The q, k and v column slices: only their heads' columns of their rows are read.
-    let slice = |s: &ColumnSlice, rows: usize, width: u64| rows as u64 * width.min(s.width as u64) * F32;
+    let slice = |s: &ColumnSlice, rows: usize, width: u64| rows as u64 * width.min(s.width as u64) * elem;
     let q_bytes = slice(q, qs.total(), heads * hd);
     let kv_bytes = slice(k, ks.total(), kv_heads * hd) + slice(v, ks.total(), kv_heads * hd);
     // Per sequence: ceil(Lq / 64) query tiles, each reading all Lk keys and values of every head's kv head.
@@ -243,16 +254,16 @@ fn attention(g: &Graph, op: &Op, flops: u64) -> KernelCost {
         let (lq, lk) = (qs.len_of(b) as u64, ks.len_of(b) as u64);
         let (q_tiles, k_tiles) = (lq.div_ceil(FLASH_TILE), lk.div_ceil(FLASH_TILE));
         tile_flops += 4 * (q_tiles * FLASH_TILE) * (k_tiles * FLASH_TILE) * heads * hd;
-        kv_tile_bytes += q_tiles * heads * 2 * lk * hd * F32;
+        kv_tile_bytes += q_tiles * heads * 2 * lk * hd * elem;
     }
     KernelCost {
         kernel,
         flops,
-        tile_flops: if kernel == "flash_attention_hd64" { tile_flops } else { flops },
+        tile_flops: if kernel == "attention_f32" { flops } else { tile_flops },
         // RoPE's inv_freq (f32): rotary_dim / 2 values.
         weight_bytes: rope.map_or(0, |r| r.rotary_dim as u64 / 2 * F32),
         read_bytes: q_bytes + kv_bytes,
-        write_bytes: g.desc(*out).len() as u64 * F32,
+        write_bytes: g.desc(*out).len() as u64 * elem,
         // q and kv offsets, and the query-tile starts (count + 1 int32 each).
         table_bytes: 3 * (qs.count() as u64 + 1) * F32,
         kv_tile_bytes,

@@ -24,7 +24,7 @@ pub mod step;
 
 pub use cost::{KernelCost, kernels};
 pub use gpu::Gpu;
-pub use step::{StepGraph, plan_step};
+pub use step::{StepGraph, plan_step, plan_step_with};
 
 /// Launch overhead per host-issued launch, microseconds: what `cuLaunchKernel`
 /// (~2-3 us) and `cublasLtMatmul` (~4-5 us) cost the host per call. When the
@@ -44,6 +44,9 @@ pub struct Settings {
     pub captured: bool,
     /// Cost of one host-issued launch, microseconds.
     pub launch_overhead_us: f64,
+    /// The graph's block activations in f32 (`LOVA_CUDA_ACTIVATIONS=f32`)
+    /// rather than fp16 (the backend's default); used when planning the step.
+    pub f32_activations: bool,
 }
 
 /// One op kind and kernel of the step (e.g. `linear` / `f32_to_f16`), summed over its launches.

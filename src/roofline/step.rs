@@ -8,15 +8,16 @@ use std::ops::Range;
 use crate::backend::{Backend, OpContext};
 use crate::config::LovaConfig;
 use crate::error::Result;
-use crate::graph::{Graph, Op};
+use crate::graph::{DType, Graph, Op};
 use crate::models::Dit;
 use crate::sampler::{Request, RequestNoise, SamplerSettings, Sampling};
 use crate::tensor::HostTensor;
 use crate::weights::{RandomWeights, TensorSource};
 
 /// A backend of shapes: weights are their element counts, buffers are
-/// nothing, ops do nothing. Enough for the executor to check and plan a graph.
-struct ShapeBackend;
+/// nothing, ops do nothing. Enough for the executor to check and plan a graph
+/// whose block activations have the given type (as the CUDA backend's).
+struct ShapeBackend(DType);
 
 impl Backend for ShapeBackend {
     type Buffer = ();
@@ -24,6 +25,9 @@ impl Backend for ShapeBackend {
 
     fn name(&self) -> String {
         "shapes only".into()
+    }
+    fn activation_dtype(&self) -> DType {
+        self.0
     }
     fn alloc(&self, _len: usize) -> Result<()> {
         Ok(())
@@ -77,17 +81,25 @@ pub struct StepGraph {
 }
 
 /// Plans the step graph of one clip of `seconds` (video at the model's fps,
-/// audio as long), as `bench` builds it: one request, the paper's settings.
+/// audio as long), as `bench` builds it on CUDA: one request, the paper's
+/// settings, fp16 block activations (the CUDA backend's default).
 pub fn plan_step(config: &LovaConfig, seconds: f64) -> Result<StepGraph> {
+    plan_step_with(config, seconds, DType::F16)
+}
+
+/// `plan_step` with block activations of type `activations` (f32: the CUDA
+/// backend under `LOVA_CUDA_ACTIVATIONS=f32`, as it ran before fp16 ones).
+pub fn plan_step_with(config: &LovaConfig, seconds: f64, activations: DType) -> Result<StepGraph> {
+    let shapes = ShapeBackend(activations);
     let frames = (seconds * config.fps).ceil() as usize;
     let latent_len = config.latent_len_for_seconds(seconds);
     config.check_lengths(latent_len, frames)?;
-    let dit = Dit::load(&ShapeBackend, &RandomWeights { seed: 0 }, &config.dit, "")?;
+    let dit = Dit::load(&shapes, &RandomWeights { seed: 0 }, &config.dit, "")?;
     let cd = config.dit.cond_token_dim;
     let features = HostTensor::new(vec![frames, cd], vec![0.0; frames * cd]);
     let noise = RequestNoise { seed: 0, initial: None, steps: None };
     let requests = [Request { features, latent_len, cfg_scale: 5.0, noise }];
-    let sampling = Sampling::new(&ShapeBackend, &dit, &requests, &SamplerSettings::default())?;
+    let sampling = Sampling::new(&shapes, &dit, &requests, &SamplerSettings::default())?;
     let (graph, step_ops) = sampling.step_graph();
     Ok(StepGraph {
         graph: graph.clone(),

@@ -339,7 +339,7 @@ impl<'a, B: Backend> Sampling<'a, B> {
             return Err(Error::Limit(format!("the batch's schedules have {table_rows} steps in all, more than 2^24")));
         }
 
-        let mut g = Graph::new();
+        let mut g = Graph::with_activations(backend.activation_dtype());
         let scalars = g.input("step_scalars", members.len(), slot::COUNT);
         let t_table = g.input("schedule_t", table_rows, 1);
         let features = g.input("features", batch.context_rows(), cd);

@@ -48,7 +48,7 @@ struct Desc {
     int transa = 0, transb = 0;
     int epilogue = CUBLASLT_EPILOGUE_DEFAULT;
     uint64_t bias = 0;
-    int bias_type = -1;  // default: D's type (here: the scale type for f32 outputs)
+    int bias_type = -1;  // default (-1): D's type
     int64_t bias_batch_stride = 0;
 };
 struct Pref {
@@ -129,8 +129,12 @@ Status validate(const Desc& d, const Layout& a, const Layout& b, const Layout& c
         why = "epilogue " + std::to_string(d.epilogue) + " is not emulated";
         return CUBLAS_STATUS_NOT_SUPPORTED;
     }
-    if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && d.bias_type != -1 && d.bias_type != CUDA_R_32F) {
-        why = "only an f32 bias is emulated";
+    // CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: -1 means D's type, so an fp16 D with
+    // the default reads an fp16 bias; only f32 biases are emulated, so that
+    // case is refused rather than read as f32.
+    int bias_type = d.bias_type == -1 ? dd.type : d.bias_type;
+    if (d.epilogue == CUBLASLT_EPILOGUE_BIAS && bias_type != CUDA_R_32F) {
+        why = "only an f32 bias is emulated (an fp16 D needs CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = CUDA_R_32F)";
         return CUBLAS_STATUS_NOT_SUPPORTED;
     }
     return CUBLAS_STATUS_SUCCESS;

@@ -42,7 +42,7 @@ pub use precision::{Isa, Precision, Resolved};
 
 use super::{Backend, OpContext};
 use crate::error::{Error, Result};
-use crate::graph::Op;
+use crate::graph::{DType, Op};
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
 
@@ -51,12 +51,15 @@ use crate::weights::TensorSource;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuBackend {
     gemm: Resolved,
+    /// The type model graphs give their block activations (`Graph::activations`):
+    /// f32, or fp16 to run the CUDA backend's graph as its twin.
+    activations: DType,
 }
 
 /// The f32 reference backend as a value. `CpuBackend` was a unit struct, and
 /// every caller wrote `&CpuBackend` for it; this keeps that meaning.
 #[allow(non_upper_case_globals)]
-pub const CpuBackend: CpuBackend = CpuBackend { gemm: Resolved::F32 };
+pub const CpuBackend: CpuBackend = CpuBackend { gemm: Resolved::F32, activations: DType::F32 };
 
 impl Default for CpuBackend {
     fn default() -> Self {
@@ -139,7 +142,7 @@ impl CpuBackend {
 
     /// `precision` resolved against this CPU (`Precision::resolve`).
     pub fn with_precision(precision: Precision) -> Self {
-        CpuBackend { gemm: precision.resolve() }
+        CpuBackend { gemm: precision.resolve(), ..CpuBackend }
     }
 
     /// bf16 GEMMs with one given kernel (tests and benchmarks of each
@@ -148,7 +151,15 @@ impl CpuBackend {
         if !isa.supported() {
             return Err(Error::InvalidInput(format!("this CPU cannot run the {} bf16 kernel", isa.name())));
         }
-        Ok(CpuBackend { gemm: Resolved::Bf16(isa) })
+        Ok(CpuBackend { gemm: Resolved::Bf16(isa), ..CpuBackend })
+    }
+
+    /// This backend, building model graphs with fp16 block activations
+    /// (rounded to fp16 after the op that writes them, `DType`): the graph the
+    /// CUDA backend runs, in f32 arithmetic. For measuring what fp16
+    /// activations cost in accuracy, and as the GPU path's twin end to end.
+    pub fn with_fp16_activations(self) -> Self {
+        CpuBackend { activations: DType::F16, ..self }
     }
 
     /// What the Linear ops run: f32, or bf16 weights with which kernel.
@@ -190,14 +201,22 @@ impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
     type Weight = CpuWeight;
 
+    fn activation_dtype(&self) -> DType {
+        self.activations
+    }
+
     fn name(&self) -> String {
-        match self.gemm {
+        let name = match self.gemm {
             Resolved::F32 => format!("cpu (f32, {} threads)", rayon::current_num_threads()),
             Resolved::Bf16(isa) => format!(
                 "cpu (bf16 weights in Linear and conv ops, {} kernel; fast softmax; f32 elsewhere; {} threads)",
                 isa.name(),
                 rayon::current_num_threads()
             ),
+        };
+        match self.activations {
+            DType::F32 => name,
+            DType::F16 => format!("{name}, fp16 block activations"),
         }
     }
 
@@ -278,10 +297,12 @@ impl Backend for CpuBackend {
 
     /// One line per op: each op's operand plumbing lives with its function
     /// in the topic module (elementwise, norm, linear, attention, sampler_ops,
-    /// conv, vision_ops), the shared part once in `operands`.
+    /// conv, vision_ops), the shared part once in `operands`. Every op
+    /// computes in f32 whatever its tensors' `DType`; fp16 outputs are then
+    /// rounded as a GPU's store rounds them.
     fn run_op(&self, op: &Op, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         let io = Operands::new(*self, ctx, op)?;
-        match op {
+        let ran = match op {
             Op::Linear { .. } => io.linear(op),
             Op::LayerNorm { .. } => io.layer_norm(op),
             Op::GatedResidual { .. } => io.gated_residual(op),
@@ -304,6 +325,9 @@ impl Backend for CpuBackend {
             Op::PrependWeightRow { .. } => io.prepend_weight_row(op),
             Op::QuickGelu { x, out } => io.quick_gelu(*x, *out),
             Op::FirstRows { .. } => io.first_rows(op),
-        }
+        };
+        ran?;
+        io.round_fp16_outputs();
+        Ok(())
     }
 }

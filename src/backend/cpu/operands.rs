@@ -14,10 +14,13 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 
+use half::f16;
+use rayon::prelude::*;
+
 use super::{CpuBackend, CpuWeight};
 use crate::backend::OpContext;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Op, Segments, SegmentsId, TensorDesc, TensorId, WeightId};
+use crate::graph::{DType, Graph, Op, Segments, SegmentsId, TensorDesc, TensorId, WeightId};
 
 pub(super) struct Operands<'a> {
     pub(super) backend: CpuBackend,
@@ -69,6 +72,20 @@ impl<'a> Operands<'a> {
         let r = self.ranges[t.0].clone();
         // SAFETY: inside the arena, and disjoint from every other operand of this op (checked in `new`).
         unsafe { std::slice::from_raw_parts_mut(self.base.add(r.start), r.len()) }
+    }
+
+    /// Rounds the values of every fp16 tensor the op wrote to fp16 (round to
+    /// nearest even, as a GPU kernel's store does): what such a tensor holds
+    /// on the CPU is then exactly what it holds on a device that stores fp16
+    /// (`DType`). Called once the op has run.
+    pub(super) fn round_fp16_outputs(&self) {
+        for &t in &self.written {
+            if self.desc(t).dtype == DType::F16 {
+                self.output(t).par_chunks_mut(1 << 14).for_each(|chunk| {
+                    chunk.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+                });
+            }
+        }
     }
 
     pub(super) fn desc(&self, t: TensorId) -> &'a TensorDesc {

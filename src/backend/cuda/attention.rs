@@ -2,7 +2,9 @@
 //! `backend::cpu::attention`):
 //! - `flash_attention_hd64` (kernels/flash_attention.cu): the fused tensor-core
 //!   kernel (fp16 operands, f32 accumulation and softmax) for head_dim 64, which
-//!   is every attention of the models (DiT self- and cross-attention, CLIP);
+//!   is every attention of the models (DiT self- and cross-attention, CLIP),
+//!   on f32 tensors or (`flash_attention_hd64_f16`) fp16 ones, the DiT's block
+//!   activations; fp16 tensors have no fallback;
 //! - `attention_f32` (kernels/attention.cu): the f32 CUDA-core fallback for any
 //!   other head_dim up to 128 (op tests use some), for a RoPE whose rotary_dim
 //!   is over 32 or not a multiple of 8, and for operands not aligned for float4 loads
@@ -14,7 +16,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use super::kernels::{self as k, Ptr};
 use super::launch::{Launcher, wrong_op};
 use crate::error::{Error, Result};
-use crate::graph::{ColumnSlice, Op, Segments, TensorId};
+use crate::graph::{ColumnSlice, DType, Op, Segments, TensorId};
 
 /// kernels/flash_attention.cu: head_dim, queries per block, threads per block.
 pub const FLASH_HEAD_DIM: usize = 64;
@@ -63,11 +65,12 @@ pub(super) fn tile_starts(seg: &Segments) -> Vec<u32> {
     starts
 }
 
-/// The flash kernel reads q, k, v as float4 (16-byte aligned rows) and writes float2.
-fn flash_operands_aligned(pointers: &[CUdeviceptr], lds: &[usize], out: CUdeviceptr, out_ld: usize) -> bool {
-    pointers.iter().all(|p| p.is_multiple_of(16))
+/// The flash kernel reads q, k, v 4 elements at a time (rows aligned for a
+/// float4, or 4 halves) and writes 2 at a time; `elem` is the element size in bytes.
+fn flash_operands_aligned(elem: u64, pointers: &[CUdeviceptr], lds: &[usize], out: CUdeviceptr, out_ld: usize) -> bool {
+    pointers.iter().all(|p| p.is_multiple_of(4 * elem))
         && lds.iter().all(|ld| ld.is_multiple_of(4))
-        && out.is_multiple_of(8)
+        && out.is_multiple_of(2 * elem)
         && out_ld.is_multiple_of(2)
 }
 
@@ -95,8 +98,13 @@ impl Launcher<'_> {
         if max_q == 0 || qs.count() == 0 || heads == 0 {
             return Ok(());
         }
+        // One element type for all four operands: f32, or fp16 (flash kernel only).
+        let dtype = self.dtype(q.tensor);
+        if let Some(t) = [k.tensor, v.tensor, *out].into_iter().find(|&t| self.dtype(t) != dtype) {
+            return Err(self.unsupported_dtype(op, t));
+        }
         let (q_offsets, kv_offsets) = (self.offsets(*q_segments)?, self.offsets(*kv_segments)?);
-        let col_ptr = |s: &ColumnSlice| self.ptr(s.tensor).add_f32(s.offset);
+        let col_ptr = |s: &ColumnSlice| self.column_ptr(s.tensor, s.offset);
         let (qp, kp, vp, op_) = (col_ptr(q), col_ptr(k), col_ptr(v), self.ptr(*out));
         let cols = |t: TensorId| self.desc(t).cols;
         let (q_ld, k_ld, v_ld, out_ld) = (cols(q.tensor), cols(k.tensor), cols(v.tensor), cols(*out));
@@ -104,8 +112,15 @@ impl Launcher<'_> {
         if lds.iter().any(|&ld| ld > i32::MAX as usize) {
             return Err(Error::Limit(format!("attention `{name}`: a row of more than 2^31 values")));
         }
+        let elem = dtype.bytes() as u64;
         let flash = attention_kernel(hd, rope.map(|r| r.rotary_dim)) == AttentionKernel::Flash
-            && flash_operands_aligned(&[qp.0, kp.0, vp.0], &[q_ld, k_ld, v_ld], op_.0, out_ld);
+            && flash_operands_aligned(elem, &[qp.0, kp.0, vp.0], &[q_ld, k_ld, v_ld], op_.0, out_ld);
+        if dtype == DType::F16 && !flash {
+            return Err(Error::InvalidInput(format!(
+                "attention `{name}`: fp16 operands need the flash kernel (head_dim {FLASH_HEAD_DIM}, rotary_dim a \
+                 multiple of 8 up to {FLASH_MAX_ROTARY_DIM}, rows aligned for 4-element loads)"
+            )));
+        }
         if flash {
             let starts = tile_starts(qs);
             let total_tiles = starts.last().copied().unwrap_or(0) as usize;
@@ -117,26 +132,58 @@ impl Launcher<'_> {
                 block_dim: (FLASH_THREADS, 1, 1),
                 shared_mem_bytes: 0, // static: 35,840 bytes
             };
-            let kernel = k::FlashAttentionHd64 {
-                q: qp,
-                q_ld: q_ld as i32,
-                k: kp,
-                k_ld: k_ld as i32,
-                v: vp,
-                v_ld: v_ld as i32,
-                q_offsets,
-                kv_offsets,
-                tile_starts: self.table(starts)?,
-                count: qs.count() as i32,
-                heads: heads as i32,
-                kv_heads: kv_heads as i32,
-                scale: *scale,
-                inv_freq,
-                rotary_dim: rotary_dim as i32,
-                out: op_,
-                out_ld: out_ld as i32,
+            let (q, k, v, out) = (qp, kp, vp, op_);
+            let (q_ld, k_ld, v_ld, out_ld) = (q_ld as i32, k_ld as i32, v_ld as i32, out_ld as i32);
+            let (tile_starts, count, heads, kv_heads) =
+                (self.table(starts)?, qs.count() as i32, heads as i32, kv_heads as i32);
+            let (scale, rotary_dim) = (*scale, rotary_dim as i32);
+            // One kernel body, two entry points with the same parameters.
+            return match dtype {
+                DType::F32 => self.launch(
+                    cfg,
+                    k::FlashAttentionHd64 {
+                        q,
+                        q_ld,
+                        k,
+                        k_ld,
+                        v,
+                        v_ld,
+                        q_offsets,
+                        kv_offsets,
+                        tile_starts,
+                        count,
+                        heads,
+                        kv_heads,
+                        scale,
+                        inv_freq,
+                        rotary_dim,
+                        out,
+                        out_ld,
+                    },
+                ),
+                DType::F16 => self.launch(
+                    cfg,
+                    k::FlashAttentionHd64F16 {
+                        q,
+                        q_ld,
+                        k,
+                        k_ld,
+                        v,
+                        v_ld,
+                        q_offsets,
+                        kv_offsets,
+                        tile_starts,
+                        count,
+                        heads,
+                        kv_heads,
+                        scale,
+                        inv_freq,
+                        rotary_dim,
+                        out,
+                        out_ld,
+                    },
+                ),
             };
-            return self.launch(cfg, kernel);
         }
         if qs.count() > MAX_GRID_Y {
             return Err(Error::Limit(format!(
@@ -197,9 +244,13 @@ mod tests {
 
     #[test]
     fn misaligned_operands_fall_back() {
-        assert!(flash_operands_aligned(&[0, 256, 4096], &[4608, 64], 512, 1536));
-        assert!(!flash_operands_aligned(&[4], &[64], 0, 64), "a pointer 4 bytes off a float4");
-        assert!(!flash_operands_aligned(&[0], &[66], 0, 64), "rows of 66 floats misalign every other row");
-        assert!(!flash_operands_aligned(&[0], &[64], 4, 64), "output not float2-aligned");
+        assert!(flash_operands_aligned(4, &[0, 256, 4096], &[4608, 64], 512, 1536));
+        assert!(!flash_operands_aligned(4, &[4], &[64], 0, 64), "a pointer 4 bytes off a float4");
+        assert!(!flash_operands_aligned(4, &[0], &[66], 0, 64), "rows of 66 floats misalign every other row");
+        assert!(!flash_operands_aligned(4, &[0], &[64], 4, 64), "output not float2-aligned");
+        // fp16: 8-byte loads, 4-byte stores.
+        assert!(flash_operands_aligned(2, &[8, 136], &[4608, 64], 4, 1536));
+        assert!(!flash_operands_aligned(2, &[4], &[64], 0, 64), "a pointer 4 bytes off an 8-byte load");
+        assert!(!flash_operands_aligned(2, &[0], &[64], 2, 64), "output not fp16x2-aligned");
     }
 }

@@ -5,7 +5,7 @@
 use super::kernels::{self as k};
 use super::launch::{Launcher, wrong_op};
 use crate::error::Result;
-use crate::graph::{Op, TensorId};
+use crate::graph::{DType, Op, TensorId};
 
 impl Launcher<'_> {
     pub(super) fn silu(&mut self, x: TensorId, out: TensorId) -> Result<()> {
@@ -13,10 +13,19 @@ impl Launcher<'_> {
         self.elementwise(n, k::SiluF32 { x: self.ptr(x), out: self.ptr(out), n: n as i64 })
     }
 
-    pub(super) fn swiglu(&mut self, x: TensorId, out: TensorId) -> Result<()> {
-        let d = self.desc(out);
-        let kernel = k::SwigluF32 { x: self.ptr(x), out: self.ptr(out), rows: d.rows as i64, f: d.cols as i64 };
-        self.elementwise(d.len(), kernel)
+    pub(super) fn swiglu(&mut self, op: &Op) -> Result<()> {
+        let Op::SwiGlu { x, out } = op else { return Err(wrong_op(op, "swiglu")) };
+        let d = self.desc(*out);
+        let (rows, f) = (d.rows as i64, d.cols as i64);
+        let (xp, outp) = (self.ptr(*x), self.ptr(*out));
+        match (self.dtype(*x), self.dtype(*out)) {
+            (DType::F32, DType::F32) => self.elementwise(d.len(), k::SwigluF32 { x: xp, out: outp, rows, f }),
+            // Two columns per thread (fp16x2 loads and stores).
+            (DType::F16, DType::F16) if f % 2 == 0 => {
+                self.elementwise(d.len() / 2, k::SwigluF16 { x: xp, out: outp, rows, f })
+            }
+            _ => Err(self.unsupported_dtype(op, *out)),
+        }
     }
 
     pub(super) fn timestep_features(&mut self, op: &Op) -> Result<()> {

@@ -19,7 +19,12 @@ impl Ptr {
 
     /// `self` advanced by `floats` f32 values.
     pub fn add_f32(self, floats: usize) -> Ptr {
-        Ptr(self.0 + (floats * std::mem::size_of::<f32>()) as CUdeviceptr)
+        self.add_bytes(floats * std::mem::size_of::<f32>())
+    }
+
+    /// `self` advanced by `bytes` bytes.
+    pub fn add_bytes(self, bytes: usize) -> Ptr {
+        Ptr(self.0 + bytes as CUdeviceptr)
     }
 }
 
@@ -112,11 +117,15 @@ kernels! {
     F32ToF16 = "f32_to_f16" { x: Ptr, out: Ptr, n: i64 }
     /// convert.cu: `out[r, c] += bias[c]`.
     AddBiasRows = "add_bias_rows" { out: Ptr, bias: Ptr, rows: i64, cols: i64 }
+    /// convert.cu: as `AddBiasRows`, fp16 out.
+    AddBiasRowsF16 = "add_bias_rows_f16" { out: Ptr, bias: Ptr, rows: i64, cols: i64 }
 
     /// elementwise.cu: `out = x * sigmoid(x)`.
     SiluF32 = "silu_f32" { x: Ptr, out: Ptr, n: i64 }
     /// elementwise.cu: `out = x[:, :f] * silu(x[:, f:])`.
     SwigluF32 = "swiglu_f32" { x: Ptr, out: Ptr, rows: i64, f: i64 }
+    /// elementwise.cu: as `SwigluF32`, fp16 x and out, `f` even.
+    SwigluF16 = "swiglu_f16" { x: Ptr, out: Ptr, rows: i64, f: i64 }
     /// elementwise.cu: timestep Fourier features.
     TimestepFeatures = "timestep_features" { t: Ptr, w: Ptr, out: Ptr, batch: i32, n: i32 }
     /// elementwise.cu: `out = x + table[position] * scale`, f32 table.
@@ -149,8 +158,18 @@ kernels! {
         x: Ptr, gamma: Ptr, beta: Ptr, eps: f32, rows: i64, cols: i32, table: Ptr, table_cols: i32,
         scale_offset: i32, shift_offset: i32, offsets: Ptr, count: i32, out: Ptr,
     }
+    /// layer_norm.cu: as `LayerNormF32`, fp16 out.
+    LayerNormF16 = "layer_norm_f16" {
+        x: Ptr, gamma: Ptr, beta: Ptr, eps: f32, rows: i64, cols: i32, table: Ptr, table_cols: i32,
+        scale_offset: i32, shift_offset: i32, offsets: Ptr, count: i32, out: Ptr,
+    }
     /// layer_norm.cu: `out = residual + branch * sigmoid(1 - gate)`.
     GatedResidualF32 = "gated_residual_f32" {
+        branch: Ptr, residual: Ptr, rows: i64, cols: i64, table: Ptr, table_cols: i32, gate_offset: i32,
+        offsets: Ptr, count: i32, out: Ptr,
+    }
+    /// layer_norm.cu: as `GatedResidualF32`, fp16 branch.
+    GatedResidualF16 = "gated_residual_f16" {
         branch: Ptr, residual: Ptr, rows: i64, cols: i64, table: Ptr, table_cols: i32, gate_offset: i32,
         offsets: Ptr, count: i32, out: Ptr,
     }
@@ -162,6 +181,12 @@ kernels! {
     }
     /// flash_attention.cu: tensor-core attention for head_dim 64.
     FlashAttentionHd64 = "flash_attention_hd64" {
+        q: Ptr, q_ld: i32, k: Ptr, k_ld: i32, v: Ptr, v_ld: i32, q_offsets: Ptr, kv_offsets: Ptr,
+        tile_starts: Ptr, count: i32, heads: i32, kv_heads: i32, scale: f32, inv_freq: Ptr, rotary_dim: i32,
+        out: Ptr, out_ld: i32,
+    }
+    /// flash_attention.cu: as `FlashAttentionHd64`, fp16 q, k, v and out.
+    FlashAttentionHd64F16 = "flash_attention_hd64_f16" {
         q: Ptr, q_ld: i32, k: Ptr, k_ld: i32, v: Ptr, v_ld: i32, q_offsets: Ptr, kv_offsets: Ptr,
         tile_starts: Ptr, count: i32, heads: i32, kv_heads: i32, scale: f32, inv_freq: Ptr, rotary_dim: i32,
         out: Ptr, out_ld: i32,

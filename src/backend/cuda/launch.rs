@@ -9,7 +9,7 @@ use cudarc::driver::{DevicePtr, LaunchConfig};
 use super::kernels::{Kernel, Ptr};
 use super::{CudaArena, CudaBackend, CudaWeight, OpContext, driver_err};
 use crate::error::{Error, Result};
-use crate::graph::{ArenaPlan, Graph, Op, SegmentsId, TensorDesc, TensorId, WeightId};
+use crate::graph::{ArenaPlan, DType, Graph, Op, SegmentsId, TensorDesc, TensorId, WeightId};
 
 /// Threads per block of the 1-D grid-stride kernels.
 const ELEMENTWISE_THREADS: u32 = 256;
@@ -37,6 +37,37 @@ impl<'a> Launcher<'a> {
 
     pub(super) fn desc(&self, t: TensorId) -> &'a TensorDesc {
         self.graph.desc(t)
+    }
+
+    /// The element type of tensor `t` in the arena.
+    pub(super) fn dtype(&self, t: TensorId) -> DType {
+        self.graph.desc(t).dtype
+    }
+
+    /// The address of columns `offset..` of tensor `t` (in its own elements).
+    pub(super) fn column_ptr(&self, t: TensorId, offset: usize) -> Ptr {
+        self.ptr(t).add_bytes(offset * self.dtype(t).bytes())
+    }
+
+    /// An error unless every tensor `op` reads and writes is f32: the
+    /// launchers of ops without fp16 kernels call it, so that an fp16 tensor
+    /// is never read as f32 (the graph's builder decides the types).
+    pub(super) fn require_f32(&self, op: &Op) -> Result<()> {
+        match op.reads().into_iter().chain(op.writes()).find(|&t| self.dtype(t) != DType::F32) {
+            Some(t) => Err(self.unsupported_dtype(op, t)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error for an operand type the op's CUDA kernels do not handle.
+    pub(super) fn unsupported_dtype(&self, op: &Op, t: TensorId) -> Error {
+        let d = self.desc(t);
+        Error::InvalidInput(format!(
+            "graph bug: the CUDA {} kernels have no variant for `{}` in {}",
+            op.name(),
+            d.name,
+            d.dtype.name()
+        ))
     }
 
     /// The device copy of a segment table's offsets (uploaded by `prepare`).

@@ -54,7 +54,7 @@ use rayon::prelude::*;
 
 use super::{Backend, OpContext};
 use crate::error::{Error, Result};
-use crate::graph::{Op, Segments};
+use crate::graph::{DType, Op, Segments};
 use crate::tensor::HostTensor;
 use crate::weights::TensorSource;
 use gemm::Gemm;
@@ -165,6 +165,9 @@ pub struct CudaBackend {
     allocations: AtomicU64,
     /// Whether `run_repeated` captures CUDA graphs (`capture::ENV_SWITCH`).
     graph_capture: AtomicBool,
+    /// Whether model graphs built for this backend keep block activations in
+    /// f32 rather than fp16 (`ACTIVATIONS_ENV`, `set_f32_activations`).
+    f32_activations: AtomicBool,
     /// CUDA graphs captured so far, and why the last failed capture failed:
     /// a capture that falls back to plain launches must be visible.
     captured_graphs: AtomicU64,
@@ -388,6 +391,7 @@ impl CudaBackend {
             // The cuBLASLt workspace.
             allocations: AtomicU64::new(1),
             graph_capture: AtomicBool::new(capture::enabled_by_env()),
+            f32_activations: AtomicBool::new(f32_activations_by_env()),
             captured_graphs: AtomicU64::new(0),
             capture_failure: std::sync::Mutex::new(None),
         })
@@ -403,6 +407,13 @@ impl CudaBackend {
     /// Whether `run_repeated` captures CUDA graphs (see `set_graph_capture`).
     pub fn graph_capture(&self) -> bool {
         self.graph_capture.load(Ordering::Relaxed)
+    }
+
+    /// Keeps block activations of graphs built from now on in f32 (true) or
+    /// fp16 (false, the default unless `LOVA_CUDA_ACTIVATIONS=f32`): the f32
+    /// choice is for measuring what fp16 activations save and cost.
+    pub fn set_f32_activations(&self, on: bool) {
+        self.f32_activations.store(on, Ordering::Relaxed);
     }
 
     /// How many CUDA graphs this backend has captured (each replayed from then on).
@@ -469,6 +480,14 @@ impl CudaBackend {
     }
 }
 
+/// Environment switch of the block activations' type: `f32` keeps them in f32
+/// (as before fp16 activations), anything else (or unset) means fp16.
+pub const ACTIVATIONS_ENV: &str = "LOVA_CUDA_ACTIVATIONS";
+
+fn f32_activations_by_env() -> bool {
+    std::env::var(ACTIVATIONS_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case("f32"))
+}
+
 /// Checks that every tensor an op touches lies inside the arena.
 fn check_operands(op: &Op, ctx: &OpContext<'_, CudaBackend>) -> Result<()> {
     let len = ctx.arena.data.len();
@@ -508,7 +527,13 @@ impl Backend for CudaBackend {
     type Weight = CudaWeight;
 
     fn name(&self) -> String {
-        format!("cuda ({}; fp16 weights, f32 activations)", self.info)
+        format!("cuda ({}; fp16 weights, {} block activations)", self.info, self.activation_dtype().name())
+    }
+
+    /// fp16 (f32 statistics and accumulation inside the kernels), unless set
+    /// otherwise (`set_f32_activations`).
+    fn activation_dtype(&self) -> DType {
+        if self.f32_activations.load(Ordering::Relaxed) { DType::F32 } else { DType::F16 }
     }
 
     fn alloc(&self, len: usize) -> Result<CudaArena> {
@@ -530,9 +555,10 @@ impl Backend for CudaBackend {
         self.allocations.load(Ordering::Relaxed)
     }
 
-    /// Allocates the fp16 GEMM scratch for the largest Linear input, uploads
-    /// every segment table, CFG-scale table and attention tile table, and makes the cuBLASLt plan of
-    /// every GEMM shape: after this, no op of the graph allocates or uploads.
+    /// Allocates the fp16 GEMM scratch for the largest f32 Linear input, uploads
+    /// every segment table, CFG-scale table and attention tile table, makes the
+    /// cuBLASLt plan of every GEMM shape and picks its fastest algorithm: after
+    /// this, no op of the graph allocates or uploads.
     fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
         let g = ctx.graph;
@@ -541,9 +567,13 @@ impl Backend for CudaBackend {
             match op {
                 Op::Linear { x, bias, residual, out, .. } => {
                     let (m, k, n) = (g.desc(*x).rows, g.desc(*x).cols, g.desc(*out).cols);
-                    largest_input = largest_input.max(m * k);
+                    // Only an f32 input goes through the fp16 scratch.
+                    if g.desc(*x).dtype == DType::F32 {
+                        largest_input = largest_input.max(m * k);
+                    }
                     if m > 0 && n > 0 && k > 0 {
-                        self.gemm.prepare(m, n, k, bias.is_some(), residual.is_some())?;
+                        let out_f16 = g.desc(*out).dtype == DType::F16;
+                        self.gemm.prepare(m, n, k, bias.is_some(), residual.is_some(), out_f16)?;
                     }
                 }
                 Op::CfgDenoise { cfg_scales, .. } => {
@@ -566,6 +596,11 @@ impl Backend for CudaBackend {
                 .map_err(driver_err("allocating the fp16 GEMM scratch"))?;
             self.count_allocation();
             ctx.arena.half = Some(buf);
+        }
+        // The fastest of cuBLASLt's candidates per GEMM shape, timed on this
+        // graph's operands (`Gemm::tune`; once per shape and backend).
+        for op in g.ops.iter().filter(|op| matches!(op, Op::Linear { .. })) {
+            launch::Launcher::new(self, ctx).tune_linear(op)?;
         }
         Ok(())
     }
@@ -658,6 +693,25 @@ impl Backend for CudaBackend {
         self.stream.memcpy_htod(data, &mut view).map_err(driver_err("copying to the device"))
     }
 
+    /// The fp16 bits go through `write` two to a word: the tensor's bytes
+    /// from slot `offset` on are the halves in order, as the kernels read them.
+    fn write_f16(&self, buffer: &mut CudaArena, offset: usize, data: &[f32]) -> Result<()> {
+        let mut bits: Vec<u16> = data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+        bits.resize(data.len().div_ceil(2) * 2, 0);
+        let words: Vec<f32> = bits.chunks_exact(2).map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16)).collect();
+        self.write(buffer, offset, &words)
+    }
+
+    fn read_f16(&self, buffer: &CudaArena, offset: usize, out: &mut [f32]) -> Result<()> {
+        let mut words = vec![0.0f32; out.len().div_ceil(2)];
+        self.read(buffer, offset, &mut words)?;
+        for (i, v) in out.iter_mut().enumerate() {
+            let bits = (words[i / 2].to_bits() >> (16 * (i % 2))) as u16;
+            *v = half::f16::from_bits(bits).to_f32();
+        }
+        Ok(())
+    }
+
     fn read(&self, buffer: &CudaArena, offset: usize, out: &mut [f32]) -> Result<()> {
         if offset + out.len() > buffer.data.len() {
             return Err(Error::InvalidInput(format!("read of {} values at {offset} is outside the arena", out.len())));
@@ -690,12 +744,23 @@ impl Backend for CudaBackend {
         self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
         check_operands(op, ctx)?;
         let mut l = launch::Launcher::new(self, ctx);
+        // The ops with fp16 variants check their own operand types.
+        if !matches!(
+            op,
+            Op::Linear { .. }
+                | Op::LayerNorm { .. }
+                | Op::GatedResidual { .. }
+                | Op::SwiGlu { .. }
+                | Op::Attention { .. }
+        ) {
+            l.require_f32(op)?;
+        }
         match op {
             Op::Linear { .. } => l.linear(op),
             Op::LayerNorm { .. } => l.layer_norm(op),
             Op::GatedResidual { .. } => l.gated_residual(op),
             Op::Silu { x, out } => l.silu(*x, *out),
-            Op::SwiGlu { x, out } => l.swiglu(*x, *out),
+            Op::SwiGlu { .. } => l.swiglu(op),
             Op::TimestepFeatures { .. } => l.timestep_features(op),
             Op::AddPositional { .. } => l.add_positional(op),
             Op::PrependRow { .. } => l.prepend_row(op),

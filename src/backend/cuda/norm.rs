@@ -1,12 +1,13 @@
 //! Launchers of kernels/layer_norm.cu: LayerNorm (optionally adaLN-modulated)
-//! and the gated residual.
+//! and the gated residual, each with an fp16 variant for a block activation
+//! (LayerNorm's output, the gated residual's branch).
 
 use cudarc::driver::LaunchConfig;
 
 use super::kernels::{self as k, Ptr};
 use super::launch::{Launcher, wrong_op};
 use crate::error::Result;
-use crate::graph::Op;
+use crate::graph::{DType, Op};
 
 /// kernels/layer_norm.cu: one warp per row, 4 rows per 128-thread block.
 const ROWS_PER_BLOCK: usize = 4;
@@ -16,6 +17,11 @@ impl Launcher<'_> {
         let Op::LayerNorm { x, gamma, beta, eps, modulation, out } = op else {
             return Err(wrong_op(op, "layer_norm"));
         };
+        if let Some(t) =
+            [Some(*x), modulation.map(|m| m.table)].into_iter().flatten().find(|&t| self.dtype(t) != DType::F32)
+        {
+            return Err(self.unsupported_dtype(op, t));
+        }
         let (r, c) = (self.desc(*x).rows, self.desc(*x).cols);
         let gamma = self.weight_f32(*gamma, "LayerNorm gamma")?;
         let beta = self.weight_f32(*beta, "LayerNorm beta")?;
@@ -38,41 +44,94 @@ impl Launcher<'_> {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let kernel = k::LayerNormF32 {
-            x: self.ptr(*x),
-            gamma,
-            beta,
-            eps: *eps,
-            rows: r as i64,
-            cols: c as i32,
-            table,
-            table_cols: table_cols as i32,
-            scale_offset: scale_offset as i32,
-            shift_offset: shift_offset as i32,
-            offsets,
-            count: count as i32,
-            out: self.ptr(*out),
-        };
-        self.launch(cfg, kernel)
+        let (x, eps, rows, cols) = (self.ptr(*x), *eps, r as i64, c as i32);
+        let (table_cols, scale_offset, shift_offset) = (table_cols as i32, scale_offset as i32, shift_offset as i32);
+        let (count, out_ptr) = (count as i32, self.ptr(*out));
+        match self.dtype(*out) {
+            DType::F32 => self.launch(
+                cfg,
+                k::LayerNormF32 {
+                    x,
+                    gamma,
+                    beta,
+                    eps,
+                    rows,
+                    cols,
+                    table,
+                    table_cols,
+                    scale_offset,
+                    shift_offset,
+                    offsets,
+                    count,
+                    out: out_ptr,
+                },
+            ),
+            // The next Linear's GEMM input, written as fp16 directly.
+            DType::F16 => self.launch(
+                cfg,
+                k::LayerNormF16 {
+                    x,
+                    gamma,
+                    beta,
+                    eps,
+                    rows,
+                    cols,
+                    table,
+                    table_cols,
+                    scale_offset,
+                    shift_offset,
+                    offsets,
+                    count,
+                    out: out_ptr,
+                },
+            ),
+        }
     }
 
     pub(super) fn gated_residual(&mut self, op: &Op) -> Result<()> {
         let Op::GatedResidual { branch, residual, table, gate_offset, segments, out } = op else {
             return Err(wrong_op(op, "gated_residual"));
         };
+        if let Some(&t) = [residual, table, out].into_iter().find(|&&t| self.dtype(t) != DType::F32) {
+            return Err(self.unsupported_dtype(op, t));
+        }
         let d = self.desc(*out);
-        let kernel = k::GatedResidualF32 {
-            branch: self.ptr(*branch),
-            residual: self.ptr(*residual),
-            rows: d.rows as i64,
-            cols: d.cols as i64,
-            table: self.ptr(*table),
-            table_cols: self.desc(*table).cols as i32,
-            gate_offset: *gate_offset as i32,
-            offsets: self.offsets(*segments)?,
-            count: self.graph.seg(*segments).count() as i32,
-            out: self.ptr(*out),
-        };
-        self.elementwise(d.len(), kernel)
+        let (n, rows, cols) = (d.len(), d.rows as i64, d.cols as i64);
+        let (residual, table_ptr, table_cols) = (self.ptr(*residual), self.ptr(*table), self.desc(*table).cols as i32);
+        let (gate_offset, offsets) = (*gate_offset as i32, self.offsets(*segments)?);
+        let (count, out) = (self.graph.seg(*segments).count() as i32, self.ptr(*out));
+        let branch_ptr = self.ptr(*branch);
+        match self.dtype(*branch) {
+            DType::F32 => self.elementwise(
+                n,
+                k::GatedResidualF32 {
+                    branch: branch_ptr,
+                    residual,
+                    rows,
+                    cols,
+                    table: table_ptr,
+                    table_cols,
+                    gate_offset,
+                    offsets,
+                    count,
+                    out,
+                },
+            ),
+            DType::F16 => self.elementwise(
+                n,
+                k::GatedResidualF16 {
+                    branch: branch_ptr,
+                    residual,
+                    rows,
+                    cols,
+                    table: table_ptr,
+                    table_cols,
+                    gate_offset,
+                    offsets,
+                    count,
+                    out,
+                },
+            ),
+        }
     }
 }
