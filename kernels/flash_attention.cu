@@ -5,15 +5,15 @@
 // attention.cu (the f32 kernel kept for other head dims) and the CPU twin
 // src/backend/cpu/attention.rs:
 //   out[i, h] = softmax_j(scale * q_i . k_j) v_j  over the keys j of i's sequence,
-// query head h reading kv head h / (heads / kv_heads). RoPE (inv_freq not null)
-// rotates the first rotary_dim dims of q and k at position = row index within
-// the sequence: v[d] = r[d] cos - r[d + half] sin, v[d + half] = r[d + half] cos
-// + r[d] sin, angle = position * inv_freq[d], half = rotary_dim / 2. The angle is
-// formed exactly (two floats, fmaf) and reduced mod 2 pi in f32 before __sincosf
-// (absolute error ~1e-6, far below the fp16 rounding of the rotated values that
-// follows); the CPU uses f64. For each 64-row tile of q or k the block first
-// fills a shared table of (cos, sin) for its 64 positions x half frequencies
-// (8 angles per thread), then the loader rotates with it.
+// query head h reading kv head h / (heads / kv_heads). RoPE (rope_table not
+// null) rotates the first rotary_dim dims of q and k at position = row index
+// within the sequence: v[d] = r[d] cos - r[d + half] sin, v[d + half] =
+// r[d + half] cos + r[d] sin, angle = position * inv_freq[d], half =
+// rotary_dim / 2. The angles come from rope_table, [positions][16] (cos, sin)
+// pairs computed once per graph on the host in f64 as the CPU twin computes
+// them (src/backend/cuda/attention.rs, `rope_table`), so no block evaluates a
+// sine: the loader reads the entries of its rows (through L1/L2, 128 bytes per
+// position) and rotates in f32.
 //
 // Layout: q, k, v point at the first column of their head block inside a
 // row-major matrix (ld q_ld / k_ld / v_ld elements per row); head j is columns
@@ -25,8 +25,9 @@
 // int32 [count + 1] cumulative numbers of 64-query tiles (ceil(q_len / 64)).
 // Needs (checked by the launcher, src/backend/cuda/attention.rs): q, k, v
 // aligned for a 4-element load (16 bytes f32, 8 bytes fp16), lds multiples of 4,
-// rotary_dim a multiple of 8 and <= 32 (the angle table holds 16 frequencies),
-// out aligned for a 2-element store with an even out_ld.
+// rotary_dim a multiple of 8 and <= 32 (a table row holds 16 frequencies),
+// rope_table 16-byte aligned with a row for every position of the longest
+// sequence, out aligned for a 2-element store with an even out_ld.
 //
 // Launch: grid (total query tiles, heads), 128 threads (4 warps). Block
 // (x, h) finds its sequence b by binary search in tile_starts, so a packed batch
@@ -49,12 +50,12 @@
 // are computed on zeros and not written. A sequence with no keys gives zeros
 // (like the CPU's empty GEMM).
 //
-// Resources: static shared memory 3 * 64 * 72 * 2 B (Q, K, V) + 64 * 16 * 8 B
-// (angles) = 35,840 B (under the 48 KB that needs no opt-in); registers capped
-// at 128 by __launch_bounds__(128, 4) (ptxas, NVRTC 13.5: 127 for sm_80, 123 for
-// sm_90, 0 spills; see `lova-fast kernels --check`). Occupancy: 4 blocks = 16
+// Resources: static shared memory 3 * 64 * 72 * 2 B (Q, K, V) = 27,648 B
+// (under the 48 KB that needs no opt-in); registers capped
+// at 128 by __launch_bounds__(128, 4) (ptxas, NVRTC 13.5: 127-128 for sm_80
+// and sm_90, 0 spills; see `lova-fast kernels --check`). Occupancy: 4 blocks = 16
 // warps per SM, limited by registers (4 * 128 threads * 128 regs = 64 K regs);
-// shared memory allows 4 on an A100 (4 * 35 KiB of 164 KB) and 6 on an H100
+// shared memory allows 5 on an A100 (5 * 27 KiB of 164 KB) and 8 on an H100
 // (228 KB). The register cap is tight: the S halves, the Q fragments reloaded
 // per tile, 4 (not 8) rows in flight in the loader and the row indices
 // recomputed after the loop are what keep ptxas from spilling.
@@ -76,7 +77,7 @@
 #define FA_BLOCK_M 64
 #define FA_BLOCK_N 64
 #define FA_SUB_N 32 /* keys per online-softmax update */
-#define FA_MAX_ROPE_FREQS 16 /* rotary_dim <= 32 */
+#define FA_MAX_ROPE_FREQS 16 /* rotary_dim <= 32: entries per rope_table row */
 #define FA_WARPS 4
 #define FA_THREADS (FA_WARPS * 32)
 #define FA_LDS 72 /* shared-memory row stride in halves: 64 + 8 padding */
@@ -101,38 +102,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned add
                  : "r"(addr));
 }
 
-// sin and cos of position * freq. The product is split exactly into hi + lo
-// (fmaf), reduced by a two-part 2 pi (Cody-Waite) to |r| <= pi, then __sincosf
-// (absolute error ~2^-21 on [-pi, pi]).
-__device__ __forceinline__ void rope_sincos(int position, float freq, float* s, float* c) {
-    float p = (float)position;  // exact: positions < 2^24
-    float hi = p * freq;
-    float lo = fmaf(p, freq, -hi);
-    float k = rintf(hi * 0.159154943091895336f);
-    float r = fmaf(-k, 6.28318548202514648f, hi);  // float(2 pi)
-    r = fmaf(-k, -1.74845553e-7f, r);             // 2 pi - float(2 pi)
-    __sincosf(r + lo, s, c);
-}
-
-// cos and sin of (pos0 + r) * inv_freq[f] for the 64 rows r of a tile and the
-// half = rotary_dim / 2 <= 16 frequencies f, as table[r * 16 + f] = (cos, sin):
-// 8 angles per thread, where rotating in the loader would take 32 (every thread
-// of a row computes the angles of its own 4 dims, both halves of a pair the
-// same ones).
-__device__ __forceinline__ void fill_rope_table(float2* __restrict__ table, int pos0,
-                                                const float* __restrict__ inv_freq, int half) {
-#pragma unroll 4  // all 8 made ptxas spill at the 128-register cap
-    for (int i = 0; i < FA_BLOCK_N * FA_MAX_ROPE_FREQS / FA_THREADS; i++) {
-        const int e = threadIdx.x + i * FA_THREADS;
-        const int r = e / FA_MAX_ROPE_FREQS, f = e % FA_MAX_ROPE_FREQS;
-        if (f < half) {
-            float s, c;
-            rope_sincos(pos0 + r, __ldg(inv_freq + f), &s, &c);
-            table[e] = make_float2(c, s);
-        }
-    }
-}
-
 // Four consecutive elements of a row as f32: a float4 of an f32 tensor, or four
 // halves (8 bytes) of an fp16 one; the pointer is aligned for that load.
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
@@ -150,8 +119,9 @@ __device__ __forceinline__ void store2(unsigned short* p, float a, float b) {
 
 // Loads rows [0, rows) of a 64-row tile (row-major f32 or fp16, `ld` elements
 // per row, starting at the head's column 0) into `dst` ([64][FA_LDS] fp16),
-// rotating the first rotary_dim dims in f32 with the angles of `rope`
-// (fill_rope_table) when `rotate`; rows >= rows are zero. Thread t handles dims
+// rotating the first rotary_dim dims in f32 with the angles of `rope` (the
+// rope_table row of the tile's first position) when `rotate`; rows >= rows are
+// zero. Thread t handles dims
 // 4 (t % 16) .. +3 of rows t / 16 + 8 i: a half-warp reads one row (256 bytes
 // of f32, 128 of fp16).
 template <typename T>
@@ -173,8 +143,8 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ src, int ld, int
                 const int f0 = first ? c : c - half;
                 const float4 y = load4(row + (first ? c + half : c - half));
                 // (cos, sin) of frequencies f0, f0 + 1 and f0 + 2, f0 + 3: 16-byte aligned (f0 % 4 == 0).
-                const float4 a = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0);
-                const float4 b = *reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0 + 2);
+                const float4 a = __ldg(reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0));
+                const float4 b = __ldg(reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + f0 + 2));
                 const float sign = first ? -1.0f : 1.0f;  // first half: x cos - y sin; second: x cos + y sin
                 x.x = fmaf(x.x, a.x, sign * y.x * a.y);
                 x.y = fmaf(x.y, a.z, sign * y.y * a.w);
@@ -197,13 +167,11 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// A block's shared memory: the Q, K and V tiles as fp16 (rows padded to
-// FA_LDS halves) and the RoPE angle table.
+// A block's shared memory: the Q, K and V tiles as fp16 (rows padded to FA_LDS halves).
 struct FlashShared {
     unsigned short q[FA_BLOCK_M * FA_LDS];
     unsigned short k[FA_BLOCK_N * FA_LDS];
     unsigned short v[FA_BLOCK_N * FA_LDS];
-    float2 rope[FA_BLOCK_N * FA_MAX_ROPE_FREQS];
 };
 
 // The kernel body for q, k, v and out of element type T (float or fp16 bits).
@@ -216,12 +184,11 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_l
                                                 const T* __restrict__ v, int v_ld, const int* __restrict__ q_offsets,
                                                 const int* __restrict__ kv_offsets,
                                                 const int* __restrict__ tile_starts, int count, int heads,
-                                                int kv_heads, float scale, const float* __restrict__ inv_freq,
+                                                int kv_heads, float scale, const float2* __restrict__ rope_table,
                                                 int rotary_dim, T* __restrict__ out, int out_ld, FlashShared& smem) {
     unsigned short* qs = smem.q;
     unsigned short* ks = smem.k;
     unsigned short* vs = smem.v;
-    float2* rope_cs = smem.rope;
 
     // Which sequence: the largest b with tile_starts[b] <= blockIdx.x (empty
     // sequences have no tiles); tile_starts is cumulative like row offsets.
@@ -236,14 +203,10 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_l
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, tig = lane & 3;  // mma groupID and thread-in-group
 
-    // RoPE angles: uniform over the block, so the extra barriers below are too.
-    const bool rope = inv_freq != nullptr && rotary_dim > 0;
-    if (rope) {
-        fill_rope_table(rope_cs, q0, inv_freq, rotary_dim / 2);
-        __syncthreads();
-    }
-    load_tile(q + (long long)(q_start + q0) * q_ld + h * FA_HEAD_DIM, q_ld, min(FA_BLOCK_M, q_len - q0), rope, rope_cs,
-              rotary_dim, qs);
+    const bool rope = rope_table != nullptr && rotary_dim > 0;
+    // The loader reads the table from the rows of a tile's first position (only with RoPE: no table without).
+    load_tile(q + (long long)(q_start + q0) * q_ld + h * FA_HEAD_DIM, q_ld, min(FA_BLOCK_M, q_len - q0), rope,
+              rope_table + (rope ? q0 * FA_MAX_ROPE_FREQS : 0), rotary_dim, qs);
     __syncthreads();
 
     const float scale_log2 = scale * 1.4426950408889634f;  // softmax in base 2: exp(x) = exp2(x log2 e)
@@ -257,13 +220,10 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_l
     const T* vbase = v + (long long)kv_start * v_ld + kvh * FA_HEAD_DIM;
     for (int j0 = 0; j0 < kv_len; j0 += FA_BLOCK_N) {
         const int tile_keys = min(FA_BLOCK_N, kv_len - j0);
-        __syncthreads();  // every warp is done with the previous K/V tile (and the loader with the angles)
-        if (rope) {
-            fill_rope_table(rope_cs, j0, inv_freq, rotary_dim / 2);
-            __syncthreads();
-        }
-        load_tile(kbase + (long long)j0 * k_ld, k_ld, tile_keys, rope, rope_cs, rotary_dim, ks);
-        load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_cs, 0, vs);
+        __syncthreads();  // every warp is done with the previous K/V tile
+        load_tile(kbase + (long long)j0 * k_ld, k_ld, tile_keys, rope, rope_table + (rope ? j0 * FA_MAX_ROPE_FREQS : 0),
+                  rotary_dim, ks);
+        load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, vs);
         __syncthreads();
 
         // A fragments of this warp's 16 query rows, 4 k-steps of 16 dims:
@@ -385,11 +345,11 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_l
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64(
     const float* __restrict__ q, int q_ld, const float* __restrict__ k, int k_ld, const float* __restrict__ v, int v_ld,
     const int* __restrict__ q_offsets, const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts,
-    int count, int heads, int kv_heads, float scale, const float* __restrict__ inv_freq, int rotary_dim,
+    int count, int heads, int kv_heads, float scale, const float2* __restrict__ rope_table, int rotary_dim,
     float* __restrict__ out, int out_ld) {
     __shared__ __align__(16) FlashShared smem;
     flash_attention(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count, heads, kv_heads, scale,
-                    inv_freq, rotary_dim, out, out_ld, smem);
+                    rope_table, rotary_dim, out, out_ld, smem);
 }
 
 // The same with fp16 q, k, v and out (the DiT's block activations on CUDA).
@@ -397,8 +357,9 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     const unsigned short* __restrict__ q, int q_ld, const unsigned short* __restrict__ k, int k_ld,
     const unsigned short* __restrict__ v, int v_ld, const int* __restrict__ q_offsets,
     const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts, int count, int heads, int kv_heads,
-    float scale, const float* __restrict__ inv_freq, int rotary_dim, unsigned short* __restrict__ out, int out_ld) {
+    float scale, const float2* __restrict__ rope_table, int rotary_dim, unsigned short* __restrict__ out,
+    int out_ld) {
     __shared__ __align__(16) FlashShared smem;
     flash_attention(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count, heads, kv_heads, scale,
-                    inv_freq, rotary_dim, out, out_ld, smem);
+                    rope_table, rotary_dim, out, out_ld, smem);
 }

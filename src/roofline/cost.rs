@@ -260,12 +260,14 @@ fn attention(g: &Graph, op: &Op, flops: u64) -> KernelCost {
         kernel,
         flops,
         tile_flops: if kernel == "attention_f32" { flops } else { tile_flops },
-        // RoPE's inv_freq (f32): rotary_dim / 2 values.
-        weight_bytes: rope.map_or(0, |r| r.rotary_dim as u64 / 2 * F32),
+        weight_bytes: 0,
         read_bytes: q_bytes + kv_bytes,
         write_bytes: g.desc(*out).len() as u64 * elem,
-        // q and kv offsets, and the query-tile starts (count + 1 int32 each).
-        table_bytes: 3 * (qs.count() as u64 + 1) * F32,
+        // q and kv offsets, and the query-tile starts (count + 1 int32 each);
+        // with RoPE, the angle table's rows (`attention::rope_table`: one per
+        // position of the longest sequence, 16 (cos, sin) f32 pairs).
+        table_bytes: 3 * (qs.count() as u64 + 1) * F32
+            + rope.map_or(0, |_| qs.lengths().chain(ks.lengths()).max().unwrap_or(0) as u64 * 16 * 2 * F32),
         kv_tile_bytes,
     }
 }

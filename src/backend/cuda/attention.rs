@@ -16,7 +16,10 @@ use cudarc::driver::sys::CUdeviceptr;
 use super::kernels::{self as k, Ptr};
 use super::launch::{Launcher, wrong_op};
 use crate::error::{Error, Result};
-use crate::graph::{ColumnSlice, DType, Op, Segments, TensorId};
+use cudarc::driver::DevicePtr;
+
+use super::{capture, driver_err};
+use crate::graph::{ColumnSlice, DType, Op, Rope, Segments, TensorId};
 
 /// kernels/flash_attention.cu: head_dim, queries per block, threads per block.
 pub const FLASH_HEAD_DIM: usize = 64;
@@ -74,7 +77,74 @@ fn flash_operands_aligned(elem: u64, pointers: &[CUdeviceptr], lds: &[usize], ou
         && out_ld.is_multiple_of(2)
 }
 
+/// Rows of the flash kernel's RoPE table an attention needs: one per position
+/// of its longest query or key sequence.
+fn rope_positions(q: &Segments, kv: &Segments) -> usize {
+    q.lengths().chain(kv.lengths()).max().unwrap_or(0)
+}
+
+/// The flash kernel's RoPE angles: for each position p < `positions`, 16
+/// (cos, sin) pairs of `p * inv_freq[f]` (f < rotary_dim / 2; zeros after),
+/// in f64 rounded to f32, exactly the angles the CPU twin rotates with
+/// (`backend::cpu::attention`). Made once per graph (`prepare`): the kernel
+/// reads it instead of evaluating sines per tile.
+pub(super) fn rope_table(inv_freq: &[f32], rotary_dim: usize, positions: usize) -> Vec<f32> {
+    let freqs = &inv_freq[..rotary_dim / 2];
+    let mut table = Vec::with_capacity(positions * FLASH_MAX_ROTARY_DIM);
+    for p in 0..positions {
+        let row = table.len();
+        for &f in freqs {
+            let (sin, cos) = (p as f64 * f as f64).sin_cos();
+            table.extend([cos as f32, sin as f32]);
+        }
+        // A row is 16 pairs whatever rotary_dim is (the kernel's row stride).
+        table.resize(row + FLASH_MAX_ROTARY_DIM, 0.0);
+    }
+    table
+}
+
 impl Launcher<'_> {
+    /// Makes the RoPE table of a flash attention with RoPE (`rope_table`), so
+    /// that its runs, captured ones included, only look it up.
+    pub(super) fn prepare_rope_table(&mut self, op: &Op) -> Result<()> {
+        let Op::Attention { q_segments, kv_segments, head_dim, rope: Some(rope), .. } = op else { return Ok(()) };
+        if attention_kernel(*head_dim, Some(rope.rotary_dim)) != AttentionKernel::Flash {
+            return Ok(());
+        }
+        let positions = rope_positions(self.graph.seg(*q_segments), self.graph.seg(*kv_segments));
+        self.rope_table(rope, positions).map(|_| ())
+    }
+
+    /// The device copy of `rope`'s angle table for `positions` positions,
+    /// made on first use (`prepare` makes every one a graph needs; never
+    /// inside a capture).
+    fn rope_table(&mut self, rope: &Rope, positions: usize) -> Result<Ptr> {
+        let b = self.backend;
+        let key = (rope.inv_freq.0, rope.rotary_dim, positions);
+        if !self.arena.rope_tables.contains_key(&key) {
+            if capture::is_capturing(&b.stream)? {
+                return Err(Error::Cuda("an attention needs a RoPE table that `prepare` did not make".into()));
+            }
+            let inv_freq = b.weight_to_host(self.weight(rope.inv_freq)?)?.f32.ok_or_else(|| {
+                Error::InvalidInput(format!("RoPE inv_freq (weight {}) has no f32 copy", rope.inv_freq.0))
+            })?;
+            if inv_freq.len() < rope.rotary_dim / 2 {
+                return Err(Error::InvalidInput(format!(
+                    "RoPE inv_freq has {} values, rotary_dim {} needs {}",
+                    inv_freq.len(),
+                    rope.rotary_dim,
+                    rope.rotary_dim / 2
+                )));
+            }
+            let table = rope_table(&inv_freq, rope.rotary_dim, positions.max(1));
+            let dev = b.stream.clone_htod(&table).map_err(driver_err("uploading a RoPE table"))?;
+            b.count_allocation();
+            self.arena.rope_tables.insert(key, dev);
+        }
+        let table = &self.arena.rope_tables[&key];
+        Ok(Ptr(table.device_ptr(&b.stream).0))
+    }
+
     /// Launches one `Op::Attention` (see the module doc for the kernel choice).
     pub(super) fn attention(&mut self, op: &Op) -> Result<()> {
         let Op::Attention { q, k, v, q_segments, kv_segments, heads, kv_heads, head_dim, scale, rope, out } = op else {
@@ -94,6 +164,7 @@ impl Launcher<'_> {
             Some(r) => (self.weight_f32(r.inv_freq, "RoPE inv_freq")?, r.rotary_dim),
             None => (Ptr::NULL, 0),
         };
+        let positions = rope_positions(self.graph.seg(*q_segments), self.graph.seg(*kv_segments));
         let max_q = qs.lengths().max().unwrap_or(0);
         if max_q == 0 || qs.count() == 0 || heads == 0 {
             return Ok(());
@@ -137,6 +208,10 @@ impl Launcher<'_> {
             let (tile_starts, count, heads, kv_heads) =
                 (self.table(starts)?, qs.count() as i32, heads as i32, kv_heads as i32);
             let (scale, rotary_dim) = (*scale, rotary_dim as i32);
+            let rope_table = match rope {
+                Some(r) => self.rope_table(r, positions)?,
+                None => Ptr::NULL,
+            };
             // One kernel body, two entry points with the same parameters.
             return match dtype {
                 DType::F32 => self.launch(
@@ -155,7 +230,7 @@ impl Launcher<'_> {
                         heads,
                         kv_heads,
                         scale,
-                        inv_freq,
+                        rope_table,
                         rotary_dim,
                         out,
                         out_ld,
@@ -177,7 +252,7 @@ impl Launcher<'_> {
                         heads,
                         kv_heads,
                         scale,
-                        inv_freq,
+                        rope_table,
                         rotary_dim,
                         out,
                         out_ld,
@@ -234,6 +309,19 @@ mod tests {
         assert_eq!(attention_kernel(128, Some(128)), AttentionKernel::F32);
         assert_eq!(attention_kernel(64, Some(20)), AttentionKernel::F32);
         assert_eq!(attention_kernel(64, Some(64)), AttentionKernel::F32, "more angles than the kernel's table");
+    }
+
+    #[test]
+    fn rope_tables_hold_16_cos_sin_pairs_per_position() {
+        let inv_freq = [1.0f32, 0.5, 0.25, 0.125];
+        let table = rope_table(&inv_freq, 8, 3);
+        assert_eq!(table.len(), 3 * 32);
+        // Position 2, frequency 1: the angle 2 * 0.5 = 1.
+        assert_eq!((table[2 * 32 + 2], table[2 * 32 + 3]), (1f64.cos() as f32, 1f64.sin() as f32));
+        // Position 0 does not rotate; pairs past rotary_dim / 2 are zeros.
+        assert_eq!(&table[0..2], &[1.0, 0.0]);
+        assert!(table[2 * 32 + 8..3 * 32].iter().all(|&v| v == 0.0));
+        assert_eq!(rope_positions(&Segments::from_lengths([5, 9]), &Segments::from_lengths([7, 2])), 9);
     }
 
     #[test]

@@ -182,13 +182,13 @@ kernels! {
     /// flash_attention.cu: tensor-core attention for head_dim 64.
     FlashAttentionHd64 = "flash_attention_hd64" {
         q: Ptr, q_ld: i32, k: Ptr, k_ld: i32, v: Ptr, v_ld: i32, q_offsets: Ptr, kv_offsets: Ptr,
-        tile_starts: Ptr, count: i32, heads: i32, kv_heads: i32, scale: f32, inv_freq: Ptr, rotary_dim: i32,
+        tile_starts: Ptr, count: i32, heads: i32, kv_heads: i32, scale: f32, rope_table: Ptr, rotary_dim: i32,
         out: Ptr, out_ld: i32,
     }
     /// flash_attention.cu: as `FlashAttentionHd64`, fp16 q, k, v and out.
     FlashAttentionHd64F16 = "flash_attention_hd64_f16" {
         q: Ptr, q_ld: i32, k: Ptr, k_ld: i32, v: Ptr, v_ld: i32, q_offsets: Ptr, kv_offsets: Ptr,
-        tile_starts: Ptr, count: i32, heads: i32, kv_heads: i32, scale: f32, inv_freq: Ptr, rotary_dim: i32,
+        tile_starts: Ptr, count: i32, heads: i32, kv_heads: i32, scale: f32, rope_table: Ptr, rotary_dim: i32,
         out: Ptr, out_ld: i32,
     }
 

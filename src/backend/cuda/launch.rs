@@ -80,7 +80,7 @@ impl<'a> Launcher<'a> {
         Ok(Ptr(self.backend.table(self.arena, values)?))
     }
 
-    fn weight(&self, id: WeightId) -> Result<&'a CudaWeight> {
+    pub(super) fn weight(&self, id: WeightId) -> Result<&'a CudaWeight> {
         self.weights.get(id.0).ok_or_else(|| Error::InvalidInput(format!("weight {} was not uploaded", id.0)))
     }
 

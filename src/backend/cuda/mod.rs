@@ -176,7 +176,7 @@ pub struct CudaBackend {
 
 /// The arena of one executor, plus what its graph needs on the device besides
 /// tensors: the fp16 scratch of GEMM inputs (sized to the graph's largest
-/// Linear input), small constant tables (segment offsets, CFG scales), all
+/// Linear input), small constant tables (segment offsets, CFG scales, RoPE angles), all
 /// made by `prepare` before the first run, and the CUDA graphs captured from
 /// its repeated parts (they hold this arena's addresses, so they live with it).
 pub struct CudaArena {
@@ -184,6 +184,9 @@ pub struct CudaArena {
     staging: Option<Staging>,
     half: Option<CudaSlice<u16>>,
     tables: HashMap<Vec<u32>, CudaSlice<u32>>,
+    /// The flash kernel's RoPE angle tables (`attention::rope_table`), by
+    /// (inv_freq weight, rotary_dim, positions).
+    rope_tables: HashMap<(usize, usize, usize), CudaSlice<f32>>,
     recordings: capture::Recordings,
 }
 
@@ -547,6 +550,7 @@ impl Backend for CudaBackend {
             staging: Some(Staging::new(&self.ctx)?),
             half: None,
             tables: HashMap::new(),
+            rope_tables: HashMap::new(),
             recordings: capture::Recordings::default(),
         })
     }
@@ -579,9 +583,10 @@ impl Backend for CudaBackend {
                 Op::CfgDenoise { cfg_scales, .. } => {
                     self.table(ctx.arena, cfg_scales.iter().map(|s| s.to_bits()).collect())?;
                 }
-                // The flash kernel's query-tile table (`attention::tile_starts`).
+                // The flash kernel's query-tile table (`attention::tile_starts`) and RoPE angles.
                 Op::Attention { q_segments, .. } => {
                     self.table(ctx.arena, attention::tile_starts(g.seg(*q_segments)))?;
+                    launch::Launcher::new(self, ctx).prepare_rope_table(op)?;
                 }
                 _ => {}
             }
