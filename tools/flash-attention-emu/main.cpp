@@ -37,6 +37,16 @@ static double run_case(const Case& c, unsigned seed) {
     }
     std::vector<float> inv(32);
     for (int i = 0; i < c.rotary / 2; i++) inv[i] = powf(10000.f, -(float)(2 * i) / c.rotary);
+    // The RoPE angle table the backend makes (src/backend/cuda/attention.rs, rope_table):
+    // per position of the longest sequence, 16 (cos, sin) pairs in f64 rounded to f32.
+    int positions = 1;
+    for (size_t b = 0; b < c.ql.size(); b++) positions = std::max({positions, c.ql[b], c.self_ ? 0 : c.kl[b]});
+    std::vector<float2> table((size_t)positions * 16, float2{0.f, 0.f});
+    for (int p = 0; p < positions; p++)
+        for (int i = 0; i < c.rotary / 2; i++) {
+            double ang = (double)p * (double)inv[i];
+            table[(size_t)p * 16 + i] = float2{(float)cos(ang), (float)sin(ang)};
+        }
     std::vector<float> out((size_t)Mq * qw, 12345.f);
     int total_tiles = ts.back();
     auto worker = [&](int tid) {
@@ -45,7 +55,7 @@ static double run_case(const Case& c, unsigned seed) {
             for (int bx = 0; bx < total_tiles; bx++) {
                 blockIdx = {(unsigned)bx, (unsigned)by, 0};
                 flash_attention_hd64(qp, q_ld, kp, k_ld, vp, k_ld, qo.data(), ko.data(), ts.data(), count, c.heads,
-                                     c.kv_heads, 0.125f, c.rotary ? inv.data() : nullptr, c.rotary, out.data(), qw);
+                                     c.kv_heads, 0.125f, c.rotary ? table.data() : nullptr, c.rotary, out.data(), qw);
                 __syncthreads();
             }
     };
