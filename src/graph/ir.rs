@@ -35,10 +35,10 @@ pub enum TensorKind {
 ///
 /// The host sees f32 values whatever the type (`Executor::read`/`write`
 /// convert). Model graphs use `F16` only for block activations a backend keeps
-/// in half precision (`Graph::activations`); op tests use it anywhere. The CPU backend stores an
-/// `F16` tensor as f32 values rounded to fp16 after the op that writes it,
-/// which is exactly the value set a GPU kernel storing fp16 can hold: that
-/// makes it the GPU's twin, op by op.
+/// in half precision (`Graph::activations`); op tests use it anywhere. The
+/// CPU backend stores an `F16` tensor as f32 values rounded to fp16 after the
+/// op that writes it, which is exactly the value set a GPU kernel storing fp16
+/// can hold: that makes it the GPU's twin, op by op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DType {
     /// 32-bit float.
@@ -545,10 +545,10 @@ pub struct Graph {
     pub ops: Vec<Op>,
     /// The type model builders give the activations that only other ops read
     /// inside a transformer block (normalised rows, projections, attention
-    /// and feed-forward outputs; `Graph::activation`): `F32` by default (the
-    /// CPU reference), `F16` on a backend that keeps them in half precision
-    /// (`Backend::activation_dtype`). The residual stream, inputs, outputs and
-    /// state stay f32 whatever this says.
+    /// and feed-forward outputs, cross-attention K/V; `Graph::as_activation`):
+    /// `F32` by default (the CPU reference), `F16` on a backend that keeps them
+    /// in half precision (`Backend::activation_dtype`). The residual stream,
+    /// inputs and outputs stay f32 whatever this says.
     pub activations: DType,
 }
 

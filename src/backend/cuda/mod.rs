@@ -176,8 +176,8 @@ pub struct CudaBackend {
 
 /// The arena of one executor, plus what its graph needs on the device besides
 /// tensors: the fp16 scratch of GEMM inputs (sized to the graph's largest
-/// Linear input), small constant tables (segment offsets, CFG scales, RoPE angles), all
-/// made by `prepare` before the first run, and the CUDA graphs captured from
+/// Linear input), small constant tables (segment offsets, CFG scales, RoPE
+/// angles), all made by `prepare` before the first run, and the CUDA graphs captured from
 /// its repeated parts (they hold this arena's addresses, so they live with it).
 pub struct CudaArena {
     data: CudaSlice<f32>,
@@ -560,9 +560,9 @@ impl Backend for CudaBackend {
     }
 
     /// Allocates the fp16 GEMM scratch for the largest f32 Linear input, uploads
-    /// every segment table, CFG-scale table and attention tile table, makes the
-    /// cuBLASLt plan of every GEMM shape and picks its fastest algorithm: after
-    /// this, no op of the graph allocates or uploads.
+    /// every segment table, CFG-scale table, attention tile table and RoPE
+    /// angle table, makes the cuBLASLt plan of every GEMM shape and picks its
+    /// fastest algorithm: after this, no op of the graph allocates or uploads.
     fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
         let g = ctx.graph;
