@@ -20,7 +20,8 @@
 #              infer --batch 3 vs each input alone on CUDA
 #   bench      one sampler step for 10/30/60 s clips: lova-fast bench (latency, TFLOP/s,
 #              memory) next to PyTorch fp16 eager (tools/reference/bench_torch.py), and
-#              next to the roofline prediction for this card (lova-fast bench --roofline)
+#              next to the roofline prediction for this card (lova-fast bench --roofline),
+#              and the 30 s step with f32 block activations (LOVA_CUDA_ACTIVATIONS=f32)
 #   startup    writes a full-size random engine file, then lova-fast bench --weights:
 #              process start to first step with the file in the page cache
 #   serve      lova-fast serve on a full-size random engine, tools/load.py (48 clips of
@@ -261,6 +262,8 @@ step attention attention-bench 45 20 "$BIN/attention" --bench --noplot
 step infer cuda-infer 120 30 "$BIN/cuda_infer" --nocapture --test-threads=1
 step bench bench 180 60 compare --check --seconds 10,30,60 --compile-seconds none --iters 20 --json "$OUT/bench.json"
 step bench roofline 30 5 roofline
+# What fp16 block activations (the default) save: the 30 s step with them in f32.
+step bench f32-activations 60 20 env LOVA_CUDA_ACTIVATIONS=f32 "$BIN/lova-fast" bench --device cuda --seconds 30 --steps 20
 step startup startup 120 60 startup
 step serve serve-load 240 120 serve_load
 step criterion crit-dit-step 90 40 criterion_bench dit_step
