@@ -8,9 +8,22 @@
 #define GRID_STRIDE(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
+// A 2-D grid-stride loop over the rows and columns of a [rows, cols] tensor:
+// rows over y (blockIdx.y * blockDim.y + threadIdx.y), columns over x, so a
+// row's per-row work (its sequence, its source row) is done once per row and
+// thread, and no element index is divided. Correct for any grid size; the
+// launchers (`CudaBackend::launch_rows`) cap grid.y at 65535. Nest COL_STRIDE
+// inside ROW_STRIDE.
+#define ROW_STRIDE(r, rows) \
+    for (long long r = (long long)blockIdx.y * blockDim.y + threadIdx.y; r < (rows); r += (long long)gridDim.y * blockDim.y)
+#define COL_STRIDE(c, cols) \
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < (cols); c += (long long)gridDim.x * blockDim.x)
+
 // The sequence b with offsets[b] <= row < offsets[b + 1] of a packed batch of
 // count sequences (offsets: int32 [count + 1] cumulative rows), by binary search.
-// Empty sequences are skipped: the largest such b is returned.
+// Empty sequences are skipped: the largest such b is returned. For per-row
+// work only (once per row or tile): element loops read the row -> sequence map
+// that `CudaBackend::prepare` uploads (`row_sequences`) instead.
 __device__ __forceinline__ int sequence_of_row(const int* __restrict__ offsets, int count, long long row) {
     int lo = 0, hi = count;  // invariant: offsets[lo] <= row, answer in [lo, hi)
     while (hi - lo > 1) {

@@ -12,9 +12,17 @@
 // - drop_first_row:    per sequence b: out rows = x's rows of b except the first
 //
 // Layout: every tensor is row-major [rows, cols] f32 (swiglu_f16: fp16); a packed batch is
-// described by cumulative row offsets (int32, count + 1 entries, offsets[0] = 0).
-// Launch: 1-D grid-stride over output elements, 256 threads per block, any
-// grid size. A row's sequence is found by binary search in the offsets.
+// described by cumulative row offsets (int32, count + 1 entries, offsets[0] = 0)
+// and a row -> sequence map (int32 [rows], `sequences`/`out_sequences`: the b
+// with offsets[b] <= r < offsets[b + 1], empty sequences skipped), both uploaded
+// once per graph (`CudaBackend::prepare`).
+// Launch: silu, swiglu, timestep_features: 1-D grid-stride over output
+// elements, 256 threads per block, any grid size. The positional and
+// prepend/drop ops: 2-D grid-stride (ROW_STRIDE, COL_STRIDE) over output
+// [rows, cols], 256 threads per block as (x: columns, y: rows) = (tx, 256 / tx),
+// tx = the power of two >= cols in 32..256 (`CudaBackend::launch_rows`); a
+// row's sequence and source row are read once per row, no element index is
+// divided.
 
 #include "common.cuh"
 
@@ -67,47 +75,58 @@ extern "C" __global__ void timestep_features(const float* __restrict__ t, const 
 __device__ __forceinline__ float table_at(const float* t, long long i) { return t[i]; }
 __device__ __forceinline__ float table_at(const unsigned short* t, long long i) { return f16_to_f32(t[i]); }
 
+// The row-wise ops below take each row's sequence from a row -> sequence map
+// (`sequences`: int32 [rows], uploaded once per graph by `prepare`) and its
+// position in that sequence as r - offsets[b]; rows < 2^31 (the map is int32).
 template <typename Table>
 __device__ __forceinline__ void add_positional(const float* __restrict__ x, const Table* __restrict__ table,
-                                               float scale, const int* __restrict__ offsets, int count,
-                                               long long cols, float* __restrict__ out) {
-    long long n = (long long)offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols;
-        long long p = r - offsets[sequence_of_row(offsets, count, r)];
-        out[i] = x[i] + table_at(table, p * cols + c) * scale;
+                                               float scale, const int* __restrict__ offsets,
+                                               const int* __restrict__ sequences, int rows, long long cols,
+                                               float* __restrict__ out) {
+    ROW_STRIDE(r, rows) {
+        const long long p = r - offsets[sequences[r]];
+        const float* xr = x + r * cols;
+        const Table* tr = table + p * cols;
+        float* yr = out + r * cols;
+        COL_STRIDE(c, cols) { yr[c] = xr[c] + table_at(tr, c) * scale; }
     }
 }
 
 extern "C" __global__ void add_positional_f32(const float* __restrict__ x, const float* __restrict__ table, float scale,
-                                              const int* __restrict__ offsets, int count, long long cols,
-                                              float* __restrict__ out) {
-    add_positional(x, table, scale, offsets, count, cols, out);
+                                              const int* __restrict__ offsets, const int* __restrict__ sequences,
+                                              int rows, long long cols, float* __restrict__ out) {
+    add_positional(x, table, scale, offsets, sequences, rows, cols, out);
 }
 
 extern "C" __global__ void add_positional_f16(const float* __restrict__ x, const unsigned short* __restrict__ table,
-                                              float scale, const int* __restrict__ offsets, int count, long long cols,
+                                              float scale, const int* __restrict__ offsets,
+                                              const int* __restrict__ sequences, int rows, long long cols,
                                               float* __restrict__ out) {
-    add_positional(x, table, scale, offsets, count, cols, out);
+    add_positional(x, table, scale, offsets, sequences, rows, cols, out);
 }
 
-// The value prepend_row writes at row r, column c; *p is r's position in its sequence.
+// The row prepend_row writes at output row r: first[b] at position 0 of sequence b,
+// else rest's row p - 1 of b; *p is r's position in its sequence.
 // out_offsets[b + 1] - out_offsets[b] = rest_offsets[b + 1] - rest_offsets[b] + 1.
-__device__ __forceinline__ float prepended(const float* __restrict__ first, const float* __restrict__ rest,
-                                           const int* __restrict__ rest_offsets, const int* __restrict__ out_offsets,
-                                           int count, long long cols, long long r, long long c, long long* p) {
-    int b = sequence_of_row(out_offsets, count, r);
+__device__ __forceinline__ const float* prepended_row(const float* __restrict__ first, const float* __restrict__ rest,
+                                                      const int* __restrict__ rest_offsets,
+                                                      const int* __restrict__ out_offsets,
+                                                      const int* __restrict__ out_sequences, long long cols,
+                                                      long long r, long long* p) {
+    const int b = out_sequences[r];
     *p = r - out_offsets[b];
-    return *p == 0 ? first[(long long)b * cols + c] : rest[(rest_offsets[b] + *p - 1) * cols + c];
+    return *p == 0 ? first + (long long)b * cols : rest + (rest_offsets[b] + *p - 1) * cols;
 }
 
 extern "C" __global__ void prepend_row(const float* __restrict__ first, const float* __restrict__ rest,
                                        const int* __restrict__ rest_offsets, const int* __restrict__ out_offsets,
-                                       int count, long long cols, float* __restrict__ out) {
-    long long n = (long long)out_offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols, p;
-        out[i] = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
+                                       const int* __restrict__ out_sequences, int rows, long long cols,
+                                       float* __restrict__ out) {
+    ROW_STRIDE(r, rows) {
+        long long p;
+        const float* src = prepended_row(first, rest, rest_offsets, out_offsets, out_sequences, cols, r, &p);
+        float* yr = out + r * cols;
+        COL_STRIDE(c, cols) { yr[c] = src[c]; }
     }
 }
 
@@ -115,40 +134,43 @@ template <typename Table>
 __device__ __forceinline__ void prepend_row_positional(const float* __restrict__ first, const float* __restrict__ rest,
                                                        const Table* __restrict__ table, float scale,
                                                        const int* __restrict__ rest_offsets,
-                                                       const int* __restrict__ out_offsets, int count, long long cols,
-                                                       float* __restrict__ out) {
-    long long n = (long long)out_offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols, p;
-        float v = prepended(first, rest, rest_offsets, out_offsets, count, cols, r, c, &p);
-        out[i] = v + table_at(table, p * cols + c) * scale;
+                                                       const int* __restrict__ out_offsets,
+                                                       const int* __restrict__ out_sequences, int rows,
+                                                       long long cols, float* __restrict__ out) {
+    ROW_STRIDE(r, rows) {
+        long long p;
+        const float* src = prepended_row(first, rest, rest_offsets, out_offsets, out_sequences, cols, r, &p);
+        const Table* tr = table + p * cols;
+        float* yr = out + r * cols;
+        COL_STRIDE(c, cols) { yr[c] = src[c] + table_at(tr, c) * scale; }
     }
 }
 
 extern "C" __global__ void prepend_row_positional_f32(const float* __restrict__ first, const float* __restrict__ rest,
                                                       const float* __restrict__ table, float scale,
                                                       const int* __restrict__ rest_offsets,
-                                                      const int* __restrict__ out_offsets, int count, long long cols,
-                                                      float* __restrict__ out) {
-    prepend_row_positional(first, rest, table, scale, rest_offsets, out_offsets, count, cols, out);
+                                                      const int* __restrict__ out_offsets,
+                                                      const int* __restrict__ out_sequences, int rows,
+                                                      long long cols, float* __restrict__ out) {
+    prepend_row_positional(first, rest, table, scale, rest_offsets, out_offsets, out_sequences, rows, cols, out);
 }
 
 extern "C" __global__ void prepend_row_positional_f16(const float* __restrict__ first, const float* __restrict__ rest,
                                                       const unsigned short* __restrict__ table, float scale,
                                                       const int* __restrict__ rest_offsets,
-                                                      const int* __restrict__ out_offsets, int count, long long cols,
-                                                      float* __restrict__ out) {
-    prepend_row_positional(first, rest, table, scale, rest_offsets, out_offsets, count, cols, out);
+                                                      const int* __restrict__ out_offsets,
+                                                      const int* __restrict__ out_sequences, int rows,
+                                                      long long cols, float* __restrict__ out) {
+    prepend_row_positional(first, rest, table, scale, rest_offsets, out_offsets, out_sequences, rows, cols, out);
 }
 
 extern "C" __global__ void drop_first_row(const float* __restrict__ x, const int* __restrict__ x_offsets,
-                                          const int* __restrict__ out_offsets, int count, long long cols,
-                                          float* __restrict__ out) {
-    long long n = (long long)out_offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols;
-        int b = sequence_of_row(out_offsets, count, r);
-        long long p = r - out_offsets[b];
-        out[i] = x[(x_offsets[b] + 1 + p) * cols + c];
+                                          const int* __restrict__ out_offsets, const int* __restrict__ out_sequences,
+                                          int rows, long long cols, float* __restrict__ out) {
+    ROW_STRIDE(r, rows) {
+        const int b = out_sequences[r];
+        const float* xr = x + (x_offsets[b] + 1 + (r - out_offsets[b])) * cols;
+        float* yr = out + r * cols;
+        COL_STRIDE(c, cols) { yr[c] = xr[c]; }
     }
 }

@@ -8,7 +8,8 @@
 //   ([B, table_cols], columns scale_offset.. and shift_offset..) for the rows of
 //   sequence b (`offsets`).
 // - gated_residual: out = residual + branch * sigmoid(1 - gate), gate from row b
-//   of `table` at gate_offset for the rows of sequence b.
+//   of `table` at gate_offset for the rows of sequence b (b from the row ->
+//   sequence map `sequences`, int32 [rows], uploaded once per graph).
 //
 // Layout: row-major [rows, cols]; x, residual, gamma, beta, table f32, offsets
 // int32 [count + 1] (cumulative rows). The _f16 variants keep a block
@@ -17,7 +18,11 @@
 // gated_residual_f16 reads an fp16 branch; statistics and arithmetic stay f32,
 // and an fp16 value is rounded once, at its store.
 // Launch: layer_norm: one warp per row, 4 warps (128 threads) per block, grid
-// ceil(rows / 4); gated_residual: 1-D grid-stride, 256 threads per block.
+// ceil(rows / 4), its row's sequence by binary search once per row;
+// gated_residual: 2-D grid-stride (ROW_STRIDE, COL_STRIDE) over [rows, cols],
+// 256 threads per block as (x: columns, y: rows) = (tx, 256 / tx), tx = the
+// power of two >= cols in 32..256 (`CudaBackend::launch_rows`), no element
+// index divided; rows < 2^31.
 // (todo: one pass with the row in registers for cols known at compile time.)
 
 #include "common.cuh"
@@ -82,30 +87,33 @@ extern "C" __global__ void layer_norm_f16(const float* __restrict__ x, const flo
     layer_norm(x, gamma, beta, eps, rows, cols, table, table_cols, scale_offset, shift_offset, offsets, count, out);
 }
 
+// The gate row of row r is row sequences[r] of `table` (the row -> sequence
+// map, int32 [rows], uploaded once per graph by `prepare`); rows < 2^31.
 template <typename Branch>
 __device__ __forceinline__ void gated_residual(const Branch* __restrict__ branch, const float* __restrict__ residual,
-                                               long long rows, long long cols, const float* __restrict__ table,
-                                               int table_cols, int gate_offset, const int* __restrict__ offsets,
-                                               int count, float* __restrict__ out) {
-    long long n = rows * cols;
-    GRID_STRIDE(i, n) {
-        long long r = i / cols, c = i - r * cols;
-        float gate = table[(long long)sequence_of_row(offsets, count, r) * table_cols + gate_offset + c];
-        float g = 1.0f / (1.0f + expf(-(1.0f - gate)));
-        out[i] = residual[i] + load_value(branch + i) * g;
+                                               int rows, long long cols, const float* __restrict__ table,
+                                               int table_cols, int gate_offset, const int* __restrict__ sequences,
+                                               float* __restrict__ out) {
+    ROW_STRIDE(r, rows) {
+        const float* gate = table + (long long)sequences[r] * table_cols + gate_offset;
+        const long long base = r * cols;
+        COL_STRIDE(c, cols) {
+            const float g = 1.0f / (1.0f + expf(-(1.0f - gate[c])));
+            out[base + c] = residual[base + c] + load_value(branch + base + c) * g;
+        }
     }
 }
 
 extern "C" __global__ void gated_residual_f32(const float* __restrict__ branch, const float* __restrict__ residual,
-                                              long long rows, long long cols, const float* __restrict__ table,
-                                              int table_cols, int gate_offset, const int* __restrict__ offsets,
-                                              int count, float* __restrict__ out) {
-    gated_residual(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out);
+                                              int rows, long long cols, const float* __restrict__ table,
+                                              int table_cols, int gate_offset, const int* __restrict__ sequences,
+                                              float* __restrict__ out) {
+    gated_residual(branch, residual, rows, cols, table, table_cols, gate_offset, sequences, out);
 }
 
 extern "C" __global__ void gated_residual_f16(const unsigned short* __restrict__ branch,
-                                              const float* __restrict__ residual, long long rows, long long cols,
+                                              const float* __restrict__ residual, int rows, long long cols,
                                               const float* __restrict__ table, int table_cols, int gate_offset,
-                                              const int* __restrict__ offsets, int count, float* __restrict__ out) {
-    gated_residual(branch, residual, rows, cols, table, table_cols, gate_offset, offsets, count, out);
+                                              const int* __restrict__ sequences, float* __restrict__ out) {
+    gated_residual(branch, residual, rows, cols, table, table_cols, gate_offset, sequences, out);
 }

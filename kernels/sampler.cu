@@ -4,8 +4,9 @@
 // f64 math), so a step never needs new kernel arguments.
 //
 // Every request of a batch has its own row of scalars (its own step of its
-// own schedule): `scalars` is [requests, 9], and x_offsets (int32
-// [requests + 1], cumulative rows of x) says which rows of x are whose.
+// own schedule): `scalars` is [requests, 9], and x_sequences (int32 [rows of
+// x], the row -> request map uploaded once per graph by `prepare`) says which
+// rows of x are whose.
 //
 // - cfg_expand:      out = concat(x, x) * c_in[req]           (out is [2n])
 // - cfg_denoise:     denoised = (v_u + (v_c - v_u) * cfg[req]) * c_out[req] + x * c_skip[req],
@@ -21,56 +22,72 @@
 //
 // Scalar slots (src/graph/ir.rs, scalar_slot): 0 c_in, 1 c_skip, 2 c_out,
 // 3 x, 4 denoised, 5 d1, 6 d2, 7 noise, 8 step (an integer stored as f32).
-// Layout: contiguous f32; cfg f32 [requests].
-// Launch: 1-D grid-stride, 256 threads per block, any grid size.
+// Layout: contiguous f32 [rows, cols]; cfg f32 [requests]; rows < 2^31.
+// Launch: cfg_expand, cfg_denoise, dpmpp_3m_update: 2-D grid-stride
+// (ROW_STRIDE, COL_STRIDE) over x's [rows, cols], 256 threads per block as
+// (x: columns, y: rows) = (tx, 256 / tx), tx = the power of two >= cols in
+// 32..256 (`CudaBackend::launch_rows`): a row's request and its scalars are
+// read once per row, no element index is divided. select_step_row,
+// philox_normal: 1-D grid-stride, 256 threads per block. Any grid size.
 
 #include "common.cuh"
 
 #define SCALAR_COUNT 9
 
 extern "C" __global__ void cfg_expand(const float* __restrict__ x, const float* __restrict__ scalars,
-                                      const int* __restrict__ x_offsets, int count, long long cols,
+                                      const int* __restrict__ x_sequences, int rows, long long cols,
                                       float* __restrict__ out) {
-    long long n = (long long)x_offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        int req = sequence_of_row(x_offsets, count, i / cols);
-        float v = x[i] * scalars[req * SCALAR_COUNT + 0];
-        out[i] = v;
-        out[n + i] = v;
+    const long long n = (long long)rows * cols;
+    ROW_STRIDE(r, rows) {
+        const float c_in = scalars[x_sequences[r] * SCALAR_COUNT + 0];
+        const float* xr = x + r * cols;
+        float* yr = out + r * cols;
+        COL_STRIDE(c, cols) {
+            const float v = xr[c] * c_in;
+            yr[c] = v;
+            yr[n + c] = v;
+        }
     }
 }
 
 extern "C" __global__ void cfg_denoise(const float* __restrict__ v, const float* __restrict__ x,
-                                       const float* __restrict__ scalars, const int* __restrict__ x_offsets,
-                                       const float* __restrict__ cfg, int count, long long cols,
+                                       const float* __restrict__ scalars, const int* __restrict__ x_sequences,
+                                       const float* __restrict__ cfg, int rows, long long cols,
                                        float* __restrict__ out) {
-    long long n = (long long)x_offsets[count] * cols;
-    GRID_STRIDE(e, n) {
-        int req = sequence_of_row(x_offsets, count, e / cols);
+    const long long n = (long long)rows * cols;
+    ROW_STRIDE(r, rows) {
+        const int req = x_sequences[r];
         const float* s = scalars + req * SCALAR_COUNT;
-        float c_skip = s[1], c_out = s[2];
-        float vc = v[e], vu = v[n + e];
-        float guided = vu + (vc - vu) * cfg[req];
-        out[e] = guided * c_out + x[e] * c_skip;
+        const float c_skip = s[1], c_out = s[2], scale = cfg[req];
+        const long long base = r * cols;
+        COL_STRIDE(c, cols) {
+            const long long e = base + c;
+            const float vc = v[e], vu = v[n + e];
+            const float guided = vu + (vc - vu) * scale;
+            out[e] = guided * c_out + x[e] * c_skip;
+        }
     }
 }
 
 extern "C" __global__ void dpmpp_3m_update(float* __restrict__ x, const float* __restrict__ denoised,
                                            float* __restrict__ d1, float* __restrict__ d2,
                                            const float* __restrict__ noise, const float* __restrict__ scalars,
-                                           const int* __restrict__ x_offsets, int count, long long cols) {
-    long long n = (long long)x_offsets[count] * cols;
-    GRID_STRIDE(i, n) {
-        const float* s = scalars + sequence_of_row(x_offsets, count, i / cols) * SCALAR_COUNT;
-        float a = s[3], b = s[4], c = s[5], d = s[6], e = s[7];
-        float den = denoised[i];
-        float acc = a * x[i] + b * den;
-        if (c != 0.0f) acc += c * d1[i];
-        if (d != 0.0f) acc += d * d2[i];
-        if (e != 0.0f) acc += e * noise[i];
-        x[i] = acc;
-        d2[i] = d1[i];
-        d1[i] = den;
+                                           const int* __restrict__ x_sequences, int rows, long long cols) {
+    ROW_STRIDE(r, rows) {
+        const float* s = scalars + x_sequences[r] * SCALAR_COUNT;
+        const float a = s[3], b = s[4], c = s[5], d = s[6], e = s[7];
+        const long long base = r * cols;
+        COL_STRIDE(j, cols) {
+            const long long i = base + j;
+            const float den = denoised[i];
+            float acc = a * x[i] + b * den;
+            if (c != 0.0f) acc += c * d1[i];
+            if (d != 0.0f) acc += d * d2[i];
+            if (e != 0.0f) acc += e * noise[i];
+            x[i] = acc;
+            d2[i] = d1[i];
+            d1[i] = den;
+        }
     }
 }
 

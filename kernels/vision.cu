@@ -14,8 +14,14 @@
 // - first_rows:         out row b = the first row of sequence b of x (the class tokens).
 //
 // Layout: row-major f32 [rows, cols]; sequences as int32 cumulative row offsets
-// (count + 1 entries). Launch: 1-D grid-stride over output elements, 256
-// threads per block, any grid size; 64-bit element indices.
+// (count + 1 entries) and, for prepend_weight_row, the output's row -> sequence
+// map (int32 [rows], uploaded once per graph by `prepare`; rows < 2^31).
+// Launch: patchify, quick_gelu_f32: 1-D grid-stride over output elements, 256
+// threads per block; 64-bit element indices. prepend_weight_row, first_rows:
+// 2-D grid-stride (ROW_STRIDE, COL_STRIDE) over the output [rows, cols], 256
+// threads per block as (x: columns, y: rows) = (tx, 256 / tx), tx = the power
+// of two >= cols in 32..256 (`CudaBackend::launch_rows`); no element index is
+// divided. Any grid size.
 
 #include "common.cuh"
 
@@ -40,14 +46,15 @@ extern "C" __global__ void patchify(const float* __restrict__ images, int channe
 
 extern "C" __global__ void prepend_weight_row(const float* __restrict__ row, const float* __restrict__ rest,
                                               const int* __restrict__ rest_offsets,
-                                              const int* __restrict__ out_offsets, int count, long long cols,
+                                              const int* __restrict__ out_offsets,
+                                              const int* __restrict__ out_sequences, int rows, long long cols,
                                               float* __restrict__ out) {
-    long long n = (long long)out_offsets[count] * cols;
-    GRID_STRIDE(idx, n) {
-        long long r = idx / cols, c = idx - r * cols;
-        int b = sequence_of_row(out_offsets, count, r);
-        long long local = r - out_offsets[b];
-        out[idx] = local == 0 ? row[c] : rest[(rest_offsets[b] + local - 1) * cols + c];
+    ROW_STRIDE(r, rows) {
+        const int b = out_sequences[r];
+        const long long local = r - out_offsets[b];
+        const float* src = local == 0 ? row : rest + (rest_offsets[b] + local - 1) * cols;
+        float* yr = out + r * cols;
+        COL_STRIDE(c, cols) { yr[c] = src[c]; }
     }
 }
 
@@ -57,8 +64,9 @@ extern "C" __global__ void quick_gelu_f32(const float* __restrict__ x, float* __
 
 extern "C" __global__ void first_rows(const float* __restrict__ x, const int* __restrict__ offsets, int count,
                                       long long cols, float* __restrict__ out) {
-    GRID_STRIDE(idx, (long long)count * cols) {
-        long long b = idx / cols, c = idx - b * cols;
-        out[idx] = x[(long long)offsets[b] * cols + c];
+    ROW_STRIDE(b, count) {
+        const float* xr = x + (long long)offsets[b] * cols;
+        float* yr = out + b * cols;
+        COL_STRIDE(c, cols) { yr[c] = xr[c]; }
     }
 }

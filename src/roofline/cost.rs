@@ -55,7 +55,7 @@ pub struct KernelCost {
     pub read_bytes: u64,
     /// Activation bytes written.
     pub write_bytes: u64,
-    /// Small constant tables read: segment offsets, tile starts, step scalars, CFG scales.
+    /// Small constant tables read: segment offsets, row -> sequence maps, tile starts, step scalars, CFG scales.
     pub table_bytes: u64,
     /// Flash attention only: K and V bytes its blocks read, once per query tile (from L2; not in the byte total).
     pub kv_tile_bytes: u64,
@@ -84,6 +84,9 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
     let cols = |t: TensorId| g.desc(t).cols as u64;
     // A segment table: `count + 1` int32 offsets.
     let offsets = |s: &Segments| (s.count() as u64 + 1) * F32;
+    // A row -> sequence map: one int32 per row (`row_sequences`), read by the
+    // row-wise kernels in place of a search in the offsets.
+    let row_map = |s: &Segments| s.total() as u64 * F32;
     let flops = g.op_flops(op);
     // An elementwise-style launch: reads `read` activation bytes, writes `write`.
     let simple =
@@ -117,7 +120,7 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
             let seg = g.seg(*segments);
             let kernel = if fp16(*branch) { "gated_residual_f16" } else { "gated_residual_f32" };
             let mut k = simple(kernel, bytes(*branch) + bytes(*residual), bytes(*out));
-            k.table_bytes = offsets(seg) + seg.count() as u64 * cols(*out) * F32;
+            k.table_bytes = row_map(seg) + seg.count() as u64 * cols(*out) * F32;
             vec![k]
         }
         Op::Silu { x, out } => vec![simple("silu_f32", len(*x) * F32, len(*out) * F32)],
@@ -136,12 +139,13 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
             // The position table is a matrix, so fp16 (`CudaWeight`); the rows of the
             // longest sequence, which every sequence's rows share.
             k.weight_bytes = seg.lengths().max().unwrap_or(0) as u64 * cols(*x) * F16;
-            k.table_bytes = offsets(seg);
+            k.table_bytes = offsets(seg) + row_map(seg);
             vec![k]
         }
         Op::PrependRow { first, rest, rest_segments, out_segments, out } => {
             let mut k = simple("prepend_row", (len(*first) + len(*rest)) * F32, len(*out) * F32);
-            k.table_bytes = offsets(g.seg(*rest_segments)) + offsets(g.seg(*out_segments));
+            let out_seg = g.seg(*out_segments);
+            k.table_bytes = offsets(g.seg(*rest_segments)) + offsets(out_seg) + row_map(out_seg);
             vec![k]
         }
         Op::PrependRowPositional { first, rest, rest_segments, out_segments, out, .. } => {
@@ -149,24 +153,25 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
             let out_seg = g.seg(*out_segments);
             let mut k = simple("prepend_row_positional_f16", (len(*first) + len(*rest)) * F32, len(*out) * F32);
             k.weight_bytes = out_seg.lengths().max().unwrap_or(0) as u64 * cols(*out) * F16;
-            k.table_bytes = offsets(g.seg(*rest_segments)) + offsets(out_seg);
+            k.table_bytes = offsets(g.seg(*rest_segments)) + offsets(out_seg) + row_map(out_seg);
             vec![k]
         }
         Op::DropFirstRow { x_segments, out_segments, out, .. } => {
             // Reads only the rows it keeps.
             let mut k = simple("drop_first_row", len(*out) * F32, len(*out) * F32);
-            k.table_bytes = offsets(g.seg(*x_segments)) + offsets(g.seg(*out_segments));
+            let out_seg = g.seg(*out_segments);
+            k.table_bytes = offsets(g.seg(*x_segments)) + offsets(out_seg) + row_map(out_seg);
             vec![k]
         }
         Op::Attention { .. } => vec![attention(g, op, flops)],
         Op::CfgExpand { x, scalars, x_segments, out } => {
             let mut k = simple("cfg_expand", len(*x) * F32, len(*out) * F32);
-            k.table_bytes = offsets(g.seg(*x_segments)) + len(*scalars) * F32;
+            k.table_bytes = row_map(g.seg(*x_segments)) + len(*scalars) * F32;
             vec![k]
         }
         Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } => {
             let mut k = simple("cfg_denoise", (len(*v) + len(*x)) * F32, len(*out) * F32);
-            k.table_bytes = offsets(g.seg(*x_segments)) + len(*scalars) * F32 + cfg_scales.len() as u64 * F32;
+            k.table_bytes = row_map(g.seg(*x_segments)) + len(*scalars) * F32 + cfg_scales.len() as u64 * F32;
             vec![k]
         }
         Op::Dpmpp3mUpdate { x, scalars, x_segments, .. } => {
@@ -174,7 +179,7 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
             // the noise; writes x, d1 and d2 in place (kernels/sampler.cu).
             let n = len(*x);
             let mut k = simple("dpmpp_3m_update", 5 * n * F32, 3 * n * F32);
-            k.table_bytes = offsets(g.seg(*x_segments)) + len(*scalars) * F32;
+            k.table_bytes = row_map(g.seg(*x_segments)) + len(*scalars) * F32;
             vec![k]
         }
         Op::SelectStepRow { scalars, out, .. } => {
@@ -216,7 +221,8 @@ pub fn kernels(g: &Graph, op: &Op) -> Vec<KernelCost> {
         Op::PrependWeightRow { rest, rest_segments, out_segments, out, .. } => {
             let mut k = simple("prepend_weight_row", len(*rest) * F32, len(*out) * F32);
             k.weight_bytes = cols(*out) * F32;
-            k.table_bytes = offsets(g.seg(*rest_segments)) + offsets(g.seg(*out_segments));
+            let out_seg = g.seg(*out_segments);
+            k.table_bytes = offsets(g.seg(*rest_segments)) + offsets(out_seg) + row_map(out_seg);
             vec![k]
         }
         Op::FirstRows { segments, out, .. } => {

@@ -40,13 +40,17 @@ impl Launcher<'_> {
         let Op::AddPositional { x, table, scale, segments, out } = op else {
             return Err(wrong_op(op, "add_positional"));
         };
-        let (seg, cols) = (self.graph.seg(*segments), self.desc(*x).cols);
-        let (n, count) = (seg.total() * cols, seg.count() as i32);
-        let offsets = self.offsets(*segments)?;
-        let (x, out, scale, cols) = (self.ptr(*x), self.ptr(*out), *scale, cols as i64);
+        let cols = self.desc(*x).cols;
+        let (offsets, (sequences, rows)) = (self.offsets(*segments)?, self.row_map(*segments)?);
+        let (x, out, scale, n) = (self.ptr(*x), self.ptr(*out), *scale, rows as usize);
+        let c = cols as i64;
         match self.weight_any(*table)? {
-            (false, table) => self.elementwise(n, k::AddPositionalF32 { x, table, scale, offsets, count, cols, out }),
-            (true, table) => self.elementwise(n, k::AddPositionalF16 { x, table, scale, offsets, count, cols, out }),
+            (false, table) => {
+                self.rows(n, cols, k::AddPositionalF32 { x, table, scale, offsets, sequences, rows, cols: c, out })
+            }
+            (true, table) => {
+                self.rows(n, cols, k::AddPositionalF16 { x, table, scale, offsets, sequences, rows, cols: c, out })
+            }
         }
     }
 
@@ -54,36 +58,62 @@ impl Launcher<'_> {
         let Op::PrependRow { first, rest, rest_segments, out_segments, out } = op else {
             return Err(wrong_op(op, "prepend_row"));
         };
-        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
+        let cols = self.desc(*out).cols;
+        let (out_sequences, rows) = self.row_map(*out_segments)?;
         let kernel = k::PrependRow {
             first: self.ptr(*first),
             rest: self.ptr(*rest),
             rest_offsets: self.offsets(*rest_segments)?,
             out_offsets: self.offsets(*out_segments)?,
-            count: os.count() as i32,
+            out_sequences,
+            rows,
             cols: cols as i64,
             out: self.ptr(*out),
         };
-        self.elementwise(os.total() * cols, kernel)
+        self.rows(rows as usize, cols, kernel)
     }
 
     pub(super) fn prepend_row_positional(&mut self, op: &Op) -> Result<()> {
         let Op::PrependRowPositional { first, rest, table, scale, rest_segments, out_segments, out } = op else {
             return Err(wrong_op(op, "prepend_row_positional"));
         };
-        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
-        let n = os.total() * cols;
+        let cols = self.desc(*out).cols;
         let (first, rest, scale, out) = (self.ptr(*first), self.ptr(*rest), *scale, self.ptr(*out));
         let (rest_offsets, out_offsets) = (self.offsets(*rest_segments)?, self.offsets(*out_segments)?);
-        let (count, cols) = (os.count() as i32, cols as i64);
+        let (out_sequences, rows) = self.row_map(*out_segments)?;
+        let (n, c) = (rows as usize, cols as i64);
         match self.weight_any(*table)? {
-            (false, table) => self.elementwise(
+            (false, table) => self.rows(
                 n,
-                k::PrependRowPositionalF32 { first, rest, table, scale, rest_offsets, out_offsets, count, cols, out },
+                cols,
+                k::PrependRowPositionalF32 {
+                    first,
+                    rest,
+                    table,
+                    scale,
+                    rest_offsets,
+                    out_offsets,
+                    out_sequences,
+                    rows,
+                    cols: c,
+                    out,
+                },
             ),
-            (true, table) => self.elementwise(
+            (true, table) => self.rows(
                 n,
-                k::PrependRowPositionalF16 { first, rest, table, scale, rest_offsets, out_offsets, count, cols, out },
+                cols,
+                k::PrependRowPositionalF16 {
+                    first,
+                    rest,
+                    table,
+                    scale,
+                    rest_offsets,
+                    out_offsets,
+                    out_sequences,
+                    rows,
+                    cols: c,
+                    out,
+                },
             ),
         }
     }
@@ -92,15 +122,17 @@ impl Launcher<'_> {
         let Op::DropFirstRow { x, x_segments, out_segments, out } = op else {
             return Err(wrong_op(op, "drop_first_row"));
         };
-        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
+        let cols = self.desc(*out).cols;
+        let (out_sequences, rows) = self.row_map(*out_segments)?;
         let kernel = k::DropFirstRow {
             x: self.ptr(*x),
             x_offsets: self.offsets(*x_segments)?,
             out_offsets: self.offsets(*out_segments)?,
-            count: os.count() as i32,
+            out_sequences,
+            rows,
             cols: cols as i64,
             out: self.ptr(*out),
         };
-        self.elementwise(os.total() * cols, kernel)
+        self.rows(rows as usize, cols, kernel)
     }
 }

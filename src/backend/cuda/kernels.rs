@@ -130,28 +130,31 @@ kernels! {
     TimestepFeatures = "timestep_features" { t: Ptr, w: Ptr, out: Ptr, batch: i32, n: i32 }
     /// elementwise.cu: `out = x + table[position] * scale`, f32 table.
     AddPositionalF32 = "add_positional_f32" {
-        x: Ptr, table: Ptr, scale: f32, offsets: Ptr, count: i32, cols: i64, out: Ptr,
+        x: Ptr, table: Ptr, scale: f32, offsets: Ptr, sequences: Ptr, rows: i32, cols: i64, out: Ptr,
     }
     /// elementwise.cu: as `AddPositionalF32`, fp16 table.
     AddPositionalF16 = "add_positional_f16" {
-        x: Ptr, table: Ptr, scale: f32, offsets: Ptr, count: i32, cols: i64, out: Ptr,
+        x: Ptr, table: Ptr, scale: f32, offsets: Ptr, sequences: Ptr, rows: i32, cols: i64, out: Ptr,
     }
     /// elementwise.cu: one row per sequence, then the sequence.
     PrependRow = "prepend_row" {
-        first: Ptr, rest: Ptr, rest_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64, out: Ptr,
+        first: Ptr, rest: Ptr, rest_offsets: Ptr, out_offsets: Ptr, out_sequences: Ptr, rows: i32, cols: i64,
+        out: Ptr,
     }
     /// elementwise.cu: `prepend_row`, then `add_positional` with an f32 table, in one pass.
     PrependRowPositionalF32 = "prepend_row_positional_f32" {
-        first: Ptr, rest: Ptr, table: Ptr, scale: f32, rest_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64,
-        out: Ptr,
+        first: Ptr, rest: Ptr, table: Ptr, scale: f32, rest_offsets: Ptr, out_offsets: Ptr, out_sequences: Ptr,
+        rows: i32, cols: i64, out: Ptr,
     }
     /// elementwise.cu: as `PrependRowPositionalF32`, fp16 table.
     PrependRowPositionalF16 = "prepend_row_positional_f16" {
-        first: Ptr, rest: Ptr, table: Ptr, scale: f32, rest_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64,
-        out: Ptr,
+        first: Ptr, rest: Ptr, table: Ptr, scale: f32, rest_offsets: Ptr, out_offsets: Ptr, out_sequences: Ptr,
+        rows: i32, cols: i64, out: Ptr,
     }
     /// elementwise.cu: every sequence without its first row.
-    DropFirstRow = "drop_first_row" { x: Ptr, x_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64, out: Ptr }
+    DropFirstRow = "drop_first_row" {
+        x: Ptr, x_offsets: Ptr, out_offsets: Ptr, out_sequences: Ptr, rows: i32, cols: i64, out: Ptr,
+    }
 
     /// layer_norm.cu: LayerNorm with optional adaLN modulation; 4 rows per 128-thread block.
     LayerNormF32 = "layer_norm_f32" {
@@ -165,13 +168,13 @@ kernels! {
     }
     /// layer_norm.cu: `out = residual + branch * sigmoid(1 - gate)`.
     GatedResidualF32 = "gated_residual_f32" {
-        branch: Ptr, residual: Ptr, rows: i64, cols: i64, table: Ptr, table_cols: i32, gate_offset: i32,
-        offsets: Ptr, count: i32, out: Ptr,
+        branch: Ptr, residual: Ptr, rows: i32, cols: i64, table: Ptr, table_cols: i32, gate_offset: i32,
+        sequences: Ptr, out: Ptr,
     }
     /// layer_norm.cu: as `GatedResidualF32`, fp16 branch.
     GatedResidualF16 = "gated_residual_f16" {
-        branch: Ptr, residual: Ptr, rows: i64, cols: i64, table: Ptr, table_cols: i32, gate_offset: i32,
-        offsets: Ptr, count: i32, out: Ptr,
+        branch: Ptr, residual: Ptr, rows: i32, cols: i64, table: Ptr, table_cols: i32, gate_offset: i32,
+        sequences: Ptr, out: Ptr,
     }
 
     /// attention.cu: the f32 fallback attention.
@@ -193,14 +196,14 @@ kernels! {
     }
 
     /// sampler.cu: `out = concat(x, x) * c_in`.
-    CfgExpand = "cfg_expand" { x: Ptr, scalars: Ptr, x_offsets: Ptr, count: i32, cols: i64, out: Ptr }
+    CfgExpand = "cfg_expand" { x: Ptr, scalars: Ptr, x_sequences: Ptr, rows: i32, cols: i64, out: Ptr }
     /// sampler.cu: CFG and the v-denoiser.
     CfgDenoise = "cfg_denoise" {
-        v: Ptr, x: Ptr, scalars: Ptr, x_offsets: Ptr, cfg: Ptr, count: i32, cols: i64, out: Ptr,
+        v: Ptr, x: Ptr, scalars: Ptr, x_sequences: Ptr, cfg: Ptr, rows: i32, cols: i64, out: Ptr,
     }
     /// sampler.cu: one DPM++ 3M SDE update in place.
     Dpmpp3mUpdate = "dpmpp_3m_update" {
-        x: Ptr, denoised: Ptr, d1: Ptr, d2: Ptr, noise: Ptr, scalars: Ptr, x_offsets: Ptr, count: i32, cols: i64,
+        x: Ptr, denoised: Ptr, d1: Ptr, d2: Ptr, noise: Ptr, scalars: Ptr, x_sequences: Ptr, rows: i32, cols: i64,
     }
     /// sampler.cu: each DiT sequence's row of a per-step table.
     SelectStepRow = "select_step_row" {
@@ -224,7 +227,8 @@ kernels! {
     Patchify = "patchify" { images: Ptr, channels: i32, size: i32, patch: i32, out: Ptr, n_out: i64 }
     /// vision.cu: a weight row, then each sequence.
     PrependWeightRow = "prepend_weight_row" {
-        row: Ptr, rest: Ptr, rest_offsets: Ptr, out_offsets: Ptr, count: i32, cols: i64, out: Ptr,
+        row: Ptr, rest: Ptr, rest_offsets: Ptr, out_offsets: Ptr, out_sequences: Ptr, rows: i32, cols: i64,
+        out: Ptr,
     }
     /// vision.cu: `out = x * sigmoid(1.702 x)`.
     QuickGeluF32 = "quick_gelu_f32" { x: Ptr, out: Ptr, n: i64 }

@@ -11,7 +11,7 @@ use super::{CudaArena, CudaBackend, CudaWeight, OpContext, driver_err};
 use crate::error::{Error, Result};
 use crate::graph::{ArenaPlan, DType, Graph, Op, SegmentsId, TensorDesc, TensorId, WeightId};
 
-/// Threads per block of the 1-D grid-stride kernels.
+/// Threads per block of the 1-D and 2-D grid-stride kernels.
 const ELEMENTWISE_THREADS: u32 = 256;
 
 /// One op's view of the backend, the graph and the arena.
@@ -75,6 +75,15 @@ impl<'a> Launcher<'a> {
         Ok(Ptr(self.backend.offsets(self.arena, self.graph.seg(s))?))
     }
 
+    /// The device copy of a segment table's row -> sequence map (int32 [rows],
+    /// `row_sequences`; uploaded by `prepare`), and its row count for the kernel.
+    pub(super) fn row_map(&mut self, s: SegmentsId) -> Result<(Ptr, i32)> {
+        let seg = self.graph.seg(s);
+        let ptr = Ptr(self.backend.row_map(self.arena, seg)?);
+        // row_map refused a batch of 2^31 rows or more.
+        Ok((ptr, seg.total() as i32))
+    }
+
     /// A constant table of this arena (uploaded by `prepare`).
     pub(super) fn table(&mut self, values: Vec<u32>) -> Result<Ptr> {
         Ok(Ptr(self.backend.table(self.arena, values)?))
@@ -124,6 +133,11 @@ impl<'a> Launcher<'a> {
 
     pub(super) fn elementwise<K: Kernel>(&self, n: usize, kernel: K) -> Result<()> {
         self.backend.launch_elementwise(n, kernel)
+    }
+
+    /// A 2-D grid-stride launch over `[rows, cols]` (`CudaBackend::launch_rows`).
+    pub(super) fn rows<K: Kernel>(&self, rows: usize, cols: usize, kernel: K) -> Result<()> {
+        self.backend.launch_rows(rows, cols, kernel)
     }
 }
 
@@ -176,6 +190,30 @@ impl CudaBackend {
             LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 };
         self.launch(cfg, kernel)
     }
+
+    /// A 2-D grid-stride launch over a `[rows, cols]` tensor (ROW_STRIDE and
+    /// COL_STRIDE in kernels/common.cuh; nothing to do when it is empty).
+    pub(super) fn launch_rows<K: Kernel>(&self, rows: usize, cols: usize, kernel: K) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let cfg = rows_config(rows, cols);
+        self.launch(cfg, kernel)
+    }
+}
+
+/// The launch shape of a 2-D grid-stride kernel over `[rows, cols]`:
+/// `ELEMENTWISE_THREADS` threads per block as (x: columns, y: rows) = (tx,
+/// 256 / tx), tx the power of two >= cols in 32..256, so a warp reads
+/// consecutive columns of one row and narrow rows still fill a block; grid.x
+/// covers the columns (at most 2^20 blocks), grid.y the rows (at most 65535,
+/// the hardware's limit; the kernels stride over the rest).
+fn rows_config(rows: usize, cols: usize) -> LaunchConfig {
+    let tx = cols.next_power_of_two().clamp(32, ELEMENTWISE_THREADS as usize) as u32;
+    let ty = ELEMENTWISE_THREADS / tx;
+    let gx = cols.div_ceil(tx as usize).min(1 << 20) as u32;
+    let gy = rows.div_ceil(ty as usize).min(65535) as u32;
+    LaunchConfig { grid_dim: (gx, gy, 1), block_dim: (tx, ty, 1), shared_mem_bytes: 0 }
 }
 
 /// The error for a launcher handed another op (a dispatch bug).

@@ -176,8 +176,9 @@ pub struct CudaBackend {
 
 /// The arena of one executor, plus what its graph needs on the device besides
 /// tensors: the fp16 scratch of GEMM inputs (sized to the graph's largest
-/// Linear input), small constant tables (segment offsets, CFG scales, RoPE
-/// angles), all made by `prepare` before the first run, and the CUDA graphs captured from
+/// Linear input), small constant tables (segment offsets, row -> sequence
+/// maps, CFG scales, RoPE angles), all made by `prepare` before the first run,
+/// and the CUDA graphs captured from
 /// its repeated parts (they hold this arena's addresses, so they live with it).
 pub struct CudaArena {
     data: CudaSlice<f32>,
@@ -481,6 +482,31 @@ impl CudaBackend {
             .map_err(|_| Error::Limit(format!("a packed batch of {} rows exceeds 2^31 rows", s.total())))?;
         self.table(arena, values)
     }
+
+    /// The device copy of `s`'s row -> sequence map (`row_sequences`), a
+    /// constant table like the offsets (uploaded by `prepare`).
+    fn row_map(&self, arena: &mut CudaArena, s: &Segments) -> Result<CUdeviceptr> {
+        if i32::try_from(s.total()).is_err() {
+            return Err(Error::Limit(format!("a packed batch of {} rows exceeds 2^31 rows", s.total())));
+        }
+        self.table(arena, row_sequences(s))
+    }
+}
+
+/// The sequence of every row of the packed batch `s`, as the kernels read it
+/// (int32 [rows], `elementwise.cu` and the other row-wise kernels): the b with
+/// `offsets[b] <= r < offsets[b + 1]`, so empty sequences own no row. One
+/// element (0) for a batch of no rows: a table is never empty (the kernels
+/// then read nothing).
+pub fn row_sequences(s: &Segments) -> Vec<u32> {
+    let mut rows = Vec::with_capacity(s.total().max(1));
+    for b in 0..s.count() {
+        rows.extend(std::iter::repeat_n(b as u32, s.len_of(b)));
+    }
+    if rows.is_empty() {
+        rows.push(0);
+    }
+    rows
 }
 
 /// Environment switch of the block activations' type: `f32` keeps them in f32
@@ -560,9 +586,10 @@ impl Backend for CudaBackend {
     }
 
     /// Allocates the fp16 GEMM scratch for the largest f32 Linear input, uploads
-    /// every segment table, CFG-scale table, attention tile table and RoPE
-    /// angle table, makes the cuBLASLt plan of every GEMM shape and picks its
-    /// fastest algorithm: after this, no op of the graph allocates or uploads.
+    /// every segment table (offsets and row -> sequence map), CFG-scale table,
+    /// attention tile table and RoPE angle table, makes the cuBLASLt plan of
+    /// every GEMM shape and picks its fastest algorithm: after this, no op of
+    /// the graph allocates or uploads.
     fn prepare(&self, ctx: &mut OpContext<'_, Self>) -> Result<()> {
         self.ctx.bind_to_thread().map_err(driver_err("binding the CUDA context"))?;
         let g = ctx.graph;
@@ -593,6 +620,7 @@ impl Backend for CudaBackend {
         }
         for s in &g.segments {
             self.offsets(ctx.arena, s)?;
+            self.row_map(ctx.arena, s)?;
         }
         if largest_input > 0 && ctx.arena.half.as_ref().is_none_or(|h| h.len() < largest_input) {
             let buf = self

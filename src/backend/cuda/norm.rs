@@ -96,39 +96,38 @@ impl Launcher<'_> {
             return Err(self.unsupported_dtype(op, t));
         }
         let d = self.desc(*out);
-        let (n, rows, cols) = (d.len(), d.rows as i64, d.cols as i64);
+        let (n, cols) = (d.rows, d.cols);
         let (residual, table_ptr, table_cols) = (self.ptr(*residual), self.ptr(*table), self.desc(*table).cols as i32);
-        let (gate_offset, offsets) = (*gate_offset as i32, self.offsets(*segments)?);
-        let (count, out) = (self.graph.seg(*segments).count() as i32, self.ptr(*out));
-        let branch_ptr = self.ptr(*branch);
+        let (gate_offset, (sequences, rows)) = (*gate_offset as i32, self.row_map(*segments)?);
+        let (out, branch_ptr, c) = (self.ptr(*out), self.ptr(*branch), cols as i64);
         match self.dtype(*branch) {
-            DType::F32 => self.elementwise(
+            DType::F32 => self.rows(
                 n,
+                cols,
                 k::GatedResidualF32 {
                     branch: branch_ptr,
                     residual,
                     rows,
-                    cols,
+                    cols: c,
                     table: table_ptr,
                     table_cols,
                     gate_offset,
-                    offsets,
-                    count,
+                    sequences,
                     out,
                 },
             ),
-            DType::F16 => self.elementwise(
+            DType::F16 => self.rows(
                 n,
+                cols,
                 k::GatedResidualF16 {
                     branch: branch_ptr,
                     residual,
                     rows,
-                    cols,
+                    cols: c,
                     table: table_ptr,
                     table_cols,
                     gate_offset,
-                    offsets,
-                    count,
+                    sequences,
                     out,
                 },
             ),

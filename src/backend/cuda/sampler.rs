@@ -12,41 +12,44 @@ use crate::graph::Op;
 impl Launcher<'_> {
     pub(super) fn cfg_expand(&mut self, op: &Op) -> Result<()> {
         let Op::CfgExpand { x, scalars, x_segments, out } = op else { return Err(wrong_op(op, "cfg_expand")) };
-        let d = self.desc(*x);
+        let cols = self.desc(*x).cols;
+        let (x_sequences, rows) = self.row_map(*x_segments)?;
         let kernel = k::CfgExpand {
             x: self.ptr(*x),
             scalars: self.ptr(*scalars),
-            x_offsets: self.offsets(*x_segments)?,
-            count: self.graph.seg(*x_segments).count() as i32,
-            cols: d.cols as i64,
+            x_sequences,
+            rows,
+            cols: cols as i64,
             out: self.ptr(*out),
         };
-        self.elementwise(d.len(), kernel)
+        self.rows(rows as usize, cols, kernel)
     }
 
     pub(super) fn cfg_denoise(&mut self, op: &Op) -> Result<()> {
         let Op::CfgDenoise { v, x, scalars, x_segments, cfg_scales, out } = op else {
             return Err(wrong_op(op, "cfg_denoise"));
         };
-        let (seg, cols) = (self.graph.seg(*x_segments), self.desc(*x).cols);
+        let cols = self.desc(*x).cols;
+        let (x_sequences, rows) = self.row_map(*x_segments)?;
         let kernel = k::CfgDenoise {
             v: self.ptr(*v),
             x: self.ptr(*x),
             scalars: self.ptr(*scalars),
-            x_offsets: self.offsets(*x_segments)?,
+            x_sequences,
             cfg: self.table(cfg_scales.iter().map(|s| s.to_bits()).collect())?,
-            count: seg.count() as i32,
+            rows,
             cols: cols as i64,
             out: self.ptr(*out),
         };
-        self.elementwise(seg.total() * cols, kernel)
+        self.rows(rows as usize, cols, kernel)
     }
 
     pub(super) fn dpmpp_3m_update(&mut self, op: &Op) -> Result<()> {
         let Op::Dpmpp3mUpdate { x, denoised, d1, d2, noise, scalars, x_segments } = op else {
             return Err(wrong_op(op, "dpmpp_3m_update"));
         };
-        let d = self.desc(*x);
+        let cols = self.desc(*x).cols;
+        let (x_sequences, rows) = self.row_map(*x_segments)?;
         let kernel = k::Dpmpp3mUpdate {
             x: self.ptr(*x),
             denoised: self.ptr(*denoised),
@@ -54,11 +57,11 @@ impl Launcher<'_> {
             d2: self.ptr(*d2),
             noise: self.ptr(*noise),
             scalars: self.ptr(*scalars),
-            x_offsets: self.offsets(*x_segments)?,
-            count: self.graph.seg(*x_segments).count() as i32,
-            cols: d.cols as i64,
+            x_sequences,
+            rows,
+            cols: cols as i64,
         };
-        self.elementwise(d.len(), kernel)
+        self.rows(rows as usize, cols, kernel)
     }
 
     pub(super) fn select_step_row(&mut self, op: &Op) -> Result<()> {

@@ -26,17 +26,19 @@ impl Launcher<'_> {
         let Op::PrependWeightRow { row, rest, rest_segments, out_segments, out } = op else {
             return Err(wrong_op(op, "prepend_weight_row"));
         };
-        let (os, cols) = (self.graph.seg(*out_segments), self.desc(*out).cols);
+        let cols = self.desc(*out).cols;
+        let (out_sequences, rows) = self.row_map(*out_segments)?;
         let kernel = k::PrependWeightRow {
             row: self.weight_f32(*row, "the prepended row")?,
             rest: self.ptr(*rest),
             rest_offsets: self.offsets(*rest_segments)?,
             out_offsets: self.offsets(*out_segments)?,
-            count: os.count() as i32,
+            out_sequences,
+            rows,
             cols: cols as i64,
             out: self.ptr(*out),
         };
-        self.elementwise(os.total() * cols, kernel)
+        self.rows(rows as usize, cols, kernel)
     }
 
     pub(super) fn quick_gelu(&mut self, x: TensorId, out: TensorId) -> Result<()> {
@@ -54,6 +56,7 @@ impl Launcher<'_> {
             cols: cols as i64,
             out: self.ptr(*out),
         };
-        self.elementwise(count * cols, kernel)
+        // One output row per sequence.
+        self.rows(count, cols, kernel)
     }
 }
