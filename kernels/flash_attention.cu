@@ -24,7 +24,8 @@
 // kv_offsets: int32 [count + 1] cumulative rows of each sequence. tile_starts:
 // int32 [count + 1] cumulative numbers of 64-query tiles (ceil(q_len / 64)).
 // Needs (checked by the launcher, src/backend/cuda/attention.rs): q, k, v
-// aligned for a 4-element load (16 bytes f32, 8 bytes fp16), lds multiples of 4,
+// 16-byte aligned with rows of whole 16-byte chunks (lds multiples of 4 floats
+// or 8 halves: float4 loads, 16-byte cp.async copies),
 // rotary_dim a multiple of 8 and <= 32 (a table row holds 16 frequencies),
 // rope_table 16-byte aligned with a row for every position of the longest
 // sequence, out aligned for a 2-element store with an even out_ld.
@@ -36,8 +37,14 @@
 // tiles of one (sequence, head), which then share K/V in L2.
 //
 // Tiles: 64 queries per block (each warp owns 16 rows = one mma M), 64 keys per
-// step, the full head (64 dims) at once. Q, K, V tiles are read 4 elements at a
-// time (float4, or 4 halves converted to f32), rotated in f32, rounded to fp16 and stored in shared memory with rows padded to
+// step, the full head (64 dims) at once. The Q tile is read 4 elements at a
+// time (float4, or 4 halves converted to f32), rotated in f32, rounded to fp16
+// and stored in shared memory. K and V tiles: the f32 kernel loads them the
+// same way, through registers; the fp16 kernel copies them with cp.async (16
+// bytes per copy, no registers, zero-filled past the sequence) into two
+// buffers, the next tile's copies in flight while the current one is computed
+// (double buffering), then rotates K in shared memory (rotate_tile_f16: the
+// same arithmetic as the loader, so the same bits). Rows are padded to
 // 72 halves (144 bytes: the 8 rows an ldmatrix phase reads fall on distinct
 // banks). Per key tile each warp loads its Q fragments (16 registers) from shared
 // memory with ldmatrix and handles the 64 keys in two halves of 32, each with its
@@ -50,26 +57,28 @@
 // are computed on zeros and not written. A sequence with no keys gives zeros
 // (like the CPU's empty GEMM).
 //
-// Resources: static shared memory 3 * 64 * 72 * 2 B (Q, K, V) = 27,648 B
-// (under the 48 KB that needs no opt-in); registers capped
-// at 128 by __launch_bounds__(128, 4) (ptxas, NVRTC 13.5: 127-128 for sm_80
-// and sm_90, 0 spills; see `lova-fast kernels --check`). Occupancy: 4 blocks = 16
-// warps per SM, limited by registers (4 * 128 threads * 128 regs = 64 K regs);
-// shared memory allows 5 on an A100 (5 * 27 KiB of 164 KB) and 8 on an H100
-// (228 KB). The register cap is tight: the S halves, the Q fragments reloaded
-// per tile, 4 (not 8) rows in flight in the loader and the row indices
-// recomputed after the loop are what keep ptxas from spilling.
+// Resources: static shared memory 3 * 64 * 72 * 2 B (Q, K, V) = 27,648 B for
+// the f32 kernel, 5 * 64 * 72 * 2 B = 46,080 B for the fp16 one (two K/V
+// buffers), under the 48 KB that needs no opt-in; registers capped at 128 by
+// __launch_bounds__(128, 4) (ptxas, NVRTC 13.5: 127-128 for sm_80 and sm_90,
+// 0 spills; see `lova-fast kernels --check`). Occupancy: 4 blocks = 16 warps
+// per SM, limited by registers (4 * 128 threads * 128 regs = 64 K regs); shared
+// memory allows that on an H100 (4 * 45 KiB of 228 KB) but 3 blocks of the fp16
+// kernel on an A100 (164 KB): there double buffering costs a quarter of the
+// resident warps (measure before keeping it on sm_80). The register cap is
+// tight: the S halves, the Q fragments reloaded per tile, 4 (not 8) rows in
+// flight in the loader, the row indices recomputed after the loop and K/V
+// kept as 32-bit shared-window addresses are what keep ptxas from spilling.
 // Why 64 x 64: a 30 s clip has 647 tokens: 11 query tiles x 24 heads x 2 = 528
 // blocks = exactly one wave of 4 blocks on 132 SMs; 128-query tiles would need 2
 // waves of which the second is nearly empty, and 8 warps x 16 rows or 32 rows per
 // warp would need more registers than 4 blocks per SM allow.
-// Honest limits (todo - measure on a GPU): the K/V tile is loaded through
-// registers, with no double buffering; latency is hidden by the 4 resident
-// blocks. With fp16 operands (the DiT on CUDA) V and an unrotated K need no
-// conversion, so cp.async double buffering of them is the next step; rotating
-// K once per (query tile, head) repeats work that a pre-pass (or the QKV GEMM
-// epilogue) writing rotated fp16 K once could avoid. mma.sync cannot reach
-// an H100's dense peak (only wgmma can); expect well under the 50% target there.
+// Honest limits (todo - measure on a GPU): rotating K once per (query tile,
+// head) repeats work that a pre-pass writing rotated fp16 K once could avoid,
+// but that pass would move the whole of K through memory twice more per step
+// (src/roofline: about 0.4 GB per 30 s step), where the rotation here costs
+// only arithmetic. mma.sync cannot reach an H100's dense peak (only wgmma
+// can); expect well under the 50% target there.
 
 #include "common.cuh"
 
@@ -157,6 +166,54 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ src, int ld, int
     }
 }
 
+// cp.async.cg (sm_80+): 16 bytes from global to shared memory without
+// registers, zero-filling the bytes past src_bytes (0: a zero row, no read);
+// both addresses 16-byte aligned. Copies issued between two commits form a
+// group; wait_group 1 waits for every group but the newest.
+__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+__device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group %0;" ::"n"(1)); }
+
+// Issues the copy of rows [0, rows) of a 64-row fp16 tile (`ld` halves per
+// row, 16-byte aligned rows) into `dst` ([64][FA_LDS]); rows >= rows are
+// zero-filled. Thread t copies the 16-byte chunks t, t + 128, ... (8 per row).
+__device__ __forceinline__ void issue_tile_f16(const unsigned short* __restrict__ src, int ld, int rows,
+                                               unsigned short* __restrict__ dst) {
+#pragma unroll
+    for (int i = 0; i < FA_BLOCK_N * 8 / FA_THREADS; i++) {
+        const int e = threadIdx.x + i * FA_THREADS;
+        const int r = e >> 3, c = (e & 7) * 8;
+        const bool valid = r < rows;
+        cp_async_16(smem_addr(dst + r * FA_LDS + c), valid ? src + (long long)r * ld + c : src, valid ? 16 : 0);
+    }
+}
+
+// Rotates the first rotary_dim dims of rows [0, rows) of an fp16 tile in
+// shared memory in place, with the angles of `rope` (the rope_table row of the
+// tile's first position): the rotation load_tile applies on its way in, on the
+// same values (an fp16 value, rotated in f32, rounded once), so both paths give
+// the same bits. One thread takes 4 dims of the first half and their partners.
+__device__ __forceinline__ void rotate_tile_f16(unsigned short* __restrict__ tile, int rows,
+                                                const float2* __restrict__ rope, int rotary_dim) {
+    const int half = rotary_dim / 2, quads = half / 4;
+    for (int e = threadIdx.x; e < rows * quads; e += FA_THREADS) {
+        const int r = e / quads, c = (e - r * quads) * 4;
+        unsigned short* x = tile + r * FA_LDS + c;
+        const float4 a = load4(x), y = load4(x + half);
+        const float4 t0 = __ldg(reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + c));
+        const float4 t1 = __ldg(reinterpret_cast<const float4*>(rope + r * FA_MAX_ROPE_FREQS + c + 2));
+        // (cos, sin) of dims c, c + 1 in t0, of c + 2, c + 3 in t1; as load_tile: x cos - y sin, y cos + x sin.
+        const uint2 first = make_uint2(pack_half2(fmaf(a.x, t0.x, -y.x * t0.y), fmaf(a.y, t0.z, -y.y * t0.w)),
+                                       pack_half2(fmaf(a.z, t1.x, -y.z * t1.y), fmaf(a.w, t1.z, -y.w * t1.w)));
+        const uint2 second = make_uint2(pack_half2(fmaf(y.x, t0.x, a.x * t0.y), fmaf(y.y, t0.z, a.y * t0.w)),
+                                        pack_half2(fmaf(y.z, t1.x, a.z * t1.y), fmaf(y.w, t1.z, a.w * t1.w)));
+        *reinterpret_cast<uint2*>(x) = first;
+        *reinterpret_cast<uint2*>(x + half) = second;
+    }
+}
+
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -167,11 +224,13 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// A block's shared memory: the Q, K and V tiles as fp16 (rows padded to FA_LDS halves).
+// A block's shared memory: the Q, K and V tiles as fp16 (rows padded to
+// FA_LDS halves); `BUFFERS` K/V tile pairs (2: the fp16 kernel's double buffer).
+template <int BUFFERS>
 struct FlashShared {
     unsigned short q[FA_BLOCK_M * FA_LDS];
-    unsigned short k[FA_BLOCK_N * FA_LDS];
-    unsigned short v[FA_BLOCK_N * FA_LDS];
+    unsigned short k[BUFFERS][FA_BLOCK_N * FA_LDS];
+    unsigned short v[BUFFERS][FA_BLOCK_N * FA_LDS];
 };
 
 // The kernel body for q, k, v and out of element type T (float or fp16 bits).
@@ -179,16 +238,15 @@ struct FlashShared {
 // __shared__ local of a template has vague linkage, which the virtual GPU
 // (tools/vgpu, where __shared__ becomes a static in one linker section)
 // cannot place in its shared window.
-template <typename T>
+template <typename T, bool ASYNC>
 __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_ld, const T* __restrict__ k, int k_ld,
                                                 const T* __restrict__ v, int v_ld, const int* __restrict__ q_offsets,
                                                 const int* __restrict__ kv_offsets,
                                                 const int* __restrict__ tile_starts, int count, int heads,
                                                 int kv_heads, float scale, const float2* __restrict__ rope_table,
-                                                int rotary_dim, T* __restrict__ out, int out_ld, FlashShared& smem) {
+                                                int rotary_dim, T* __restrict__ out, int out_ld,
+                                                FlashShared<ASYNC ? 2 : 1>& smem) {
     unsigned short* qs = smem.q;
-    unsigned short* ks = smem.k;
-    unsigned short* vs = smem.v;
 
     // Which sequence: the largest b with tile_starts[b] <= blockIdx.x (empty
     // sequences have no tiles); tile_starts is cumulative like row offsets.
@@ -218,13 +276,40 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_l
 
     const T* kbase = k + (long long)kv_start * k_ld + kvh * FA_HEAD_DIM;
     const T* vbase = v + (long long)kv_start * v_ld + kvh * FA_HEAD_DIM;
-    for (int j0 = 0; j0 < kv_len; j0 += FA_BLOCK_N) {
+    if constexpr (ASYNC) {
+        // The first K/V tile's copies, before the loop (none for an empty key set).
+        if (kv_len > 0) {
+            issue_tile_f16(kbase, k_ld, min(FA_BLOCK_N, kv_len), smem.k[0]);
+            issue_tile_f16(vbase, v_ld, min(FA_BLOCK_N, kv_len), smem.v[0]);
+            cp_async_commit();
+        }
+    }
+    for (int j0 = 0, it = 0; j0 < kv_len; j0 += FA_BLOCK_N, it++) {
         const int tile_keys = min(FA_BLOCK_N, kv_len - j0);
-        __syncthreads();  // every warp is done with the previous K/V tile
-        load_tile(kbase + (long long)j0 * k_ld, k_ld, tile_keys, rope, rope_table + (rope ? j0 * FA_MAX_ROPE_FREQS : 0),
-                  rotary_dim, ks);
-        load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, vs);
-        __syncthreads();
+        // This tile's K and V as shared-window addresses (32-bit: cheaper to keep than pointers).
+        const unsigned ks = smem_addr(smem.k[ASYNC ? it & 1 : 0]);
+        const unsigned vs = smem_addr(smem.v[ASYNC ? it & 1 : 0]);
+        __syncthreads();  // every warp is done with the previous K/V tile (the buffer the next copy overwrites)
+        if constexpr (ASYNC) {
+            // Double buffering: copy tile it + 1 into the other buffer while tile it is computed.
+            if (j0 + FA_BLOCK_N < kv_len) {
+                const int next = min(FA_BLOCK_N, kv_len - j0 - FA_BLOCK_N);
+                issue_tile_f16(kbase + (long long)(j0 + FA_BLOCK_N) * k_ld, k_ld, next, smem.k[(it + 1) & 1]);
+                issue_tile_f16(vbase + (long long)(j0 + FA_BLOCK_N) * v_ld, v_ld, next, smem.v[(it + 1) & 1]);
+            }
+            cp_async_commit();  // possibly empty: one group per iteration keeps the count simple
+            cp_async_wait_all_but_newest();  // this thread's copies of tile it have landed
+            __syncthreads();                 // everyone's have
+            if (rope) {
+                rotate_tile_f16(smem.k[it & 1], tile_keys, rope_table + j0 * FA_MAX_ROPE_FREQS, rotary_dim);
+                __syncthreads();
+            }
+        } else {
+            load_tile(kbase + (long long)j0 * k_ld, k_ld, tile_keys, rope,
+                      rope_table + (rope ? j0 * FA_MAX_ROPE_FREQS : 0), rotary_dim, smem.k[0]);
+            load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, smem.v[0]);
+            __syncthreads();
+        }
 
         // A fragments of this warp's 16 query rows, 4 k-steps of 16 dims:
         // ldmatrix matrix m = lane / 8 is rows (m & 1) * 8.., dims (m >> 1) * 8.. of the k-step, giving
@@ -253,7 +338,7 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_l
 #pragma unroll
                 for (int p = 0; p < 2; p++) {
                     unsigned kb[4];
-                    ldmatrix_x4(kb, smem_addr(ks + key * FA_LDS + p * 32 + (lane >> 3) * 8));
+                    ldmatrix_x4(kb, ks + 2 * (key * FA_LDS + p * 32 + (lane >> 3) * 8));
                     mma_16816(s[nt], qf[2 * p], kb[0], kb[1]);
                     mma_16816(s[nt], qf[2 * p + 1], kb[2], kb[3]);
                 }
@@ -316,7 +401,7 @@ __device__ __forceinline__ void flash_attention(const T* __restrict__ q, int q_l
 #pragma unroll
                 for (int p = 0; p < 4; p++) {
                     unsigned vb[4];
-                    ldmatrix_x4_trans(vb, smem_addr(vs + key * FA_LDS + p * 16 + (lane >> 4) * 8));
+                    ldmatrix_x4_trans(vb, vs + 2 * (key * FA_LDS + p * 16 + (lane >> 4) * 8));
                     mma_16816(o[2 * p], pa, vb[0], vb[1]);
                     mma_16816(o[2 * p + 1], pa, vb[2], vb[3]);
                 }
@@ -347,9 +432,9 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     const int* __restrict__ q_offsets, const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts,
     int count, int heads, int kv_heads, float scale, const float2* __restrict__ rope_table, int rotary_dim,
     float* __restrict__ out, int out_ld) {
-    __shared__ __align__(16) FlashShared smem;
-    flash_attention(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count, heads, kv_heads, scale,
-                    rope_table, rotary_dim, out, out_ld, smem);
+    __shared__ __align__(16) FlashShared<1> smem;
+    flash_attention<float, false>(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count, heads,
+                                  kv_heads, scale, rope_table, rotary_dim, out, out_ld, smem);
 }
 
 // The same with fp16 q, k, v and out (the DiT's block activations on CUDA).
@@ -359,7 +444,7 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 4) flash_attention_hd64
     const int* __restrict__ kv_offsets, const int* __restrict__ tile_starts, int count, int heads, int kv_heads,
     float scale, const float2* __restrict__ rope_table, int rotary_dim, unsigned short* __restrict__ out,
     int out_ld) {
-    __shared__ __align__(16) FlashShared smem;
-    flash_attention(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count, heads, kv_heads, scale,
-                    rope_table, rotary_dim, out, out_ld, smem);
+    __shared__ __align__(16) FlashShared<2> smem;
+    flash_attention<unsigned short, true>(q, q_ld, k, k_ld, v, v_ld, q_offsets, kv_offsets, tile_starts, count,
+                                          heads, kv_heads, scale, rope_table, rotary_dim, out, out_ld, smem);
 }

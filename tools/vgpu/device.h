@@ -173,6 +173,17 @@ static inline void mma_sync_aligned_m16n8k16_row_col_f32_f16_f16_f32(float& d0, 
     vgpu::sync_warp();
     d0 = w.c[l][0]; d1 = w.c[l][1]; d2 = w.c[l][2]; d3 = w.c[l][3];
 }
+
+// cp.async.cg.shared.global [dst], [src], 16, src_size; cp.async.commit_group;
+// cp.async.wait_group N (PTX ISA, "Data Movement and Conversion Instructions:
+// cp.async"): each thread's copies are queued, in groups closed by
+// commit_group, and land only when a wait_group covers them (every committed
+// group but the newest N); bytes past src_size are zero-filled. So a read of
+// the destination before the wait sees the block's poison or an old tile, as
+// it may on the device. Both addresses must be 16-byte aligned.
+void cp_async_cg_shared_global(unsigned dst, const void* src, int src_size);
+void cp_async_commit_group();
+void cp_async_wait_group(int n);
 }  // namespace vgpu_ptx
 
 // Registration of the file's kernels (gen.py appends one VGPU_KERNEL per kernel).

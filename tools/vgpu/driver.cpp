@@ -398,6 +398,12 @@ void arrive(Barrier& b) {
     yield_to_scheduler();
 }
 
+// cp.async (device.h): per thread of the running block, its queued copies
+// (destination, source, bytes, group) and its count of committed groups.
+struct CpAsyncCopy { unsigned dst; const char* src; int bytes; int group; };
+struct CpAsyncQueue { std::vector<CpAsyncCopy> copies; int committed = 0; };
+static std::vector<CpAsyncQueue> g_cp_async;  // cleared at the start of every block
+
 // One block: every thread in index order until it finishes or waits; then the
 // waiting ones whose barrier has opened, again in index order.
 void run_block() {
@@ -406,6 +412,8 @@ void run_block() {
     // and fp16) so that reading before writing shows in the results.
     if (g_launch->f->static_shared > 0) memset(__start_vgpu_smem, 0xff, __stop_vgpu_smem - __start_vgpu_smem);
     if (!g_dynamic_shared.empty()) memset(g_dynamic_shared.data(), 0xff, g_dynamic_shared.size());
+    // Copies a block left queued never land in the next one.
+    g_cp_async.clear();
     if (!g_cooperative) {
         for (unsigned t = 0; t < n; t++) {
             set_thread(t);
@@ -638,6 +646,39 @@ char* vgpu_shared_at(unsigned addr, size_t bytes) {
     if (addr >= dynamic_base() && addr - dynamic_base() + bytes <= g_dynamic_shared.size())
         return (char*)g_dynamic_shared.data() + (addr - dynamic_base());
     vgpu::kernel_fault(CUDA_ERROR_ILLEGAL_ADDRESS, "shared-memory access outside the block's shared memory");
+}
+
+static CpAsyncQueue& cp_async_queue() {
+    unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    if (g_cp_async.size() <= t) g_cp_async.resize(t + 1);
+    return g_cp_async[t];
+}
+
+void vgpu_ptx::cp_async_cg_shared_global(unsigned dst, const void* src, int src_size) {
+    if (dst % 16 != 0 || (src_size > 0 && (uintptr_t)src % 16 != 0))
+        vgpu::kernel_fault(CUDA_ERROR_MISALIGNED_ADDRESS, "cp.async.cg with an address not 16-byte aligned");
+    if (src_size < 0 || src_size > 16)
+        vgpu::kernel_fault(CUDA_ERROR_ILLEGAL_ADDRESS, "cp.async.cg src-size outside 0..16");
+    vgpu_shared_at(dst, 16);  // faults outside the block's shared memory now, as the issue would
+    CpAsyncQueue& q = cp_async_queue();
+    q.copies.push_back({dst, (const char*)src, src_size, q.committed});
+}
+
+void vgpu_ptx::cp_async_commit_group() { cp_async_queue().committed++; }
+
+void vgpu_ptx::cp_async_wait_group(int n) {
+    CpAsyncQueue& q = cp_async_queue();
+    std::vector<CpAsyncCopy> left;
+    for (const CpAsyncCopy& c : q.copies) {
+        if (c.group < q.committed - n) {
+            char* d = vgpu_shared_at(c.dst, 16);
+            if (c.bytes > 0) memcpy(d, c.src, c.bytes);
+            memset(d + c.bytes, 0, 16 - c.bytes);
+        } else {
+            left.push_back(c);
+        }
+    }
+    q.copies.swap(left);
 }
 
 void vgpu_ptx::vgpu_check_ldmatrix_row(unsigned addr) {

@@ -90,7 +90,8 @@ changed = True
 while changed:
     changed = False
     for n, b in bodies.items():
-        if n not in syncing and any(re.search(r"\b" + f + r"\s*\(", b) for f in syncing):
+        # A call, with or without explicit template arguments (`f<float, false>(`).
+        if n not in syncing and any(re.search(r"\b" + f + r"\s*(<[^;(){}]*>)?\s*\(", b) for f in syncing):
             syncing.add(n)
             changed = True
 kernels = []

@@ -24,6 +24,7 @@ mutants=(
     "common.cuh: the halves of pack_half2 swapped (flash attention)|kernels/common.cuh|\"f\"(hi), \"f\"(lo)|\"f\"(lo), \"f\"(hi)|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
     "flash attention: no __syncthreads after the K/V tile store|kernels/flash_attention.cu|load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, vs);
         __syncthreads();|load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, vs);|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
+    "flash attention: K/V tiles read before their cp.async copies land|kernels/flash_attention.cu|            cp_async_wait_all_but_newest();  // this thread's copies of tile it have landed|            // (wait removed)|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
     "flash attention: the halves of an fp16 load swapped|kernels/flash_attention.cu|f16_to_f32(h.x & 0xffffu), f16_to_f32(h.x >> 16)|f16_to_f32(h.x >> 16), f16_to_f32(h.x & 0xffffu)|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
     "cuBLASLt: the transpose flag of W flipped|src/backend/cuda/gemm.rs|const OP_T: i32 = 1;|const OP_T: i32 = 0;|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=linear"
     "layer norm launched for one row too few|src/backend/cuda/norm.rs|r as i64, c as i32);|r as i64 - 1, c as i32);|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=layer_norm"

@@ -68,11 +68,13 @@ pub(super) fn tile_starts(seg: &Segments) -> Vec<u32> {
     starts
 }
 
-/// The flash kernel reads q, k, v 4 elements at a time (rows aligned for a
-/// float4, or 4 halves) and writes 2 at a time; `elem` is the element size in bytes.
+/// The flash kernel reads q, k, v 16 bytes at a time (a float4, or 8 halves
+/// by `cp.async`) and writes 2 elements at a time; `elem` is the element size
+/// in bytes.
 fn flash_operands_aligned(elem: u64, pointers: &[CUdeviceptr], lds: &[usize], out: CUdeviceptr, out_ld: usize) -> bool {
-    pointers.iter().all(|p| p.is_multiple_of(4 * elem))
-        && lds.iter().all(|ld| ld.is_multiple_of(4))
+    let per_16_bytes = 16 / elem as usize;
+    pointers.iter().all(|p| p.is_multiple_of(16))
+        && lds.iter().all(|ld| ld.is_multiple_of(per_16_bytes))
         && out.is_multiple_of(2 * elem)
         && out_ld.is_multiple_of(2)
 }
@@ -189,7 +191,7 @@ impl Launcher<'_> {
         if dtype == DType::F16 && !flash {
             return Err(Error::InvalidInput(format!(
                 "attention `{name}`: fp16 operands need the flash kernel (head_dim {FLASH_HEAD_DIM}, rotary_dim a \
-                 multiple of 8 up to {FLASH_MAX_ROTARY_DIM}, rows aligned for 4-element loads)"
+                 multiple of 8 up to {FLASH_MAX_ROTARY_DIM}, rows aligned for 16-byte copies)"
             )));
         }
         if flash {
@@ -336,9 +338,10 @@ mod tests {
         assert!(!flash_operands_aligned(4, &[4], &[64], 0, 64), "a pointer 4 bytes off a float4");
         assert!(!flash_operands_aligned(4, &[0], &[66], 0, 64), "rows of 66 floats misalign every other row");
         assert!(!flash_operands_aligned(4, &[0], &[64], 4, 64), "output not float2-aligned");
-        // fp16: 8-byte loads, 4-byte stores.
-        assert!(flash_operands_aligned(2, &[8, 136], &[4608, 64], 4, 1536));
-        assert!(!flash_operands_aligned(2, &[4], &[64], 0, 64), "a pointer 4 bytes off an 8-byte load");
+        // fp16: 16-byte cp.async copies of 8 halves, 4-byte stores.
+        assert!(flash_operands_aligned(2, &[16, 3088], &[4608, 64], 4, 1536));
+        assert!(!flash_operands_aligned(2, &[8], &[64], 0, 64), "a pointer 8 bytes off a 16-byte copy");
+        assert!(!flash_operands_aligned(2, &[0], &[68], 0, 64), "rows of 68 halves misalign every other row");
         assert!(!flash_operands_aligned(2, &[0], &[64], 2, 64), "output not fp16x2-aligned");
     }
 }
