@@ -807,6 +807,41 @@ fn cuda_linear_with_the_bias_added_by_its_own_kernel() {
     }
 }
 
+/// `prepare` times cuBLASLt's candidate algorithms for each GEMM shape once
+/// (`Gemm::tune`: a warm-up and 5 timed runs per candidate; the virtual
+/// cuBLASLt offers two), and a second executor of the same shape does not
+/// time them again. Only the virtual GPU counts the calls.
+#[test]
+fn cuda_gemm_shapes_are_timed_once_in_prepare() {
+    use lova_fast::backend::cuda::vgpu;
+    let Some(cuda) = cuda_or_skip("cuda_gemm_shapes_are_timed_once_in_prepare") else { return };
+    if !vgpu::active() {
+        loud("cuda_gemm_shapes_are_timed_once_in_prepare: needs the virtual GPU (LOVA_VGPU=1) to count GEMM calls");
+        return;
+    }
+    // A shape no other test uses, so that no earlier executor tuned it.
+    let (m, k, n) = (37, 24, 40);
+    let mut c = Case::new("linear", "tuning".into(), 0.0);
+    let x = c.input("x", m, k, vec![0.5; m * k]);
+    let w = c.weight(vec![n, k], vec![0.25; n * k]);
+    let out = c.output("out", m, n);
+    c.graph.push(Op::Linear { x, w, bias: None, residual: None, out });
+    let mut weights = WeightSet::default();
+    weights.push(&cuda, "w", &c.weights[0]).unwrap();
+    let before = vgpu::matmuls().unwrap();
+    let first = Executor::new(&cuda, weights.as_slice(), c.graph.clone()).unwrap();
+    let tuned = vgpu::matmuls().unwrap() - before;
+    assert_eq!(tuned, 2 * (1 + 5), "2 candidates x (warm-up + 5 timed runs)");
+    drop(first);
+    let before = vgpu::matmuls().unwrap();
+    let mut second = Executor::new(&cuda, weights.as_slice(), c.graph.clone()).unwrap();
+    assert_eq!(vgpu::matmuls().unwrap(), before, "a shape is timed once per backend");
+    second.write(x, &vec![0.5; m * k]).unwrap();
+    second.run().unwrap();
+    let got = second.read(out).unwrap();
+    assert!(got.iter().all(|&v| (v - 0.5 * 0.25 * k as f32).abs() < 1e-6), "the chosen algorithm computes the GEMM");
+}
+
 #[test]
 fn every_cuda_op_matches_its_cpu_twin() {
     let Some(cuda) = cuda_or_skip("every_cuda_op_matches_its_cpu_twin") else { return };

@@ -62,6 +62,7 @@ struct Handle {
 struct Algo {
     uint32_t magic;
     uint32_t align[4];
+    uint32_t variant;  // which of the heuristic's offers (all emulated alike)
 };
 constexpr uint32_t kAlgoMagic = 0x76677075;
 
@@ -266,8 +267,10 @@ struct HeuristicResult {
     int reserved[4];
 };
 
-// Section "cublasLtMatmulAlgoGetHeuristic": one algorithm for a valid
-// problem, none when the problem cannot run. LOVA_VGPU_NO_BIAS_EPILOGUE=1
+// Section "cublasLtMatmulAlgoGetHeuristic": two algorithms for a valid problem
+// (or as many as requested, if fewer; both emulated alike, so that a caller
+// choosing among candidates has a choice to make), none when the problem
+// cannot run. LOVA_VGPU_NO_BIAS_EPILOGUE=1
 // makes it offer none with the bias epilogue (as a library version without
 // it for a shape would), to exercise the backend's separate bias kernel;
 // so does vgpuWithholdBiasEpilogue(1).
@@ -284,15 +287,23 @@ API cublasLtMatmulAlgoGetHeuristic(void*, void* desc, void* a, void* b, void* c,
     }
     if (s != CUBLAS_STATUS_SUCCESS) return CUBLAS_STATUS_SUCCESS;  // valid, but no algorithm: count 0
     if (dd.epilogue == CUBLASLT_EPILOGUE_BIAS && withhold_bias()) return CUBLAS_STATUS_SUCCESS;
-    memset(&results[0], 0, sizeof(HeuristicResult));
-    results[0].algo.magic = kAlgoMagic;
-    memcpy(results[0].algo.align, ((Pref*)pref)->align, sizeof results[0].algo.align);
-    results[0].workspace = 0;
-    results[0].state = CUBLAS_STATUS_SUCCESS;
-    results[0].waves = 1.0f;
-    *count = 1;
+    int offered = std::min(requested, 2);
+    for (int i = 0; i < offered; i++) {
+        memset(&results[i], 0, sizeof(HeuristicResult));
+        results[i].algo.magic = kAlgoMagic;
+        memcpy(results[i].algo.align, ((Pref*)pref)->align, sizeof results[i].algo.align);
+        results[i].algo.variant = i;
+        results[i].workspace = 0;
+        results[i].state = CUBLAS_STATUS_SUCCESS;
+        results[i].waves = 1.0f;
+    }
+    *count = offered;
     return CUBLAS_STATUS_SUCCESS;
 }
+
+// cublasLtMatmul calls so far (tests: `vgpu::matmuls`).
+std::atomic<unsigned long long> g_matmuls{0};
+extern "C" __attribute__((visibility("default"))) unsigned long long vgpuMatmuls() { return g_matmuls.load(); }
 
 // Section "cublasLtMatmul": D = alpha op(A) op(B) + beta C (+ bias broadcast
 // over the columns with CUBLASLT_EPILOGUE_BIAS), C and D may differ (same
@@ -301,6 +312,7 @@ API cublasLtMatmulAlgoGetHeuristic(void*, void* desc, void* a, void* b, void* c,
 API cublasLtMatmul(void*, void* desc, const void* alpha, const void* A, void* adesc, const void* B, void* bdesc,
                    const float* beta, const void* C, void* cdesc, void* D, void* ddesc, const void* algo_p, void* ws,
                    size_t ws_size, void* stream) {
+    g_matmuls++;
     Desc d = *(Desc*)desc;
     Layout a = *(Layout*)adesc, b = *(Layout*)bdesc, c = *(Layout*)cdesc, dl = *(Layout*)ddesc;
     std::string why;

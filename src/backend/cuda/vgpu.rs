@@ -139,6 +139,13 @@ pub fn launches(name: &str) -> Result<u64> {
     Ok(unsafe { f(name.as_ptr()) })
 }
 
+/// How many `cublasLtMatmul` calls the virtual cuBLASLt has taken.
+pub fn matmuls() -> Result<u64> {
+    let f: unsafe extern "C" fn() -> u64 = hook("libcublasLt.so", b"vgpuMatmuls\0")?;
+    // SAFETY: takes nothing.
+    Ok(unsafe { f() })
+}
+
 /// Makes the virtual cuBLASLt offer no algorithm with the bias epilogue (as a
 /// library without one for a shape would), for GEMM plans made from now on.
 pub fn withhold_bias_epilogue(on: bool) -> Result<()> {
