@@ -22,8 +22,8 @@ mutants=(
     # name|file|text|replacement|test binary|test name|extra environment
     "flash attention: shared-memory row stride 72 -> 68 halves|kernels/flash_attention.cu|#define FA_LDS 72|#define FA_LDS 68|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
     "common.cuh: the halves of pack_half2 swapped (flash attention)|kernels/common.cuh|\"f\"(hi), \"f\"(lo)|\"f\"(lo), \"f\"(hi)|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
-    "flash attention: no __syncthreads after the K/V tile store|kernels/flash_attention.cu|load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, vs);
-        __syncthreads();|load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, vs);|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
+    "flash attention: no __syncthreads after the K/V tile store|kernels/flash_attention.cu|load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, smem.v[0]);
+            __syncthreads();|load_tile(vbase + (long long)j0 * v_ld, v_ld, tile_keys, false, rope_table, 0, smem.v[0]);|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
     "flash attention: K/V tiles read before their cp.async copies land|kernels/flash_attention.cu|            cp_async_wait_all_but_newest();  // this thread's copies of tile it have landed|            // (wait removed)|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
     "flash attention: the halves of an fp16 load swapped|kernels/flash_attention.cu|f16_to_f32(h.x & 0xffffu), f16_to_f32(h.x >> 16)|f16_to_f32(h.x >> 16), f16_to_f32(h.x & 0xffffu)|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=attention"
     "cuBLASLt: the transpose flag of W flipped|src/backend/cuda/gemm.rs|const OP_T: i32 = 1;|const OP_T: i32 = 0;|backend_ops|every_cuda_op_matches_its_cpu_twin|LOVA_OPS_FILTER=linear"
