@@ -81,3 +81,17 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// The 32-bit shared-window address of a generic pointer into shared memory
+// (cvta.to.shared), what ldmatrix and cp.async take.
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// Four 8x8 fp16 matrices from shared memory (16 bytes per row): lane l gives the
+// row address of row l % 8 of matrix l / 8; lane t receives, of matrix i, row
+// t / 4, columns 2 (t % 4) and 2 (t % 4) + 1 in r[i], the mma_16816 A/B
+// fragment layout.
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}

@@ -84,20 +84,6 @@
 // Rows of the A tile one thread loads: BM / (THREADS / (BK / 2)).
 #define CONV_A_ROWS 16
 
-__device__ __forceinline__ unsigned conv_smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-
-// Four 8x8 fp16 matrices from shared memory (16 bytes per row and lane): lane l
-// gives the row address of row l % 8 of matrix l / 8; lane (g = l / 4, t = l % 4)
-// receives, of matrix i, row g, columns 2t, 2t + 1 in r[i], which is the mma
-// fragment layout (common.cuh, mma_16816).
-__device__ __forceinline__ void conv_ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
 // What one thread holds of a K tile between its global load and its shared store.
 struct ConvStage {
     float2 a[CONV_A_ROWS];  // raw x values of its column pair, rows a_row + 8 i
@@ -246,9 +232,9 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     // ldmatrix row addresses (lane l gives row l % 8 of matrix l / 8). A, matrices
     // {rows 0-7, rows 8-15} x {columns 0-7, 8-15} of a 16 x 16 fragment = a[0..3];
     // B, {columns 0-7, 8-15} of column tile 2p, then of 2p + 1 = b0, b1 of each.
-    const unsigned a_addr = conv_smem_addr(As + (warp_m + (lane & 15)) * CONV_LD + 8 * (lane >> 4));
+    const unsigned a_addr = smem_addr(As + (warp_m + (lane & 15)) * CONV_LD + 8 * (lane >> 4));
     const unsigned b_addr =
-        conv_smem_addr(Bs + (warp_n + (lane & 7) + 8 * (lane >> 4)) * CONV_LD + 8 * ((lane >> 3) & 1));
+        smem_addr(Bs + (warp_n + (lane & 7) + 8 * (lane >> 4)) * CONV_LD + 8 * ((lane >> 3) & 1));
 
     ConvStage stage;
     conv_load_tile(stage, 0, x, snake_alpha, snake_beta, w, n, cin, K, dilation, pad, row0, col0, row_lo, row_hi);
@@ -266,7 +252,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 #pragma unroll
             for (int p = 0; p < 2; ++p) {
                 unsigned r[4];
-                conv_ldmatrix_x4(r, b_addr + (p * 16 * CONV_LD + ks) * 2);
+                ldmatrix_x4(r, b_addr + (p * 16 * CONV_LD + ks) * 2);
                 bf[2 * p][0] = r[0];
                 bf[2 * p][1] = r[1];
                 bf[2 * p + 1][0] = r[2];
@@ -275,7 +261,7 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 #pragma unroll
             for (int mf = 0; mf < 4; ++mf) {
                 unsigned af[4];
-                conv_ldmatrix_x4(af, a_addr + (mf * 16 * CONV_LD + ks) * 2);
+                ldmatrix_x4(af, a_addr + (mf * 16 * CONV_LD + ks) * 2);
 #pragma unroll
                 for (int nf = 0; nf < 4; ++nf) mma_16816(acc[mf][nf], af, bf[nf][0], bf[nf][1]);
             }

@@ -92,18 +92,6 @@
 #define FA_LDS 72 /* shared-memory row stride in halves: 64 + 8 padding */
 #define FA_NEG_INF __int_as_float(0xff800000)
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-
-// Four 8x8 fp16 matrices; lane l gives the row address of row l % 8 of matrix l / 8.
-// Lane t receives, of each matrix, row t / 4, columns 2 (t % 4) and 2 (t % 4) + 1.
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
 // As ldmatrix_x4, transposed: lane t receives rows 2 (t % 4) and 2 (t % 4) + 1 of column t / 4.
 __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
