@@ -29,11 +29,14 @@ use lova_fast::config::LovaConfig;
 use lova_fast::graph::{Executor, Graph, Op};
 use lova_fast::models::Dit;
 use lova_fast::models::VaeDecoder;
+use lova_fast::models::declare::Layout;
+use lova_fast::models::dit;
 use lova_fast::models::dit::DIT_PREFIX;
 use lova_fast::models::vae::original_tensor;
 use lova_fast::sampler::{Request, RequestNoise, SamplerSettings, sample};
 use lova_fast::tensor::HostTensor;
-use lova_fast::weights::SafetensorsFile;
+use lova_fast::weights::{SafetensorsFile, TensorSource};
+use std::borrow::Cow;
 
 /// Every bf16 backend this CPU runs, after printing the kernels it does not.
 fn bf16_backends() -> Vec<(Isa, CpuBackend)> {
@@ -346,5 +349,65 @@ fn bf16_vae_is_close_to_f32_and_the_same_alone_or_batched() {
         assert!(noise > 0.0, "{}: bf16 gave the f32 bits: the bf16 convolutions did not run", isa.name());
         let batched = vae.decode(&backend, &[short.clone(), long.clone()]).unwrap();
         assert_eq!(batched[1], got, "{}: a clip decoded next to another differs from alone", isa.name());
+    }
+}
+
+/// The tiny checkpoint with every tensor rounded to fp16, as an engine file
+/// holds it: `tensor` gives the rounded values in f32 and, when `bits` is set,
+/// `tensor_f16` gives their fp16 bits (the engine file's path).
+struct Fp16Source {
+    file: SafetensorsFile,
+    bits: bool,
+}
+
+impl TensorSource for Fp16Source {
+    fn describe(&self) -> String {
+        format!("{} rounded to fp16", self.file.describe())
+    }
+
+    fn tensor(&self, key: &str, shape: &[usize]) -> lova_fast::Result<HostTensor> {
+        let mut t = self.file.tensor(key, shape)?;
+        t.data.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        Ok(t)
+    }
+
+    fn tensor_f16(&self, key: &str, shape: &[usize]) -> lova_fast::Result<Option<Cow<'_, [u16]>>> {
+        if !self.bits {
+            return Ok(None);
+        }
+        let t = self.file.tensor(key, shape)?;
+        Ok(Some(Cow::Owned(t.data.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect())))
+    }
+}
+
+/// Loaded by a bf16 backend, every Linear weight is packed at upload and keeps
+/// no f32 copy (from fp16 bits when the source has them, else from f32), and
+/// sampling gives exactly the bits of f32 weights packed when the step graph
+/// is prepared (the path of a model loaded by the f32 backend).
+#[test]
+fn bf16_weights_packed_at_load_hold_no_f32_and_give_the_same_bits() {
+    let config = tiny_config();
+    let source =
+        |bits| Fp16Source { file: SafetensorsFile::open(&fixture("tiny/checkpoint.safetensors")).unwrap(), bits };
+    let linear_weights = dit::declared(&config.dit).iter().filter(|d| d.layout == Layout::Linear).count();
+    for (isa, backend) in bf16_backends().into_iter().filter(|(isa, _)| *isa != Isa::Scalar) {
+        let packed_later = Dit::load(&CpuBackend, &source(true), &config.dit, DIT_PREFIX).unwrap();
+        let want = sample(&backend, &packed_later, &[request(3)], &settings(), &mut |_, _| {}).unwrap();
+        for bits in [true, false] {
+            let dit = Dit::load(&backend, &source(bits), &config.dit, DIT_PREFIX).unwrap();
+            let packed_only: Vec<_> = dit.weights().iter().filter(|w| w.f32_tensor().is_none()).collect();
+            assert_eq!(packed_only.len(), linear_weights, "{}: weights held only in bf16", isa.name());
+            assert!(packed_only.iter().all(|w| w.packed().is_some()));
+            let bytes = |d: &Dit<CpuBackend>| d.weights().iter().map(|w| backend.weight_bytes(w)).sum::<usize>();
+            let got = sample(&backend, &dit, &[request(3)], &settings(), &mut |_, _| {}).unwrap();
+            assert_eq!(got, want, "{} (fp16 bits: {bits}): packed at load differs from packed at prepare", isa.name());
+            assert!(
+                bytes(&dit) < bytes(&packed_later),
+                "{}: packed at load holds {} bytes, f32 + bf16 {}",
+                isa.name(),
+                bytes(&dit),
+                bytes(&packed_later)
+            );
+        }
     }
 }

@@ -44,6 +44,21 @@ pub trait Backend: Sync {
     fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<Self::Weight> {
         self.upload_weight(&source.tensor(key, shape)?)
     }
+    /// Uploads the tensor `key` of `source` that matrix products (Linear,
+    /// convolutions) read as their weight, `product` telling how. A backend
+    /// that keeps such weights in a layout of its own may make it now and keep
+    /// nothing else (the bf16 CPU backend packs it and holds no f32 copy).
+    /// Default: `upload_weight_from`.
+    fn upload_product_weight_from(
+        &self,
+        source: &dyn TensorSource,
+        key: &str,
+        shape: &[usize],
+        product: ProductWeight,
+    ) -> Result<Self::Weight> {
+        let _ = product;
+        self.upload_weight_from(source, key, shape)
+    }
     /// Copies `data` into `buffer` from element `offset` on.
     fn write(&self, buffer: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()>;
     /// Copies `out.len()` values of `buffer` from element `offset` on into `out`.
@@ -146,6 +161,18 @@ pub struct OpContext<'a, B: Backend + ?Sized> {
     pub weights: &'a [B::Weight],
 }
 
+/// How matrix products read a weight: as `groups` stacked `[n, k]` matrices
+/// (`n` outputs, `k` inputs), each the right-hand side `W` of `x W^T`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductWeight {
+    /// Matrices stacked in the tensor (a transposed convolution's `stride`; else 1).
+    pub groups: usize,
+    /// Output features of each product.
+    pub n: usize,
+    /// Input features of each product.
+    pub k: usize,
+}
+
 /// The weights of one model on one backend; graphs refer to them by `WeightId`.
 pub struct WeightSet<B: Backend> {
     weights: Vec<B::Weight>,
@@ -174,6 +201,22 @@ impl<B: Backend> WeightSet<B> {
         shape: &[usize],
     ) -> Result<WeightId> {
         self.weights.push(backend.upload_weight_from(source, key, shape).map_err(|e| Error::upload(key, e))?);
+        Ok(WeightId(self.weights.len() - 1))
+    }
+
+    /// Uploads the tensor `key` of `source`, stored as used, that matrix
+    /// products read as `product` (`Backend::upload_product_weight_from`).
+    pub fn push_product_from(
+        &mut self,
+        backend: &B,
+        source: &dyn TensorSource,
+        key: &str,
+        shape: &[usize],
+        product: ProductWeight,
+    ) -> Result<WeightId> {
+        let weight =
+            backend.upload_product_weight_from(source, key, shape, product).map_err(|e| Error::upload(key, e))?;
+        self.weights.push(weight);
         Ok(WeightId(self.weights.len() - 1))
     }
 

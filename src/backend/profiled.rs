@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Backend, OpContext};
+use super::{Backend, OpContext, ProductWeight};
 use crate::error::Result;
 use crate::graph::{Op, OpKind};
 use crate::tensor::HostTensor;
@@ -85,6 +85,15 @@ impl<B: Backend> Backend for Profiled<B> {
     }
     fn upload_weight_from(&self, source: &dyn TensorSource, key: &str, shape: &[usize]) -> Result<Self::Weight> {
         self.inner.upload_weight_from(source, key, shape)
+    }
+    fn upload_product_weight_from(
+        &self,
+        source: &dyn TensorSource,
+        key: &str,
+        shape: &[usize],
+        product: ProductWeight,
+    ) -> Result<Self::Weight> {
+        self.inner.upload_product_weight_from(source, key, shape, product)
     }
     fn write(&self, buffer: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()> {
         self.inner.write(buffer, offset, data)

@@ -51,8 +51,9 @@ pub struct BenchArgs {
     pub device: Device,
 
     /// Arithmetic of the CPU backend's matrix products: f32 (the reference), bf16
-    /// (Linear and VAE convolution weights rounded to bf16 and packed once before the
-    /// first step, a polynomial exp in attention's softmax; all else f32), or auto
+    /// (Linear and VAE convolution weights rounded to bf16 and packed once, as they
+    /// load, with no f32 copy kept; a polynomial exp in attention's softmax and
+    /// SwiGLU; all else f32), or auto
     /// (bf16 where this CPU has a SIMD kernel for it: AVX-512F or AVX2+FMA).
     /// CUDA always runs its fp16 path, so there only auto and f32 are accepted.
     #[arg(long, default_value = "auto", value_name = "f32|bf16|auto")]

@@ -9,7 +9,7 @@
 
 use std::fmt::Display;
 
-use crate::backend::{Backend, WeightSet};
+use crate::backend::{Backend, ProductWeight, WeightSet};
 use crate::error::{Error, Result};
 use crate::graph::WeightId;
 use crate::tensor::HostTensor;
@@ -21,6 +21,10 @@ use crate::weights::TensorSource;
 pub enum Layout {
     /// Used as stored, and stored as in the checkpoint.
     Stored,
+    /// A PyTorch `nn.Linear` weight `[out, in]`: used as stored, by Linear
+    /// ops only (`Scope::linear`), so a backend may keep it in a layout of
+    /// its own for products (`Backend::upload_product_weight_from`).
+    Linear,
     /// Stored (in the checkpoint and the engine file) with the declared shape,
     /// used with this one: the same values in the same order (CLIP's patch conv
     /// `[W, 3, P, P]` as the linear layer `[W, 3 * P * P]`).
@@ -68,7 +72,19 @@ impl Declared {
         match &self.layout {
             Layout::Reshaped(shape) => t.reshaped(shape.clone()),
             Layout::Transposed => t.transposed(),
-            Layout::Stored | Layout::Conv1d { .. } | Layout::ConvTranspose1d { .. } => t,
+            Layout::Stored | Layout::Linear | Layout::Conv1d { .. } | Layout::ConvTranspose1d { .. } => t,
+        }
+    }
+
+    /// How matrix products read this tensor, for the layouts only products read.
+    fn product(&self) -> Option<ProductWeight> {
+        match self.layout {
+            Layout::Linear => Some(ProductWeight { groups: 1, n: self.shape[0], k: self.shape[1] }),
+            Layout::Conv1d { cout, cin, kernel } => Some(ProductWeight { groups: 1, n: cout, k: kernel * cin }),
+            Layout::ConvTranspose1d { cin, cout, stride } => {
+                Some(ProductWeight { groups: stride, n: cout, k: 2 * cin })
+            }
+            Layout::Stored | Layout::Reshaped(_) | Layout::Transposed => None,
         }
     }
 }
@@ -100,7 +116,7 @@ impl<'s> Scope<'_, 's> {
     /// A PyTorch `nn.Linear(inp, out)` of this scope: `weight` `[out, inp]` and, with `bias`, `bias` `[out]`.
     pub fn linear(&mut self, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
-            weight: self.declare("weight", &[out, inp])?,
+            weight: self.declare_as("weight", &[out, inp], Layout::Linear)?,
             bias: if bias { Some(self.declare("bias", &[out])?) } else { None },
             out_features: out,
         })
@@ -172,9 +188,11 @@ pub fn upload<B: Backend, T>(
             Layout::Reshaped(_) | Layout::Transposed => {
                 set.push(backend, &d.key, &d.as_used(source.tensor(&d.key, &d.shape)?))
             }
-            Layout::Stored | Layout::Conv1d { .. } | Layout::ConvTranspose1d { .. } => {
-                set.push_from(backend, source, &d.key, &d.shape)
-            }
+            Layout::Linear | Layout::Conv1d { .. } | Layout::ConvTranspose1d { .. } => match d.product() {
+                Some(product) => set.push_product_from(backend, source, &d.key, &d.shape, product),
+                None => set.push_from(backend, source, &d.key, &d.shape),
+            },
+            Layout::Stored => set.push_from(backend, source, &d.key, &d.shape),
         },
         declare,
     )?;
@@ -236,7 +254,7 @@ mod tests {
         assert_eq!(set.len(), 3);
         // A transposed weight is uploaded transposed.
         let stored = random.tensor("m.proj", &[2, 5]).unwrap();
-        assert_eq!(set.as_slice()[2].data, stored.transposed().data);
+        assert_eq!(set.as_slice()[2].f32_tensor().unwrap().data, stored.transposed().data);
         let mut wrong = |d: &Declared| Ok(HostTensor::new(vec![d.shape.iter().product::<usize>()], vec![0.0; 8]));
         let e = upload_with(&CpuBackend, "the test weights", &mut wrong, example).err().unwrap().to_string();
         assert!(e.contains("blocks.3.ff.weight") && e.contains("[4, 2]") && e.contains("[8]"), "{e}");

@@ -147,9 +147,13 @@ fn declare(c: &DitConfig, d: &mut Scope) -> Result<DitIds> {
 
 /// Every DiT tensor the engine needs: key (relative to the DiT prefix) and shape.
 pub fn tensor_list(config: &DitConfig) -> Vec<(String, Vec<usize>)> {
+    declared(config).into_iter().map(|d| (d.key, d.shape)).collect()
+}
+
+/// Every DiT tensor as declared (key, shape and layout), in `WeightId` order.
+pub fn declared(config: &DitConfig) -> Vec<declare::Declared> {
     // Listing declares into a Vec: it cannot fail.
-    let (list, _) = declare::list(|d| declare(config, d)).expect("listing never fails");
-    list.into_iter().map(|d| (d.key, d.shape)).collect()
+    declare::list(|d| declare(config, d)).expect("listing never fails").0
 }
 
 impl<B: Backend> Dit<B> {

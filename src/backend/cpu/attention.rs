@@ -257,7 +257,10 @@ impl Operands<'_> {
             kv_heads: *kv_heads,
             head_dim: *head_dim,
             scale: *scale,
-            rope: rope.map(|r| (self.weight(r.inv_freq), r.rotary_dim)),
+            rope: match rope {
+                Some(r) => Some((self.weight(r.inv_freq)?, r.rotary_dim)),
+                None => None,
+            },
             softmax: self.backend.softmax(),
         };
         let (q_seg, kv_seg) = (self.seg(*q_segments), self.seg(*kv_segments));

@@ -204,16 +204,20 @@ impl Operands<'_> {
         let Op::Conv1d { x, input_snake, w, bias, kernel, dilation, padding, residual, segments, out } = op else {
             return Err(wrong_op(op, "conv1d"));
         };
+        let snake = match input_snake {
+            Some(s) => Some((self.weight(s.alpha)?, self.weight(s.beta)?)),
+            None => None,
+        };
         conv1d(
             self.input(*x),
             self.desc(*x).cols,
-            input_snake.map(|s| (self.weight(s.alpha), self.weight(s.beta))),
+            snake,
             self.backend.conv_weight(&self.weights[w.0], 1, self.desc(*out).cols, kernel * self.desc(*x).cols)?,
             self.desc(*out).cols,
             *kernel,
             *dilation,
             *padding,
-            bias.map(|b| self.weight(b)),
+            bias.map(|b| self.weight(b)).transpose()?,
             residual.map(|r| self.input(r)),
             self.seg(*segments),
             self.output(*out),
@@ -225,14 +229,18 @@ impl Operands<'_> {
         let Op::ConvTranspose1d { x, input_snake, w, bias, stride, in_segments, out_segments, out } = op else {
             return Err(wrong_op(op, "conv_transpose1d"));
         };
+        let snake = match input_snake {
+            Some(s) => Some((self.weight(s.alpha)?, self.weight(s.beta)?)),
+            None => None,
+        };
         conv_transpose1d(
             self.input(*x),
             self.desc(*x).cols,
-            input_snake.map(|s| (self.weight(s.alpha), self.weight(s.beta))),
+            snake,
             self.backend.conv_weight(&self.weights[w.0], *stride, self.desc(*out).cols, 2 * self.desc(*x).cols)?,
             self.desc(*out).cols,
             *stride,
-            bias.map(|b| self.weight(b)),
+            bias.map(|b| self.weight(b)).transpose()?,
             self.seg(*in_segments),
             self.seg(*out_segments),
             self.output(*out),
@@ -242,7 +250,7 @@ impl Operands<'_> {
 
     pub(super) fn snake_beta(&self, op: &Op) -> Result<()> {
         let Op::SnakeBeta { x, alpha, beta, out } = op else { return Err(wrong_op(op, "snake_beta")) };
-        snake_beta(self.input(*x), self.weight(*alpha), self.weight(*beta), self.output(*out));
+        snake_beta(self.input(*x), self.weight(*alpha)?, self.weight(*beta)?, self.output(*out));
         Ok(())
     }
 }

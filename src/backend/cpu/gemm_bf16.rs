@@ -31,10 +31,11 @@
 //! and scalar kernels give the same bits, and a row's result does not depend
 //! on the other rows packed with it (both tested).
 
-use half::bf16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::precision::Isa;
+use crate::error::{Error, Result};
 
 /// Output columns per panel (two zmm registers of f32).
 pub const NR: usize = 32;
@@ -80,25 +81,45 @@ impl std::fmt::Debug for PackedBf16 {
 
 impl PackedBf16 {
     /// Packs `w`, `[n, k]` row-major (PyTorch `Linear` layout), panels in parallel.
-    pub fn pack(w: &[f32], n: usize, k: usize) -> PackedBf16 {
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Result<PackedBf16> {
         assert_eq!(w.len(), n * k, "weight of {} values is not [{n}, {k}]", w.len());
+        PackedBf16::pack_with(n, k, |i| bf16::from_f32(w[i]).to_bits())
+    }
+
+    /// Packs the fp16 bits of an `[n, k]` weight as an engine file stores them:
+    /// the same bf16 values as `pack` of their f32 widening (fp16 to f32 is
+    /// exact), without an f32 copy of the weight.
+    pub fn pack_f16(bits: &[u16], n: usize, k: usize) -> Result<PackedBf16> {
+        assert_eq!(bits.len(), n * k, "weight of {} values is not [{n}, {k}]", bits.len());
+        PackedBf16::pack_with(n, k, |i| bf16::from_f32(f16::from_bits(bits[i]).to_f32()).to_bits())
+    }
+
+    /// Packs the weight whose element `i` (row-major `[n, k]`) rounds to the bf16 bits `bf16_at(i)`.
+    fn pack_with(n: usize, k: usize, bf16_at: impl Fn(usize) -> u16 + Sync) -> Result<PackedBf16> {
         let panels = n.div_ceil(NR);
-        let mut rows = vec![PanelRow([0; NR]); panels * k];
+        // The size comes from a file's header: a failed allocation is an error, not an abort.
+        let mut rows = Vec::new();
+        rows.try_reserve_exact(panels * k).map_err(|_| {
+            Error::Limit(format!(
+                "cannot allocate {} MiB for a bf16 copy of a [{n}, {k}] weight",
+                (panels * k * 64) >> 20
+            ))
+        })?;
+        rows.resize(panels * k, PanelRow([0; NR]));
         if k > 0 {
             rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| {
                 let cols = NR.min(n - p * NR);
-                let src = &w[p * NR * k..(p * NR + cols) * k];
                 // Row by row: 32 sequential read streams (one per column of the
                 // panel), each cache line of them used 16 times from L1, and one
                 // sequential write stream.
                 for (kk, row) in panel.iter_mut().enumerate() {
                     for c in 0..cols {
-                        row.0[slot(c)] = bf16::from_f32(src[c * k + kk]).to_bits();
+                        row.0[slot(c)] = bf16_at((p * NR + c) * k + kk);
                     }
                 }
             });
         }
-        PackedBf16 { n, k, rows }
+        Ok(PackedBf16 { n, k, rows })
     }
 
     /// Output features (rows of the packed `[n, k]` weight).
@@ -498,7 +519,7 @@ mod tests {
     fn packing_rounds_to_nearest_bf16_and_round_trips() {
         for &(n, k) in &[(1, 1), (31, 3), (32, 5), (33, 2), (70, 17)] {
             let w = values(n * k, 7);
-            let p = PackedBf16::pack(&w, n, k);
+            let p = PackedBf16::pack(&w, n, k).unwrap();
             assert_eq!(p.bytes(), n.div_ceil(NR) * k * 64);
             let back = p.unpack();
             for (a, b) in w.iter().zip(&back) {
@@ -507,13 +528,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn packing_fp16_bits_equals_packing_their_f32_values() {
+        let (n, k) = (45, 19);
+        // Values across fp16's range, its subnormals and both zeros included.
+        let bits: Vec<u16> = (0..n * k)
+            .map(|i| (i as u16).wrapping_mul(40503))
+            .filter(|b| !f16::from_bits(*b).is_nan())
+            .chain(std::iter::repeat(0x8000))
+            .take(n * k)
+            .collect();
+        let widened: Vec<f32> = bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+        let from_bits = PackedBf16::pack_f16(&bits, n, k).unwrap();
+        let from_f32 = PackedBf16::pack(&widened, n, k).unwrap();
+        assert!(from_bits.rows.iter().zip(&from_f32.rows).all(|(a, b)| a.0 == b.0));
+        assert_eq!(from_bits.rows.len(), from_f32.rows.len());
+    }
+
     /// Every kernel this CPU has against a plain f64 product of the same
     /// bf16-rounded weights, and against each other bit for bit.
     #[test]
     fn kernels_agree_with_each_other_and_with_f64() {
         for &(m, k, n) in &[(1, 1, 1), (13, 300, 33), (25, 513, 64), (2, 0, 5), (100, 40, 96), (5, 7, 200)] {
             let x = values(m * k, 1);
-            let w = PackedBf16::pack(&values(n * k, 2), n, k);
+            let w = PackedBf16::pack(&values(n * k, 2), n, k).unwrap();
             let wf = w.unpack();
             let b = values(n, 3);
             let r = values(m * n, 4);

@@ -86,11 +86,11 @@ impl Operands<'_> {
     pub(super) fn linear(&self, op: &Op) -> Result<()> {
         let Op::Linear { x, w, bias, residual, out } = op else { return Err(wrong_op(op, "linear")) };
         let (xd, n) = (self.desc(*x), self.desc(*out).cols);
-        let bias = bias.map(|b| self.weight(b));
+        let bias = bias.map(|b| self.weight(b)).transpose()?;
         let residual = residual.map(|r| self.input(r));
         match self.backend.gemm {
             Resolved::F32 => {
-                linear(self.input(*x), xd.rows, xd.cols, self.weight(*w), n, bias, residual, self.output(*out))
+                linear(self.input(*x), xd.rows, xd.cols, self.weight(*w)?, n, bias, residual, self.output(*out))
             }
             Resolved::Bf16(isa) => {
                 let packed = self.weights[w.0].packed_as(n, xd.cols)?;

@@ -40,7 +40,7 @@ use gemm_bf16::PackedBf16;
 use operands::Operands;
 pub use precision::{Isa, Precision, Resolved};
 
-use super::{Backend, OpContext};
+use super::{Backend, OpContext, ProductWeight};
 use crate::error::{Error, Result};
 use crate::graph::{DType, Op};
 use crate::tensor::HostTensor;
@@ -69,19 +69,64 @@ impl Default for CpuBackend {
 
 /// A weight on the CPU: the f32 tensor every op reads, and, for the weights of
 /// Linear and convolution ops on a bf16 backend, a bf16 copy in the GEMM
-/// kernel's panel layout, made once (`Backend::prepare` of the first graph
-/// that uses it; later executors of the same model reuse it). A transposed
-/// convolution's weight is `stride` matrices, packed one by one.
+/// kernel's panel layout, made once. A transposed convolution's weight is
+/// `stride` matrices, packed one by one.
+///
+/// When the loader says at upload that a weight is a product's matrix
+/// (`Backend::upload_product_weight_from`), a bf16 backend packs it right
+/// away and keeps no f32 copy: the released DiT then holds 2 GiB of bf16
+/// rather than that plus 4 GiB of f32 nobody reads. Other weights of Linear
+/// and convolution ops keep their f32 tensor and are packed by
+/// `Backend::prepare` of the first graph that uses them (later executors of the
+/// same model reuse the copy).
 #[derive(Debug)]
 pub struct CpuWeight {
-    tensor: HostTensor,
+    shape: Vec<usize>,
+    /// None for a weight packed at upload, which only the bf16 kernels read.
+    tensor: Option<HostTensor>,
     packed: OnceLock<Vec<PackedBf16>>,
 }
 
 impl CpuWeight {
     /// Wraps a host tensor; its bf16 packing is made on first use.
     pub fn new(tensor: HostTensor) -> Self {
-        CpuWeight { tensor, packed: OnceLock::new() }
+        CpuWeight { shape: tensor.shape.clone(), tensor: Some(tensor), packed: OnceLock::new() }
+    }
+
+    /// A weight held only as its bf16 copies (`groups` matrices), packed at upload.
+    fn packed_only(shape: &[usize], groups: Vec<PackedBf16>) -> Self {
+        CpuWeight { shape: shape.to_vec(), tensor: None, packed: OnceLock::from(groups) }
+    }
+
+    /// Shape as the graph uses it.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element count.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the weight has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The f32 tensor; None for a weight packed at upload (bf16 only).
+    pub fn f32_tensor(&self) -> Option<&HostTensor> {
+        self.tensor.as_ref()
+    }
+
+    /// The f32 values an op reads; an error for a weight held only in bf16.
+    fn f32_values(&self) -> Result<&[f32]> {
+        match &self.tensor {
+            Some(t) => Ok(&t.data),
+            None => Err(Error::InvalidInput(format!(
+                "graph bug: an op reads in f32 a {:?} weight that was packed to bf16 at load and has no f32 copy",
+                self.shape
+            ))),
+        }
     }
 
     /// The bf16 copy (one packed matrix per group), when one was made.
@@ -97,16 +142,23 @@ impl CpuWeight {
     /// The bf16 copies of this weight seen as `groups` stacked `[n, k]`
     /// matrices, packing them on first use.
     fn packed_groups(&self, groups: usize, n: usize, k: usize) -> Result<&[PackedBf16]> {
-        if self.tensor.len() != groups * n * k {
+        if self.len() != groups * n * k {
             return Err(Error::InvalidInput(format!(
                 "graph bug: a product of {groups} x [{n}, {k}] on a weight of {} values",
-                self.tensor.len()
+                self.len()
             )));
         }
-        let packed = self.packed.get_or_init(|| {
-            let data = &self.tensor.data;
-            (0..groups).map(|g| PackedBf16::pack(&data[g * n * k..(g + 1) * n * k], n, k)).collect()
-        });
+        let packed = match self.packed.get() {
+            Some(packed) => packed,
+            None => {
+                let data = self.f32_values()?;
+                let groups = (0..groups)
+                    .map(|g| PackedBf16::pack(&data[g * n * k..(g + 1) * n * k], n, k))
+                    .collect::<Result<Vec<_>>>()?;
+                // Another thread may have packed it meanwhile: either copy is the same.
+                self.packed.get_or_init(|| groups)
+            }
+        };
         if packed.len() != groups || packed.iter().any(|p| (p.n(), p.k()) != (n, k)) {
             let (pn, pk) = packed.first().map_or((0, 0), |p| (p.n(), p.k()));
             return Err(Error::InvalidInput(format!(
@@ -115,14 +167,6 @@ impl CpuWeight {
             )));
         }
         Ok(packed)
-    }
-}
-
-impl std::ops::Deref for CpuWeight {
-    type Target = HostTensor;
-
-    fn deref(&self) -> &HostTensor {
-        &self.tensor
     }
 }
 
@@ -186,7 +230,7 @@ impl CpuBackend {
         k: usize,
     ) -> Result<conv::ConvWeight<'w>> {
         Ok(match self.gemm {
-            Resolved::F32 => conv::ConvWeight::F32(&weight.tensor.data),
+            Resolved::F32 => conv::ConvWeight::F32(weight.f32_values()?),
             Resolved::Bf16(isa) => conv::ConvWeight::Bf16(isa, weight.packed_groups(groups, n, k)?),
         })
     }
@@ -244,9 +288,41 @@ impl Backend for CpuBackend {
         Ok(CpuWeight::new(source.tensor(key, shape)?))
     }
 
-    /// The f32 tensor, plus its bf16 copy once made.
+    /// On a bf16 backend, only the packed bf16 copy, made now: from the stored
+    /// fp16 bits when the source has them (no f32 copy at all), else from the
+    /// f32 tensor, dropped once packed. The f32 path keeps the f32 tensor.
+    fn upload_product_weight_from(
+        &self,
+        source: &dyn TensorSource,
+        key: &str,
+        shape: &[usize],
+        product: ProductWeight,
+    ) -> Result<CpuWeight> {
+        let Resolved::Bf16(_) = self.gemm else { return self.upload_weight_from(source, key, shape) };
+        let ProductWeight { groups, n, k } = product;
+        if shape.iter().product::<usize>() != groups * n * k {
+            return Err(Error::InvalidInput(format!(
+                "loader bug: `{key}` of shape {shape:?} declared as {groups} x [{n}, {k}]"
+            )));
+        }
+        let matrix = n * k;
+        let packed = match source.tensor_f16(key, shape)? {
+            Some(bits) => (0..groups)
+                .map(|g| PackedBf16::pack_f16(&bits[g * matrix..(g + 1) * matrix], n, k))
+                .collect::<Result<Vec<_>>>()?,
+            None => {
+                let t = source.tensor(key, shape)?;
+                (0..groups)
+                    .map(|g| PackedBf16::pack(&t.data[g * matrix..(g + 1) * matrix], n, k))
+                    .collect::<Result<_>>()?
+            }
+        };
+        Ok(CpuWeight::packed_only(shape, packed))
+    }
+
+    /// The f32 tensor (if kept), plus its bf16 copy once made.
     fn weight_bytes(&self, weight: &CpuWeight) -> usize {
-        weight.len() * std::mem::size_of::<f32>()
+        weight.tensor.as_ref().map_or(0, |t| t.len() * std::mem::size_of::<f32>())
             + weight.packed().map_or(0, |groups| groups.iter().map(PackedBf16::bytes).sum())
     }
 

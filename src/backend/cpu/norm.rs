@@ -87,7 +87,7 @@ impl Operands<'_> {
             shift_offset: m.shift_offset,
             segments: self.seg(m.segments),
         });
-        let (gamma, beta) = (self.weight(*gamma), self.weight(*beta));
+        let (gamma, beta) = (self.weight(*gamma)?, self.weight(*beta)?);
         layer_norm(self.input(*x), self.desc(*x).cols, gamma, beta, *eps, m.as_ref(), self.output(*out));
         Ok(())
     }

@@ -97,8 +97,8 @@ impl<'a> Operands<'a> {
     }
 
     /// A weight's f32 values.
-    pub(super) fn weight(&self, id: WeightId) -> &'a [f32] {
-        self.weights[id.0].data.as_slice()
+    pub(super) fn weight(&self, id: WeightId) -> Result<&'a [f32]> {
+        self.weights[id.0].f32_values()
     }
 }
 

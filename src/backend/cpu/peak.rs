@@ -197,7 +197,7 @@ pub fn linear_rate(isa: Option<Isa>, m: usize, k: usize, n: usize, seconds: f64)
     let w: Vec<f32> = values(n * k, 0.05);
     let b: Vec<f32> = values(n, 0.1);
     let mut out = vec![0.0f32; m * n];
-    let packed = isa.map(|_| PackedBf16::pack(&w, n, k));
+    let packed = isa.map(|_| PackedBf16::pack(&w, n, k).expect("memory for the benchmark's weight"));
     let run = |out: &mut [f32]| match (isa, &packed) {
         (Some(isa), Some(p)) => linear_bf16(isa, &x, m, k, p, n, Some(&b), None, out),
         _ => linear(&x, m, k, &w, n, Some(&b), None, out),

@@ -88,7 +88,7 @@ impl Operands<'_> {
         let Op::PrependWeightRow { row, rest, rest_segments, out_segments, out } = op else {
             return Err(wrong_op(op, "prepend_weight_row"));
         };
-        let (row, rest, cols) = (self.weight(*row), self.input(*rest), self.desc(*out).cols);
+        let (row, rest, cols) = (self.weight(*row)?, self.input(*rest), self.desc(*out).cols);
         prepend_weight_row(row, rest, cols, self.seg(*rest_segments), self.seg(*out_segments), self.output(*out));
         Ok(())
     }
