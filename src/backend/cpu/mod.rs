@@ -5,7 +5,8 @@
 //! With `Precision::Bf16` (or `Auto` on a CPU with a SIMD kernel for it) the
 //! Linear ops run on weights rounded to bf16 and packed once
 //! (`gemm_bf16`), as do the VAE's convolutions (im2col rows times the packed
-//! weight), and attention takes the fast softmax (`softmax`);
+//! weight), and attention takes the fast softmax (`softmax`) and SwiGLU a
+//! fast SiLU on the same polynomial exp (`elementwise::swiglu_fast`);
 //! everything else stays as in the f32 reference.
 
 /// Reference attention with RoPE over packed sequences.
@@ -253,7 +254,7 @@ impl Backend for CpuBackend {
         let name = match self.gemm {
             Resolved::F32 => format!("cpu (f32, {} threads)", rayon::current_num_threads()),
             Resolved::Bf16(isa) => format!(
-                "cpu (bf16 weights in Linear and conv ops, {} kernel; fast softmax; f32 elsewhere; {} threads)",
+                "cpu (bf16 weights in Linear and conv ops, {} kernel; fast softmax and SiLU; f32 elsewhere; {} threads)",
                 isa.name(),
                 rayon::current_num_threads()
             ),

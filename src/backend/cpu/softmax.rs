@@ -114,7 +114,7 @@ fn reduce_lanes(mut lanes: [f32; LANES]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(super) mod simd {
     //! `row_scalar` with AVX-512F (one zmm of 16 lanes) and AVX2 + FMA (two
     //! ymm of 8), written with intrinsics: the compiler's own vectorisation of
     //! the scalar loop used gathers and scatters.
@@ -142,7 +142,7 @@ mod simd {
 
     /// `exp_nonpositive` on 8 lanes, operation for operation.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub(in crate::backend::cpu) unsafe fn exp8(x: __m256) -> __m256 {
         let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_CLAMP));
         let magic = _mm256_set1_ps(ROUNDING_MAGIC);
         let t = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2_E), magic);
@@ -261,7 +261,7 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// Cephes' `expf` polynomial: e^r = 1 + r + r^2 (((((P0 r + P1) r + P2) r + P3) r + P4) r + P5).
 const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 /// Below this, 2^n with the polynomial's value would leave the normal range.
-const EXP_CLAMP: f32 = -87.0;
+pub(super) const EXP_CLAMP: f32 = -87.0;
 
 /// e^x for x <= 0 (x > 0 is not an input here: scores minus their row max).
 #[inline(always)]
