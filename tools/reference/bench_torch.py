@@ -19,6 +19,7 @@ prints both side by side with the ratio.
     python tools/reference/bench_torch.py                      # CUDA, fp16, 10/30/60 s
     python tools/reference/bench_torch.py --device cpu --tiny  # smoke test: tiny config, float32
     python tools/reference/bench_torch.py --device cpu --dtype bfloat16 --seconds 2,10  # both in bf16
+    python tools/reference/bench_torch.py --device cpu --dtype bfloat16,float32 --seconds 2,10  # PyTorch in each
     python tools/reference/bench_torch.py --device cpu --tiny --check  # + agreement with lova_reference.py
 
 `--check` compares the batched module with lova_reference.dit_forward (float64,
@@ -303,8 +304,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="the tiny test config (tests/fixtures/tiny), float32")
-    ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
-                    help="default: float16 on CUDA, float32 on the CPU")
+    ap.add_argument("--dtype", help="float16, bfloat16 or float32, or several comma-separated to time PyTorch in "
+                    "each (e.g. bfloat16,float32 on a CPU without native bf16, where float32 is PyTorch's fastest); "
+                    "default: float16 on CUDA, float32 on the CPU")
     ap.add_argument("--precision", choices=["f32", "bf16", "auto"],
                     help="lova-fast's --precision on the CPU (default: bf16 with --dtype bfloat16, else f32)")
     ap.add_argument("--seconds", default="10,30,60", help="clip lengths, comma-separated")
@@ -324,9 +326,13 @@ def main() -> None:
     if args.check:
         check_against_reference(ref.read_config(str(TINY_CONFIG)))
     device = args.device
-    dtype = getattr(torch, args.dtype or ("float16" if device.startswith("cuda") else "float32"))
+    dtype_names = (args.dtype or ("float16" if device.startswith("cuda") else "float32")).split(",")
+    for name in dtype_names:
+        if name not in ("float16", "bfloat16", "float32"):
+            ap.error(f"--dtype {name}: expected float16, bfloat16 or float32")
+    dtypes = [getattr(torch, name) for name in dtype_names]
     if args.precision is None:
-        args.precision = "bf16" if dtype == torch.bfloat16 else "f32"
+        args.precision = "bf16" if torch.bfloat16 in dtypes else "f32"
     seconds = [float(s) for s in args.seconds.split(",")]
     if args.compile_seconds is None:
         compile_seconds = seconds
@@ -340,65 +346,67 @@ def main() -> None:
     lova_ms = {c["seconds"]: c for c in lova["clips"]} if lova else {}
 
     card = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"PyTorch {torch.__version__} on {card}, {dtype}, config {'tiny' if args.tiny else 'vl30'}")
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    params = random_params(cfg, device, dtype)
-    dit = BatchedDiT(params, cfg)
-    n_params = sum(t.numel() for t in params.values())
-    print(f"DiT: {n_params / 1e6:.0f} M random parameters ({n_params * params[ref.PREFIX + 'preprocess_conv.weight'].element_size() / 2**30:.2f} GiB) "
-          f"made in {time.perf_counter() - started:.1f} s")
-    k = step_coefficients(STEP_INDEX)
-    eager = make_step(dit, k, dtype)
-
     rows = []
-    for s in seconds:
-        frames = math.ceil(s * cfg.fps)
-        latent_len = math.ceil(s * cfg.sample_rate / cfg.downsampling_ratio)
-        gen = torch.Generator(device=device).manual_seed(2)
-        x = torch.randn(1, latent_len, cfg.io_channels, device=device, generator=gen)
-        d1, d2, z = (torch.randn(latent_len, cfg.io_channels, device=device, generator=gen) for _ in range(3))
-        f = torch.randn(frames, cfg.cond_dim, device=device, generator=gen).to(dtype)
-        f2 = torch.stack([f, torch.zeros_like(f)])
-        t2 = torch.full((2,), k["t"], device=device)
-        inputs = (x, d1, d2, f2, t2, z)
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(device)
-        with torch.inference_mode():
-            eager_ms = statistics.median(time_step(eager, inputs, args.warmup, args.iters, device))
-            finite = bool(torch.isfinite(eager(*inputs)[0]).all())
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
-        compiled_ms = None
-        if s in compile_seconds:
-            try:
-                compiled = torch.compile(make_step(dit, k, dtype), dynamic=False, mode=args.compile_mode)
-                c_started = time.perf_counter()
-                with torch.inference_mode():
-                    compiled(*inputs)
-                compile_s = time.perf_counter() - c_started
-                with torch.inference_mode():
-                    compiled_ms = statistics.median(time_step(compiled, inputs, args.warmup, args.iters, device))
-                print(f"{s:g} s: torch.compile took {compile_s:.1f} s")
-            except Exception as e:  # noqa: BLE001 - any compiler failure only skips the column
-                print(f"{s:g} s: torch.compile failed, skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        lf = lova_ms.get(s)
-        rows.append({
-            "seconds": s, "tokens": latent_len + 1, "frames": frames,
-            "lova_fast_ms": lf["step_ms_median"] if lf else None,
-            "lova_fast_tflops": lf["tflops"] if lf else None,
-            "torch_eager_ms": eager_ms, "torch_compile_ms": compiled_ms,
-            "torch_peak_mib": peak, "torch_finite": finite,
-            "step_flops": lf["step_flops"] if lf else None,
-            "lova_fast_mib": (lf["weights_bytes"] + lf["arena_bytes"]) / 2**20 if lf else None,
-        })
-        print(f"{s:g} s: eager {eager_ms:.2f} ms" + (f", peak {peak:.0f} MiB" if peak else "")
-              + ("" if finite else " (NON-FINITE output: weights too large for the dtype)"), flush=True)
+    for dtype in dtypes:
+        print(f"PyTorch {torch.__version__} on {card}, {dtype}, config {'tiny' if args.tiny else 'vl30'}")
+        torch.manual_seed(0)
+        started = time.perf_counter()
+        params = random_params(cfg, device, dtype)
+        dit = BatchedDiT(params, cfg)
+        n_params = sum(t.numel() for t in params.values())
+        print(f"DiT: {n_params / 1e6:.0f} M random parameters ({n_params * params[ref.PREFIX + 'preprocess_conv.weight'].element_size() / 2**30:.2f} GiB) "
+              f"made in {time.perf_counter() - started:.1f} s")
+        k = step_coefficients(STEP_INDEX)
+        eager = make_step(dit, k, dtype)
+
+        for s in seconds:
+            frames = math.ceil(s * cfg.fps)
+            latent_len = math.ceil(s * cfg.sample_rate / cfg.downsampling_ratio)
+            gen = torch.Generator(device=device).manual_seed(2)
+            x = torch.randn(1, latent_len, cfg.io_channels, device=device, generator=gen)
+            d1, d2, z = (torch.randn(latent_len, cfg.io_channels, device=device, generator=gen) for _ in range(3))
+            f = torch.randn(frames, cfg.cond_dim, device=device, generator=gen).to(dtype)
+            f2 = torch.stack([f, torch.zeros_like(f)])
+            t2 = torch.full((2,), k["t"], device=device)
+            inputs = (x, d1, d2, f2, t2, z)
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode():
+                eager_ms = statistics.median(time_step(eager, inputs, args.warmup, args.iters, device))
+                finite = bool(torch.isfinite(eager(*inputs)[0]).all())
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
+            compiled_ms = None
+            if s in compile_seconds:
+                try:
+                    compiled = torch.compile(make_step(dit, k, dtype), dynamic=False, mode=args.compile_mode)
+                    c_started = time.perf_counter()
+                    with torch.inference_mode():
+                        compiled(*inputs)
+                    compile_s = time.perf_counter() - c_started
+                    with torch.inference_mode():
+                        compiled_ms = statistics.median(time_step(compiled, inputs, args.warmup, args.iters, device))
+                    print(f"{s:g} s: torch.compile took {compile_s:.1f} s")
+                except Exception as e:  # noqa: BLE001 - any compiler failure only skips the column
+                    print(f"{s:g} s: torch.compile failed, skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            lf = lova_ms.get(s)
+            rows.append({
+                "seconds": s, "tokens": latent_len + 1, "frames": frames, "dtype": str(dtype).replace("torch.", ""),
+                "lova_fast_ms": lf["step_ms_median"] if lf else None,
+                "lova_fast_tflops": lf["tflops"] if lf else None,
+                "torch_eager_ms": eager_ms, "torch_compile_ms": compiled_ms,
+                "torch_peak_mib": peak, "torch_finite": finite,
+                "step_flops": lf["step_flops"] if lf else None,
+                "lova_fast_mib": (lf["weights_bytes"] + lf["arena_bytes"]) / 2**20 if lf else None,
+            })
+            print(f"{s:g} s: eager {eager_ms:.2f} ms" + (f", peak {peak:.0f} MiB" if peak else "")
+                  + ("" if finite else " (NON-FINITE output: weights too large for the dtype)"), flush=True)
+        del eager, dit, params  # before the next dtype's copy of the weights
 
     print()
     print(f"one sampler step (DiT cond + uncond, CFG, DPM++ 3M SDE) on {card}; median ms; "
           f"ratio = PyTorch time / lova-fast time (> 1: lova-fast is faster); "
           f"MiB: lova-fast weights + arena, PyTorch peak allocated (eager)")
-    header = (f"{'seconds':>7} | {'tokens':>6} | {'lova-fast ms':>12} | {'torch eager ms':>14} | "
+    header = (f"{'seconds':>7} | {'tokens':>6} | {'torch dtype':>11} | {'lova-fast ms':>12} | {'torch eager ms':>14} | "
               f"{'torch compile ms':>16} | {'ratio eager':>11} | {'ratio compile':>13} | "
               f"{'lova-fast MiB':>13} | {'torch MiB':>9}")
     print(header)
@@ -407,15 +415,15 @@ def main() -> None:
         lf = r["lova_fast_ms"]
         ratio_e = r["torch_eager_ms"] / lf if lf else None
         ratio_c = r["torch_compile_ms"] / lf if lf and r["torch_compile_ms"] else None
-        print(f"{r['seconds']:>7g} | {r['tokens']:>6} | {fmt(lf):>12} | {fmt(r['torch_eager_ms']):>14} | "
+        print(f"{r['seconds']:>7g} | {r['tokens']:>6} | {r['dtype']:>11} | {fmt(lf):>12} | {fmt(r['torch_eager_ms']):>14} | "
               f"{fmt(r['torch_compile_ms']):>16} | {fmt(ratio_e):>11} | {fmt(ratio_c):>13} | "
               f"{fmt(r['lova_fast_mib'], '.0f'):>13} | {fmt(r['torch_peak_mib'], '.0f'):>9}")
     if lova:
         print(f"lova-fast: {lova['device']}; start-up {lova['startup']['total_s']:.2f} s"
               + ("" if device.startswith("cuda") else f"; --precision {args.precision}"))
-    print(f"PyTorch: {dtype} on {card}")
+    print(f"PyTorch: {', '.join(dtype_names)} on {card}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"card": card, "torch": torch.__version__, "dtype": str(dtype),
+        Path(args.json).write_text(json.dumps({"card": card, "torch": torch.__version__, "dtypes": dtype_names,
                                                "lova_fast": lova, "rows": rows}, indent=2))
 
 
