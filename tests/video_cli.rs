@@ -261,3 +261,37 @@ fn batched_videos_give_the_audio_they_get_alone() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `infer --precision bf16` from an engine file: CLIP, the DiT and the VAE
+/// all load their matrices packed to bf16 (no f32 copies) and run. The audio
+/// is close to the f32 path's (bound: `tests/cpu_bf16.rs`, 30 dB, derived
+/// there for the tiny model end to end), and a clip in a batch of two gets
+/// the bits it gets alone, as on the f32 path.
+#[test]
+fn bf16_precision_from_an_engine_file_is_close_to_f32_and_batch_invariant() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine_with_clip(dir.path());
+    // Each run in a folder of its own: `infer` writes INPUT.wav next to each input.
+    let run = |names: &[&str], tag: &str, extra: &[&str]| -> Vec<Vec<i16>> {
+        let run_dir = dir.path().join(tag);
+        std::fs::create_dir(&run_dir).unwrap();
+        let videos: Vec<PathBuf> = names.iter().map(|n| copy_video(&run_dir, n)).collect();
+        let mut args = vec!["infer", "--weights", s(&engine)];
+        args.extend(videos.iter().map(|v| s(v)));
+        ok(&lova_fast(&[&args[..], extra, FAST].concat()));
+        videos.iter().map(|v| wav(&v.with_extension("wav")).1).collect()
+    };
+    let videos = ["h264_29.97fps.mp4", "vp9_24fps.webm"];
+    let f32_audio = run(&videos[..1], "f32", &["--precision", "f32"]);
+    let bf16_alone = run(&videos[..1], "bf16", &["--precision", "bf16"]);
+    let bf16_batch = run(&videos, "bf16-batch", &["--precision", "bf16", "--batch", "2"]);
+    assert!(bf16_batch[0] == bf16_alone[0], "bf16: a clip batched with another differs from its run alone");
+    let (want, got) = (&f32_audio[0], &bf16_alone[0]);
+    let signal: f64 = want.iter().map(|&a| (a as f64).powi(2)).sum();
+    let noise: f64 = want.iter().zip(got).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let snr_db = 10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10();
+    println!("tiny engine, infer --precision bf16 vs f32: audio SNR {snr_db:.1} dB");
+    assert!(snr_db >= 30.0, "audio SNR {snr_db} dB");
+    assert!(got != want, "bf16 gave the f32 samples: the bf16 path did not run");
+}
