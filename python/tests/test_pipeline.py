@@ -158,7 +158,17 @@ def test_an_exception_in_progress_cancels_and_is_raised(pipeline):
     assert pipeline.generate(FEATURES, seed=1, steps=2).audio is not None
 
 
-def test_ctrl_c_cancels_within_one_step(pipeline):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt), whatever this process
+    inherited: a shell starts background jobs with SIGINT ignored, and Python
+    then leaves it ignored, so Ctrl-C could never reach the pipeline."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_cancels_within_one_step(pipeline, ctrl_c_raises):
     seen = []
 
     def progress(stage, done, total):
@@ -171,7 +181,7 @@ def test_ctrl_c_cancels_within_one_step(pipeline):
     assert [d for s, d in seen if s == "sampling"][-1] <= 4
 
 
-def test_ctrl_c_without_a_callback_cancels(pipeline):
+def test_ctrl_c_without_a_callback_cancels(pipeline, ctrl_c_raises):
     # Long enough that finishing would show: 5000 steps of the tiny model.
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     start = time.monotonic()
