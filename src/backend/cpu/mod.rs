@@ -152,10 +152,7 @@ impl CpuWeight {
         let packed = match self.packed.get() {
             Some(packed) => packed,
             None => {
-                let data = self.f32_values()?;
-                let groups = (0..groups)
-                    .map(|g| PackedBf16::pack(&data[g * n * k..(g + 1) * n * k], n, k))
-                    .collect::<Result<Vec<_>>>()?;
+                let groups = pack_groups(self.f32_values()?, groups, n, k, PackedBf16::pack)?;
                 // Another thread may have packed it meanwhile: either copy is the same.
                 self.packed.get_or_init(|| groups)
             }
@@ -169,6 +166,18 @@ impl CpuWeight {
         }
         Ok(packed)
     }
+}
+
+/// Packs `data`, `groups` stacked `[n, k]` matrices, one by one with `pack`
+/// (`PackedBf16::pack` for f32 values, `pack_f16` for fp16 bits).
+fn pack_groups<T>(
+    data: &[T],
+    groups: usize,
+    n: usize,
+    k: usize,
+    pack: fn(&[T], usize, usize) -> Result<PackedBf16>,
+) -> Result<Vec<PackedBf16>> {
+    (0..groups).map(|g| pack(&data[g * n * k..(g + 1) * n * k], n, k)).collect()
 }
 
 thread_local! {
@@ -306,17 +315,9 @@ impl Backend for CpuBackend {
                 "loader bug: `{key}` of shape {shape:?} declared as {groups} x [{n}, {k}]"
             )));
         }
-        let matrix = n * k;
         let packed = match source.tensor_f16(key, shape)? {
-            Some(bits) => (0..groups)
-                .map(|g| PackedBf16::pack_f16(&bits[g * matrix..(g + 1) * matrix], n, k))
-                .collect::<Result<Vec<_>>>()?,
-            None => {
-                let t = source.tensor(key, shape)?;
-                (0..groups)
-                    .map(|g| PackedBf16::pack(&t.data[g * matrix..(g + 1) * matrix], n, k))
-                    .collect::<Result<_>>()?
-            }
+            Some(bits) => pack_groups(&bits, groups, n, k, PackedBf16::pack_f16)?,
+            None => pack_groups(&source.tensor(key, shape)?.data, groups, n, k, PackedBf16::pack)?,
         };
         Ok(CpuWeight::packed_only(shape, packed))
     }
